@@ -1,0 +1,19 @@
+from rest_framework.permissions import SAFE_METHODS, BasePermission
+
+
+class RegistryPermission(BasePermission):
+    """Reads: any authenticated client. Writes: staff users holding the view's permission.
+
+    A view names the Django permission each unsafe method needs in `write_permissions`.
+    """
+
+    message = "Registry writes need a staff account with the matching permission."
+
+    def has_permission(self, request, view) -> bool:
+        user = request.user
+        if not (user and user.is_authenticated):
+            return False
+        if request.method in SAFE_METHODS:
+            return True
+        perm = getattr(view, "write_permissions", {}).get(request.method)
+        return bool(user.is_staff and perm and user.has_perm(perm))

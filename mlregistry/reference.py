@@ -1,0 +1,71 @@
+"""Reference samples of training features, kept per version for drift checks."""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+from django.conf import settings
+
+from config.errors import ValidationFailed
+
+
+def prepare_reference_sample(
+    sample: Any, features: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]] | None, dict[str, Any] | None]:
+    """Checks rows against the schema, samples them down to REFERENCE_SAMPLE_MAX_ROWS and
+    returns (rows, per-feature summary statistics)."""
+    if sample is None:
+        return None, None
+    if not isinstance(sample, list) or not sample or not all(isinstance(r, dict) for r in sample):
+        raise ValidationFailed(
+            "reference_sample must be a non-empty list of feature objects.",
+            fields={"reference_sample": ["must be a non-empty JSON list of objects"]},
+        )
+    names = [f["name"] for f in features]
+    errors: dict[str, list[str]] = {}
+    for index, row in enumerate(sample):
+        missing = [n for n in names if n not in row]
+        if missing:
+            errors[f"reference_sample[{index}]"] = [f"missing features: {', '.join(missing[:10])}"]
+            if len(errors) >= 10:
+                break
+    if errors:
+        raise ValidationFailed(
+            "reference_sample rows do not match the input schema.", fields=errors
+        )
+    limit = settings.REFERENCE_SAMPLE_MAX_ROWS
+    rows = [{n: row[n] for n in names} for row in sample]
+    if len(rows) > limit:
+        rows = random.Random(0).sample(rows, limit)  # noqa: S311 - reproducible, not security
+    return rows, summary_stats(rows, features)
+
+
+def summary_stats(rows: list[dict[str, Any]], features: list[dict[str, Any]]) -> dict[str, Any]:
+    stats: dict[str, Any] = {}
+    for feature in features:
+        name = feature["name"]
+        values = [
+            float(r[name])
+            for r in rows
+            if isinstance(r.get(name), int | float)
+            and not isinstance(r.get(name), bool)
+            and math.isfinite(float(r[name]))
+        ]
+        if not values:
+            stats[name] = {"count": 0}
+            continue
+        values.sort()
+        count = len(values)
+        mean = sum(values) / count
+        variance = sum((v - mean) ** 2 for v in values) / count
+        stats[name] = {
+            "count": count,
+            "mean": mean,
+            "std": math.sqrt(variance),
+            "min": values[0],
+            "p50": values[count // 2],
+            "max": values[-1],
+        }
+    return stats

@@ -1,0 +1,71 @@
+"""Reads of the registry, and the routing cache entry every stage change invalidates."""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.cache import cache
+from django.db.models import QuerySet
+
+from config.errors import NotFoundError
+from mlregistry.models import ModelVersion, RegisteredModel, Stage, StageTransition
+
+logger = logging.getLogger(__name__)
+
+
+def routing_cache_key(model_name: str) -> str:
+    """Cache key of a model's routing entry (production version / traffic split)."""
+    return f"routing:v1:{model_name}"
+
+
+def routing_invalidate(model_name: str) -> None:
+    """Drops the routing entry; called on commit of every stage or traffic change."""
+    try:
+        cache.delete(routing_cache_key(model_name))
+    except Exception:
+        # The entry expires by itself; a dead cache can't serve it either.
+        logger.warning("could not invalidate routing cache", extra={"model": model_name})
+
+
+def registered_model_get(*, name: str) -> RegisteredModel:
+    try:
+        return RegisteredModel.objects.get(name=name)
+    except RegisteredModel.DoesNotExist:
+        raise NotFoundError(f"No registered model named {name!r}.") from None
+
+
+def model_version_get(*, name: str, version: int) -> ModelVersion:
+    try:
+        return ModelVersion.objects.select_related("model", "created_by").get(
+            model__name=name, version=version
+        )
+    except ModelVersion.DoesNotExist:
+        raise NotFoundError(f"Model {name!r} has no version {version}.") from None
+
+
+def model_versions_list(*, model: RegisteredModel) -> QuerySet[ModelVersion]:
+    return model.versions.select_related("model", "created_by").order_by("-version")
+
+
+def production_version_get(*, model: RegisteredModel) -> ModelVersion | None:
+    return model.versions.filter(stage=Stage.PRODUCTION).first()
+
+
+def previous_production_version_get(*, model: RegisteredModel) -> ModelVersion | None:
+    """The version that was in production before the current one (the rollback target)."""
+    current = production_version_get(model=model)
+    left = (
+        StageTransition.objects.filter(version__model=model, from_stage=Stage.PRODUCTION)
+        .exclude(version=current)
+        .select_related("version")
+        .order_by("-created_at", "-id")
+    )
+    for transition in left:
+        candidate = transition.version
+        if candidate.stage != Stage.PRODUCTION:
+            return candidate
+    return None
+
+
+def stage_transitions_list(*, version: ModelVersion) -> QuerySet[StageTransition]:
+    return version.transitions.select_related("actor_user").order_by("-created_at", "-id")

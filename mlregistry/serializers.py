@@ -1,0 +1,161 @@
+"""Input and output serializers of the registry API: inputs parse, outputs render."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rest_framework import serializers
+
+from mlregistry.models import ArtifactFormat, ModelVersion, RegisteredModel, Stage, Task
+
+
+class JSONStringField(serializers.JSONField):
+    """Accepts a JSON value, or (multipart forms) a string holding JSON."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, str):
+            try:
+                data = json.loads(data)
+            except ValueError:
+                raise serializers.ValidationError("must be valid JSON") from None
+        return super().to_internal_value(data)
+
+
+class RegisteredModelInput(serializers.Serializer):
+    name = serializers.SlugField(max_length=100)
+    task = serializers.ChoiceField(choices=Task.choices, default=Task.CLASSIFICATION)
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    tags = serializers.ListField(
+        child=serializers.CharField(max_length=100), required=False, default=list
+    )
+
+
+class RegisteredModelUpdateInput(serializers.Serializer):
+    task = serializers.ChoiceField(choices=Task.choices, required=False)
+    description = serializers.CharField(required=False, allow_blank=True)
+    tags = serializers.ListField(child=serializers.CharField(max_length=100), required=False)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        forbidden = set(self.initial_data) & {"stage", "name", "versions", "owner"}
+        if forbidden:
+            raise serializers.ValidationError(
+                {f: ["read-only here; use the transition endpoint for stages"] for f in forbidden}
+            )
+        return attrs
+
+
+class ProductionVersionOutput(serializers.Serializer):
+    version = serializers.IntegerField()
+    artifact_sha256 = serializers.CharField()
+
+
+class RegisteredModelOutput(serializers.ModelSerializer):
+    owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    production_version = serializers.SerializerMethodField()
+    latest_version = serializers.SerializerMethodField()
+
+    class Meta:
+        model = RegisteredModel
+        fields = [
+            "name",
+            "task",
+            "description",
+            "tags",
+            "owner",
+            "production_version",
+            "latest_version",
+            "created_at",
+            "updated_at",
+        ]
+
+    def get_production_version(self, obj: RegisteredModel) -> int | None:
+        for version in obj.versions.all():
+            if version.stage == Stage.PRODUCTION:
+                return version.version
+        return None
+
+    def get_latest_version(self, obj: RegisteredModel) -> int | None:
+        numbers = [v.version for v in obj.versions.all()]
+        return max(numbers) if numbers else None
+
+
+class ModelVersionUploadInput(serializers.Serializer):
+    artifact = serializers.FileField(allow_empty_file=False, use_url=False)
+    artifact_format = serializers.ChoiceField(
+        choices=ArtifactFormat.choices, default=ArtifactFormat.SKOPS
+    )
+    input_schema = JSONStringField(required=False)
+    metrics = JSONStringField(required=False)
+    params = JSONStringField(required=False)
+    metadata = JSONStringField(required=False)
+    reference_sample = JSONStringField(required=False)
+
+    def _object(self, value: Any, name: str) -> Any:
+        if value is not None and not isinstance(value, dict):
+            raise serializers.ValidationError(f"{name} must be a JSON object")
+        return value
+
+    def validate_metrics(self, value: Any) -> Any:
+        value = self._object(value, "metrics")
+        for key, metric in (value or {}).items():
+            if isinstance(metric, bool) or not isinstance(metric, int | float):
+                raise serializers.ValidationError(f"metric {key!r} must be a number")
+        return value
+
+    def validate_params(self, value: Any) -> Any:
+        return self._object(value, "params")
+
+    def validate_metadata(self, value: Any) -> Any:
+        return self._object(value, "metadata")
+
+
+class StageTransitionOutput(serializers.Serializer):
+    from_stage = serializers.CharField()
+    to_stage = serializers.CharField()
+    actor = serializers.CharField(source="actor_name")
+    comment = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class ModelVersionOutput(serializers.ModelSerializer):
+    name = serializers.CharField(source="model.name")
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "name",
+            "version",
+            "stage",
+            "artifact_format",
+            "artifact_sha256",
+            "artifact_size",
+            "input_schema",
+            "classes",
+            "metrics",
+            "params",
+            "metadata",
+            "library_versions",
+            "source",
+            "created_at",
+            "updated_at",
+            "created_by",
+        ]
+
+
+class ModelVersionDetailOutput(ModelVersionOutput):
+    transitions = StageTransitionOutput(many=True, read_only=True)
+
+    class Meta(ModelVersionOutput.Meta):
+        fields = [*ModelVersionOutput.Meta.fields, "transitions"]
+
+
+class TransitionInput(serializers.Serializer):
+    stage = serializers.ChoiceField(choices=Stage.choices)
+    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+    archive_previous = serializers.BooleanField(required=False, default=True)
+
+
+class RollbackInput(serializers.Serializer):
+    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)

@@ -1,0 +1,20 @@
+from django.urls import path
+
+from mlregistry import views
+
+urlpatterns = [
+    path("models/", views.RegisteredModelListView.as_view(), name="model-list"),
+    path("models/<slug:name>/", views.RegisteredModelDetailView.as_view(), name="model-detail"),
+    path("models/<slug:name>/rollback", views.ModelRollbackView.as_view(), name="model-rollback"),
+    path("models/<slug:name>/versions/", views.ModelVersionListView.as_view(), name="version-list"),
+    path(
+        "models/<slug:name>/versions/<int:version>/",
+        views.ModelVersionDetailView.as_view(),
+        name="version-detail",
+    ),
+    path(
+        "models/<slug:name>/versions/<int:version>/transition",
+        views.ModelVersionTransitionView.as_view(),
+        name="version-transition",
+    ),
+]

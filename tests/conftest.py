@@ -1,0 +1,76 @@
+import os
+
+import pytest
+from django.core.cache import cache
+from rest_framework.test import APIClient
+
+from tests import factories
+
+POSTGRES = os.environ.get("DATABASE_URL", "").startswith(("postgres", "postgresql"))
+
+
+def pytest_collection_modifyitems(config, items):
+    if POSTGRES:
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL: set DATABASE_URL=postgres://...")
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_storage(settings, tmp_path):
+    """Each test gets its own artifact store and backup folder."""
+    settings.MODEL_STORE_DIR = tmp_path / "artifacts"
+    settings.BACKUP_DIR = tmp_path / "backups"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "artifacts": {
+            "BACKEND": "mlregistry.storage.AtomicFileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "artifacts")},
+        },
+    }
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def staff_user(db):
+    return factories.staff_create()
+
+
+@pytest.fixture
+def client_user(db):
+    return factories.user_create("client")
+
+
+def _api_client(user) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {factories.token_create(user)}")
+    return client
+
+
+@pytest.fixture
+def staff_api(staff_user) -> APIClient:
+    return _api_client(staff_user)
+
+
+@pytest.fixture
+def client_api(client_user) -> APIClient:
+    return _api_client(client_user)
+
+
+@pytest.fixture
+def anon_api() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def iris_model(db):
+    return factories.registered_model_create("iris")

@@ -1,0 +1,64 @@
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from mlregistry.models import ModelVersion
+from tests import factories
+
+pytestmark = pytest.mark.django_db
+
+
+def _upload(api, name="iris", data=None, **fields):
+    payload = {
+        "artifact": SimpleUploadedFile("m.skops", data or factories.iris_classifier_bytes()),
+        **fields,
+    }
+    return api.post(f"/api/v1/models/{name}/versions/", payload, format="multipart")
+
+
+def test_staff_registers_uploads_and_promotes(staff_api):
+    response = staff_api.post(
+        "/api/v1/models/", {"name": "iris", "task": "classification"}, format="json"
+    )
+    assert response.status_code == 201, response.json()
+    response = _upload(staff_api, metrics='{"accuracy": 0.95}')
+    assert response.status_code == 201, response.json()
+    body = response.json()
+    assert body["name"] == "iris" and body["version"] == 1 and body["stage"] == "none"
+    assert len(body["artifact_sha256"]) == 64 and body["metrics"] == {"accuracy": 0.95}
+    assert body["created_by"] == "staff"
+    response = staff_api.post(
+        "/api/v1/models/iris/versions/1/transition",
+        {"stage": "production", "comment": "go"},
+        format="json",
+    )
+    assert response.status_code == 200, response.json()
+    assert response.json()["stage"] == "production"
+    detail = staff_api.get("/api/v1/models/iris/versions/1/").json()
+    assert detail["transitions"][0]["comment"] == "go"
+    assert staff_api.get("/api/v1/models/iris/").json()["production_version"] == 1
+
+
+def test_anonymous_gets_401_in_the_error_shape(anon_api):
+    response = anon_api.get("/api/v1/models/")
+    assert response.status_code == 401
+    assert response.json()["error"]["type"] == "not_authenticated"
+    assert response.json()["error"]["request_id"] == response["X-Request-ID"]
+
+
+def test_client_token_reads_but_cannot_write(client_api, iris_model):
+    assert client_api.get("/api/v1/models/").status_code == 200
+    assert client_api.post("/api/v1/models/", {"name": "x"}, format="json").status_code == 403
+    assert _upload(client_api).status_code == 403
+    assert not ModelVersion.objects.exists()
+
+
+def test_unknown_model_is_404_json(staff_api):
+    response = staff_api.get("/api/v1/models/nope/")
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found"
+
+
+def test_patch_cannot_change_stage(staff_api, iris_model):
+    response = staff_api.patch("/api/v1/models/iris/", {"stage": "production"}, format="json")
+    assert response.status_code == 400
+    assert "stage" in response.json()["error"]["fields"]
