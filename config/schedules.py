@@ -1,0 +1,32 @@
+"""The one place the default beat schedule is defined.
+
+`manage.py setup_schedules` writes these into django-celery-beat's tables (editable in the
+admin afterwards; an existing entry keeps the operator's edits). Crontab fields are UTC.
+"""
+
+DEFAULT_SCHEDULES = [
+    {
+        "name": "backup-daily",
+        "task": "backups.tasks.backup_create_task",
+        "crontab": {"minute": "0", "hour": "2"},
+        "enabled": True,
+    },
+    {
+        "name": "retention-cleanup-hourly",
+        "task": "backups.tasks.cleanup_retention_task",
+        "crontab": {"minute": "15"},
+        "enabled": True,
+    },
+    {
+        "name": "drift-check-daily",
+        "task": "predictions.tasks.drift_check_task",
+        "crontab": {"minute": "30", "hour": "3"},
+        "enabled": False,
+    },
+    {
+        "name": "retraining-weekly",
+        "task": "mlregistry.tasks.retraining_scheduled_task",
+        "crontab": {"minute": "0", "hour": "4", "day_of_week": "0"},
+        "enabled": False,
+    },
+]
