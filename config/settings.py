@@ -262,3 +262,14 @@ LOGGING = {
         "django.request": {"level": "ERROR"},
     },
 }
+
+# --- Backups and retention (backups app) ---------------------------------------------------
+BACKUP_RETENTION_DAYS = env_int("BACKUP_RETENTION_DAYS", 7, minimum=1)
+# /health/ready says "degraded" when the newest verified backup is older than this.
+BACKUP_STALE_AFTER_HOURS = env_int("BACKUP_STALE_AFTER_HOURS", 26, minimum=1)
+# Folder of pg_dump/pg_restore; by default the server's major version under
+# /usr/lib/postgresql/<major>/bin, then PATH.
+PG_BIN_DIR = env_str("PG_BIN_DIR", "")
+# Unreferenced artifact files younger than this are left alone: an upload may be in flight.
+ARTIFACT_SWEEP_MIN_AGE_SECONDS = env_int("ARTIFACT_SWEEP_MIN_AGE_SECONDS", 3600, minimum=0)
+# --- end backups ---------------------------------------------------------------------------

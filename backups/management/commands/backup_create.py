@@ -1,0 +1,23 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from backups import services
+from config.errors import DomainError
+from config.jobs import job_run
+
+
+class Command(BaseCommand):
+    help = "Writes and verifies a backup now (database dump + artifacts archive + manifest)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--slot", help="Idempotency key: a slot already backed up is reused.")
+
+    def handle(self, *args, **options):
+        try:
+            with job_run("backup", source="command"):
+                backup = services.backup_create(slot=options["slot"], actor="manage.py")
+        except DomainError as exc:
+            raise CommandError(exc.message) from None
+        self.stdout.write(
+            f"Backup {backup.pk} {backup.status}: {services.backup_directory(backup)} "
+            f"({backup.total_size} bytes, {backup.artifact_count} artifacts)"
+        )

@@ -1,0 +1,47 @@
+from django.db import models
+
+
+class BackupStatus(models.TextChoices):
+    RUNNING = "running", "Running"
+    VERIFIED = "verified", "Verified"
+    FAILED = "failed", "Failed"
+    CORRUPT = "corrupt", "Corrupt (verification failed)"
+
+
+class Backup(models.Model):
+    """One backup on disk: a database dump, an artifacts archive and their manifest.
+
+    `slot` is the idempotency key: a scheduled slot that runs twice (a retried or duplicated
+    task) finds its row and yields the same backup instead of a second one.
+    """
+
+    slot = models.CharField(max_length=100, unique=True)
+    status = models.CharField(
+        max_length=20, choices=BackupStatus.choices, default=BackupStatus.RUNNING, db_index=True
+    )
+    # Folder name under BACKUP_DIR; empty until the backup has been renamed into place.
+    path = models.CharField(max_length=255, blank=True)
+    database_vendor = models.CharField(max_length=20, blank=True)
+    database_size = models.BigIntegerField(default=0)
+    artifacts_size = models.BigIntegerField(default=0)
+    artifact_count = models.PositiveIntegerField(default=0)
+    manifest_sha256 = models.CharField(max_length=64, blank=True)
+    # sha256 of each file of the backup, copied from the manifest for the admin and for checks.
+    checksums = models.JSONField(default=dict, blank=True)
+    row_counts = models.JSONField(default=dict, blank=True)
+    actor = models.CharField(max_length=150)
+    attempts = models.PositiveSmallIntegerField(default=1)
+    started_at = models.DateTimeField(db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    verified_at = models.DateTimeField(null=True, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"backup {self.slot} ({self.status})"
+
+    @property
+    def total_size(self) -> int:
+        return self.database_size + self.artifacts_size

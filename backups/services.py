@@ -1,0 +1,689 @@
+"""Backups, their verification, restore and retention: every caller (admin, commands, Celery
+tasks) goes through these functions.
+
+A backup is a folder under BACKUP_DIR holding the database dump (pg_dump custom format on
+PostgreSQL, SQLite's online backup API on SQLite), a tar of MODEL_STORE_DIR and a
+manifest.json with the sha256 and size of every file and the registry's row counts. It is
+written under a temporary name, fsynced, renamed into place, then verified by re-reading it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import tarfile
+import tempfile
+import uuid
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+from django.apps import apps
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.management.color import no_style
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+
+from backups.models import Backup, BackupStatus
+from config.errors import ConflictError, DomainError, NotFoundError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+ARTIFACTS_ARCHIVE = "artifacts.tar.gz"
+DATABASE_FILES = {"postgresql": "database.dump", "sqlite": "database.sqlite3"}
+# Apps whose row counts go into the manifest and are compared after a restore.
+COUNTED_APPS = ("auth", "mlregistry", "predictions")
+CHUNK_SIZE = 1024 * 1024
+
+
+class BackupError(DomainError):
+    status_code = 409
+    error_type = "backup_error"
+
+
+class BackupInProgress(ConflictError):
+    """Another live process holds this slot; the caller may retry later."""
+
+    error_type = "backup_in_progress"
+
+
+class BackupCorrupt(BackupError):
+    """A backup whose files do not match its manifest: never restored."""
+
+    error_type = "backup_corrupt"
+
+    def __init__(self, message: str, *, problems: list[str]):
+        super().__init__(message, fields={"backup": problems})
+        self.problems = problems
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+def _stream_digest(handle: IO[bytes]) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := handle.read(CHUNK_SIZE):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _file_digest(path: Path) -> tuple[str, int]:
+    with open(path, "rb") as handle:
+        return _stream_digest(handle)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _safe_name(slot: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", slot)[:80]
+
+
+def backup_root() -> Path:
+    return Path(settings.BACKUP_DIR)
+
+
+def backup_directory(backup: Backup) -> Path:
+    if not backup.path:
+        raise BackupError(f"Backup {backup.pk} has no files (status {backup.status}).")
+    return backup_root() / backup.path
+
+
+def _actor_name(actor: AbstractBaseUser | str) -> str:
+    return actor if isinstance(actor, str) else actor.get_username()
+
+
+def registry_row_counts() -> dict[str, int]:
+    """Rows per table of the registry apps, keyed by model label (`mlregistry.modelversion`)."""
+    counts: dict[str, int] = {}
+    for label in COUNTED_APPS:
+        for model in apps.get_app_config(label).get_models():
+            if label == "auth" and model._meta.model_name != "user":
+                continue
+            counts[model._meta.label_lower] = model._base_manager.count()
+    return dict(sorted(counts.items()))
+
+
+# --- database dump and restore ---------------------------------------------------------
+
+
+def _pg_binary(name: str) -> str:
+    """pg_dump/pg_restore of the server's major version: an older client refuses a newer server."""
+    if settings.PG_BIN_DIR:
+        return str(Path(settings.PG_BIN_DIR) / name)
+    connection.ensure_connection()
+    major = connection.pg_version // 10000
+    candidate = Path(f"/usr/lib/postgresql/{major}/bin/{name}")
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise BackupError(f"{name} not found: install the PostgreSQL {major} client tools.")
+    return found
+
+
+def _pg_command(binary: str, *args: str) -> list[str]:
+    db = settings.DATABASES["default"]
+    command = [_pg_binary(binary), "--no-password"]
+    if db.get("HOST"):
+        command += ["--host", str(db["HOST"])]
+    if db.get("PORT"):
+        command += ["--port", str(db["PORT"])]
+    if db.get("USER"):
+        command += ["--username", str(db["USER"])]
+    return [*command, *args, "--dbname", str(db["NAME"])]
+
+
+def _pg_run(command: list[str]) -> None:
+    env = dict(os.environ)
+    password = settings.DATABASES["default"].get("PASSWORD")
+    if password:
+        env["PGPASSWORD"] = str(password)  # never on the command line, where ps shows it
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)  # noqa: S603
+    if result.returncode != 0:
+        raise BackupError(f"{Path(command[0]).name} failed: {result.stderr.strip()[-2000:]}")
+
+
+def _database_dump(target: Path) -> None:
+    if connection.vendor == "postgresql":
+        _pg_run(_pg_command("pg_dump", "--format=custom", "--no-owner", "--file", str(target)))
+    elif connection.vendor == "sqlite":
+        connection.ensure_connection()
+        destination = sqlite3.connect(target)
+        try:
+            # The online backup API copies a consistent snapshot while others keep writing.
+            connection.connection.backup(destination)
+        finally:
+            destination.close()
+    else:
+        raise BackupError(f"Backups of a {connection.vendor} database are not supported.")
+
+
+def _database_restore(source: Path, vendor: str) -> None:
+    if vendor != connection.vendor:
+        raise BackupError(
+            f"This backup holds a {vendor} database; the configured one is {connection.vendor}."
+        )
+    if vendor == "postgresql":
+        # Our own session must not hold locks on the tables pg_restore is about to drop.
+        connection.close()
+        _pg_run(
+            _pg_command(
+                "pg_restore",
+                "--clean",
+                "--if-exists",
+                "--no-owner",
+                "--no-privileges",
+                "--single-transaction",
+                "--exit-on-error",
+                str(source),
+            )
+        )
+        connection.close()
+    else:
+        connection.ensure_connection()
+        backup_db = sqlite3.connect(source)
+        try:
+            # Copying into the live connection (rather than the file) also works for an
+            # in-memory database and leaves no other connection reading a half-copied file.
+            backup_db.backup(connection.connection)
+        finally:
+            backup_db.close()
+
+
+# --- artifacts archive -------------------------------------------------------------------------
+
+
+def _artifact_files(root: Path) -> Iterator[tuple[str, Path]]:
+    if not root.exists():
+        return
+    for path in sorted(root.rglob("*")):
+        # Temporary files are uploads in flight; links are never followed into a backup.
+        if path.is_symlink() or not path.is_file() or path.name.startswith(".tmp-"):
+            continue
+        yield path.relative_to(root).as_posix(), path
+
+
+def _artifacts_archive_write(target: Path) -> dict[str, dict[str, Any]]:
+    entries: dict[str, dict[str, Any]] = {}
+    with tarfile.open(target, "w:gz") as tar:
+        for name, path in _artifact_files(Path(settings.MODEL_STORE_DIR)):
+            sha256, size = _file_digest(path)
+            entries[name] = {"sha256": sha256, "size": size}
+            tar.add(path, arcname=name, recursive=False)
+    return entries
+
+
+def archive_member_problem(member: tarfile.TarInfo) -> str | None:
+    """Why a tar member may not be extracted (absolute, `..`, link, device), or None."""
+    name = member.name
+    path = PurePosixPath(name)
+    if path.is_absolute() or name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return f"{name}: absolute path"
+    if ".." in path.parts or ".." in name.split("\\"):
+        return f"{name}: path escapes the archive (..)"
+    if not (member.isfile() or member.isdir()):
+        return f"{name}: not a regular file (links and devices are refused)"
+    return None
+
+
+def _archive_check(archive: Path, expected: dict[str, dict[str, Any]]) -> list[str]:
+    problems: list[str] = []
+    seen: set[str] = set()
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                problem = archive_member_problem(member)
+                if problem:
+                    problems.append(f"{ARTIFACTS_ARCHIVE}: {problem}")
+                    continue
+                if member.isdir():
+                    continue
+                sha256, _ = _stream_digest(tar.extractfile(member))
+                seen.add(member.name)
+                want = expected.get(member.name)
+                if want is None:
+                    problems.append(f"{ARTIFACTS_ARCHIVE}: {member.name} is not in the manifest")
+                elif sha256 != want["sha256"]:
+                    problems.append(f"{ARTIFACTS_ARCHIVE}: {member.name} sha256 mismatch")
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+        return [f"{ARTIFACTS_ARCHIVE}: unreadable ({type(exc).__name__}: {exc})"]
+    problems += [f"{ARTIFACTS_ARCHIVE}: {name} missing" for name in sorted(set(expected) - seen)]
+    return problems
+
+
+def _artifacts_extract(archive: Path, staging: Path) -> None:
+    with tarfile.open(archive, "r:gz") as tar:
+        members = tar.getmembers()
+        problems = [p for p in map(archive_member_problem, members) if p]
+        if problems:
+            raise BackupCorrupt("The artifacts archive has unsafe members.", problems=problems)
+        # The "data" filter is a second guard: it too refuses links, devices and escapes.
+        tar.extractall(staging, members=members, filter="data")
+
+
+# --- create and verify ---------------------------------------------------------------------
+
+
+@contextmanager
+def _slot_lock(slot: str) -> Iterator[bool]:
+    """Holds a lock on the slot that dies with its holder, so a killed worker never blocks it.
+
+    PostgreSQL: a session advisory lock (released when the connection drops). SQLite: an
+    flock on a file in BACKUP_DIR (released when the process exits); SQLite is one machine.
+    """
+    if connection.vendor == "postgresql":
+        digest = hashlib.sha256(f"mlregistry-backup:{slot}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+            acquired = bool(cursor.fetchone()[0])
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+        return
+    lock_dir = backup_root() / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_dir / f"{_safe_name(slot)}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            acquired = True
+        except BlockingIOError:
+            acquired = False
+        yield acquired
+    finally:
+        os.close(fd)
+
+
+def _backup_claim(*, slot: str, actor: str, now: datetime) -> Backup:
+    try:
+        with transaction.atomic():
+            return Backup.objects.create(slot=slot, actor=actor, started_at=now)
+    except IntegrityError:
+        backup = Backup.objects.get(slot=slot)
+    if backup.status != BackupStatus.VERIFIED:
+        # Holding the slot lock, a row still "running" belongs to an attempt that died (a
+        # killed worker): this attempt takes the slot over rather than adding a second backup.
+        backup.status = BackupStatus.RUNNING
+        backup.attempts += 1
+        backup.error = ""
+        backup.started_at = now
+        backup.finished_at = None
+        backup.save(update_fields=["status", "attempts", "error", "started_at", "finished_at"])
+    return backup
+
+
+def _stale_attempts_remove(root: Path, slot: str, keep: str = "") -> None:
+    prefix = f".tmp-{_safe_name(slot)}-"
+    for path in root.glob(f"{prefix}*"):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in root.glob(f"*-{_safe_name(slot)}"):
+        if path.is_dir() and path.name != keep and not path.name.startswith("."):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _backup_write(backup: Backup) -> None:
+    root = backup_root()
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"{backup.started_at:%Y%m%dT%H%M%SZ}-{_safe_name(backup.slot)}"
+    _stale_attempts_remove(root, backup.slot)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{_safe_name(backup.slot)}-"))
+    try:
+        vendor = connection.vendor
+        row_counts = registry_row_counts()
+        database_file = staging / DATABASE_FILES.get(vendor, "database")
+        _database_dump(database_file)
+        artifacts = _artifacts_archive_write(staging / ARTIFACTS_ARCHIVE)
+        files = {}
+        for path in (database_file, staging / ARTIFACTS_ARCHIVE):
+            _fsync_path(path)
+            sha256, size = _file_digest(path)
+            files[path.name] = {"sha256": sha256, "size": size}
+        manifest = {
+            "format": FORMAT_VERSION,
+            "slot": backup.slot,
+            "created_at": backup.started_at.isoformat(),
+            "database": {"vendor": vendor, "file": database_file.name},
+            "files": files,
+            "artifacts": artifacts,
+            "row_counts": row_counts,
+        }
+        manifest_path = staging / MANIFEST_NAME
+        manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        _fsync_path(manifest_path)
+        _fsync_path(staging)
+        os.chmod(staging, 0o700)
+        os.rename(staging, root / name)
+        _fsync_path(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    backup.path = name
+    backup.database_vendor = vendor
+    backup.database_size = files[database_file.name]["size"]
+    backup.artifacts_size = files[ARTIFACTS_ARCHIVE]["size"]
+    backup.artifact_count = len(artifacts)
+    backup.checksums = {name: entry["sha256"] for name, entry in files.items()}
+    backup.row_counts = row_counts
+    backup.manifest_sha256 = _file_digest(root / name / MANIFEST_NAME)[0]
+    backup.finished_at = timezone.now()
+    backup.save()
+
+
+def backup_create(
+    *, slot: str | None = None, actor: AbstractBaseUser | str, now: datetime | None = None
+) -> Backup:
+    """Writes and verifies one backup; a slot that already has a verified backup returns it."""
+    now = now or timezone.now()
+    slot = slot or f"manual-{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    with _slot_lock(slot) as acquired:
+        if not acquired:
+            raise BackupInProgress(f"A backup for slot {slot!r} is running in another process.")
+        backup = _backup_claim(slot=slot, actor=_actor_name(actor), now=now)
+        if backup.status == BackupStatus.VERIFIED:
+            logger.info("backup slot already done", extra={"slot": slot, "backup": backup.pk})
+            return backup
+        try:
+            _backup_write(backup)
+        except Exception as exc:
+            backup.status = BackupStatus.FAILED
+            backup.error = f"{type(exc).__name__}: {exc}"[:5000]
+            backup.finished_at = timezone.now()
+            backup.save(update_fields=["status", "error", "finished_at"])
+            raise
+        backup_verify(backup=backup)
+    return backup
+
+
+def _verify_directory(directory: Path, *, manifest_sha256: str = "") -> tuple[dict, list[str]]:
+    manifest_path = directory / MANIFEST_NAME
+    if not manifest_path.is_file():
+        return {}, [f"{MANIFEST_NAME} missing in {directory}"]
+    if manifest_sha256 and _file_digest(manifest_path)[0] != manifest_sha256:
+        return {}, [f"{MANIFEST_NAME}: sha256 differs from the one recorded at backup time"]
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files = manifest["files"]
+        artifacts = manifest["artifacts"]
+        if not manifest["database"]["vendor"]:
+            raise ValueError("no database vendor")
+    except (ValueError, KeyError, TypeError) as exc:
+        return {}, [f"{MANIFEST_NAME}: unreadable ({type(exc).__name__}: {exc})"]
+    problems = []
+    for name, expected in sorted(files.items()):
+        path = directory / name
+        if PurePosixPath(name).name != name or not path.is_file():
+            problems.append(f"{name}: missing")
+            continue
+        sha256, size = _file_digest(path)
+        if size != expected["size"]:
+            problems.append(f"{name}: size {size} != {expected['size']}")
+        if sha256 != expected["sha256"]:
+            problems.append(f"{name}: sha256 mismatch")
+    if ARTIFACTS_ARCHIVE in files and not problems:
+        problems += _archive_check(directory / ARTIFACTS_ARCHIVE, artifacts)
+    return manifest, problems
+
+
+def backup_verify(
+    *, backup: Backup | None = None, path: Path | str | None = None
+) -> dict[str, Any]:
+    """Re-reads every checksum of a backup (the row's folder, else `path`); returns its
+    manifest or raises BackupCorrupt."""
+    if backup is None and path is None:
+        raise BackupError("Name a backup or a path to verify.")
+    directory = backup_directory(backup) if backup is not None else Path(path)
+    manifest, problems = _verify_directory(
+        directory, manifest_sha256=backup.manifest_sha256 if backup is not None else ""
+    )
+    if backup is not None:
+        backup.status = BackupStatus.CORRUPT if problems else BackupStatus.VERIFIED
+        backup.verified_at = timezone.now()
+        backup.error = "\n".join(problems)[:5000]
+        backup.save(update_fields=["status", "verified_at", "error"])
+    if problems:
+        logger.error("backup verification failed", extra={"path": str(directory)})
+        raise BackupCorrupt(
+            f"Backup {directory.name} failed verification: {len(problems)} problem(s).",
+            problems=problems,
+        )
+    return manifest
+
+
+def backup_resolve(reference: str) -> tuple[Backup | None, Path]:
+    """A backup named by id, folder or manifest path; the row too when the folder is known."""
+    if reference.isdigit():
+        backup = Backup.objects.filter(pk=int(reference)).first()
+        if backup is None:
+            raise NotFoundError(f"No backup with id {reference}.")
+        return backup, backup_directory(backup)
+    path = Path(reference)
+    if path.name == MANIFEST_NAME:
+        path = path.parent
+    if not path.is_dir():
+        raise NotFoundError(f"No backup folder at {reference}.")
+    backup = None
+    if path.resolve().parent == backup_root().resolve():
+        backup = Backup.objects.filter(path=path.name).first()
+    return backup, path
+
+
+# --- restore -------------------------------------------------------------------------------------
+
+
+@dataclass
+class RestorePlan:
+    directory: Path
+    manifest: dict[str, Any]
+    current_counts: dict[str, int]
+    current_artifacts: int
+
+    @property
+    def backup_counts(self) -> dict[str, int]:
+        return self.manifest["row_counts"]
+
+    @property
+    def database_is_empty(self) -> bool:
+        return not any(self.current_counts.values()) and not self.current_artifacts
+
+    def describe(self) -> list[str]:
+        lines = [
+            f"Backup {self.directory.name} ({self.manifest['database']['vendor']}, "
+            f"taken {self.manifest['created_at']}): checksums verified.",
+            f"Artifacts: {self.current_artifacts} file(s) in {settings.MODEL_STORE_DIR} "
+            f"replaced by {len(self.manifest['artifacts'])} from the backup.",
+            "Tables (now -> after restore):",
+        ]
+        for label in sorted(set(self.current_counts) | set(self.backup_counts)):
+            lines.append(
+                f"  {label}: {self.current_counts.get(label, 0)} -> "
+                f"{self.backup_counts.get(label, 0)}"
+            )
+        return lines
+
+
+@dataclass
+class RestoreResult:
+    manifest: dict[str, Any]
+    row_counts: dict[str, int]
+    mismatches: list[str] = field(default_factory=list)
+
+
+def restore_plan(*, directory: Path, backup: Backup | None = None) -> RestorePlan:
+    """Verifies the backup and says what a restore would replace; changes nothing."""
+    manifest = backup_verify(backup=backup, path=directory)
+    current_artifacts = sum(1 for _ in _artifact_files(Path(settings.MODEL_STORE_DIR)))
+    return RestorePlan(directory, manifest, registry_row_counts(), current_artifacts)
+
+
+def backup_restore(
+    *, directory: Path, actor: AbstractBaseUser | str, backup: Backup | None = None
+) -> RestoreResult:
+    """Replaces the database and the artifacts store with a verified backup's contents."""
+    if connection.in_atomic_block:
+        raise BackupError("A restore replaces whole tables; it cannot run inside a transaction.")
+    plan = restore_plan(directory=directory, backup=backup)
+    manifest = plan.manifest
+    store = Path(settings.MODEL_STORE_DIR)
+    store.parent.mkdir(parents=True, exist_ok=True)
+    staging = store.parent / f".{store.name}.restore-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        _artifacts_extract(directory / ARTIFACTS_ARCHIVE, staging)
+        _, problems = _verify_extracted(staging, manifest["artifacts"])
+        if problems:
+            raise BackupCorrupt("Extracted artifacts do not match the manifest.", problems=problems)
+        # The backup catalogue describes files on disk, not the registry: it survives restore.
+        catalogue = list(Backup.objects.values())
+        _database_restore(directory / manifest["database"]["file"], manifest["database"]["vendor"])
+        _catalogue_replace(catalogue)
+        previous = store.parent / f".{store.name}.replaced-{uuid.uuid4().hex[:8]}"
+        if store.exists():
+            os.rename(store, previous)
+        os.rename(staging, store)
+        shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _routing_invalidate_all()
+    counts = registry_row_counts()
+    mismatches = [
+        f"{label}: {counts.get(label, 0)} rows, the backup had {expected}"
+        for label, expected in manifest["row_counts"].items()
+        if counts.get(label, 0) != expected
+    ]
+    logger.warning(
+        "backup restored",
+        extra={"backup": directory.name, "actor": _actor_name(actor), "mismatches": mismatches},
+    )
+    return RestoreResult(manifest=manifest, row_counts=counts, mismatches=mismatches)
+
+
+def _verify_extracted(root: Path, expected: dict[str, dict[str, Any]]) -> tuple[int, list[str]]:
+    found = dict(_artifact_files(root))
+    problems = [f"{name}: missing after extraction" for name in expected if name not in found]
+    for name, path in found.items():
+        want = expected.get(name)
+        if want is None or _file_digest(path)[0] != want["sha256"]:
+            problems.append(f"{name}: not the file the manifest lists")
+    return len(found), problems
+
+
+def _catalogue_replace(rows: list[dict[str, Any]]) -> None:
+    with transaction.atomic():
+        Backup.objects.all().delete()
+        Backup.objects.bulk_create(Backup(**row) for row in rows)
+        # Rows keep their ids: move the id sequence past them (a no-op on SQLite).
+        with connection.cursor() as cursor:
+            for sql in connection.ops.sequence_reset_sql(no_style(), [Backup]):
+                cursor.execute(sql)
+
+
+def _routing_invalidate_all() -> None:
+    from mlregistry.models import RegisteredModel
+    from mlregistry.selectors import routing_invalidate
+
+    for name in RegisteredModel.objects.values_list("name", flat=True):
+        routing_invalidate(name)
+
+
+# --- retention ---------------------------------------------------------------------------
+
+
+def backup_retention_apply(
+    *, now: datetime | None = None, retention_days: int | None = None
+) -> list[int]:
+    """Deletes backups older than the retention, never the newest verified one; returns ids."""
+    now = now or timezone.now()
+    days = retention_days if retention_days is not None else settings.BACKUP_RETENTION_DAYS
+    cutoff = now - timedelta(days=days)
+    newest_verified = (
+        Backup.objects.filter(status=BackupStatus.VERIFIED).order_by("-started_at", "-id").first()
+    )
+    expired = Backup.objects.filter(started_at__lt=cutoff)
+    if newest_verified is not None:
+        expired = expired.exclude(pk=newest_verified.pk)
+    deleted = []
+    root = backup_root().resolve()
+    for backup in expired:
+        if backup.path:
+            directory = (root / backup.path).resolve()
+            if directory.parent == root:
+                shutil.rmtree(directory, ignore_errors=True)
+        deleted.append(backup.pk)
+        backup.delete()
+    # Folders of attempts that died before their row recorded them.
+    if root.exists():
+        for path in root.glob(".tmp-*"):
+            if path.stat().st_mtime < cutoff.timestamp():
+                shutil.rmtree(path, ignore_errors=True)
+    return deleted
+
+
+def artifacts_sweep(*, now: datetime | None = None, min_age: timedelta | None = None) -> list[str]:
+    """Removes artifact files no ModelVersion references; never young files (uploads in flight)."""
+    from mlregistry.models import ModelVersion
+
+    now = now or timezone.now()
+    min_age = min_age or timedelta(seconds=settings.ARTIFACT_SWEEP_MIN_AGE_SECONDS)
+    referenced = set(ModelVersion.objects.values_list("artifact", flat=True))
+    newest_allowed = (now - min_age).timestamp()
+    root = Path(settings.MODEL_STORE_DIR)
+    removed = []
+    for path in sorted(root.rglob("*")) if root.exists() else []:
+        if path.is_symlink() or not path.is_file():
+            continue
+        name = path.relative_to(root).as_posix()
+        if name in referenced or path.stat().st_mtime > newest_allowed:
+            continue
+        # Asked again right before unlinking: an upload of the same bytes may have just
+        # registered this content-addressed name.
+        if ModelVersion.objects.filter(artifact=name).exists():
+            continue
+        path.unlink()
+        removed.append(name)
+    return removed
+
+
+def retention_cleanup_run(*, now: datetime | None = None) -> dict[str, Any]:
+    """The hourly cleanup: old backups, old prediction logs, unreferenced artifacts."""
+    now = now or timezone.now()
+    try:
+        from predictions.services import prediction_log_prune
+    except ImportError:
+        prediction_log_prune = None  # merged from the predictions branch; skipped until then
+    pruned: int | None = None
+    if prediction_log_prune is not None:
+        days = getattr(settings, "PREDICTION_LOG_RETENTION_DAYS", 30)
+        pruned = prediction_log_prune(older_than=now - timedelta(days=days))
+    else:
+        logger.warning("prediction log pruning unavailable: predictions.services has none")
+    return {
+        "backups_deleted": backup_retention_apply(now=now),
+        "prediction_logs_pruned": pruned,
+        "artifacts_swept": artifacts_sweep(now=now),
+    }
