@@ -34,6 +34,7 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.management.color import no_style
 from django.db import IntegrityError, connection, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
 from backups.models import Backup, BackupStatus
@@ -287,23 +288,24 @@ def _artifacts_extract(archive: Path, staging: Path) -> None:
 
 
 @contextmanager
-def _slot_lock(slot: str) -> Iterator[bool]:
+def _slot_lock(slot: str, *, using: BaseDatabaseWrapper | None = None) -> Iterator[bool]:
     """Holds a lock on the slot that dies with its holder, so a killed worker never blocks it.
 
     PostgreSQL: a session advisory lock (released when the connection drops). SQLite: an
     flock on a file in BACKUP_DIR (released when the process exits); SQLite is one machine.
     """
-    if connection.vendor == "postgresql":
+    using = using or connection
+    if using.vendor == "postgresql":
         digest = hashlib.sha256(f"mlregistry-backup:{slot}".encode()).digest()
         key = int.from_bytes(digest[:8], "big", signed=True)
-        with connection.cursor() as cursor:
+        with using.cursor() as cursor:
             cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
             acquired = bool(cursor.fetchone()[0])
         try:
             yield acquired
         finally:
             if acquired:
-                with connection.cursor() as cursor:
+                with using.cursor() as cursor:
                     cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
         return
     lock_dir = backup_root() / ".locks"
@@ -399,6 +401,9 @@ def backup_create(
     *, slot: str | None = None, actor: AbstractBaseUser | str, now: datetime | None = None
 ) -> Backup:
     """Writes and verifies one backup; a slot that already has a verified backup returns it."""
+    if connection.in_atomic_block:
+        # pg_dump would not see this transaction's rows; SQLite's backup would wait on it.
+        raise BackupError("A backup must run outside a transaction.")
     now = now or timezone.now()
     slot = slot or f"manual-{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     with _slot_lock(slot) as acquired:

@@ -272,4 +272,7 @@ BACKUP_STALE_AFTER_HOURS = env_int("BACKUP_STALE_AFTER_HOURS", 26, minimum=1)
 PG_BIN_DIR = env_str("PG_BIN_DIR", "")
 # Unreferenced artifact files younger than this are left alone: an upload may be in flight.
 ARTIFACT_SWEEP_MIN_AGE_SECONDS = env_int("ARTIFACT_SWEEP_MIN_AGE_SECONDS", 3600, minimum=0)
+# Celery would replace LOGGING's handlers with its own plain format, dropping the JSON fields
+# (job outcome, duration, request id) of the worker's log lines.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # --- end backups ---------------------------------------------------------------------------

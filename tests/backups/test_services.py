@@ -1,0 +1,382 @@
+import io
+import json
+import os
+import shutil
+import tarfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from django.conf import settings
+from django.db import connection, connections, transaction
+
+from backups import services
+from backups.models import Backup, BackupStatus
+from mlregistry.models import ModelVersion, RegisteredModel, StageTransition
+from tests.backups.conftest import artifact_digests, production_predictions
+
+POSTGRES = pytest.mark.postgres
+# Backups read the database from outside the test's transaction (pg_dump, SQLite's backup
+# API), so the rows must be committed.
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _wipe_registry() -> None:
+    """What a lost server looks like: no registry rows, no artifact files."""
+    StageTransition.objects.all().delete()
+    ModelVersion.objects.all().delete()
+    RegisteredModel.objects.all().delete()
+    shutil.rmtree(settings.MODEL_STORE_DIR)
+
+
+def _round_trip(registry) -> Backup:
+    digests = artifact_digests()
+    counts = services.registry_row_counts()
+    predictions = production_predictions("iris")
+
+    backup = services.backup_create(actor="tests")
+    _wipe_registry()
+    assert services.registry_row_counts()["mlregistry.modelversion"] == 0
+    result = services.backup_restore(
+        directory=services.backup_directory(backup), backup=backup, actor="tests"
+    )
+
+    assert artifact_digests() == digests
+    assert services.registry_row_counts() == counts
+    assert result.mismatches == []
+    np.testing.assert_array_equal(production_predictions("iris"), predictions)
+    return backup
+
+
+def test_restore_on_sqlite_brings_back_rows_artifacts_and_predictions(registry):
+    if connection.vendor != "sqlite":
+        pytest.skip("the SQLite round trip; the PostgreSQL one is marked postgres")
+    backup = _round_trip(registry)
+    assert (services.backup_directory(backup) / "database.sqlite3").read_bytes()[:6] == b"SQLite"
+
+
+@POSTGRES
+def test_restore_on_postgres_brings_back_rows_artifacts_and_predictions(registry):
+    backup = _round_trip(registry)
+    # pg_dump's custom format, restorable with pg_restore.
+    assert (services.backup_directory(backup) / "database.dump").read_bytes()[:5] == b"PGDMP"
+
+
+def test_restore_keeps_the_backup_catalogue_written_after_the_dump(registry):
+    first = services.backup_create(slot="first", actor="tests")
+    second = services.backup_create(slot="second", actor="tests")
+    services.backup_restore(directory=services.backup_directory(first), actor="tests")
+    assert set(Backup.objects.values_list("slot", flat=True)) == {"first", "second"}
+    # The id sequence moved past the kept rows: a new backup gets a fresh id.
+    third = services.backup_create(slot="third", actor="tests")
+    assert third.pk > second.pk
+
+
+def test_backup_writes_manifest_with_checksums_sizes_and_row_counts(registry):
+    backup = services.backup_create(actor="tests")
+
+    directory = services.backup_directory(backup)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert backup.status == BackupStatus.VERIFIED
+    assert set(manifest["files"]) == {manifest["database"]["file"], "artifacts.tar.gz"}
+    for name, entry in manifest["files"].items():
+        assert (directory / name).stat().st_size == entry["size"]
+        assert backup.checksums[name] == entry["sha256"]
+    assert {n: e["sha256"] for n, e in manifest["artifacts"].items()} == artifact_digests()
+    assert manifest["row_counts"]["mlregistry.modelversion"] == 3
+    assert manifest["row_counts"]["mlregistry.registeredmodel"] == 2
+    assert backup.artifact_count == 3
+    assert not list(Path(settings.BACKUP_DIR).glob(".tmp-*"))  # renamed into place
+
+
+def test_a_slot_run_twice_yields_one_backup(registry):
+    first = services.backup_create(slot="scheduled-2026-01-01T02", actor="tests")
+    again = services.backup_create(slot="scheduled-2026-01-01T02", actor="tests")
+    assert again.pk == first.pk
+    assert Backup.objects.count() == 1
+    assert len([p for p in Path(settings.BACKUP_DIR).iterdir() if p.name[0] != "."]) == 1
+
+
+def test_a_failed_attempt_is_taken_over_by_the_retry_of_its_slot(registry, monkeypatch):
+    # Fault injected on purpose: the first attempt's archive step dies half-way.
+    original = services._artifacts_archive_write
+
+    def broken(target):
+        target.write_bytes(b"half an archive")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(services, "_artifacts_archive_write", broken)
+    with pytest.raises(OSError, match="disk full"):
+        services.backup_create(slot="nightly", actor="tests")
+    failed = Backup.objects.get(slot="nightly")
+    assert failed.status == BackupStatus.FAILED
+    assert "disk full" in failed.error
+
+    monkeypatch.setattr(services, "_artifacts_archive_write", original)
+    retried = services.backup_create(slot="nightly", actor="tests")
+    assert retried.pk == failed.pk
+    assert retried.status == BackupStatus.VERIFIED
+    assert retried.attempts == 2
+    assert [p.name for p in Path(settings.BACKUP_DIR).iterdir() if p.name[0] != "."] == [
+        retried.path
+    ]
+
+
+def test_an_attempt_killed_mid_write_is_taken_over_without_leftovers(registry, monkeypatch):
+    # Fault injected on purpose: a BaseException skips every `except Exception`, as a SIGKILL
+    # would, leaving the row "running" and a temporary folder behind.
+    def killed(target):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(services, "_database_dump", killed)
+    with pytest.raises(KeyboardInterrupt):
+        services.backup_create(slot="nightly", actor="tests")
+    assert Backup.objects.get(slot="nightly").status == BackupStatus.RUNNING
+    Path(settings.BACKUP_DIR, ".tmp-nightly-leftover").mkdir()
+    monkeypatch.undo()
+
+    backup = services.backup_create(slot="nightly", actor="tests")
+    assert backup.status == BackupStatus.VERIFIED
+    assert Backup.objects.count() == 1
+    left = {p.name for p in Path(settings.BACKUP_DIR).iterdir()} - {".locks"}
+    assert left == {backup.path}
+
+
+def test_a_slot_held_by_another_live_process_is_refused(registry):
+    other = connections.create_connection("default")
+    try:
+        # Another process holds the slot: its own database session, its own file handle.
+        with services._slot_lock("busy", using=other) as acquired:
+            assert acquired
+            with pytest.raises(services.BackupInProgress):
+                services.backup_create(slot="busy", actor="tests")
+        backup = services.backup_create(slot="busy", actor="tests")
+    finally:
+        other.close()
+    assert backup.status == BackupStatus.VERIFIED
+
+
+def _corrupt(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_verify_finds_a_flipped_byte_and_marks_the_backup_corrupt(registry):
+    backup = services.backup_create(actor="tests")
+    _corrupt(services.backup_directory(backup) / "artifacts.tar.gz")
+    with pytest.raises(services.BackupCorrupt) as caught:
+        services.backup_verify(backup=backup)
+    assert caught.value.problems == ["artifacts.tar.gz: sha256 mismatch"]
+    backup.refresh_from_db()
+    assert backup.status == BackupStatus.CORRUPT
+
+
+def test_verify_refuses_an_edited_manifest(registry):
+    backup = services.backup_create(actor="tests")
+    manifest_path = services.backup_directory(backup) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["row_counts"]["mlregistry.modelversion"] = 99
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(services.BackupCorrupt, match="failed verification"):
+        services.backup_verify(backup=backup)
+    # Without the row, the files are still checked against the (edited) manifest.
+    assert services.backup_verify(path=manifest_path.parent)["row_counts"]
+
+
+def test_restore_refuses_a_corrupted_database_dump_and_changes_nothing(registry):
+    backup = services.backup_create(actor="tests")
+    directory = services.backup_directory(backup)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    _corrupt(directory / manifest["database"]["file"])
+    digests, counts = artifact_digests(), services.registry_row_counts()
+
+    with pytest.raises(services.BackupCorrupt):
+        services.backup_restore(directory=directory, backup=backup, actor="tests")
+    assert artifact_digests() == digests
+    assert services.registry_row_counts() == counts
+
+
+def _rewrite_archive(directory: Path, add) -> None:
+    """Swaps in a crafted archive and re-signs it, as someone with write access could."""
+    archive = directory / "artifacts.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        add(tar)
+    manifest_path = directory / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    sha256, size = services._file_digest(archive)
+    manifest["files"]["artifacts.tar.gz"] = {"sha256": sha256, "size": size}
+    manifest_path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    ("member", "reason"),
+    [
+        ("../escape.skops", "escapes"),
+        ("/etc/evil.skops", "absolute"),
+        ("link", "not a regular file"),
+    ],
+)
+def test_restore_refuses_archive_members_with_unsafe_paths(registry, member, reason, tmp_path):
+    backup = services.backup_create(actor="tests")
+    directory = services.backup_directory(backup)
+
+    def add(tar):
+        info = tarfile.TarInfo(member)
+        if member == "link":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(info, None if member == "link" else io.BytesIO(b""))
+
+    _rewrite_archive(directory, add)
+    with pytest.raises(services.BackupCorrupt) as caught:
+        services.backup_restore(directory=directory, actor="tests")
+    assert reason in " ".join(caught.value.problems)
+    assert not (tmp_path / "escape.skops").exists()
+    assert services.registry_row_counts()["mlregistry.modelversion"] == 3
+
+
+@pytest.mark.parametrize(
+    ("member", "problem"),
+    [
+        ("../x", "../x: path escapes the archive (..)"),
+        ("a/../../x", "a/../../x: path escapes the archive (..)"),
+        ("/abs", "/abs: absolute path"),
+        ("C:/win", "C:/win: absolute path"),
+        ("sha256/ab/ok.skops", None),
+    ],
+)
+def test_archive_member_check_names_the_problem(member, problem):
+    assert services.archive_member_problem(tarfile.TarInfo(member)) == problem
+
+
+def test_archive_member_check_refuses_hard_links():
+    info = tarfile.TarInfo("sha256/ab/x.skops")
+    info.type = tarfile.LNKTYPE
+    assert "not a regular file" in services.archive_member_problem(info)
+
+
+def test_backup_and_restore_refuse_to_run_inside_a_transaction(registry):
+    backup = services.backup_create(actor="tests")
+    with transaction.atomic():
+        with pytest.raises(services.BackupError, match="transaction"):
+            services.backup_create(actor="tests")
+        with pytest.raises(services.BackupError, match="transaction"):
+            services.backup_restore(directory=services.backup_directory(backup), actor="tests")
+
+
+def test_restore_refuses_a_dump_of_another_database_engine():
+    other = "postgresql" if connection.vendor == "sqlite" else "sqlite"
+    with pytest.raises(services.BackupError, match=f"holds a {other} database"):
+        services._database_restore(Path("unused"), other)
+
+
+def test_resolve_finds_a_backup_by_id_folder_or_manifest(registry):
+    backup = services.backup_create(actor="tests")
+    directory = services.backup_directory(backup)
+    assert services.backup_resolve(str(backup.pk)) == (backup, directory)
+    assert services.backup_resolve(str(directory)) == (backup, directory)
+    assert services.backup_resolve(str(directory / "manifest.json")) == (backup, directory)
+    with pytest.raises(services.NotFoundError):
+        services.backup_resolve("999999")
+    with pytest.raises(services.NotFoundError):
+        services.backup_resolve("/nonexistent/backup")
+
+
+# --- retention ------------------------------------------------------------------------------
+
+NOW = datetime(2026, 3, 10, 3, 0, tzinfo=UTC)
+
+
+def _daily_backups(days: int) -> list[Backup]:
+    """One real backup per day at 02:00 for `days` days, the newest today."""
+    return [
+        services.backup_create(
+            slot=f"day-{age}", actor="tests", now=NOW.replace(hour=2) - timedelta(days=age)
+        )
+        for age in range(days)
+    ]
+
+
+def test_retention_over_ten_days_keeps_exactly_the_last_seven(registry):
+    backups = _daily_backups(10)
+
+    deleted = services.backup_retention_apply(now=NOW, retention_days=7)
+
+    kept = set(Backup.objects.values_list("slot", flat=True))
+    assert kept == {f"day-{age}" for age in range(7)}
+    assert sorted(deleted) == sorted(b.pk for b in backups[7:])
+    on_disk = {p.name for p in Path(settings.BACKUP_DIR).iterdir() if p.name[0] != "."}
+    assert on_disk == {b.path for b in backups[:7]}
+
+
+def test_retention_never_deletes_the_newest_verified_backup(registry):
+    backups = _daily_backups(3)
+    # The two newest are failures: the only verified backup left is 2 days old.
+    Backup.objects.filter(pk__in=[backups[0].pk, backups[1].pk]).update(status=BackupStatus.FAILED)
+
+    services.backup_retention_apply(now=NOW + timedelta(days=30), retention_days=7)
+
+    assert list(Backup.objects.values_list("pk", flat=True)) == [backups[2].pk]
+    assert services.backup_directory(backups[2]).is_dir()
+
+
+def test_retention_removes_leftover_temporary_folders_past_the_cutoff(registry):
+    leftover = Path(settings.BACKUP_DIR, ".tmp-dead-attempt")
+    leftover.mkdir(parents=True)
+    services.backup_retention_apply(now=NOW, retention_days=7)
+    assert leftover.exists()  # young: it may be an attempt still running
+    services.backup_retention_apply(now=datetime.now(UTC) + timedelta(days=8), retention_days=7)
+    assert not leftover.exists()
+
+
+def _age(path: Path, hours: float) -> None:
+    stamp = (datetime.now(UTC) - timedelta(hours=hours)).timestamp()
+    os.utime(path, (stamp, stamp))
+
+
+def test_sweep_removes_only_old_unreferenced_artifacts(registry):
+    root = Path(settings.MODEL_STORE_DIR)
+    referenced = [root / v.artifact.name for v in ModelVersion.objects.all()]
+    for path in referenced:
+        _age(path, 48)
+    orphan = root / "sha256/00/orphan.skops"
+    young = root / "sha256/00/young.skops"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"left by a deleted version")
+    young.write_bytes(b"an upload in flight")
+    _age(orphan, 2)
+
+    removed = services.artifacts_sweep()
+
+    assert removed == ["sha256/00/orphan.skops"]
+    assert young.exists()
+    assert all(path.exists() for path in referenced)
+
+
+def test_sweep_collects_artifacts_of_a_deleted_model_only(registry):
+    from mlregistry import services as registry_services
+
+    other = RegisteredModel.objects.get(name="iris-other")
+    doomed = root_path(other.versions.get().artifact.name)
+    for path in Path(settings.MODEL_STORE_DIR).rglob("*.skops"):
+        _age(path, 48)
+    registry_services.registered_model_delete(model=other, actor="tests")
+
+    removed = services.artifacts_sweep()
+
+    assert removed == [doomed.relative_to(settings.MODEL_STORE_DIR).as_posix()]
+    assert ModelVersion.objects.count() == 2
+    assert all(root_path(v.artifact.name).exists() for v in ModelVersion.objects.all())
+
+
+def root_path(name: str) -> Path:
+    return Path(settings.MODEL_STORE_DIR) / name
+
+
+def test_cleanup_run_reports_each_part(registry):
+    _daily_backups(1)
+    summary = services.retention_cleanup_run(now=NOW)
+    assert summary["backups_deleted"] == []
+    assert summary["artifacts_swept"] == []
+    assert "prediction_logs_pruned" in summary
