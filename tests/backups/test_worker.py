@@ -1,0 +1,206 @@
+"""A real Celery worker process against the local broker (RabbitMQ or Redis), not eager mode."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from celery import Celery
+from django.conf import settings
+from django.db import connection
+from kombu import Connection
+
+from backups.models import Backup
+from config.logging import request_id_var
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+REPO = Path(__file__).resolve().parents[2]
+WAIT_SECONDS = 120
+
+
+def _broker_url() -> str | None:
+    configured = os.environ.get("CELERY_TEST_BROKER_URL")
+    candidates = (
+        [configured]
+        if configured
+        else ["amqp://guest:guest@127.0.0.1:5672//", "redis://127.0.0.1:6379/3"]
+    )
+    for url in candidates:
+        try:
+            with Connection(url, connect_timeout=2) as conn:
+                conn.ensure_connection(max_retries=1)
+            return url
+        except Exception:  # noqa: S112 - any failure means: try the next broker
+            continue
+    return None
+
+
+@pytest.fixture
+def broker():
+    url = _broker_url()
+    if url is None:
+        pytest.skip("no broker answers: set CELERY_TEST_BROKER_URL or start RabbitMQ/Redis")
+    # A queue of its own: other test runs may share the broker.
+    queue = f"test-backups-{uuid.uuid4().hex[:10]}"
+    publisher = Celery("tests", broker=url)
+    yield url, queue, publisher
+    try:
+        with Connection(url, connect_timeout=2) as conn:
+            conn.default_channel.queue_delete(queue)
+    except Exception:  # noqa: S110 - a queue left behind is harmless
+        pass
+
+
+class Worker:
+    """The test's database as the worker sees it, and the worker process itself."""
+
+    def __init__(self, tmp_path: Path, broker_url: str, queue: str):
+        self.tmp_path = tmp_path
+        self.queue = queue
+        self.log = tmp_path / "worker.log"
+        self.processes: list[subprocess.Popen] = []
+        self.sqlite_file: Path | None = None
+        db = settings.DATABASES["default"]
+        if connection.vendor == "postgresql":
+            auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+            database_url = f"postgres://{auth}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+        else:
+            # The SQLite test database lives in memory: hand the worker a file copy of it.
+            self.sqlite_file = tmp_path / "worker.sqlite3"
+            target = sqlite3.connect(self.sqlite_file)
+            connection.ensure_connection()
+            connection.connection.backup(target)
+            target.close()
+            database_url = f"sqlite:///{self.sqlite_file}"
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "CELERY_BROKER_URL": broker_url,
+            "MODEL_STORE_DIR": str(settings.MODEL_STORE_DIR),
+            "BACKUP_DIR": str(settings.BACKUP_DIR),
+            "VAR_DIR": str(tmp_path / "var"),
+            "LOG_FORMAT": "json",
+            "CELERY_TASK_ALWAYS_EAGER": "false",
+            "KILL_TEST_MARKER": str(tmp_path / "paused.pid"),
+        }
+
+    def start(self, app: str = "config") -> subprocess.Popen:
+        command = [sys.executable, "-m", "celery", "-A", app, "worker", "--loglevel", "INFO"]
+        command += ["--concurrency", "1", "--pool", "prefork", "-Q", self.queue]
+        command += ["--without-heartbeat", "--without-mingle", "--without-gossip"]
+        command += ["-n", f"{self.queue}-{len(self.processes)}@%h"]
+        with open(self.log, "ab") as log:
+            process = subprocess.Popen(
+                command,
+                cwd=REPO,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def backups(self) -> list[dict]:
+        if self.sqlite_file is None:
+            return list(Backup.objects.values("slot", "status", "attempts", "path"))
+        with sqlite3.connect(self.sqlite_file, timeout=20) as db:
+            db.row_factory = sqlite3.Row
+            rows = db.execute("SELECT slot, status, attempts, path FROM backups_backup")
+            return [dict(row) for row in rows]
+
+    def wait_for(self, predicate, what: str):
+        deadline = time.monotonic() + WAIT_SECONDS
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            if all(p.poll() is not None for p in self.processes):
+                break
+            time.sleep(0.5)
+        pytest.fail(f"timed out waiting for {what}; worker log:\n{self.log.read_text()[-4000:]}")
+
+
+@pytest.fixture
+def worker(tmp_path, broker, registry):
+    url, queue, _ = broker
+    worker = Worker(tmp_path, url, queue)
+    yield worker
+    worker.stop()
+
+
+def _verified(worker: Worker):
+    return [b for b in worker.backups() if b["status"] == "verified"]
+
+
+def test_a_real_worker_runs_the_scheduled_backup_task_end_to_end(worker, broker):
+    _, queue, publisher = broker
+    worker.start()
+    token = request_id_var.set("req-from-the-admin")
+    try:
+        publisher.send_task("backups.tasks.backup_create_task", queue=queue)
+    finally:
+        request_id_var.reset(token)
+
+    (backup,) = worker.wait_for(lambda: _verified(worker), "a verified backup")
+
+    # No slot given: the hour the message was published, so a duplicate publish reuses it.
+    assert backup["slot"].startswith("scheduled-")
+    assert (Path(settings.BACKUP_DIR) / backup["path"] / "manifest.json").is_file()
+    finished = worker.wait_for(
+        lambda: [
+            line
+            for line in map(_json_or_none, worker.log.read_text().splitlines())
+            if line and line.get("message") == "job finished"
+        ],
+        "the job's log line",
+    )
+    assert finished[0]["outcome"] == "success"
+    assert finished[0]["job"] == "backup"
+    assert finished[0]["request_id"] == "req-from-the-admin"
+    assert finished[0]["duration_s"] >= 0
+
+
+def test_a_task_killed_mid_backup_is_redelivered_and_makes_one_backup(worker, broker):
+    _, queue, publisher = broker
+    worker.start(app="tests.backups.slow_worker")
+    publisher.send_task(
+        "backups.tasks.backup_create_task", kwargs={"slot": "killed-slot"}, queue=queue
+    )
+    marker = Path(worker.env["KILL_TEST_MARKER"])
+    worker.wait_for(lambda: marker.exists() and marker.read_text(), "the paused attempt")
+
+    # The child running the task dies as under the OOM killer; acks_late keeps the message.
+    os.kill(int(marker.read_text()), signal.SIGKILL)
+
+    (backup,) = worker.wait_for(lambda: _verified(worker), "the redelivered attempt")
+    assert backup["slot"] == "killed-slot"
+    assert backup["attempts"] == 2
+    assert len(worker.backups()) == 1
+    folders = [p.name for p in Path(settings.BACKUP_DIR).iterdir() if not p.name.startswith(".")]
+    assert folders == [backup["path"]]
+
+
+def _json_or_none(line: str):
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
