@@ -1,0 +1,53 @@
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from backups import services
+from backups.models import Backup, BackupStatus
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _ready(client) -> dict:
+    response = client.get("/health/ready")
+    assert response.status_code == 200  # degraded, never down
+    return response.json()
+
+
+def test_readiness_is_degraded_without_any_verified_backup(anon_api):
+    body = _ready(anon_api)
+    assert body["checks"]["backup"] == {
+        "status": "degraded",
+        "ms": body["checks"]["backup"]["ms"],
+        "detail": "no verified backup yet",
+    }
+    assert body["status"] == "degraded"
+
+
+def test_readiness_is_ok_with_a_fresh_backup(anon_api, registry):
+    services.backup_create(actor="tests")
+    assert _ready(anon_api)["checks"]["backup"]["status"] == "ok"
+
+
+def test_readiness_is_degraded_when_the_newest_backup_is_older_than_26_hours(anon_api, registry):
+    backup = services.backup_create(actor="tests")
+    Backup.objects.filter(pk=backup.pk).update(finished_at=timezone.now() - timedelta(hours=27))
+    check = _ready(anon_api)["checks"]["backup"]
+    assert check["status"] == "degraded"
+    assert check["detail"]["age_hours"] > 26
+
+
+def test_metrics_report_the_time_of_the_last_verified_backup(anon_api, registry):
+    assert _samples(anon_api) == []
+    backup = services.backup_create(actor="tests")
+    Backup.objects.create(
+        slot="later-failure", actor="tests", started_at=timezone.now(), status=BackupStatus.FAILED
+    )
+    assert _samples(anon_api) == [pytest.approx(backup.finished_at.timestamp())]
+
+
+def _samples(client) -> list[float]:
+    lines = client.get("/metrics").content.decode().splitlines()
+    prefix = "mlregistry_backup_last_success_timestamp_seconds "
+    return [float(line.split()[1]) for line in lines if line.startswith(prefix)]
