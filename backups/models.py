@@ -33,6 +33,7 @@ class Backup(models.Model):
     attempts = models.PositiveSmallIntegerField(default=1)
     started_at = models.DateTimeField(db_index=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Set by the last verification that passed; cleared when a later one fails.
     verified_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)
 

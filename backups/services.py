@@ -161,7 +161,10 @@ def _pg_run(command: list[str]) -> None:
     password = settings.DATABASES["default"].get("PASSWORD")
     if password:
         env["PGPASSWORD"] = str(password)  # never on the command line, where ps shows it
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)  # noqa: S603
+    try:
+        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)  # noqa: S603
+    except FileNotFoundError:
+        raise BackupError(f"{command[0]} not found: check PG_BIN_DIR.") from None
     if result.returncode != 0:
         raise BackupError(f"{Path(command[0]).name} failed: {result.stderr.strip()[-2000:]}")
 
@@ -468,7 +471,8 @@ def backup_verify(
     )
     if backup is not None:
         backup.status = BackupStatus.CORRUPT if problems else BackupStatus.VERIFIED
-        backup.verified_at = timezone.now()
+        # When it was last found intact: a backup that fails a later check is not verified.
+        backup.verified_at = None if problems else timezone.now()
         backup.error = "\n".join(problems)[:5000]
         backup.save(update_fields=["status", "verified_at", "error"])
     if problems:

@@ -19,7 +19,7 @@ def ensure_filesystem_broker_dirs() -> None:
     """The filesystem transport needs its folders to exist before a worker or client uses it."""
     from django.conf import settings
 
-    for key in ("data_folder_in", "data_folder_out", "processed_folder"):
+    for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
         folder = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get(key)
         if folder:
             os.makedirs(folder, exist_ok=True)

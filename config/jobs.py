@@ -48,6 +48,10 @@ def job_run(job: str, **fields: Any) -> Iterator[dict[str, Any]]:
         JOB_DURATION.labels(job=job).observe(duration)
         logger.log(
             logging.INFO if outcome == "success" else logging.ERROR,
-            "job finished",
+            # Fields for JSON logs; the message alone reads well in the text format too.
+            "job finished: %s %s in %.3fs",
+            job,
+            outcome,
+            duration,
             extra={"job": job, "outcome": outcome, "duration_s": round(duration, 3), **details},
         )

@@ -275,4 +275,7 @@ ARTIFACT_SWEEP_MIN_AGE_SECONDS = env_int("ARTIFACT_SWEEP_MIN_AGE_SECONDS", 3600,
 # Celery would replace LOGGING's handlers with its own plain format, dropping the JSON fields
 # (job outcome, duration, request id) of the worker's log lines.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+if CELERY_BROKER_URL.startswith("filesystem"):
+    # kombu's filesystem transport otherwise writes its broadcast exchanges to ./control.
+    CELERY_BROKER_TRANSPORT_OPTIONS["control_folder"] = str(VAR_DIR / "celery" / "control")
 # --- end backups ---------------------------------------------------------------------------

@@ -171,6 +171,7 @@ def test_verify_finds_a_flipped_byte_and_marks_the_backup_corrupt(registry):
     assert caught.value.problems == ["artifacts.tar.gz: sha256 mismatch"]
     backup.refresh_from_db()
     assert backup.status == BackupStatus.CORRUPT
+    assert backup.verified_at is None
 
 
 def test_verify_refuses_an_edited_manifest(registry):
@@ -380,3 +381,82 @@ def test_cleanup_run_reports_each_part(registry):
     assert summary["backups_deleted"] == []
     assert summary["artifacts_swept"] == []
     assert "prediction_logs_pruned" in summary
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda d: (d / "manifest.json").unlink(), "manifest.json missing"),
+        (lambda d: (d / "manifest.json").write_text("{not json"), "manifest.json: unreadable"),
+        (lambda d: (d / "artifacts.tar.gz").unlink(), "artifacts.tar.gz: missing"),
+    ],
+)
+def test_verify_by_path_names_what_is_wrong(registry, damage, problem):
+    backup = services.backup_create(actor="tests")
+    directory = services.backup_directory(backup)
+    damage(directory)
+    with pytest.raises(services.BackupCorrupt) as caught:
+        services.backup_verify(path=directory)
+    assert problem in caught.value.problems[0]
+
+
+def test_verify_refuses_a_re_signed_archive_whose_artifacts_differ(registry):
+    backup = services.backup_create(actor="tests")
+    directory = services.backup_directory(backup)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    name = next(iter(manifest["artifacts"]))
+
+    def add(tar):
+        data = b"not the model that was registered"
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        info = tarfile.TarInfo("sha256/ff/extra.skops")
+        tar.addfile(info, io.BytesIO(b""))
+
+    _rewrite_archive(directory, add)
+    with pytest.raises(services.BackupCorrupt) as caught:
+        services.backup_verify(path=directory)
+    problems = " ".join(caught.value.problems)
+    assert f"{name} sha256 mismatch" in problems
+    assert "extra.skops is not in the manifest" in problems
+    assert "missing" in problems  # the other two artifacts are gone from the archive
+
+
+def test_verify_needs_a_backup_or_a_path():
+    with pytest.raises(services.BackupError, match="Name a backup"):
+        services.backup_verify()
+
+
+def test_a_backup_row_without_files_cannot_be_opened():
+    backup = Backup.objects.create(slot="empty", actor="tests", started_at=NOW)
+    with pytest.raises(services.BackupError, match="has no files"):
+        services.backup_directory(backup)
+
+
+def test_cleanup_prunes_prediction_logs_when_the_predictions_app_offers_it(
+    registry, monkeypatch, settings
+):
+    import sys
+    import types
+
+    # Stand-in for predictions.services.prediction_log_prune, which another branch provides;
+    # this test checks the call the cleanup makes, with the cutoff it computes.
+    calls = []
+    stand_in = types.ModuleType("predictions.services")
+    stand_in.prediction_log_prune = lambda *, older_than: calls.append(older_than) or 5
+    monkeypatch.setitem(sys.modules, "predictions.services", stand_in)
+    settings.PREDICTION_LOG_RETENTION_DAYS = 30
+
+    summary = services.retention_cleanup_run(now=NOW)
+
+    assert summary["prediction_logs_pruned"] == 5
+    assert calls == [NOW - timedelta(days=30)]
+
+
+@POSTGRES
+def test_pg_tools_come_from_pg_bin_dir_when_set(registry, settings, tmp_path):
+    settings.PG_BIN_DIR = str(tmp_path / "nowhere")
+    with pytest.raises(services.BackupError, match="not found"):
+        services.backup_create(slot="no-tools", actor="tests")
+    assert Backup.objects.get(slot="no-tools").status == BackupStatus.FAILED

@@ -169,7 +169,7 @@ def test_a_real_worker_runs_the_scheduled_backup_task_end_to_end(worker, broker)
         lambda: [
             line
             for line in map(_json_or_none, worker.log.read_text().splitlines())
-            if line and line.get("message") == "job finished"
+            if line and line.get("message", "").startswith("job finished")
         ],
         "the job's log line",
     )

@@ -12,7 +12,7 @@ def test_job_run_logs_one_line_with_outcome_and_duration(caplog):
     with caplog.at_level(logging.INFO, logger="jobs"), job_run("demo", source="test") as run:
         run["rows"] = 3
     (record,) = [r for r in caplog.records if r.name == "jobs"]
-    assert record.getMessage() == "job finished"
+    assert record.getMessage().startswith("job finished: demo success in ")
     assert (record.job, record.outcome, record.rows, record.source) == (
         "demo",
         "success",
