@@ -1,0 +1,390 @@
+import io
+
+import pytest
+from django.core.files.storage import storages
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+
+from mlregistry import services
+from mlregistry.admin import PENDING_PER_SESSION, PENDING_SESSION_KEY
+from mlregistry.models import ModelVersion, Stage, StageTransition
+from tests import factories
+
+pytestmark = pytest.mark.django_db
+
+UPLOAD_URL = reverse("admin:mlregistry_modelversion_upload")
+
+
+@pytest.fixture
+def admin_client(client, staff_user):
+    client.force_login(staff_user)
+    return client
+
+
+def _skops_file(c: float = 2.0, name: str = "iris.skops") -> SimpleUploadedFile:
+    return SimpleUploadedFile(name, factories.iris_classifier_bytes(c))
+
+
+def _preview(admin_client, model, **fields):
+    data = {"model": model.pk, "artifact": _skops_file(), "artifact_format": "skops", **fields}
+    return admin_client.post(UPLOAD_URL, data)
+
+
+def _messages(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]] if response.context else []
+
+
+def _pending_token(admin_client) -> str:
+    return next(iter(admin_client.session[PENDING_SESSION_KEY]))
+
+
+def test_upload_preview_shows_inferred_schema_and_registers_nothing(admin_client, iris_model):
+    response = _preview(admin_client, iris_model, metrics='{"accuracy": 0.97}')
+    assert response.status_code == 200
+    html = response.content.decode()
+    for feature in ("sepal_length", "sepal_width", "petal_length", "petal_width"):
+        assert f"<code>{feature}</code>" in html
+    assert "(inferred from the model)" in html
+    assert "0, 1, 2" in html  # classes
+    assert "No reference sample" in html  # a detected problem worth a second look
+    assert not ModelVersion.objects.exists()
+    entry = admin_client.session[PENDING_SESSION_KEY][_pending_token(admin_client)]
+    assert storages["artifacts"].exists(entry["name"])
+
+
+def test_confirming_a_preview_registers_the_previewed_bytes_and_drops_the_parked_file(
+    admin_client, iris_model
+):
+    _preview(admin_client, iris_model, metrics='{"accuracy": 0.97}')
+    token = _pending_token(admin_client)
+    parked = admin_client.session[PENDING_SESSION_KEY][token]["name"]
+    response = admin_client.post(UPLOAD_URL, {"token": token, "confirm": "1"}, follow=True)
+    version = ModelVersion.objects.get()
+    assert response.redirect_chain[-1][0] == reverse(
+        "admin:mlregistry_modelversion_change", args=[version.pk]
+    )
+    assert version.metrics == {"accuracy": 0.97}
+    assert version.created_by.username == "staff"
+    assert any("Registered iris v1" in m for m in _messages(response))
+    assert not storages["artifacts"].exists(parked)
+    assert admin_client.session[PENDING_SESSION_KEY] == {}
+
+
+def test_a_preview_can_be_confirmed_only_once(admin_client, iris_model):
+    _preview(admin_client, iris_model)
+    token = _pending_token(admin_client)
+    admin_client.post(UPLOAD_URL, {"token": token, "confirm": "1"})
+    response = admin_client.post(UPLOAD_URL, {"token": token, "confirm": "1"}, follow=True)
+    assert ModelVersion.objects.count() == 1
+    assert any("no longer available" in m for m in _messages(response))
+
+
+def test_confirm_refuses_a_parked_file_that_changed_since_the_preview(admin_client, iris_model):
+    _preview(admin_client, iris_model)
+    token = _pending_token(admin_client)
+    parked = admin_client.session[PENDING_SESSION_KEY][token]["name"]
+    # Fault injected on purpose: another file takes the previewed one's place in storage.
+    path = storages["artifacts"].path(parked)
+    with open(path, "wb") as handle:
+        handle.write(factories.iris_classifier_bytes(5.0))
+    response = admin_client.post(UPLOAD_URL, {"token": token, "confirm": "1"}, follow=True)
+    assert not ModelVersion.objects.exists()
+    assert any("checksum mismatch" in m for m in _messages(response))
+    assert not storages["artifacts"].exists(parked)
+
+
+def test_cancel_drops_the_parked_file(admin_client, iris_model):
+    _preview(admin_client, iris_model)
+    token = _pending_token(admin_client)
+    parked = admin_client.session[PENDING_SESSION_KEY][token]["name"]
+    response = admin_client.post(UPLOAD_URL, {"token": token, "cancel": "1"}, follow=True)
+    assert any("cancelled" in m for m in _messages(response))
+    assert not storages["artifacts"].exists(parked)
+    assert not ModelVersion.objects.exists()
+
+
+def test_confirm_of_a_deleted_parked_file_asks_for_a_new_upload(admin_client, iris_model):
+    _preview(admin_client, iris_model)
+    token = _pending_token(admin_client)
+    services.pending_upload_discard(name=admin_client.session[PENDING_SESSION_KEY][token]["name"])
+    response = admin_client.post(UPLOAD_URL, {"token": token, "confirm": "1"}, follow=True)
+    assert any("upload it again" in m for m in _messages(response))
+
+
+def test_old_previews_beyond_the_per_session_limit_are_discarded(admin_client, iris_model):
+    for _ in range(PENDING_PER_SESSION + 1):
+        _preview(admin_client, iris_model)
+    names = [e["name"] for e in admin_client.session[PENDING_SESSION_KEY].values()]
+    assert len(names) == PENDING_PER_SESSION
+    assert sum(1 for _ in storages["artifacts"].listdir("pending")[0]) == PENDING_PER_SESSION
+
+
+def test_untrusted_types_are_refused_with_their_names(admin_client, iris_model):
+    import skops.io as sio
+    from sklearn.preprocessing import FunctionTransformer
+
+    # A FunctionTransformer over a non-sklearn function carries a type skops does not trust.
+    payload = sio.dumps(FunctionTransformer(func=io.BytesIO))
+    response = admin_client.post(
+        UPLOAD_URL,
+        {
+            "model": iris_model.pk,
+            "artifact": SimpleUploadedFile("bad.skops", payload),
+            "artifact_format": "skops",
+        },
+    )
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert "Refused (artifact error)" in html
+    assert "<code>_io.BytesIO</code>" in html
+    assert "Nothing was registered" in html
+    assert (
+        not storages["artifacts"].exists("pending")
+        or not storages["artifacts"].listdir("pending")[0]
+    )
+
+
+def test_a_schema_refusal_lists_the_offending_fields(admin_client, iris_model):
+    response = _preview(admin_client, iris_model, input_schema='[{"name": "a"}]')
+    html = response.content.decode()
+    assert "Refused (schema error)" in html
+    assert "expected 4 features, got 1" in html
+
+
+def test_upload_page_labels_every_field_and_preselects_the_model(admin_client, iris_model):
+    response = admin_client.get(UPLOAD_URL + f"?model={iris_model.pk}")
+    html = response.content.decode()
+    form = response.context["form"]
+    for field in form:
+        assert f'for="{field.auto_id}"' in html
+    assert f'<option value="{iris_model.pk}" selected>' in html
+
+
+def test_upload_needs_the_add_permission(client, iris_model):
+    viewer = factories.user_create("viewer", staff=True, perms=["view_modelversion"])
+    client.force_login(viewer)
+    assert client.get(UPLOAD_URL).status_code == 403
+
+
+def _transition_url(version, stage: str) -> str:
+    return reverse("admin:mlregistry_modelversion_transition", args=[version.pk, stage])
+
+
+def test_promotion_page_shows_what_will_be_archived(admin_client, iris_model):
+    v1 = factories.version_create(iris_model, c=1.0)
+    v2 = factories.version_create(iris_model, c=2.0)
+    services.model_version_transition(version=v1, stage=Stage.PRODUCTION, actor="tests")
+    html = admin_client.get(_transition_url(v2, Stage.PRODUCTION)).content.decode()
+    assert 'id="will-archive"' in html and "iris v1" in html
+    assert 'for="id_comment"' in html
+    assert f'name="expected_production" value="{v1.pk}"' in html
+
+
+def test_confirming_a_promotion_records_the_comment_in_the_timeline(admin_client, iris_model):
+    v1 = factories.version_create(iris_model, c=1.0)
+    v2 = factories.version_create(iris_model, c=2.0)
+    services.model_version_transition(version=v1, stage=Stage.PRODUCTION, actor="tests")
+    response = admin_client.post(
+        _transition_url(v2, Stage.PRODUCTION),
+        {"comment": "better recall", "expected_production": v1.pk},
+        follow=True,
+    )
+    v1.refresh_from_db()
+    v2.refresh_from_db()
+    assert (v1.stage, v2.stage) == (Stage.ARCHIVED, Stage.PRODUCTION)
+    html = response.content.decode()
+    assert "iris v2 is now in production." in _messages(response)
+    assert 'class="mlr-timeline"' in html and "better recall" in html
+
+
+def test_keeping_the_replaced_version_in_staging(admin_client, iris_model):
+    v1 = factories.version_create(iris_model, c=1.0)
+    v2 = factories.version_create(iris_model, c=2.0)
+    services.model_version_transition(version=v1, stage=Stage.PRODUCTION, actor="tests")
+    admin_client.post(
+        _transition_url(v2, Stage.PRODUCTION),
+        {"expected_production": v1.pk, "keep_previous_in_staging": "on"},
+    )
+    v1.refresh_from_db()
+    assert v1.stage == Stage.STAGING
+
+
+def test_promotion_confirmed_on_a_stale_page_loses_the_race_and_changes_nothing(
+    admin_client, iris_model
+):
+    v1 = factories.version_create(iris_model, c=1.0)
+    v2 = factories.version_create(iris_model, c=2.0)
+    v3 = factories.version_create(iris_model, c=3.0)
+    services.model_version_transition(version=v1, stage=Stage.PRODUCTION, actor="tests")
+    page = admin_client.get(_transition_url(v2, Stage.PRODUCTION))
+    assert page.context["replaced"] == v1
+    # Someone else promotes v3 while the page is open.
+    services.model_version_transition(version=v3, stage=Stage.PRODUCTION, actor="other")
+    response = admin_client.post(
+        _transition_url(v2, Stage.PRODUCTION), {"expected_production": v1.pk}, follow=True
+    )
+    v2.refresh_from_db()
+    assert v2.stage == Stage.NONE
+    assert any("Race lost" in m and "v3" in m for m in _messages(response))
+
+
+def test_archiving_the_production_version_warns_that_nothing_will_serve(admin_client, iris_model):
+    v1 = factories.version_create(iris_model)
+    services.model_version_transition(version=v1, stage=Stage.PRODUCTION, actor="tests")
+    html = admin_client.get(_transition_url(v1, Stage.ARCHIVED)).content.decode()
+    assert "has no production version" in html
+
+
+def test_stage_pages_need_the_promote_permission(client, iris_model):
+    v1 = factories.version_create(iris_model)
+    user = factories.user_create("editor", staff=True, perms=["view_modelversion"])
+    client.force_login(user)
+    assert client.get(_transition_url(v1, Stage.STAGING)).status_code == 403
+
+
+def test_unknown_stage_page_is_not_found(admin_client, iris_model):
+    v1 = factories.version_create(iris_model)
+    assert admin_client.get(_transition_url(v1, "none")).status_code == 404
+
+
+def test_version_page_links_every_possible_stage_move_and_shows_the_schema(
+    admin_client, iris_model
+):
+    v1 = factories.version_create(iris_model)
+    html = admin_client.get(
+        reverse("admin:mlregistry_modelversion_change", args=[v1.pk])
+    ).content.decode()
+    for stage in ("staging", "production", "archived"):
+        assert f'href="{_transition_url(v1, stage)}"' in html
+    assert "<code>petal_width</code>" in html
+    assert "No stage changes yet." in html
+
+
+def test_changelist_action_on_one_version_goes_to_the_confirmation_page(admin_client, iris_model):
+    v1 = factories.version_create(iris_model)
+    response = admin_client.post(
+        reverse("admin:mlregistry_modelversion_changelist"),
+        {"action": "promote_to_production", "_selected_action": [v1.pk]},
+    )
+    assert response.status_code == 302
+    assert response["Location"] == _transition_url(v1, Stage.PRODUCTION)
+
+
+def test_changelist_production_action_refuses_several_versions(admin_client, iris_model):
+    v1 = factories.version_create(iris_model, c=1.0)
+    v2 = factories.version_create(iris_model, c=2.0)
+    response = admin_client.post(
+        reverse("admin:mlregistry_modelversion_changelist"),
+        {"action": "promote_to_production", "_selected_action": [v1.pk, v2.pk]},
+        follow=True,
+    )
+    assert any("exactly one version" in m for m in _messages(response))
+    assert not ModelVersion.objects.filter(stage=Stage.PRODUCTION).exists()
+
+
+def test_changelist_archive_of_several_versions_applies_to_each(admin_client, iris_model):
+    v1 = factories.version_create(iris_model, c=1.0)
+    v2 = factories.version_create(iris_model, c=2.0)
+    services.model_version_transition(version=v2, stage=Stage.ARCHIVED, actor="tests")
+    response = admin_client.post(
+        reverse("admin:mlregistry_modelversion_changelist"),
+        {"action": "archive", "_selected_action": [v1.pk, v2.pk]},
+        follow=True,
+    )
+    messages = _messages(response)
+    assert "iris v1 is now in archived." in messages
+    assert any("already in stage" in m for m in messages)
+
+
+def _model_url(model) -> str:
+    return reverse("admin:mlregistry_registeredmodel_change", args=[model.pk])
+
+
+def test_model_page_offers_one_click_rollback_and_shows_the_whole_timeline(
+    admin_client, iris_model
+):
+    v1 = factories.version_create(iris_model, c=1.0)
+    v2 = factories.version_create(iris_model, c=2.0)
+    services.model_version_transition(version=v1, stage=Stage.PRODUCTION, actor="tests")
+    services.model_version_transition(version=v2, stage=Stage.PRODUCTION, actor="tests")
+    html = admin_client.get(_model_url(iris_model)).content.decode()
+    assert "Roll back to v1" in html
+    assert f'name="expected_production" value="{v2.pk}"' in html
+    assert html.count("<li>") >= 3  # three transitions in the timeline
+
+
+def test_rollback_button_restores_the_previous_version(admin_client, iris_model):
+    v1 = factories.version_create(iris_model, c=1.0)
+    v2 = factories.version_create(iris_model, c=2.0)
+    services.model_version_transition(version=v1, stage=Stage.PRODUCTION, actor="tests")
+    services.model_version_transition(version=v2, stage=Stage.PRODUCTION, actor="tests")
+    response = admin_client.post(
+        reverse("admin:mlregistry_registeredmodel_rollback", args=[iris_model.pk]),
+        {"expected_production": v2.pk},
+        follow=True,
+    )
+    v1.refresh_from_db()
+    assert v1.stage == Stage.PRODUCTION
+    assert "Rolled back: iris v1 serves production again." in _messages(response)
+    assert StageTransition.objects.filter(version=v1, comment="rollback").exists()
+
+
+def test_rollback_without_history_is_refused_with_a_message(admin_client, iris_model):
+    factories.version_create(iris_model)
+    response = admin_client.post(
+        reverse("admin:mlregistry_registeredmodel_rollback", args=[iris_model.pk]), follow=True
+    )
+    assert any(m.startswith("Rollback refused:") for m in _messages(response))
+
+
+def test_rollback_is_post_only_and_needs_the_promote_permission(client, admin_client, iris_model):
+    url = reverse("admin:mlregistry_registeredmodel_rollback", args=[iris_model.pk])
+    assert admin_client.get(url).status_code == 405
+    viewer = factories.user_create("viewer", staff=True, perms=["view_registeredmodel"])
+    client.force_login(viewer)
+    assert client.post(url).status_code == 403
+
+
+def test_rollback_action_from_the_model_list(admin_client, iris_model):
+    v1 = factories.version_create(iris_model, c=1.0)
+    v2 = factories.version_create(iris_model, c=2.0)
+    services.model_version_transition(version=v1, stage=Stage.PRODUCTION, actor="tests")
+    services.model_version_transition(version=v2, stage=Stage.PRODUCTION, actor="tests")
+    other = factories.registered_model_create("other")
+    response = admin_client.post(
+        reverse("admin:mlregistry_registeredmodel_changelist"),
+        {"action": "rollback_production", "_selected_action": [iris_model.pk, other.pk]},
+        follow=True,
+    )
+    messages = _messages(response)
+    assert "iris: v1 is back in production." in messages
+    assert any(m.startswith("other:") and "no previous" in m for m in messages)
+
+
+def test_adding_a_version_through_the_admin_goes_to_the_upload_page(admin_client):
+    response = admin_client.get(reverse("admin:mlregistry_modelversion_add"))
+    assert response["Location"] == UPLOAD_URL
+
+
+def test_model_list_shows_production_version_and_counts(admin_client, iris_model):
+    v1 = factories.version_create(iris_model)
+    services.model_version_transition(version=v1, stage=Stage.PRODUCTION, actor="tests")
+    html = admin_client.get(reverse("admin:mlregistry_registeredmodel_changelist")).content.decode()
+    assert "v1" in html
+
+
+def test_new_model_in_the_admin_is_owned_by_its_creator(admin_client, staff_user):
+    admin_client.post(
+        reverse("admin:mlregistry_registeredmodel_add"),
+        {
+            "name": "wine",
+            "task": "classification",
+            "tags": "[]",
+            "description": "",
+            "versions-TOTAL_FORMS": "0",
+            "versions-INITIAL_FORMS": "0",
+        },
+    )
+    from mlregistry.models import RegisteredModel
+
+    assert RegisteredModel.objects.get(name="wine").owner == staff_user
