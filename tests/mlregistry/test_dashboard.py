@@ -115,3 +115,107 @@ def test_pending_uploads_prune_removes_only_old_parked_files(iris_model, setting
 
 def test_pending_uploads_prune_without_any_upload_is_a_no_op():
     assert services.pending_uploads_prune() == 0
+
+
+@pytest.fixture
+def stand_in_tables():
+    """Real tables shaped like what the backups and drift branches may build, in an isolated
+    app registry; the dashboard is pointed at them because those models are not merged yet."""
+    from django.db import connection, models
+    from django.test.utils import isolate_apps
+
+    with isolate_apps("backups", "predictions"):
+
+        class Backup(models.Model):
+            created_at = models.DateTimeField()
+            status = models.CharField(max_length=20, choices=[("ok", "Succeeded")])
+            verified_at = models.DateTimeField(null=True)
+
+            class Meta:
+                app_label = "backups"
+                db_table = "test_standin_backup"
+
+            def __str__(self) -> str:
+                return f"backup of {self.created_at:%Y-%m-%d %H:%M}"
+
+        class DriftReport(models.Model):
+            created_at = models.DateTimeField()
+            drift_detected = models.BooleanField(default=False)
+            feature = models.CharField(max_length=50)
+
+            class Meta:
+                app_label = "predictions"
+                db_table = "test_standin_driftreport"
+
+            def __str__(self) -> str:
+                return f"drift in {self.feature}"
+
+        class StatusDriftReport(models.Model):
+            created_at = models.DateTimeField()
+            status = models.CharField(max_length=20)
+
+            class Meta:
+                app_label = "predictions"
+                db_table = "test_standin_statusdrift"
+
+            def __str__(self) -> str:
+                return self.status
+
+        created = [Backup, DriftReport, StatusDriftReport]
+        with connection.schema_editor() as editor:
+            for model in created:
+                editor.create_model(model)
+        try:
+            yield {m.__name__: m for m in created}
+        finally:
+            with connection.schema_editor() as editor:
+                for model in created:
+                    editor.delete_model(model)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_last_backup_reads_status_and_verification(monkeypatch, stand_in_tables):
+    backup = stand_in_tables["Backup"]
+    monkeypatch.setattr(dashboard, "_optional_model", lambda app, name: backup)
+    assert dashboard.last_backup() is None
+    now = timezone.now()
+    backup.objects.create(created_at=now - timedelta(days=2), status="ok")
+    backup.objects.create(created_at=now, status="ok", verified_at=now)
+    newest = dashboard.last_backup()
+    assert newest["when"] == now
+    assert (newest["status"], newest["verified"]) == ("Succeeded", True)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_drift_alerts_list_only_reports_that_found_drift(monkeypatch, stand_in_tables):
+    report = stand_in_tables["DriftReport"]
+    monkeypatch.setattr(dashboard, "_optional_model", lambda app, name: report)
+    now = timezone.now()
+    report.objects.create(created_at=now, drift_detected=False, feature="sepal_width")
+    report.objects.create(created_at=now, drift_detected=True, feature="petal_length")
+    assert [a["label"] for a in dashboard.drift_alerts()] == ["drift in petal_length"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_drift_alerts_fall_back_to_a_status_field(monkeypatch, stand_in_tables):
+    report = stand_in_tables["StatusDriftReport"]
+    monkeypatch.setattr(dashboard, "_optional_model", lambda app, name: report)
+    report.objects.create(created_at=timezone.now(), status="ok")
+    report.objects.create(created_at=timezone.now(), status="drift")
+    assert len(dashboard.drift_alerts()) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_unmigrated_tables_read_as_missing(monkeypatch, stand_in_tables):
+    from django.db import connection
+
+    backup = stand_in_tables["Backup"]
+    with connection.schema_editor() as editor:
+        editor.delete_model(backup)
+    try:
+        monkeypatch.setattr(dashboard, "_optional_model", lambda app, name: backup)
+        assert dashboard.last_backup() is None
+        assert dashboard.drift_alerts() is None
+    finally:
+        with connection.schema_editor() as editor:
+            editor.create_model(backup)
