@@ -37,7 +37,8 @@ def test_readiness_names_a_failing_database(client, monkeypatch):
     response = client.get("/health/ready")
     assert response.status_code == 503
     assert response.json()["checks"]["database"] == {
-        "status": "down", "ms": response.json()["checks"]["database"]["ms"],
+        "status": "down",
+        "ms": response.json()["checks"]["database"]["ms"],
         "detail": "OSError: connection refused",
     }
 
@@ -57,13 +58,17 @@ def test_unknown_route_and_wrong_method_use_the_error_shape(staff_api):
 
 
 def test_malformed_json_is_400(staff_api):
-    response = staff_api.generic("POST", "/api/v1/models/", b"{not json", content_type="application/json")
+    response = staff_api.generic(
+        "POST", "/api/v1/models/", b"{not json", content_type="application/json"
+    )
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "parse_error"
 
 
 def test_validation_errors_name_the_fields(staff_api):
-    response = staff_api.post("/api/v1/models/", {"name": "has spaces", "task": "dance"}, format="json")
+    response = staff_api.post(
+        "/api/v1/models/", {"name": "has spaces", "task": "dance"}, format="json"
+    )
     assert response.status_code == 400
     fields = response.json()["error"]["fields"]
     assert set(fields) == {"name", "task"}
@@ -108,8 +113,8 @@ def test_bootstrap_demo_registers_and_promotes_once(monkeypatch):
 
 
 def test_model_delete_refused_while_in_production_then_allowed(staff_api, iris_model):
-    from tests import factories
     from mlregistry import services
+    from tests import factories
 
     version = factories.version_create(iris_model)
     services.model_version_transition(version=version, stage=Stage.PRODUCTION, actor="t")

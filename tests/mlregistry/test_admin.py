@@ -28,11 +28,23 @@ def _action(client, action: str, ids: list[int]):
 
 def test_changelists_and_change_pages_render(admin_client, iris_model):
     version = factories.version_create(iris_model, metrics={"accuracy": 0.9})
-    assert admin_client.get(reverse("admin:mlregistry_registeredmodel_changelist")).status_code == 200
+    assert (
+        admin_client.get(reverse("admin:mlregistry_registeredmodel_changelist")).status_code == 200
+    )
     page = admin_client.get(reverse("admin:mlregistry_modelversion_changelist") + "?q=iris")
     assert page.status_code == 200 and b"accuracy=0.9" in page.content
-    assert admin_client.get(reverse("admin:mlregistry_modelversion_change", args=[version.pk])).status_code == 200
-    assert admin_client.get(reverse("admin:mlregistry_registeredmodel_change", args=[iris_model.pk])).status_code == 200
+    assert (
+        admin_client.get(
+            reverse("admin:mlregistry_modelversion_change", args=[version.pk])
+        ).status_code
+        == 200
+    )
+    assert (
+        admin_client.get(
+            reverse("admin:mlregistry_registeredmodel_change", args=[iris_model.pk])
+        ).status_code
+        == 200
+    )
 
 
 def test_promote_action_writes_an_audited_transition(admin_client, iris_model):
@@ -79,7 +91,9 @@ def test_refused_transition_is_reported_not_raised(admin_client, iris_model):
 
 
 def test_actions_need_the_promote_permission(client, iris_model):
-    viewer = factories.user_create("viewer", staff=True, perms=["view_modelversion", "change_modelversion"])
+    viewer = factories.user_create(
+        "viewer", staff=True, perms=["view_modelversion", "change_modelversion"]
+    )
     client.force_login(viewer)
     version = factories.version_create(iris_model)
     _action(client, "promote_to_production", [version.pk])
@@ -107,7 +121,11 @@ def test_upload_form_registers_through_the_service(admin_client, iris_model):
 def test_upload_form_shows_refusals(admin_client, iris_model):
     response = admin_client.post(
         reverse("admin:mlregistry_modelversion_upload"),
-        {"model": iris_model.pk, "artifact": SimpleUploadedFile("m.skops", b"junk"), "artifact_format": "skops"},
+        {
+            "model": iris_model.pk,
+            "artifact": SimpleUploadedFile("m.skops", b"junk"),
+            "artifact_format": "skops",
+        },
     )
     assert response.status_code == 200
     assert b"Not a readable skops file" in response.content
@@ -118,8 +136,14 @@ def test_stage_sha_and_creator_are_read_only(admin_client, iris_model):
     version = factories.version_create(iris_model)
     admin_client.post(
         reverse("admin:mlregistry_modelversion_change", args=[version.pk]),
-        {"stage": "production", "artifact_sha256": "0" * 64, "metrics": "{}", "metadata": "{}",
-         "transitions-TOTAL_FORMS": "0", "transitions-INITIAL_FORMS": "0"},
+        {
+            "stage": "production",
+            "artifact_sha256": "0" * 64,
+            "metrics": "{}",
+            "metadata": "{}",
+            "transitions-TOTAL_FORMS": "0",
+            "transitions-INITIAL_FORMS": "0",
+        },
     )
     version.refresh_from_db()
     assert version.stage == Stage.NONE and version.artifact_sha256 != "0" * 64

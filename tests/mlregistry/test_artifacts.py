@@ -77,9 +77,13 @@ def test_settings_can_trust_an_extra_type(iris_model, settings):
     from sklearn.preprocessing import FunctionTransformer
 
     x, y = factories.iris_frame()
-    pipeline = make_pipeline(FunctionTransformer(double), LogisticRegression(max_iter=500)).fit(x, y)
+    pipeline = make_pipeline(FunctionTransformer(double), LogisticRegression(max_iter=500)).fit(
+        x, y
+    )
     with pytest.raises(artifacts.ArtifactError) as refused:
-        services.model_version_create(model=iris_model, artifact=io.BytesIO(sio.dumps(pipeline)), actor="t")
+        services.model_version_create(
+            model=iris_model, artifact=io.BytesIO(sio.dumps(pipeline)), actor="t"
+        )
     settings.SKOPS_TRUSTED_TYPES = refused.value.untrusted_types
     version = services.model_version_create(
         model=iris_model, artifact=io.BytesIO(sio.dumps(pipeline)), actor="t"
@@ -90,8 +94,11 @@ def test_settings_can_trust_an_extra_type(iris_model, settings):
 def test_pickle_without_permission_is_refused_and_never_runs(staff_api, iris_model, tmp_path):
     canary = tmp_path / "canary"
     response = _upload(
-        staff_api, pickle.dumps(RunsShellOnLoad(canary)), "m.joblib",
-        artifact_format="joblib", input_schema='["a"]',
+        staff_api,
+        pickle.dumps(RunsShellOnLoad(canary)),
+        "m.joblib",
+        artifact_format="joblib",
+        input_schema='["a"]',
     )
     assert response.status_code == 403
     assert "upload_pickle" in response.json()["error"]["message"]
@@ -104,15 +111,20 @@ def test_pickle_calling_os_system_is_refused_even_with_permission(iris_model, tm
     uploader = factories.staff_create("pickler", extra_perms=["upload_pickle"])
     with pytest.raises(artifacts.ArtifactError) as refused:
         services.model_version_create(
-            model=iris_model, artifact=io.BytesIO(pickle.dumps(RunsShellOnLoad(canary))),
-            actor=uploader, artifact_format="joblib", input_schema=["a"],
+            model=iris_model,
+            artifact=io.BytesIO(pickle.dumps(RunsShellOnLoad(canary))),
+            actor=uploader,
+            artifact_format="joblib",
+            input_schema=["a"],
         )
     assert "system" in refused.value.message
     assert not canary.exists()
     _assert_nothing_stored()
 
 
-def test_joblib_dump_with_raw_arrays_is_refused_because_it_cannot_be_fully_scanned(iris_model, tmp_path):
+def test_joblib_dump_with_raw_arrays_is_refused_because_it_cannot_be_fully_scanned(
+    iris_model, tmp_path
+):
     canary = tmp_path / "canary"
     uploader = factories.staff_create("pickler", extra_perms=["upload_pickle"])
     buffer = io.BytesIO()
@@ -122,8 +134,11 @@ def test_joblib_dump_with_raw_arrays_is_refused_because_it_cannot_be_fully_scann
     joblib.dump([np.arange(10.0), RunsShellOnLoad(canary)], buffer)
     with pytest.raises(artifacts.ArtifactError) as refused:
         services.model_version_create(
-            model=iris_model, artifact=io.BytesIO(buffer.getvalue()),
-            actor=uploader, artifact_format="joblib", input_schema=["a"],
+            model=iris_model,
+            artifact=io.BytesIO(buffer.getvalue()),
+            actor=uploader,
+            artifact_format="joblib",
+            input_schema=["a"],
         )
     assert "scanned to the end" in refused.value.message
     assert not canary.exists()
@@ -137,8 +152,10 @@ def test_plain_pickle_of_a_model_is_accepted_with_permission_and_loads(iris_mode
     model = LogisticRegression(max_iter=500).fit(x.to_numpy(), y)
     uploader = factories.staff_create("pickler", extra_perms=["upload_pickle"])
     version = services.model_version_create(
-        model=iris_model, artifact=io.BytesIO(pickle.dumps(model, protocol=5)),
-        actor=uploader, artifact_format="joblib",
+        model=iris_model,
+        artifact=io.BytesIO(pickle.dumps(model, protocol=5)),
+        actor=uploader,
+        artifact_format="joblib",
         input_schema=[{"name": n} for n in x.columns],
     )
     assert version.metadata["pickle_scan"]["scanner"] == "picklescan"
@@ -170,7 +187,9 @@ def test_oversize_upload_is_413_and_stores_nothing(staff_api, iris_model, settin
 def test_declared_oversize_body_is_refused_before_parsing(staff_api, iris_model, settings):
     settings.MAX_ARTIFACT_SIZE = 1024
     response = staff_api.generic(
-        "POST", "/api/v1/models/iris/versions/", b"x" * (3 * 1024 * 1024),
+        "POST",
+        "/api/v1/models/iris/versions/",
+        b"x" * (3 * 1024 * 1024),
         content_type="multipart/form-data; boundary=zzz",
     )
     assert response.status_code == 413
@@ -212,13 +231,19 @@ def test_missing_artifact_file_is_refused(iris_model):
 def test_verified_load_predicts_like_the_original(iris_model):
     version = factories.version_create(iris_model)
     x, _ = factories.iris_frame()
-    original = sio.loads(factories.iris_classifier_bytes(), trusted=sio.get_untrusted_types(data=factories.iris_classifier_bytes()))
+    original = sio.loads(
+        factories.iris_classifier_bytes(),
+        trusted=sio.get_untrusted_types(data=factories.iris_classifier_bytes()),
+    )
     assert (artifacts.load_version_estimator(version).predict(x) == original.predict(x)).all()
 
 
 def test_pickle_permission_is_checked_for_job_actors_too(iris_model):
     with pytest.raises(ForbiddenError):
         services.model_version_create(
-            model=iris_model, artifact=io.BytesIO(pickle.dumps({"a": 1})), actor="job:x",
-            artifact_format="joblib", input_schema=["a"],
+            model=iris_model,
+            artifact=io.BytesIO(pickle.dumps({"a": 1})),
+            actor="job:x",
+            artifact_format="joblib",
+            input_schema=["a"],
         )
