@@ -101,7 +101,8 @@ def last_backup() -> dict[str, Any] | None:
     if backup is None:
         return None
     names = _field_names(backup)
-    when_field = _first_field(names, "created_at", "finished_at", "started_at")
+    # started_at before finished_at: a running backup has no finish time yet.
+    when_field = _first_field(names, "created_at", "started_at", "finished_at")
     try:
         row = backup.objects.order_by(f"-{when_field}" if when_field else "-pk").first()
     except DatabaseError:  # the table is not migrated yet
