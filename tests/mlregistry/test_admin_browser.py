@@ -147,7 +147,11 @@ def flow(transactional_db, tmp_path):
     }
 
 
-def test_ml_team_day_in_the_admin(live_server, flow, browser_page):
+def test_ml_team_day_in_the_admin(live_server, flow, browser_page, settings):
+    # Served rows are written by the request that serves them (no flusher thread holding a
+    # database connection past the test), so the dashboard counts them at once.
+    settings.PREDICTION_LOG_FLUSH_SECONDS = 0
+    settings.PREDICTION_LOG_FLUSH_ROWS = 1
     page = browser_page
     base = live_server.url
     model, token, artifact = flow["model"], flow["token"], flow["artifact"]
@@ -233,6 +237,10 @@ def test_ml_team_day_in_the_admin(live_server, flow, browser_page):
 
     if predict_ready:
         assert _predict_version(base, token, model.name) == 1
+        # The dashboard counts what was served (three predictions above).
+        page.get_by_role("link", name="Home").first.click()
+        assert page.inner_text("#dash-volume-total") == "3"
+        shot("10-dashboard-volume")
 
     # The model overview page and its plots.
     overview = flow["overview"]
@@ -247,12 +255,12 @@ def test_ml_team_day_in_the_admin(live_server, flow, browser_page):
         assert sizes, "the overview page shows no image"
         assert all(done and w > 0 and h > 0 for done, w, h in sizes), sizes
         accessible()
-        shot("10-overview")
+        shot("11-overview")
 
     # Log out.
     page.locator("#logout-form button").click()
     page.wait_for_selector("text=Logged out")
-    shot("11-logged-out")
+    shot("12-logged-out")
 
     if left_out:
         pytest.skip("every other step ran and passed; not run: " + "; ".join(left_out))
