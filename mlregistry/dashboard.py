@@ -94,22 +94,7 @@ def _first_field(names: set[str], *candidates: str) -> str | None:
     return next((c for c in candidates if c in names), None)
 
 
-def last_backup() -> dict[str, Any] | None:
-    """The newest backup as {"when", "label", "status", "verified"}; None when there is none
-    or the backups app has no Backup model yet."""
-    backup = _optional_model("backups", "Backup")
-    if backup is None:
-        return None
-    names = _field_names(backup)
-    # started_at before finished_at: a running backup has no finish time yet.
-    when_field = _first_field(names, "created_at", "started_at", "finished_at")
-    try:
-        row = backup.objects.order_by(f"-{when_field}" if when_field else "-pk").first()
-    except DatabaseError:  # the table is not migrated yet
-        logger.warning("backups table is not readable", exc_info=True)
-        return None
-    if row is None:
-        return None
+def _backup_summary(row: Model, when_field: str | None) -> dict[str, Any]:
     status = getattr(row, "status", None)
     if hasattr(row, "get_status_display"):
         status = row.get_status_display()
@@ -122,6 +107,34 @@ def last_backup() -> dict[str, Any] | None:
         "status": status,
         "verified": verified,
     }
+
+
+def last_backup() -> dict[str, Any] | None:
+    """The newest backup as {"when", "label", "status", "verified", "last_verified"}; None when
+    there is none or the backups app has no Backup model yet. `last_verified` is the newest
+    verified one when the newest is not (running, failed), so the page shows what restore has."""
+    backup = _optional_model("backups", "Backup")
+    if backup is None:
+        return None
+    names = _field_names(backup)
+    # started_at before finished_at: a running backup has no finish time yet.
+    when_field = _first_field(names, "created_at", "started_at", "finished_at")
+    order = f"-{when_field}" if when_field else "-pk"
+    try:
+        row = backup.objects.order_by(order).first()
+        verified_row = None
+        if row is not None and "verified_at" in names and row.verified_at is None:
+            verified_row = (
+                backup.objects.filter(verified_at__isnull=False).order_by("-verified_at").first()
+            )
+    except DatabaseError:  # the table is not migrated yet
+        logger.warning("backups table is not readable", exc_info=True)
+        return None
+    if row is None:
+        return None
+    summary = _backup_summary(row, when_field)
+    summary["last_verified"] = _backup_summary(verified_row, when_field) if verified_row else None
+    return summary
 
 
 # Where issue 5's DriftReport may live; the first app that has one is read.

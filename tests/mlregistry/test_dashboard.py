@@ -184,6 +184,21 @@ def test_last_backup_reads_status_and_verification(monkeypatch, stand_in_tables)
     newest = dashboard.last_backup()
     assert newest["when"] == now
     assert (newest["status"], newest["verified"]) == ("Succeeded", True)
+    assert newest["last_verified"] is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_last_backup_also_names_the_newest_verified_one_while_another_runs(
+    monkeypatch, stand_in_tables
+):
+    backup = stand_in_tables["Backup"]
+    monkeypatch.setattr(dashboard, "_optional_model", lambda app, name: backup)
+    now = timezone.now()
+    backup.objects.create(created_at=now - timedelta(days=1), status="ok", verified_at=now)
+    backup.objects.create(created_at=now, status="ok")
+    newest = dashboard.last_backup()
+    assert newest["verified"] is None
+    assert newest["last_verified"]["when"] == now - timedelta(days=1)
 
 
 @pytest.mark.django_db(transaction=True)
