@@ -84,6 +84,9 @@ class RegisteredModelAdmin(admin.ModelAdmin):
     readonly_fields = ("owner", "created_at", "updated_at")
     inlines = [ModelVersionInline]
     actions = ["rollback_production"]
+    # Named here so that a mixin's own change form (issue 5's overview link) cannot replace the
+    # serving panel, the rollback button and the timeline; this template links the overview.
+    change_form_template = "admin/mlregistry/registeredmodel/change_form.html"
 
     def get_queryset(self, request):
         return (
