@@ -550,3 +550,39 @@ def test_new_model_in_the_admin_is_owned_by_its_creator(staff_client, staff_user
     from mlregistry.models import RegisteredModel
 
     assert RegisteredModel.objects.get(name="wine").owner == staff_user
+
+
+def test_rollback_with_a_malformed_form_changes_nothing(staff_client, iris_model):
+    response = staff_client.post(
+        reverse("admin:mlregistry_registeredmodel_rollback", args=[iris_model.pk]),
+        {"expected_production": "not-a-number"},
+        follow=True,
+    )
+    assert "The rollback form was incomplete." in _messages(response)
+
+
+def test_confirming_a_preview_of_a_deleted_model_is_not_found(staff_client, iris_model):
+    _preview(staff_client, iris_model)
+    token = _pending_token(staff_client)
+    parked = staff_client.session[PENDING_SESSION_KEY][token]["name"]
+    iris_model.delete()
+    response = staff_client.post(UPLOAD_URL, {"token": token, "confirm": "1"})
+    assert response.status_code == 404
+    assert not storages["artifacts"].exists(parked)
+
+
+def test_version_page_offers_no_stage_moves_without_the_promote_permission(client, iris_model):
+    v1 = factories.version_create(iris_model)
+    viewer = factories.user_create("viewer", staff=True, perms=["view_modelversion"])
+    client.force_login(viewer)
+    page = client.get(reverse("admin:mlregistry_modelversion_change", args=[v1.pk]))
+    assert page.context["stage_moves"] == []
+
+
+def test_staging_action_on_one_version_asks_for_confirmation(staff_client, iris_model):
+    v1 = factories.version_create(iris_model)
+    response = staff_client.post(
+        reverse("admin:mlregistry_modelversion_changelist"),
+        {"action": "promote_to_staging", "_selected_action": [v1.pk]},
+    )
+    assert response["Location"] == _transition_url(v1, Stage.STAGING)
