@@ -97,8 +97,11 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _safe_name(slot: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", slot)[:80]
+def _slot_tag(slot: str) -> str:
+    """A file-name-safe name for the slot; the hash keeps "a/b" and "a_b" (or "x" and "y-x")
+    apart, so cleaning up one slot's leftovers can never touch another's."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", slot)[:60]
+    return f"{readable}-{hashlib.sha256(slot.encode()).hexdigest()[:10]}"
 
 
 def backup_root() -> Path:
@@ -313,7 +316,7 @@ def _slot_lock(slot: str, *, using: BaseDatabaseWrapper | None = None) -> Iterat
         return
     lock_dir = backup_root() / ".locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_dir / f"{_safe_name(slot)}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(lock_dir / f"{_slot_tag(slot)}.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -343,21 +346,21 @@ def _backup_claim(*, slot: str, actor: str, now: datetime) -> Backup:
     return backup
 
 
-def _stale_attempts_remove(root: Path, slot: str, keep: str = "") -> None:
-    prefix = f".tmp-{_safe_name(slot)}-"
-    for path in root.glob(f"{prefix}*"):
-        shutil.rmtree(path, ignore_errors=True)
-    for path in root.glob(f"*-{_safe_name(slot)}"):
-        if path.is_dir() and path.name != keep and not path.name.startswith("."):
+def _stale_attempts_remove(root: Path, slot: str) -> None:
+    """Folders a killed attempt of this slot left: its staging folder, or a renamed folder
+    whose row was never updated."""
+    tag = _slot_tag(slot)
+    for path in [*root.glob(f".tmp-{tag}-*"), *root.glob(f"*-{tag}")]:
+        if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
 
 
 def _backup_write(backup: Backup) -> None:
     root = backup_root()
     root.mkdir(parents=True, exist_ok=True)
-    name = f"{backup.started_at:%Y%m%dT%H%M%SZ}-{_safe_name(backup.slot)}"
+    name = f"{backup.started_at:%Y%m%dT%H%M%SZ}-{_slot_tag(backup.slot)}"
     _stale_attempts_remove(root, backup.slot)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{_safe_name(backup.slot)}-"))
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{_slot_tag(backup.slot)}-"))
     try:
         vendor = connection.vendor
         row_counts = registry_row_counts()

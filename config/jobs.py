@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from celery.exceptions import Retry
 from prometheus_client import Counter, Histogram
 
 logger = logging.getLogger("jobs")
@@ -38,6 +39,9 @@ def job_run(job: str, **fields: Any) -> Iterator[dict[str, Any]]:
     outcome = "success"
     try:
         yield details
+    except Retry:
+        outcome = "retry"  # Celery runs it again later; not a failure yet
+        raise
     except BaseException as exc:
         outcome = "failure"
         details["error"] = f"{type(exc).__name__}: {exc}"

@@ -133,14 +133,19 @@ def test_an_attempt_killed_mid_write_is_taken_over_without_leftovers(registry, m
     with pytest.raises(KeyboardInterrupt):
         services.backup_create(slot="nightly", actor="tests")
     assert Backup.objects.get(slot="nightly").status == BackupStatus.RUNNING
-    Path(settings.BACKUP_DIR, ".tmp-nightly-leftover").mkdir()
+    Path(settings.BACKUP_DIR, f".tmp-{services._slot_tag('nightly')}-leftover").mkdir()
+    # Killed between the rename and the row update: a complete folder the row doesn't know.
+    Path(settings.BACKUP_DIR, f"20260101T020000Z-{services._slot_tag('nightly')}").mkdir()
+    # A slot whose name ends like this one's must keep its leftovers: they are not ours.
+    others = Path(settings.BACKUP_DIR, f".tmp-{services._slot_tag('x-nightly')}-running")
+    others.mkdir()
     monkeypatch.undo()
 
     backup = services.backup_create(slot="nightly", actor="tests")
     assert backup.status == BackupStatus.VERIFIED
     assert Backup.objects.count() == 1
     left = {p.name for p in Path(settings.BACKUP_DIR).iterdir()} - {".locks"}
-    assert left == {backup.path}
+    assert left == {backup.path, others.name}
 
 
 def test_a_slot_held_by_another_live_process_is_refused(registry):

@@ -40,10 +40,10 @@ def test_backup_task_retries_later_when_the_slot_is_busy(registry, monkeypatch):
 
     monkeypatch.setattr(services, "backup_create", busy)
     monkeypatch.setattr(tasks.backup_create_task, "retry", _retry_raises)
-    failures = _runs("backup", "failure")
+    retries = _runs("backup", "retry")
     with pytest.raises(Retry):
         tasks.backup_create_task.run(slot="s2")
-    assert _runs("backup", "failure") == failures + 1
+    assert _runs("backup", "retry") == retries + 1
 
 
 def _retry_raises(*, exc=None, kwargs=None, countdown=None, **options):
