@@ -9,7 +9,7 @@ from django.template.defaultfilters import filesizeformat
 from django.urls import path, reverse
 
 from backups import services
-from backups.models import Backup
+from backups.models import Backup, JobRun
 from backups.tasks import backup_create_task
 
 
@@ -87,3 +87,19 @@ class BackupAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{backup}: {exc.message}", messages.ERROR)
             else:
                 self.message_user(request, f"Backup {backup.pk} verified: checksums match.")
+
+
+@admin.register(JobRun)
+class JobRunAdmin(admin.ModelAdmin):
+    list_display = ("started_at", "job", "outcome", "duration_seconds", "error")
+    list_filter = ("job", "outcome")
+    date_hierarchy = "started_at"
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in JobRun._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -8,10 +8,10 @@ class BackupsConfig(AppConfig):
     def ready(self) -> None:
         from prometheus_client import REGISTRY
 
-        from backups.health import BackupMetricsCollector, backup_readiness_check
+        from backups.health import JobMetricsCollector, backup_readiness_check
         from config.health import READINESS_CHECKS
 
         READINESS_CHECKS["backup"] = backup_readiness_check
         if not getattr(BackupsConfig, "_collector_registered", False):
-            REGISTRY.register(BackupMetricsCollector())
+            REGISTRY.register(JobMetricsCollector())
             BackupsConfig._collector_registered = True

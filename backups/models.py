@@ -46,3 +46,24 @@ class Backup(models.Model):
     @property
     def total_size(self) -> int:
         return self.database_size + self.artifacts_size
+
+
+class JobRun(models.Model):
+    """One finished run of a scheduled job, whoever started it (beat, a command, the admin).
+
+    Kept in the database so /metrics of any process reports every worker's runs.
+    """
+
+    job = models.CharField(max_length=100)
+    outcome = models.CharField(max_length=20)  # success | failure | retry
+    started_at = models.DateTimeField()
+    duration_seconds = models.FloatField()
+    details = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [models.Index(fields=["job", "outcome"], name="jobrun_job_outcome")]
+
+    def __str__(self) -> str:
+        return f"{self.job} {self.outcome} at {self.started_at:%Y-%m-%d %H:%M}"

@@ -8,7 +8,7 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
 from backups import services
-from config.jobs import job_run
+from backups.jobs import job_run
 
 # Worth another try a little later: a database restarting, a connection dropped.
 TRANSIENT_ERRORS = (OperationalError, InterfaceError)

@@ -4,7 +4,7 @@ import pytest
 from django.utils import timezone
 
 from backups import services
-from backups.models import Backup, BackupStatus
+from backups.models import Backup, BackupStatus, JobRun
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -51,3 +51,19 @@ def _samples(client) -> list[float]:
     lines = client.get("/metrics").content.decode().splitlines()
     prefix = "mlregistry_backup_last_success_timestamp_seconds "
     return [float(line.split()[1]) for line in lines if line.startswith(prefix)]
+
+
+def test_metrics_count_job_runs_by_outcome_and_their_durations(anon_api):
+    JobRun.objects.create(
+        job="backup", outcome="success", started_at=timezone.now(), duration_seconds=0.3
+    )
+    JobRun.objects.create(
+        job="backup", outcome="failure", started_at=timezone.now(), duration_seconds=20
+    )
+    lines = set(anon_api.get("/metrics").content.decode().splitlines())
+    assert 'mlregistry_job_runs_total{job="backup",outcome="success"} 1.0' in lines
+    assert 'mlregistry_job_runs_total{job="backup",outcome="failure"} 1.0' in lines
+    assert 'mlregistry_job_duration_seconds_bucket{job="backup",le="0.5"} 1.0' in lines
+    assert 'mlregistry_job_duration_seconds_bucket{job="backup",le="+Inf"} 2.0' in lines
+    assert 'mlregistry_job_duration_seconds_count{job="backup"} 2.0' in lines
+    assert 'mlregistry_job_duration_seconds_sum{job="backup"} 20.3' in lines

@@ -4,14 +4,13 @@ import pytest
 from celery.exceptions import Retry
 
 from backups import services, tasks
-from backups.models import Backup, BackupStatus
-from config.jobs import JOB_RUNS
+from backups.models import Backup, BackupStatus, JobRun
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _runs(job: str, outcome: str) -> float:
-    return JOB_RUNS.labels(job=job, outcome=outcome)._value.get()
+def _runs(job: str, outcome: str) -> int:
+    return JobRun.objects.filter(job=job, outcome=outcome).count()
 
 
 def test_scheduled_slot_is_the_hour_the_task_was_published():

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import connection
 from kombu import Connection
 
-from backups.models import Backup
+from backups.models import Backup, JobRun
 from config.logging import request_id_var
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
@@ -120,12 +120,18 @@ class Worker:
                 process.wait()
 
     def backups(self) -> list[dict]:
+        return self._rows(Backup, "slot", "status", "attempts", "path")
+
+    def job_runs(self) -> list[dict]:
+        return self._rows(JobRun, "job", "outcome")
+
+    def _rows(self, model, *fields: str) -> list[dict]:
         if self.sqlite_file is None:
-            return list(Backup.objects.values("slot", "status", "attempts", "path"))
+            return list(model.objects.values(*fields))
         with sqlite3.connect(self.sqlite_file, timeout=20) as db:
             db.row_factory = sqlite3.Row
-            rows = db.execute("SELECT slot, status, attempts, path FROM backups_backup")
-            return [dict(row) for row in rows]
+            query = f"SELECT {', '.join(fields)} FROM {model._meta.db_table}"  # noqa: S608
+            return [dict(row) for row in db.execute(query)]
 
     def wait_for(self, predicate, what: str):
         deadline = time.monotonic() + WAIT_SECONDS
@@ -177,6 +183,8 @@ def test_a_real_worker_runs_the_scheduled_backup_task_end_to_end(worker, broker)
     assert finished[0]["job"] == "backup"
     assert finished[0]["request_id"] == "req-from-the-admin"
     assert finished[0]["duration_s"] >= 0
+    # Recorded where every process's /metrics reads it, not in the worker's memory.
+    assert worker.job_runs() == [{"job": "backup", "outcome": "success"}]
 
 
 def test_a_task_killed_mid_backup_is_redelivered_and_makes_one_backup(worker, broker):

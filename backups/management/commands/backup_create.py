@@ -1,8 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from backups import services
+from backups.jobs import job_run
 from config.errors import DomainError
-from config.jobs import job_run
 
 
 class Command(BaseCommand):

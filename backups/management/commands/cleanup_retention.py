@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand
 
 from backups import services
-from config.jobs import job_run
+from backups.jobs import job_run
 
 
 class Command(BaseCommand):

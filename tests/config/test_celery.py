@@ -1,40 +1,7 @@
-import logging
-
-import pytest
 from celery import signals
 
 from config import celery as celery_config
-from config.jobs import JOB_DURATION, JOB_RUNS, job_run
 from config.logging import request_id_var
-
-
-def test_job_run_logs_one_line_with_outcome_and_duration(caplog):
-    with caplog.at_level(logging.INFO, logger="jobs"), job_run("demo", source="test") as run:
-        run["rows"] = 3
-    (record,) = [r for r in caplog.records if r.name == "jobs"]
-    assert record.getMessage().startswith("job finished: demo success in ")
-    assert (record.job, record.outcome, record.rows, record.source) == (
-        "demo",
-        "success",
-        3,
-        "test",
-    )
-    assert record.duration_s >= 0
-    assert JOB_DURATION.labels(job="demo")._sum.get() >= 0
-
-
-def test_job_run_counts_a_failure_and_lets_the_error_through(caplog):
-    before = JOB_RUNS.labels(job="demo-fail", outcome="failure")._value.get()
-    with (
-        caplog.at_level(logging.INFO, logger="jobs"),
-        pytest.raises(ValueError),
-        job_run("demo-fail"),
-    ):
-        raise ValueError("boom")
-    assert JOB_RUNS.labels(job="demo-fail", outcome="failure")._value.get() == before + 1
-    (record,) = [r for r in caplog.records if r.name == "jobs"]
-    assert record.levelno == logging.ERROR
-    assert record.error == "ValueError: boom"
 
 
 def test_published_tasks_carry_the_request_id_and_publish_time():
