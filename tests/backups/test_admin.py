@@ -67,3 +67,10 @@ def test_verify_action_reports_ok_and_corrupt_backups(admin_client, registry):
     assert "failed verification" in page
     bad.refresh_from_db()
     assert bad.status == BackupStatus.CORRUPT
+
+
+def test_the_admin_dashboard_shows_the_newest_backup(admin_client, registry):
+    backup = services.backup_create(slot="shown-on-dashboard", actor="tests")
+    html = admin_client.get("/admin/").content.decode()
+    assert str(backup) in html
+    assert "verified" in html
