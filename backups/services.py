@@ -35,6 +35,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.management.color import no_style
 from django.db import IntegrityError, connection, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.migrations.recorder import MigrationRecorder
 from django.utils import timezone
 
 from backups.models import Backup, BackupStatus
@@ -118,6 +119,13 @@ def _actor_name(actor: AbstractBaseUser | str) -> str:
     return actor if isinstance(actor, str) else actor.get_username()
 
 
+def applied_migrations() -> list[str]:
+    """Every migration applied to the database, as "app.name", sorted."""
+    return sorted(
+        f"{app}.{name}" for app, name in MigrationRecorder(connection).applied_migrations()
+    )
+
+
 def registry_row_counts() -> dict[str, int]:
     """Rows per table of the registry apps, keyed by model label (`mlregistry.modelversion`)."""
     counts: dict[str, int] = {}
@@ -159,11 +167,24 @@ def _pg_command(binary: str, *args: str) -> list[str]:
     return [*command, *args, "--dbname", str(db["NAME"])]
 
 
+_PG_ENV_OPTIONS = {
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+}
+
+
 def _pg_run(command: list[str]) -> None:
     env = dict(os.environ)
-    password = settings.DATABASES["default"].get("PASSWORD")
-    if password:
-        env["PGPASSWORD"] = str(password)  # never on the command line, where ps shows it
+    db = settings.DATABASES["default"]
+    if db.get("PASSWORD"):
+        env["PGPASSWORD"] = str(db["PASSWORD"])  # never on the command line, where ps shows it
+    for option, variable in _PG_ENV_OPTIONS.items():
+        # `?sslmode=require` in DATABASE_URL must hold for pg_dump's connection too.
+        if db.get("OPTIONS", {}).get(option):
+            env[variable] = str(db["OPTIONS"][option])
     try:
         result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)  # noqa: S603
     except FileNotFoundError:
@@ -380,6 +401,7 @@ def _backup_write(backup: Backup) -> None:
             "files": files,
             "artifacts": artifacts,
             "row_counts": row_counts,
+            "migrations": applied_migrations(),
         }
         manifest_path = staging / MANIFEST_NAME
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -514,6 +536,7 @@ class RestorePlan:
     manifest: dict[str, Any]
     current_counts: dict[str, int]
     current_artifacts: int
+    current_migrations: list[str] = field(default_factory=list)
 
     @property
     def backup_counts(self) -> dict[str, int]:
@@ -536,7 +559,24 @@ class RestorePlan:
                 f"  {label}: {self.current_counts.get(label, 0)} -> "
                 f"{self.backup_counts.get(label, 0)}"
             )
-        return lines
+        return lines + self.schema_warnings()
+
+    def schema_warnings(self) -> list[str]:
+        """What differs between the backup's migrations and this database's."""
+        backup = set(self.manifest.get("migrations", []))
+        current = set(self.current_migrations)
+        warnings = []
+        if backup - current:
+            warnings.append(
+                "Warning: the backup was taken by newer code (migrations unknown here: "
+                f"{', '.join(sorted(backup - current)[:5])}); deploy that version first."
+            )
+        if current - backup:
+            warnings.append(
+                "Note: the backup predates migrations applied here; run `manage.py migrate` "
+                "after the restore."
+            )
+        return warnings
 
 
 @dataclass
@@ -550,7 +590,9 @@ def restore_plan(*, directory: Path, backup: Backup | None = None) -> RestorePla
     """Verifies the backup and says what a restore would replace; changes nothing."""
     manifest = backup_verify(backup=backup, path=directory)
     current_artifacts = sum(1 for _ in _artifact_files(Path(settings.MODEL_STORE_DIR)))
-    return RestorePlan(directory, manifest, registry_row_counts(), current_artifacts)
+    return RestorePlan(
+        directory, manifest, registry_row_counts(), current_artifacts, applied_migrations()
+    )
 
 
 def backup_restore(

@@ -2,6 +2,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import tarfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -465,3 +466,34 @@ def test_pg_tools_come_from_pg_bin_dir_when_set(registry, settings, tmp_path):
     with pytest.raises(services.BackupError, match="not found"):
         services.backup_create(slot="no-tools", actor="tests")
     assert Backup.objects.get(slot="no-tools").status == BackupStatus.FAILED
+
+
+def test_restore_plan_warns_when_backup_and_database_schemas_differ(registry):
+    backup = services.backup_create(actor="tests")
+    directory = services.backup_directory(backup)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert "backups.0001_backups_and_job_runs" in manifest["migrations"]
+
+    plan = services.restore_plan(directory=directory)
+    assert plan.schema_warnings() == []
+    plan.manifest["migrations"] = [*manifest["migrations"][1:], "mlregistry.9999_future"]
+    warnings = " ".join(plan.describe())
+    assert "newer code" in warnings
+    assert "9999_future" in warnings
+    assert "manage.py migrate" in warnings
+
+
+def test_pg_tools_get_the_ssl_options_of_database_url(monkeypatch):
+    seen = {}
+
+    def run(command, env, **kwargs):
+        # Stand-in for the subprocess: this test checks only the environment it is given.
+        seen.update(env)
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr(services.subprocess, "run", run)
+    database = settings.DATABASES["default"]
+    monkeypatch.setitem(database, "PASSWORD", "s3cret")
+    monkeypatch.setitem(database, "OPTIONS", {**database.get("OPTIONS", {}), "sslmode": "require"})
+    services._pg_run(["pg_dump", "--version"])
+    assert (seen["PGSSLMODE"], seen["PGPASSWORD"]) == ("require", "s3cret")
