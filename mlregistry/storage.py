@@ -22,6 +22,9 @@ class AtomicFileSystemStorage(FileSystemStorage):
         directory = os.path.dirname(full_path)
         os.makedirs(directory, exist_ok=True)
         if os.path.exists(full_path):
+            # Fresh mtime: the retention sweep leaves files younger than an hour alone, so an
+            # orphan re-registered by an identical upload can't be swept before its row commits.
+            os.utime(full_path)
             return name
         fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
         try:

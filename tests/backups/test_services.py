@@ -15,6 +15,7 @@ from django.db import connection, connections, transaction
 from backups import services
 from backups.models import Backup, BackupStatus
 from mlregistry.models import ModelVersion, RegisteredModel, StageTransition
+from tests import factories
 from tests.backups.conftest import artifact_digests, production_predictions
 
 POSTGRES = pytest.mark.postgres
@@ -497,3 +498,21 @@ def test_pg_tools_get_the_ssl_options_of_database_url(monkeypatch):
     monkeypatch.setitem(database, "OPTIONS", {**database.get("OPTIONS", {}), "sslmode": "require"})
     services._pg_run(["pg_dump", "--version"])
     assert (seen["PGSSLMODE"], seen["PGPASSWORD"]) == ("require", "s3cret")
+
+
+def test_an_identical_upload_in_flight_keeps_its_orphaned_file_from_the_sweep(registry):
+    from django.core.files.base import ContentFile
+
+    from mlregistry.storage import get_artifact_storage
+
+    version = ModelVersion.objects.get(model__name="iris", version=2)
+    name = version.artifact.name
+    version.delete()  # now an orphan, old enough to sweep
+    _age(root_path(name), 48)
+
+    # An upload of the same bytes has stored its (content-addressed) file, and its row is not
+    # committed yet: the sweep must not take the file from under it.
+    get_artifact_storage().save(name, ContentFile(factories.iris_classifier_bytes(0.1)))
+
+    assert services.artifacts_sweep() == []
+    assert root_path(name).exists()
