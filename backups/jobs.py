@@ -6,10 +6,12 @@ and counted the same way whoever started it. Other apps' jobs (drift, retraining
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 from celery.exceptions import Retry
@@ -59,7 +61,14 @@ def job_run(job: str, **fields: Any) -> Iterator[dict[str, Any]]:
         _record(job, outcome, started_at, duration, details, error)
 
 
-def _record(job, outcome, started_at, duration, details, error) -> None:
+def _record(
+    job: str,
+    outcome: str,
+    started_at: datetime,
+    duration: float,
+    details: dict[str, Any],
+    error: str,
+) -> None:
     from backups.models import JobRun
 
     try:
@@ -77,6 +86,4 @@ def _record(job, outcome, started_at, duration, details, error) -> None:
 
 
 def _json_safe(details: dict[str, Any]) -> dict[str, Any]:
-    import json
-
     return json.loads(json.dumps(details, cls=DjangoJSONEncoder, default=str))

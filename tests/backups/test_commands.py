@@ -6,7 +6,7 @@ from django.core.management import CommandError, call_command
 from django_celery_beat.models import PeriodicTask
 
 from backups import services
-from backups.models import Backup, BackupStatus
+from backups.models import Backup, BackupStatus, JobRun
 from config.schedules import DEFAULT_SCHEDULES
 from mlregistry.models import ModelVersion
 
@@ -75,6 +75,7 @@ def test_restore_with_yes_replaces_the_data(registry):
 
     assert "Restored" in output
     assert ModelVersion.objects.count() == 3
+    assert JobRun.objects.filter(job="restore", outcome="success").count() == 1
 
 
 def test_restore_refuses_a_corrupted_backup(registry):

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from backups import services
+from backups.jobs import job_run
 from config.errors import DomainError
 
 
@@ -29,7 +30,11 @@ class Command(BaseCommand):
                     )
                 self.stdout.write("Dry run: nothing changed (add --yes to restore).")
                 return
-            result = services.backup_restore(directory=directory, backup=backup, actor="manage.py")
+            # The run's record lands in the restored database: it keeps a trace of the restore.
+            with job_run("restore", source="command", backup=directory.name):
+                result = services.backup_restore(
+                    directory=directory, backup=backup, actor="manage.py"
+                )
         except services.BackupCorrupt as exc:
             for problem in exc.problems:
                 self.stderr.write(f"  {problem}")
