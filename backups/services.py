@@ -255,7 +255,8 @@ def _artifact_files(root: Path) -> Iterator[tuple[str, Path]]:
 
 def _artifacts_archive_write(target: Path) -> dict[str, dict[str, Any]]:
     entries: dict[str, dict[str, Any]] = {}
-    with tarfile.open(target, "w:gz") as tar:
+    # Level 1: skops and joblib files are mostly compressed already; more would only cost time.
+    with tarfile.open(target, "w:gz", compresslevel=1) as tar:
         for name, path in _artifact_files(Path(settings.MODEL_STORE_DIR)):
             sha256, size = _file_digest(path)
             entries[name] = {"sha256": sha256, "size": size}
@@ -418,7 +419,7 @@ def _backup_write(backup: Backup) -> None:
     backup.database_size = files[database_file.name]["size"]
     backup.artifacts_size = files[ARTIFACTS_ARCHIVE]["size"]
     backup.artifact_count = len(artifacts)
-    backup.checksums = {name: entry["sha256"] for name, entry in files.items()}
+    backup.checksums = {file_name: entry["sha256"] for file_name, entry in files.items()}
     backup.row_counts = row_counts
     backup.manifest_sha256 = _file_digest(root / name / MANIFEST_NAME)[0]
     backup.finished_at = timezone.now()
