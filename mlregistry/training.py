@@ -371,11 +371,14 @@ def _train(job: TrainingJob) -> Trained:
     loaded = datasets.dataset_load(job.dataset)
     target = _target_check(job, loaded.target)
     features = loaded.features
-    if len(features) < 2 * job.cv_folds:
+    classification = job.model.task == Task.CLASSIFICATION
+    holdout_rows = math.ceil(len(features) * job.holdout_fraction)
+    classes = target.nunique() if classification else 1
+    if len(features) < 2 * job.cv_folds or holdout_rows < classes:
         raise datasets.DatasetError(
             "too_few_rows",
             f"{len(features)} usable rows are too few for {job.cv_folds}-fold cross-validation "
-            "and a holdout.",
+            f"and a holdout of {job.holdout_fraction:.0%} holding every class.",
         )
     champion = selectors.production_version_get(model=job.model)
     champion_estimator = _version_estimator(champion) if champion is not None else None
@@ -407,7 +410,6 @@ def _train(job: TrainingJob) -> Trained:
             f"Model {job.model.name!r} has no production version to clone; name an estimator.",
         )
 
-    classification = job.model.task == Task.CLASSIFICATION
     x_train, x_holdout, y_train, y_holdout = train_test_split(
         features[names],
         target,
