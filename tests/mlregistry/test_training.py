@@ -304,3 +304,42 @@ def test_finished_jobs_are_left_alone(iris_model):
     assert job.status == TrainingStatus.FAILED
     again = training.training_job_run(job_id=job.pk)
     assert (again.status, again.attempts) == (TrainingStatus.FAILED, 1)
+
+
+def test_dataset_without_the_champions_features_fails_the_job(iris_model):
+    champion_create(iris_model, LogisticRegression(max_iter=500))
+    x, y = factories.iris_frame()
+    frame = x.drop(columns=["petal_width"]).assign(species=y)
+    dataset = training.dataset_create(
+        name="three-features",
+        actor="t",
+        target_column="species",
+        feature_columns=NAMES[:3],
+        file=io.BytesIO(frame.to_csv(index=False).encode()),
+    )
+    job = job_run(iris_model, dataset, estimator="LogisticRegression")
+    assert (job.status, job.error_type) == (TrainingStatus.FAILED, "missing_columns")
+    assert "'petal_width'" in job.error
+
+
+def test_champion_replaced_during_the_job_keeps_the_new_champion(iris_model):
+    champion_create(iris_model, DecisionTreeClassifier(max_depth=1, random_state=0))
+    job = training.training_job_create(
+        model=iris_model,
+        dataset=iris_dataset(),
+        actor="tests",
+        estimator="LogisticRegression",
+        policy="auto_promote",
+        enqueue=False,
+    )
+    training._candidate_register(job.pk, training._train(job))
+    # Someone promotes another version between training and the decision.
+    newcomer = factories.version_create(iris_model, c=3.0)
+    services.model_version_transition(version=newcomer, stage=Stage.PRODUCTION, actor="ops")
+
+    job = training.training_job_run(job_id=job.pk)
+
+    assert job.decision == TrainingDecision.KEPT_CHAMPION
+    assert "changed while the job ran" in job.details["decision_reason"]
+    newcomer.refresh_from_db()
+    assert newcomer.stage == Stage.PRODUCTION
