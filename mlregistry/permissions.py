@@ -13,7 +13,7 @@ class RegistryPermission(BasePermission):
         user = request.user
         if not (user and user.is_authenticated):
             return False
-        if request.method in SAFE_METHODS:
-            return True
+        if request.method in SAFE_METHODS or not hasattr(view, request.method.lower()):
+            return True  # reads, and methods the view lacks (answered 405, not 403)
         perm = getattr(view, "write_permissions", {}).get(request.method)
         return bool(user.is_staff and perm and user.has_perm(perm))

@@ -9,7 +9,7 @@ PORT="${PORT:-8000}"
 export LOG_FORMAT="${LOG_FORMAT:-text}"
 export DJANGO_DEBUG="${DJANGO_DEBUG:-false}"
 
-mkdir -p var
+mkdir -p var/celery/queue var/celery/processed
 $PY manage.py migrate --noinput >/dev/null
 $PY manage.py collectstatic --noinput >/dev/null
 $PY manage.py setup_schedules >/dev/null 2>&1 || true
