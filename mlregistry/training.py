@@ -305,14 +305,6 @@ class TrainingFailed(DomainError):
         self.problem = problem
 
 
-def _version_estimator(version: ModelVersion) -> Any:
-    """Loads a registered version's estimator, verifying its SHA-256 first."""
-    with get_artifact_storage().open(version.artifact.name, "rb") as handle:
-        data = handle.read()
-    artifacts.verify_sha256(data, version.artifact_sha256)
-    return artifacts.deserialize(data, version.artifact_format)
-
-
 def _target_check(job: TrainingJob, target: Any) -> Any:
     import pandas as pd
 
@@ -381,7 +373,9 @@ def _train(job: TrainingJob) -> Trained:
             f"and a holdout of {job.holdout_fraction:.0%} holding every class.",
         )
     champion = selectors.production_version_get(model=job.model)
-    champion_estimator = _version_estimator(champion) if champion is not None else None
+    champion_estimator = (
+        artifacts.load_version_estimator(champion) if champion is not None else None
+    )
     champion_names = [f["name"] for f in champion.input_schema] if champion else []
     missing = [n for n in champion_names if n not in features.columns]
     if missing:
