@@ -283,4 +283,11 @@ for _entry in env_list("DATASET_DATABASES", []):
 DATASET_MAX_ROWS = env_int("DATASET_MAX_ROWS", 1_000_000, minimum=1)
 DATASET_MAX_UPLOAD_SIZE = env_int("DATASET_MAX_UPLOAD_SIZE", 100 * 1024 * 1024, minimum=1024)
 DATASET_SQL_TIMEOUT_SECONDS = env_int("DATASET_SQL_TIMEOUT_SECONDS", 60, minimum=1)
+# Datasets and versions both have a "source" choice field: name their enums apart in the schema.
+SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
+    {
+        "DatasetSourceEnum": "mlregistry.models.DatasetSource",
+        "VersionSourceEnum": "mlregistry.models.VersionSource",
+    }
+)
 # --- end model-quality loop ----------------------------------------------------------------

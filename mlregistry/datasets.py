@@ -151,12 +151,15 @@ def _numeric_features(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     for column in columns:
         raw = frame[column]
         numbers = pd.to_numeric(raw, errors="coerce")
-        bad = numbers.isna() & raw.notna()
+        # inf parses as a number but no estimator can fit it.
+        bad = (numbers.isna() & raw.notna()) | numbers.isin([float("inf"), float("-inf")])
         if bad.any():
             row = int(bad.to_numpy().nonzero()[0][0])
+            value = raw.iloc[row]
+            value = value.item() if hasattr(value, "item") else value
             raise DatasetError(
                 "non_numeric",
-                f"Column {column!r} must hold numbers but row {row} holds {raw.iloc[row]!r}.",
+                f"Column {column!r} must hold numbers but row {row} holds {value!r}.",
                 fields={column: ["non-numeric values"]},
             )
         out[column] = numbers.astype(float) if numbers.dtype == object else numbers

@@ -327,11 +327,12 @@ def _target_check(job: TrainingJob, target: Any) -> Any:
     needed = max(job.cv_folds, 2)
     rare = {str(k): int(v) for k, v in counts.items() if v < needed}
     if rare:
+        shown = ", ".join(f"{k} ({v})" for k, v in list(rare.items())[:10])
+        more = f" and {len(rare) - 10} more" if len(rare) > 10 else ""
         raise datasets.DatasetError(
             "target_classes",
-            f"Target classes with fewer than {needed} rows (cv_folds={job.cv_folds}): "
-            + ", ".join(f"{k} ({v})" for k, v in rare.items())
-            + ".",
+            f"{len(rare)} target class(es) have fewer than {needed} rows "
+            f"(cv_folds={job.cv_folds}): {shown}{more}. Is {name!r} really a class label?",
         )
     return target
 

@@ -175,6 +175,23 @@ def test_non_numeric_feature_values_fail_the_job_naming_column_and_row(db):
     assert job.error == "Column 'sepal_width' must hold numbers but row 3 holds 'abc'."
 
 
+def test_infinite_feature_values_are_not_numbers(db):
+    frame = iris_table()
+    frame.loc[4, "petal_length"] = float("inf")
+    job = failed_job(csv_dataset(frame))
+    assert job.error_type == "non_numeric"
+    assert "row 4 holds inf" in job.error
+
+
+def test_a_continuous_target_is_not_a_class_label(db):
+    frame = iris_table()
+    frame["species"] = frame["sepal_length"] * 1.37
+    job = failed_job(csv_dataset(frame))
+    assert job.error_type == "target_classes"
+    assert "and " in job.error and "really a class label" in job.error
+    assert len(job.error) < 400
+
+
 def test_rare_target_classes_fail_the_job(db):
     frame = iris_table()
     frame.loc[:2, "species"] = 7  # three rows of a fourth class, fewer than 5 folds
