@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 from django.db import OperationalError
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(acks_late=True, autoretry_for=(OperationalError,), retry_backoff=30, max_retries=3)
 def training_job_run_task(job_id: int) -> str:
     """Runs one training job; a retry or redelivery resumes it without a second candidate."""
+    from config.errors import NotFoundError
     from mlregistry.training import training_job_run
 
-    return training_job_run(job_id=job_id).status
+    try:
+        return training_job_run(job_id=job_id).status
+    except NotFoundError:
+        logger.warning("training job gone; message dropped", extra={"job": job_id})
+        return "missing"
 
 
 @shared_task(acks_late=True, autoretry_for=(OperationalError,), retry_backoff=30, max_retries=3)

@@ -23,7 +23,7 @@ from django.core.files import File
 from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 
-from config.errors import ConflictError, DomainError, ValidationFailed
+from config.errors import ConflictError, DomainError, NotFoundError, ValidationFailed
 from mlregistry import artifacts, datasets, estimators, selectors, services
 from mlregistry.models import (
     Dataset,
@@ -571,7 +571,10 @@ def training_job_run(*, job_id: int) -> TrainingJob:
     """Runs a job to its decision. Safe to call again: a finished job is left alone, and a
     candidate registered by an earlier attempt is reused, never registered twice."""
     with transaction.atomic():
-        job = TrainingJob.objects.select_for_update().get(pk=job_id)
+        job = TrainingJob.objects.select_for_update().filter(pk=job_id).first()
+        if job is None:
+            # Deleted while queued: a stale message, not an error worth retrying.
+            raise NotFoundError(f"Training job {job_id} does not exist (deleted?).")
         if job.status in (TrainingStatus.SUCCEEDED, TrainingStatus.FAILED):
             return job
         job.status = TrainingStatus.RUNNING

@@ -343,3 +343,7 @@ def test_champion_replaced_during_the_job_keeps_the_new_champion(iris_model):
     assert "changed while the job ran" in job.details["decision_reason"]
     newcomer.refresh_from_db()
     assert newcomer.stage == Stage.PRODUCTION
+
+
+def test_a_message_for_a_deleted_job_is_dropped(db):
+    assert training_job_run_task.apply(args=[12345]).get() == "missing"
