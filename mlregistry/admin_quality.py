@@ -302,7 +302,17 @@ class TrainingJobAdmin(admin.ModelAdmin):
     fieldsets = (
         (
             "Result",
-            {"fields": ("status", "decision", "comparison", "cv_table", "error_type", "error")},
+            {
+                "fields": (
+                    "status",
+                    "decision",
+                    "comparison",
+                    "cv_table",
+                    "scores_chart",
+                    "error_type",
+                    "error",
+                )
+            },
         ),
         (
             "Settings",
@@ -387,6 +397,33 @@ class TrainingJobAdmin(admin.ModelAdmin):
             f"{statistics.fmean(obj.cv_scores):.4f}",
             f"{statistics.pstdev(obj.cv_scores):.4f}",
         )
+
+    @admin.display(description="scores chart")
+    def scores_chart(self, obj) -> str:
+        if not obj.cv_scores:
+            return "—"
+        return format_html(
+            '<img src="{}" alt="{}" width="700" height="280">',
+            reverse("admin:mlregistry_trainingjob_scores", args=[obj.pk]),
+            f"Training job #{obj.pk}: {obj.metric} of each cross-validation fold, and of the "
+            "candidate and the champion on the same holdout.",
+        )
+
+    def get_urls(self):
+        chart = path(
+            "<int:object_id>/scores.png",
+            self.admin_site.admin_view(self.scores_view),
+            name="mlregistry_trainingjob_scores",
+        )
+        return [chart, *super().get_urls()]
+
+    def scores_view(self, request: HttpRequest, object_id: int):
+        job = self.get_object(request, str(object_id))
+        if job is None:
+            raise Http404("No such training job.")
+        if not self.has_view_permission(request, job):
+            raise PermissionDenied
+        return HttpResponse(overview.training_job_png(job=job), content_type="image/png")
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False  # a job's record is its audit trail

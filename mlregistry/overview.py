@@ -248,3 +248,28 @@ def chart_png(*, model: RegisteredModel, chart: str) -> bytes:
 
 def production_version(*, model: RegisteredModel) -> ModelVersion | None:
     return model.versions.filter(stage=Stage.PRODUCTION).first()
+
+
+def training_job_png(*, job: Any) -> bytes:
+    """A job's cross-validation fold scores next to candidate and champion holdout scores."""
+    figure, axes = _figure(7.0, 2.8)
+    axes.set_title(f"Training job #{job.pk}: {job.metric}", fontsize="medium")
+    if not job.cv_scores:
+        _empty(axes, "No scores yet")
+        return _png(figure)
+    folds = [f"fold {i + 1}" for i in range(len(job.cv_scores))]
+    axes.bar(folds, job.cv_scores, color="#8c959f", label="cross-validation (train split)")
+    labels, values, colours = [], [], []
+    if job.candidate_score is not None:
+        labels.append("candidate")
+        values.append(job.candidate_score)
+        colours.append("#0969da")
+    if job.champion_score is not None:
+        labels.append("champion")
+        values.append(job.champion_score)
+        colours.append("#1a7f37")
+    axes.bar(labels, values, color=colours, label="holdout")
+    for index, value in enumerate([*job.cv_scores, *values]):
+        axes.annotate(f"{value:.3f}", (index, value), ha="center", va="bottom", fontsize="small")
+    axes.legend(fontsize="small", loc="lower right")
+    return _png(figure)

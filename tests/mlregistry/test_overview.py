@@ -273,6 +273,9 @@ def test_training_job_admin_starts_a_job_and_shows_cv_and_comparison(
     assert f"v{job.candidate_version.version}" in html
     assert f"{job.champion_score:.4f}" in html
     assert job.details["decision_reason"].split(" (")[0] in html
+    [src] = re.findall(r'<img src="([^"]+)" alt="Training job #', html)
+    assert _png_size(admin_client.get(src).content) == (700, 280)
+    assert admin_client.get("/admin/mlregistry/trainingjob/999/scores.png").status_code == 404
     overview_page = admin_client.get(
         reverse("admin:mlregistry_registeredmodel_overview", args=[iris_model.pk])
     ).content.decode()
@@ -306,6 +309,11 @@ def test_run_again_sends_only_unfinished_jobs(
         )
     assert len(callbacks) == 1
     assert "already failed" in response.content.decode()
+    queued_page = admin_client.get(reverse("admin:mlregistry_trainingjob_change", args=[queued.pk]))
+    assert "No scores yet" not in queued_page.content.decode()
+    from mlregistry import overview
+
+    assert _png_size(overview.training_job_png(job=queued))[0] == 700
 
 
 def test_dataset_admin_creates_from_an_upload_and_reports_problems(admin_client):
