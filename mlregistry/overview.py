@@ -181,11 +181,12 @@ def _timeline(model: RegisteredModel, axes) -> None:
     axes.xaxis_date()
     axes.set_ylabel("version")
     axes.set_yticks(sorted({s[0] for s in segments}))
-    axes.legend(
+    axes.figure.legend(
         handles=[Patch(color=c, label=str(s.label)) for s, c in STAGE_COLOURS.items()],
-        loc="upper left",
+        loc="outside lower center",
         fontsize="small",
         ncols=4,
+        frameon=False,
     )
 
 
@@ -225,7 +226,7 @@ def _drift(model: RegisteredModel, axes) -> None:
         axes.axhline(threshold, color="#cf222e", linestyle="--", label=f"threshold {threshold:g}")
     axes.set_yscale("log")
     axes.set_ylabel("p-value")
-    axes.legend(fontsize="small", ncols=2)
+    axes.figure.legend(fontsize="small", loc="outside right upper", frameon=False)
     axes.tick_params(axis="x", labelrotation=20)
 
 
@@ -271,5 +272,6 @@ def training_job_png(*, job: Any) -> bytes:
     axes.bar(labels, values, color=colours, label="holdout")
     for index, value in enumerate([*job.cv_scores, *values]):
         axes.annotate(f"{value:.3f}", (index, value), ha="center", va="bottom", fontsize="small")
-    axes.legend(fontsize="small", loc="lower right")
+    axes.set_ylim(top=max([*job.cv_scores, *values]) * 1.12 if max(job.cv_scores) > 0 else None)
+    figure.legend(fontsize="small", loc="outside lower center", ncols=2, frameon=False)
     return _png(figure)
