@@ -347,3 +347,24 @@ def test_champion_replaced_during_the_job_keeps_the_new_champion(iris_model):
 
 def test_a_message_for_a_deleted_job_is_dropped(db):
     assert training_job_run_task.apply(args=[12345]).get() == "missing"
+
+
+def test_operators_run_jobs_from_the_command_line(iris_model, capsys):
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    champion_create(iris_model, LogisticRegression(max_iter=500))
+    dataset = iris_dataset()
+    job = training.training_job_create(
+        model=iris_model, dataset=dataset, actor="t", recurring=True, enqueue=False
+    )
+
+    call_command("training_job_run", str(job.pk), "--scheduled")
+
+    out = capsys.readouterr().out
+    assert f"job #{job.pk}: succeeded (staged)" in out
+    assert out.count("succeeded (staged)") == 2  # the job and today's scheduled run of it
+    with pytest.raises(CommandError, match="does not exist"):
+        call_command("training_job_run", "999")
+    with pytest.raises(CommandError, match="--scheduled"):
+        call_command("training_job_run")
