@@ -21,12 +21,12 @@ DEFAULT_SCHEDULES = [
         "name": "drift-check-daily",
         "task": "predictions.tasks.drift_check_task",
         "crontab": {"minute": "30", "hour": "3"},
-        "enabled": False,
+        "enabled": True,
     },
     {
         "name": "retraining-weekly",
         "task": "mlregistry.tasks.retraining_scheduled_task",
         "crontab": {"minute": "0", "hour": "4", "day_of_week": "0"},
-        "enabled": False,
+        "enabled": True,
     },
 ]

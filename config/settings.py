@@ -262,3 +262,32 @@ LOGGING = {
         "django.request": {"level": "ERROR"},
     },
 }
+
+# --- Model-quality loop (issue 5): drift, datasets, training --------------------------------
+# Drift: served rows of the last DRIFT_WINDOW_HOURS against the version's reference sample.
+DRIFT_WINDOW_HOURS = env_int("DRIFT_WINDOW_HOURS", 24, minimum=1)
+DRIFT_MIN_SAMPLES = env_int("DRIFT_MIN_SAMPLES", 50, minimum=2)
+DRIFT_MAX_SAMPLES = env_int("DRIFT_MAX_SAMPLES", 10_000, minimum=10)
+DRIFT_P_VALUE_THRESHOLD = env_float("DRIFT_P_VALUE_THRESHOLD", 0.05)
+# SQL datasets may only read from connections named here: "name" = an existing alias of
+# DATABASES, "name=URL" = a separate database (added as alias "dataset_<name>"). None by
+# default: the registry's own tables (users, tokens) are not training data.
+DATASET_DATABASES: dict[str, str] = {}
+for _entry in env_list("DATASET_DATABASES", []):
+    _name, _, _url = _entry.partition("=")
+    if _url:
+        DATABASES[f"dataset_{_name}"] = dj_database_url.parse(_url, conn_max_age=0)
+        DATASET_DATABASES[_name] = f"dataset_{_name}"
+    else:
+        DATASET_DATABASES[_name] = _name
+DATASET_MAX_ROWS = env_int("DATASET_MAX_ROWS", 1_000_000, minimum=1)
+DATASET_MAX_UPLOAD_SIZE = env_int("DATASET_MAX_UPLOAD_SIZE", 100 * 1024 * 1024, minimum=1024)
+DATASET_SQL_TIMEOUT_SECONDS = env_int("DATASET_SQL_TIMEOUT_SECONDS", 60, minimum=1)
+# Datasets and versions both have a "source" choice field: name their enums apart in the schema.
+SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
+    {
+        "DatasetSourceEnum": "mlregistry.models.DatasetSource",
+        "VersionSourceEnum": "mlregistry.models.VersionSource",
+    }
+)
+# --- end model-quality loop ----------------------------------------------------------------
