@@ -1,0 +1,40 @@
+"""Request body limits that hold for every parser, not only Django's form parsing."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import JsonResponse
+
+from config.errors import error_body
+
+
+def payload_too_large(request, limit: int) -> JsonResponse:
+    message = f"Request body is larger than the limit of {limit} bytes."
+    return JsonResponse(
+        error_body("payload_too_large", message, None, getattr(request, "request_id", None)),
+        status=413,
+    )
+
+
+class RequestBodyLimitMiddleware:
+    """413 for a non-multipart body over DATA_UPLOAD_MAX_MEMORY_SIZE, before it is read.
+
+    Django checks that limit only in `request.body` and form parsing; DRF's JSON parser streams
+    the body and would read any size. Multipart uploads are bounded by MAX_ARTIFACT_SIZE in the
+    upload view instead (Django spools their files to disk).
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        content_type = request.META.get("CONTENT_TYPE", "")
+        if limit is not None and not content_type.startswith("multipart/"):
+            try:
+                declared = int(request.META.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                declared = 0
+            if declared > limit:
+                return payload_too_large(request, limit)
+        return self.get_response(request)
