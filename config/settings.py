@@ -278,6 +278,11 @@ MIDDLEWARE.insert(
     MIDDLEWARE.index("config.request_log.RequestLogMiddleware") + 1,
     "config.limits.RequestBodyLimitMiddleware",
 )
+# Static files (admin, API docs) from the app itself, so the container needs no other server.
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+)
 
 # --- Throttling: per client (or per address when anonymous), per scope, counted in the cache.
 # Rates are "N/s|min|hour|day"; "none" switches a scope off. Clients behind N proxies are

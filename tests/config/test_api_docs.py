@@ -20,3 +20,10 @@ def test_swagger_ui_assets_are_served_locally(client):
     from django.contrib.staticfiles import finders
 
     assert finders.find(bundle.removeprefix("/static/"))
+
+
+def test_static_assets_are_served_by_the_app(client, settings):
+    settings.WHITENOISE_USE_FINDERS = True
+    response = client.get("/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js")
+    assert response.status_code == 200
+    assert b"".join(response.streaming_content)[:100]

@@ -26,6 +26,7 @@ def filesystem_broker(tmp_path):
         "data_folder_in": str(queue),
         "data_folder_out": str(queue),
         "processed_folder": str(tmp_path),
+        "control_folder": str(tmp_path / "control"),
     }
     yield publisher, queue
     publisher.close()
