@@ -28,13 +28,22 @@ class RequestBodyLimitMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
+        try:
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            # gunicorn refuses these itself; other servers may not, and django-prometheus would
+            # fail on it with a 500.
+            return JsonResponse(
+                error_body(
+                    "bad_request",
+                    "Malformed Content-Length header.",
+                    None,
+                    getattr(request, "request_id", None),
+                ),
+                status=400,
+            )
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         content_type = request.META.get("CONTENT_TYPE", "")
-        if limit is not None and not content_type.startswith("multipart/"):
-            try:
-                declared = int(request.META.get("CONTENT_LENGTH") or 0)
-            except ValueError:
-                declared = 0
-            if declared > limit:
-                return payload_too_large(request, limit)
+        if limit is not None and declared > limit and not content_type.startswith("multipart/"):
+            return payload_too_large(request, limit)
         return self.get_response(request)

@@ -8,6 +8,8 @@ PY=.venv/bin/python
 PORT="${PORT:-8000}"
 export LOG_FORMAT="${LOG_FORMAT:-text}"
 export DJANGO_DEBUG="${DJANGO_DEBUG:-false}"
+# Plain http on localhost: secure-only cookies would never come back (README "HTTPS").
+export DJANGO_SECURE_COOKIES="${DJANGO_SECURE_COOKIES:-false}"
 
 mkdir -p var
 $PY manage.py migrate --noinput >/dev/null

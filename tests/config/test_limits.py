@@ -47,3 +47,11 @@ def test_artifact_over_max_artifact_size_is_413(staff_api, iris_model, settings)
     )
     assert response.status_code == 413
     assert response.json()["error"]["type"] == "payload_too_large"
+
+
+def test_a_malformed_content_length_is_a_400_not_a_500(staff_api):
+    response = staff_api.post(
+        "/api/v1/models/", b"{}", content_type="application/json", CONTENT_LENGTH="abc"
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "bad_request"

@@ -83,3 +83,20 @@ def test_schedule_runs_the_heartbeat_every_minute():
 
     (entry,) = [s for s in DEFAULT_SCHEDULES if s["task"] == "config.tasks.worker_heartbeat_task"]
     assert entry["crontab"] == {"minute": "*"} and entry["enabled"]
+
+
+def test_an_unparsable_client_address_is_refused(client):
+    assert client.get("/metrics", REMOTE_ADDR="not-an-ip").status_code == 403
+
+
+def test_an_unreachable_cache_reports_the_heartbeat_as_never_seen(client, settings):
+    # Fault injected on purpose: the cache points at a port nothing listens on.
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.1, "SOCKET_TIMEOUT": 0.1},
+        }
+    }
+    body = client.get("/metrics").content.decode()
+    assert "mlregistry_worker_heartbeat_timestamp_seconds 0.0" in body

@@ -28,7 +28,21 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def fuzz_world(staff_user, client_user):
+def test_transaction_survives_requests():
+    """Calls to the bare WSGI app would close the test's database connection at the end of
+    each request; Django's own test client unhooks the same two receivers."""
+    from django.core.signals import request_finished, request_started
+    from django.db import close_old_connections
+
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
+def fuzz_world(test_transaction_survives_requests, staff_user, client_user):
     model = factories.registered_model_create("iris")
     version = services.model_version_create(
         model=model, artifact=io.BytesIO(factories.iris_classifier_bytes()), actor="tests"
