@@ -1,4 +1,4 @@
-"""Request body limits that hold for every parser, not only Django's form parsing."""
+"""Request body limits: 413 in the API's error shape, decided before the body is read."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ def payload_too_large(request, limit: int) -> JsonResponse:
 class RequestBodyLimitMiddleware:
     """413 for a non-multipart body over DATA_UPLOAD_MAX_MEMORY_SIZE, before it is read.
 
-    Django checks that limit only in `request.body` and form parsing; DRF's JSON parser streams
-    the body and would read any size. Multipart uploads are bounded by MAX_ARTIFACT_SIZE in the
-    upload view instead (Django spools their files to disk).
+    DRF 3.18.3 does enforce the limit for JSON (its parser goes through `request.body`), but the
+    RequestDataTooBig it raises is no API exception and ends as Django's generic 400; this
+    answers 413 in the API's error shape, from the declared length, before any view runs.
+    Multipart uploads are bounded by MAX_ARTIFACT_SIZE in the upload view instead (Django
+    spools their files to disk).
     """
 
     def __init__(self, get_response):

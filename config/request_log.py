@@ -9,8 +9,8 @@ from config.throttling import client_address
 
 logger = logging.getLogger("mlregistry.requests")
 
-# Probes and scrapes arrive every few seconds; at INFO they would drown the useful lines.
-_QUIET_PATHS = ("/health", "/metrics")
+# Probes, scrapes and static assets are frequent and dull; at INFO they would drown the rest.
+_QUIET_PATHS = ("/health", "/metrics", "/static/")
 
 
 def _caller(request) -> str:
