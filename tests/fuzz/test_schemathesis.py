@@ -42,7 +42,9 @@ def test_transaction_survives_requests():
 
 
 @pytest.fixture
-def fuzz_world(test_transaction_survives_requests, staff_user, client_user):
+def fuzz_world(test_transaction_survives_requests, staff_user, client_user, settings):
+    # Rate limits would turn most of a long run into 429s before it reaches the views.
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {}}
     model = factories.registered_model_create("iris")
     version = services.model_version_create(
         model=model, artifact=io.BytesIO(factories.iris_classifier_bytes()), actor="tests"
