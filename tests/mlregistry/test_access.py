@@ -175,3 +175,25 @@ def test_a_token_created_with_an_expiry_stops_working_after_it(client_user, caps
     assert api.get("/api/v1/models/").status_code == 200
     AuthToken.objects.filter(pk=instance.pk).update(expiry=timezone.now() - timedelta(seconds=1))
     assert api.get("/api/v1/models/").status_code == 401
+
+
+def test_a_restricted_client_sees_only_its_models_in_the_registry_api(
+    client_api, client_user, iris_model, django_capture_on_commit_callbacks
+):
+    factories.registered_model_create("wine")
+    with django_capture_on_commit_callbacks(execute=True):
+        _policy(client_user, iris_model)
+    listing = client_api.get("/api/v1/models/").json()
+    assert [m["name"] for m in listing["results"]] == ["iris"]
+    assert client_api.get("/api/v1/models/iris/").status_code == 200
+    hidden = client_api.get("/api/v1/models/wine/")
+    missing = client_api.get("/api/v1/models/nope/")
+    assert hidden.status_code == missing.status_code == 404
+    assert hidden.json()["error"]["type"] == "not_found"
+    assert client_api.get("/api/v1/models/wine/versions/").status_code == 404
+
+
+def test_an_unrestricted_client_lists_every_model(client_api, iris_model):
+    factories.registered_model_create("wine")
+    listing = client_api.get("/api/v1/models/").json()
+    assert [m["name"] for m in listing["results"]] == ["iris", "wine"]
