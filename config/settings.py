@@ -339,4 +339,6 @@ SPECTACULAR_SETTINGS.update(
 LOGGING["loggers"]["mlregistry.requests"] = {"level": LOG_LEVEL}
 # The worker imports the deployment's own tasks (heartbeat) besides the apps' tasks modules.
 CELERY_IMPORTS = ["config.tasks"]
+# Workers log through LOGGING above (JSON lines with the request id), not Celery's own format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # === end of issue 6 block =====================================================================

@@ -37,7 +37,7 @@ trap cleanup INT TERM EXIT
 
 .venv/bin/gunicorn config.wsgi:application --bind "127.0.0.1:${PORT}" \
   --workers "$WEB_WORKERS" --threads "$WEB_THREADS" --timeout "${WEB_TIMEOUT:-30}" \
-  --access-logfile - --log-level warning &
+  --log-level warning &
 pids+=($!)
 .venv/bin/celery -A config worker --beat --loglevel INFO --concurrency 1 \
   --scheduler django_celery_beat.schedulers:DatabaseScheduler &
