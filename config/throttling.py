@@ -69,12 +69,7 @@ class ScopeRateThrottle(BaseThrottle):
         window = int(now // duration)
         key = f"throttle:{rate_name}:{ident}:{duration}:{window}"
         try:
-            cache.add(key, 0, duration + 1)
-            count = cache.incr(key)
-        except ValueError:
-            # The window expired between add and incr: this request opens the next one.
-            cache.set(key, 1, duration + 1)
-            count = 1
+            count = self._count(key, duration)
         except Exception:
             # Without the cache there is no shared count; keep serving rather than refuse all.
             logger.warning("throttle counter unavailable; request allowed", exc_info=True)
@@ -83,6 +78,17 @@ class ScopeRateThrottle(BaseThrottle):
             self._wait = (window + 1) * duration - now
             return False
         return True
+
+    @staticmethod
+    def _count(key: str, duration: int) -> int:
+        # Increment first: in steady state that is one cache round trip; only the first request
+        # of a window also creates the counter (and a lost creation race increments instead).
+        try:
+            return cache.incr(key)
+        except ValueError:
+            if cache.add(key, 1, duration + 1):
+                return 1
+            return cache.incr(key)
 
     def wait(self) -> float | None:
         return self._wait
