@@ -341,4 +341,7 @@ LOGGING["loggers"]["mlregistry.requests"] = {"level": LOG_LEVEL}
 CELERY_IMPORTS = ["config.tasks"]
 # Workers log through LOGGING above (JSON lines with the request id), not Celery's own format.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+if CELERY_BROKER_URL.startswith("filesystem"):
+    # Otherwise kombu puts its broadcast (control) exchange in ./control of the current folder.
+    CELERY_BROKER_TRANSPORT_OPTIONS["control_folder"] = str(VAR_DIR / "celery" / "control")
 # === end of issue 6 block =====================================================================
