@@ -30,3 +30,13 @@ DEFAULT_SCHEDULES = [
         "enabled": True,
     },
 ]
+
+# issue 6: proves beat -> broker -> worker works; the WorkerDown alert watches its timestamp.
+DEFAULT_SCHEDULES.append(
+    {
+        "name": "worker-heartbeat",
+        "task": "config.tasks.worker_heartbeat_task",
+        "crontab": {"minute": "*"},
+        "enabled": True,
+    }
+)

@@ -17,8 +17,9 @@ VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
 DEBUG = env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY:
-    # Only the embedded, local defaults may run without a secret; a deployment sets one.
-    SECRET_KEY = "insecure-local-development-key-change-me-" + "x" * 16
+    # Only the embedded, local defaults may run without a secret; a deployment sets one. The
+    # "django-insecure-" prefix makes `check --deploy` fail (security.W009) if it is forgotten.
+    SECRET_KEY = "django-insecure-local-development-key-change-me-" + "x" * 16
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
@@ -291,3 +292,84 @@ SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
     }
 )
 # --- end model-quality loop ----------------------------------------------------------------
+# === Operations and security (issue 6) ========================================================
+# Kept in one block so it merges cleanly; README "Configuration" lists every variable.
+INSTALLED_APPS += ["drf_spectacular_sidecar"]
+
+# Request logging right after the request id is set, so the latency covers the whole stack and
+# the line carries the id; the body limit before anything reads the body.
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("config.middleware.RequestIdMiddleware") + 1,
+    "config.request_log.RequestLogMiddleware",
+)
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("config.request_log.RequestLogMiddleware") + 1,
+    "config.limits.RequestBodyLimitMiddleware",
+)
+# Static files (admin, API docs) from the app itself, so the container needs no other server.
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+)
+
+# --- Throttling: per client (or per address when anonymous), per scope, counted in the cache.
+# Rates are "N/s|min|hour|day"; "none" switches a scope off. Clients behind N proxies are
+# identified by the N-th address from the right of X-Forwarded-For; 0 trusts REMOTE_ADDR only.
+NUM_PROXIES = env_int("NUM_PROXIES", 0, minimum=0)
+THROTTLE_RATES = {
+    "predict": env_str("THROTTLE_PREDICT_RATE", "6000/min"),
+    "predict_anon": env_str("THROTTLE_PREDICT_ANON_RATE", "60/min"),
+    "write": env_str("THROTTLE_WRITE_RATE", "120/min"),
+    "write_anon": env_str("THROTTLE_WRITE_ANON_RATE", "10/min"),
+    "read": env_str("THROTTLE_READ_RATE", "1200/min"),
+    "read_anon": env_str("THROTTLE_READ_ANON_RATE", "60/min"),
+}
+REST_FRAMEWORK["NUM_PROXIES"] = NUM_PROXIES
+REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["config.throttling.ScopeRateThrottle"]
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {
+    scope: (None if rate.strip().lower() in {"", "none", "off"} else rate)
+    for scope, rate in THROTTLE_RATES.items()
+}
+
+# --- Failed admin logins: per (address, username) and per address, in the cache.
+ADMIN_LOGIN_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+ADMIN_LOGIN_LOCKOUT_SECONDS = env_int("ADMIN_LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
+
+# --- /metrics: open to these addresses (single IPs or CIDR blocks), or to a bearer token.
+METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+
+# --- API client model restrictions are cached per user; every policy edit invalidates them.
+ACCESS_POLICY_CACHE_TTL = env_int("ACCESS_POLICY_CACHE_TTL", 600, minimum=1)
+
+# --- HTTPS. Production (DJANGO_DEBUG=false) gets HSTS and secure cookies by default; the TLS
+# redirect stays opt-in because TLS usually ends at a proxy, and `make run` is plain http.
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+# Probes and Prometheus talk plain http inside the private network.
+SECURE_REDIRECT_EXEMPT = [r"^health", r"^metrics$"]
+if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", not DEBUG)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+# --- API docs served from the sidecar package: no page loads anything from outside.
+SPECTACULAR_SETTINGS.update(
+    {"SWAGGER_UI_DIST": "SIDECAR", "SWAGGER_UI_FAVICON_HREF": "SIDECAR", "REDOC_DIST": "SIDECAR"}
+)
+
+LOGGING["loggers"]["mlregistry.requests"] = {"level": LOG_LEVEL}
+# The worker imports the deployment's own tasks (heartbeat) besides the apps' tasks modules.
+CELERY_IMPORTS = ["config.tasks"]
+# Workers log through LOGGING above (JSON lines with the request id), not Celery's own format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+if CELERY_BROKER_URL.startswith("filesystem"):
+    # Otherwise kombu puts its broadcast (control) exchange in ./control of the current folder.
+    CELERY_BROKER_TRANSPORT_OPTIONS["control_folder"] = str(VAR_DIR / "celery" / "control")
+# === end of issue 6 block =====================================================================

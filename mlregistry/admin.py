@@ -520,3 +520,7 @@ class StageTransitionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+# issue 6: API tokens and client model restrictions register their admins there.
+from mlregistry import admin_access  # noqa: E402, F401

@@ -243,3 +243,29 @@ class TrainingJob(models.Model):
     @property
     def actor_name(self) -> str:
         return f"job:training:{self.pk}"
+# --- issue 6: per-client model restrictions -----------------------------------------------------
+class ApiClientPolicy(models.Model):
+    """Limits an API client to a list of models; a user without a policy may use every model.
+
+    Read on every prediction through mlregistry.access (cached per user, invalidated on change).
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_client_policy"
+    )
+    allowed_models = models.ManyToManyField(
+        RegisteredModel,
+        blank=True,
+        related_name="client_policies",
+        help_text="The only models this client may use; any other answers 404. Empty = none.",
+    )
+    note = models.CharField(max_length=200, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "API client policy"
+        verbose_name_plural = "API client policies"
+        ordering = ["user__username"]
+
+    def __str__(self) -> str:
+        return f"policy for {self.user}"
