@@ -243,6 +243,8 @@ class TrainingJob(models.Model):
     @property
     def actor_name(self) -> str:
         return f"job:training:{self.pk}"
+
+
 # --- issue 6: per-client model restrictions -----------------------------------------------------
 class ApiClientPolicy(models.Model):
     """Limits an API client to a list of models; a user without a policy may use every model.
