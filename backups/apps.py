@@ -6,12 +6,13 @@ class BackupsConfig(AppConfig):
     verbose_name = "Backups"
 
     def ready(self) -> None:
-        from prometheus_client import REGISTRY
-
         from backups.health import JobMetricsCollector, backup_readiness_check
         from config.health import READINESS_CHECKS
+        from config.metrics import SCRAPE_TIME_REGISTRY
 
         READINESS_CHECKS["backup"] = backup_readiness_check
+        # Read at scrape time, so /metrics shows them once whether or not it runs in
+        # Prometheus' multiprocess mode.
         if not getattr(BackupsConfig, "_collector_registered", False):
-            REGISTRY.register(JobMetricsCollector())
+            SCRAPE_TIME_REGISTRY.register(JobMetricsCollector())
             BackupsConfig._collector_registered = True

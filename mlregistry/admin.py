@@ -21,6 +21,7 @@ from django.utils.html import format_html
 
 from config.errors import DomainError
 from mlregistry import selectors, services
+from mlregistry.admin_quality import RegisteredModelOverviewMixin  # issue 5: overview page
 from mlregistry.forms import (
     ModelVersionUploadForm,
     PendingUploadForm,
@@ -77,7 +78,7 @@ class ModelVersionInline(admin.TabularInline):
 
 
 @admin.register(RegisteredModel)
-class RegisteredModelAdmin(admin.ModelAdmin):
+class RegisteredModelAdmin(RegisteredModelOverviewMixin, admin.ModelAdmin):
     list_display = ("name", "task", "production_version", "version_count", "owner", "updated_at")
     list_filter = ("task",)
     search_fields = ("name", "description")
@@ -519,3 +520,7 @@ class StageTransitionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+# issue 6: API tokens and client model restrictions register their admins there.
+from mlregistry import admin_access  # noqa: E402, F401

@@ -105,15 +105,17 @@ def test_setup_schedules_creates_the_defaults_once_and_keeps_operator_edits(db):
     assert "created schedule backup-daily" in _run("setup_schedules")
     tasks = {t.name: t for t in PeriodicTask.objects.select_related("crontab")}
     assert set(tasks) == {entry["name"] for entry in DEFAULT_SCHEDULES}
-    assert tasks["backup-daily"].enabled
+    for entry in DEFAULT_SCHEDULES:
+        task = tasks[entry["name"]]
+        assert (task.task, task.enabled) == (entry["task"], entry["enabled"])
+        for field, value in entry["crontab"].items():
+            assert getattr(task.crontab, field) == value
     assert (tasks["backup-daily"].crontab.hour, tasks["backup-daily"].crontab.minute) == ("2", "0")
-    assert not tasks["retraining-weekly"].enabled
-    assert tasks["retraining-weekly"].crontab.day_of_week == "0"
 
-    PeriodicTask.objects.filter(name="drift-check-daily").update(enabled=True)
+    PeriodicTask.objects.filter(name="drift-check-daily").update(enabled=False)
     PeriodicTask.objects.filter(name="backup-daily").delete()
     output = _run("setup_schedules")
 
     assert output.strip() == "created schedule backup-daily"
-    assert PeriodicTask.objects.get(name="drift-check-daily").enabled
+    assert not PeriodicTask.objects.get(name="drift-check-daily").enabled
     assert "nothing changed" in _run("setup_schedules")
