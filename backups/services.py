@@ -729,7 +729,9 @@ def retention_cleanup_run(*, now: datetime | None = None) -> dict[str, Any]:
     now = now or timezone.now()
     try:
         from predictions.services import prediction_log_prune
-    except ImportError:
+    except ImportError as exc:
+        if exc.name != "predictions.services":
+            raise  # the module exists but is broken: that must not pass silently
         prediction_log_prune = None  # merged from the predictions branch; skipped until then
     pruned: int | None = None
     if prediction_log_prune is not None:
