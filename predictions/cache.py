@@ -1,0 +1,83 @@
+"""The shared cache as the serving path uses it: failures are counted, logged and survived.
+
+Redis being down or slow must not fail a prediction, so every call here catches the error,
+counts it in mlregistry_cache_requests_total{result="error"}, logs (at most once per
+PREDICTION_CACHE_RETRY_SECONDS) and then skips the cache for that long instead of paying a
+socket timeout on every request. This is local to the predict path on purpose: elsewhere a
+cache error should still be loud (no global DJANGO_REDIS_IGNORE_EXCEPTIONS).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import caches
+from django.core.cache.backends.locmem import LocMemCache
+
+from predictions.metrics import CACHE_REQUESTS
+
+logger = logging.getLogger(__name__)
+
+_MISSING = object()
+_lock = threading.Lock()
+_state = {"skip_until": 0.0, "errors_since_log": 0}
+
+
+def cache_is_process_local() -> bool:
+    """True when the cache lives in this process only (the embedded local-memory default)."""
+    return isinstance(caches["default"], LocMemCache)
+
+
+def cache_available() -> bool:
+    return time.monotonic() >= _state["skip_until"]
+
+
+def cache_reset() -> None:
+    """Forgets a previous failure (tests, and a readiness probe that found the cache healthy)."""
+    with _lock:
+        _state["skip_until"] = 0.0
+        _state["errors_since_log"] = 0
+
+
+def _failed(operation: str, exc: Exception) -> None:
+    CACHE_REQUESTS.labels(result="error").inc()
+    now = time.monotonic()
+    with _lock:
+        _state["errors_since_log"] += 1
+        already_skipping = now < _state["skip_until"]
+        _state["skip_until"] = now + settings.PREDICTION_CACHE_RETRY_SECONDS
+        count = _state["errors_since_log"]
+        if already_skipping:
+            return
+        _state["errors_since_log"] = 0
+    logger.warning(
+        "cache unavailable, serving uncached for %.1fs",
+        settings.PREDICTION_CACHE_RETRY_SECONDS,
+        extra={"operation": operation, "error": f"{type(exc).__name__}: {exc}", "errors": count},
+    )
+
+
+def cache_get(key: str) -> Any:
+    """The cached value, or None on a miss or when the cache is failing."""
+    if not cache_available():
+        return None
+    try:
+        return caches["default"].get(key)
+    except Exception as exc:
+        _failed("get", exc)
+        return None
+
+
+def cache_set(key: str, value: Any, timeout: float) -> bool:
+    if not cache_available():
+        return False
+    try:
+        caches["default"].set(key, value, timeout)
+    except Exception as exc:
+        _failed("set", exc)
+        return False
+    return True
