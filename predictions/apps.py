@@ -9,7 +9,7 @@ class PredictionsConfig(AppConfig):
 
     def ready(self) -> None:
         from config.health import READINESS_CHECKS
-        from predictions import health
+        from predictions import health, signals  # noqa: F401 - connects the receivers
 
         health.register(READINESS_CHECKS)
         # Rows are checked against the schema by name, then passed as a float array (much

@@ -81,3 +81,11 @@ def cache_set(key: str, value: Any, timeout: float) -> bool:
         _failed("set", exc)
         return False
     return True
+
+
+def cache_delete_many(keys: list[str]) -> None:
+    # Not skipped while the cache is failing: a revocation must reach it the moment it can.
+    try:
+        caches["default"].delete_many(keys)
+    except Exception as exc:
+        _failed("delete", exc)

@@ -8,6 +8,7 @@ from typing import Any
 from django.core.cache import cache
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
+from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import ParseError
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
@@ -19,6 +20,7 @@ from mlregistry.models import RegisteredModel
 from mlregistry.permissions import RegistryPermission
 from mlregistry.selectors import registered_model_get
 from predictions import selectors, services
+from predictions.auth import CachedTokenAuthentication
 from predictions.metrics import VALIDATION_FAILURES
 from predictions.rendering import ORJSONParser, ORJSONRenderer
 from predictions.serializers import (
@@ -44,6 +46,7 @@ _CLIENT_HEADER = OpenApiParameter(
 
 
 class _PredictBase(APIView):
+    authentication_classes = [CachedTokenAuthentication, SessionAuthentication]
     permission_classes = [IsAuthenticated]
     parser_classes = [ORJSONParser]
     renderer_classes = [ORJSONRenderer]
