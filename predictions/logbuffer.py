@@ -89,14 +89,16 @@ class PredictionLogBuffer:
         atexit.register(self.flush)
 
     def _run(self) -> None:
-        while True:
-            self._wake.wait(timeout=settings.PREDICTION_LOG_FLUSH_SECONDS)
+        while (interval := settings.PREDICTION_LOG_FLUSH_SECONDS) > 0:
+            self._wake.wait(timeout=interval)
             self._wake.clear()
             try:
                 close_old_connections()
                 self.flush()
             except Exception:  # the flusher must outlive a bad moment of the database
                 logger.exception("prediction log flusher error")
+        with self._lock:
+            self._thread_pid = None  # switched off: a later add() may start a new one
 
 
 prediction_log_buffer = PredictionLogBuffer()

@@ -52,3 +52,21 @@ class TrafficSplit(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_id}: v{self.version_id} {self.weight}%"
+
+
+class ModelTraffic(RegisteredModel):
+    """A registered model seen from the serving side (its traffic split)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "traffic split"
+        verbose_name_plural = "traffic splits"
+
+
+class VersionQuality(ModelVersion):
+    """A model version seen from the serving side (online accuracy from feedback)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "online accuracy"
+        verbose_name_plural = "online accuracy"
