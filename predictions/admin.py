@@ -119,7 +119,9 @@ class VersionQualityAdmin(admin.ModelAdmin):
         return False
 
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return request.user.has_perm("mlregistry.view_modelversion")
+        return request.user.has_perm("mlregistry.view_modelversion") or request.user.has_perm(
+            "mlregistry.change_modelversion"
+        )
 
     def _metrics(self, obj: ModelVersion) -> dict[str, Any]:
         cache = getattr(self, "_metrics_cache", None)

@@ -16,7 +16,7 @@ import threading
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 
 from predictions.metrics import PREDICTION_LOG_DROPPED, PREDICTION_LOG_WRITTEN
 
@@ -30,6 +30,8 @@ class PredictionLogBuffer:
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
         self._thread_pid: int | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
 
     def add(self, rows: list[dict[str, Any]]) -> None:
         """Queues PredictionLog field dicts; never touches the database on this thread unless
@@ -84,9 +86,22 @@ class PredictionLogBuffer:
             if self._thread_pid == os.getpid():
                 return
             self._thread_pid = os.getpid()
-        thread = threading.Thread(target=self._run, name="prediction-log-flusher", daemon=True)
-        thread.start()
-        atexit.register(self.flush)
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._run, name="prediction-log-flusher", daemon=True
+        )
+        self._thread.start()
+        atexit.register(self.stop)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stops this process's flusher after a last flush (worker exit, tests)."""
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._stopping = True
+            self._wake.set()
+            thread.join(timeout)
+        else:
+            self.flush()
 
     def _run(self) -> None:
         while (interval := settings.PREDICTION_LOG_FLUSH_SECONDS) > 0:
@@ -97,6 +112,9 @@ class PredictionLogBuffer:
                 self.flush()
             except Exception:  # the flusher must outlive a bad moment of the database
                 logger.exception("prediction log flusher error")
+            if self._stopping:
+                break
+        connection.close()  # this thread's own connection
         with self._lock:
             self._thread_pid = None  # switched off: a later add() may start a new one
 

@@ -146,3 +146,6 @@ def test_background_flusher_writes_without_a_request_waiting(settings):
     while PredictionLog.objects.count() == 0 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert PredictionLog.objects.count() == 1
+    buffer.add([_row(version, 1)])
+    buffer.stop()  # flushes what is left, then the thread ends
+    assert PredictionLog.objects.count() == 2 and not buffer._thread.is_alive()

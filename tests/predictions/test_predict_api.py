@@ -181,6 +181,7 @@ def test_promotion_in_another_process_is_seen_within_the_local_ttl(
 ):
     import time
 
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     settings.PREDICTION_ROUTING_LOCAL_TTL = 0.2
     assert _predict(client_api, {"features": IRIS_ROW}).json()["model_version"] == 1
     # Another process's promotion invalidates its own local-memory cache, not this one's:
