@@ -23,6 +23,17 @@ def auth_cache_key(digest: str) -> str:
     return f"auth:v1:{digest}"
 
 
+def auth_cache_key_for_request(request) -> str | None:
+    """The token cache key of a request's `Authorization: Bearer` header, if it has one."""
+    parts = request.META.get("HTTP_AUTHORIZATION", "").split()
+    if len(parts) != 2 or parts[0].lower() != "bearer":
+        return None
+    try:
+        return auth_cache_key(hash_token(parts[1]))
+    except (TypeError, ValueError):
+        return None
+
+
 class CachedTokenAuthentication(TokenAuthentication):
     def authenticate_credentials(self, token: bytes):
         ttl = settings.PREDICTION_AUTH_CACHE_SECONDS

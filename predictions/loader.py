@@ -45,6 +45,7 @@ class LoadedModel:
     estimator: Any
     features: tuple[Feature, ...]
     names: frozenset[str]
+    feature_names: tuple[str, ...]
     numeric: bool  # every feature numeric: rows go in as one float64 array, not a DataFrame
     class_labels: list[str] | None  # classes_ as JSON object keys
     has_proba: bool
@@ -88,6 +89,7 @@ def _prepare(info: dict[str, Any], estimator: Any) -> LoadedModel:
         estimator=estimator,
         features=features,
         names=frozenset(f.name for f in features),
+        feature_names=tuple(f.name for f in features),
         numeric=numeric,
         class_labels=[str(c) for c in classes.tolist()] if classes is not None else None,
         has_proba=classes is not None and callable(getattr(estimator, "predict_proba", None)),

@@ -30,7 +30,7 @@ from mlregistry.services import Actor
 from predictions import metrics
 from predictions.cache import cache_get, cache_set
 from predictions.loader import LoadedModel, model_cache
-from predictions.logbuffer import prediction_log_buffer
+from predictions.logbuffer import LogRow, prediction_log_buffer
 from predictions.models import PredictionLog, TrafficSplit
 from predictions.selectors import routing_entry_get, version_routing_info
 from predictions.validation import rows_validate
@@ -242,40 +242,37 @@ def _log_served(
     rate = settings.PREDICTION_LOG_SAMPLE_RATE
     if rate <= 0:
         return
-    indexes = range(len(outputs))
+    indexes: Any = range(len(outputs))
     if rate < 1:
         indexes = [i for i in indexes if random.random() < rate]  # noqa: S311 - sampling
-        if not indexes:
-            return
-    names = [f.name for f in loaded.features]
-    store_features = settings.PREDICTION_LOG_STORE_FEATURES
+    cap = settings.PREDICTION_LOG_BATCH_MAX_ROWS
+    if len(indexes) > cap:
+        # Writing every row of large batches would cost more than predicting them; a random
+        # subset (row_index kept) still shows drift what batch traffic looks like.
+        indexes = sorted(random.sample(list(indexes), cap))
+    if not len(indexes):
+        return
+    names = loaded.feature_names if settings.PREDICTION_LOG_STORE_FEATURES else None
+    model_id, version_id, client = entry["model_id"], info["id"], client_id or ""
     prediction_log_buffer.add(
         [
-            {
-                "request_id": request_id,
-                "row_index": i,
-                "model_id": entry["model_id"],
-                "version_id": info["id"],
-                "features": (
-                    {n: _json_value(v) for n, v in zip(names, rows[i], strict=True)}
-                    if store_features
-                    else None
-                ),
-                "output": outputs[i]["prediction"],
-                "confidence": outputs[i]["confidence"],
-                "latency_ms": latency_ms,
-                "cached": cached,
-                "client_id": client_id or "",
-                "created_at": when,
-            }
+            LogRow(
+                request_id,
+                i,
+                model_id,
+                version_id,
+                names,
+                rows[i] if names is not None else None,
+                outputs[i]["prediction"],
+                outputs[i]["confidence"],
+                latency_ms,
+                cached,
+                client,
+                when,
+            )
             for i in indexes
         ]
     )
-
-
-def _json_value(value: Any) -> Any:
-    # Missing optional features were filled with NaN for the model; JSON has no NaN.
-    return None if isinstance(value, float) and value != value else value
 
 
 def prediction_log_flush() -> int:

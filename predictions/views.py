@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core.cache import cache
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
@@ -18,9 +19,10 @@ from rest_framework.views import APIView
 from config.errors import NotFoundError
 from mlregistry.models import RegisteredModel
 from mlregistry.permissions import RegistryPermission
-from mlregistry.selectors import registered_model_get
+from mlregistry.selectors import registered_model_get, routing_cache_key
 from predictions import selectors, services
-from predictions.auth import CachedTokenAuthentication
+from predictions.auth import CachedTokenAuthentication, auth_cache_key_for_request
+from predictions.cache import cache_prefetch, cache_prefetch_clear
 from predictions.metrics import VALIDATION_FAILURES
 from predictions.rendering import ORJSONParser, ORJSONRenderer
 from predictions.serializers import (
@@ -50,6 +52,19 @@ class _PredictBase(APIView):
     permission_classes = [IsAuthenticated]
     parser_classes = [ORJSONParser]
     renderer_classes = [ORJSONRenderer]
+
+    def initial(self, request: Request, *args, **kwargs) -> None:
+        # Token and routing entries in one cache round trip, before authentication reads one.
+        keys = [routing_cache_key(kwargs["name"])] if "name" in kwargs else []
+        token_key = auth_cache_key_for_request(request)
+        if token_key and settings.PREDICTION_AUTH_CACHE_SECONDS > 0:
+            keys.append(token_key)
+        cache_prefetch(keys)
+        super().initial(request, *args, **kwargs)
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        cache_prefetch_clear()
+        return super().finalize_response(request, response, *args, **kwargs)
 
     def _serve(self, request: Request, name: str, version: int | None = None) -> Response:
         try:

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from mlregistry import services
-from predictions.logbuffer import PredictionLogBuffer
+from predictions.logbuffer import LogRow, PredictionLogBuffer
 from predictions.metrics import PREDICTION_LOG_DROPPED
 from predictions.models import PredictionLog
 from predictions.services import prediction_log_flush, prediction_log_prune
@@ -95,19 +95,20 @@ def test_prune_deletes_only_rows_older_than_the_cutoff(client_api, iris_producti
 
 
 def _row(version, index=0):
-    return {
-        "request_id": f"r{index}",
-        "row_index": 0,
-        "model_id": version.model_id,
-        "version_id": version.pk,
-        "features": None,
-        "output": 0,
-        "confidence": 1.0,
-        "latency_ms": 1.0,
-        "cached": False,
-        "client_id": "",
-        "created_at": timezone.now(),
-    }
+    return LogRow(
+        f"r{index}",
+        0,
+        version.model_id,
+        version.pk,
+        ("a",),
+        [1.5],
+        0,
+        1.0,
+        1.0,
+        False,
+        "",
+        timezone.now(),
+    )
 
 
 def test_full_buffer_drops_and_counts_rows(iris_production, settings):
@@ -149,3 +150,14 @@ def test_background_flusher_writes_without_a_request_waiting(settings):
     buffer.add([_row(version, 1)])
     buffer.stop()  # flushes what is left, then the thread ends
     assert PredictionLog.objects.count() == 2 and not buffer._thread.is_alive()
+
+
+def test_large_batches_log_a_random_subset_of_rows(client_api, iris_production, settings):
+    settings.PREDICTION_LOG_BATCH_MAX_ROWS = 10
+    rows = [SETOSA, VERSICOLOR] * 20
+    body = client_api.post("/api/v1/models/iris/predict", {"instances": rows}, format="json").json()
+    assert prediction_log_flush() == 10
+    logged = PredictionLog.objects.filter(request_id=body["request_id"])
+    for row in logged:
+        assert row.features == rows[row.row_index]
+        assert row.output == body["predictions"][row.row_index]["prediction"]

@@ -221,6 +221,7 @@ def test_prediction_log_respects_sampling_and_feature_storage(
         (body["request_id"], None)
     ]
     settings.PREDICTION_LOG_SAMPLE_RATE = 0.5
+    settings.PREDICTION_LOG_BATCH_MAX_ROWS = 1000
     _predict(client_api, {"instances": [IRIS_ROW] * 400})
     assert 100 < prediction_log_flush() < 300
 
