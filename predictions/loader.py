@@ -49,9 +49,14 @@ class LoadedModel:
     numeric: bool  # every feature numeric: rows go in as one float64 array, not a DataFrame
     class_labels: list[str] | None  # classes_ as JSON object keys
     has_proba: bool
+    all_required_floats: bool  # eligible for validation.fast_numeric_rows
+    lows: Any
+    highs: Any
 
-    def matrix(self, rows: list[list[Any]]) -> Any:
+    def matrix(self, rows: Any) -> Any:
         """The estimator's input for validated rows (values in schema order)."""
+        if isinstance(rows, np.ndarray):
+            return rows
         if self.numeric:
             return np.array(rows, dtype=np.float64)
         import pandas as pd
@@ -93,6 +98,9 @@ def _prepare(info: dict[str, Any], estimator: Any) -> LoadedModel:
         numeric=numeric,
         class_labels=[str(c) for c in classes.tolist()] if classes is not None else None,
         has_proba=classes is not None and callable(getattr(estimator, "predict_proba", None)),
+        all_required_floats=numeric and all(f.type == "float" and f.required for f in features),
+        lows=np.array([f.low for f in features], dtype=np.float64),
+        highs=np.array([f.high for f in features], dtype=np.float64),
     )
 
 

@@ -33,7 +33,7 @@ from predictions.loader import LoadedModel, model_cache
 from predictions.logbuffer import LogRow, prediction_log_buffer
 from predictions.models import PredictionLog, TrafficSplit
 from predictions.selectors import routing_entry_get, version_routing_info
-from predictions.validation import rows_validate
+from predictions.validation import fast_numeric_rows, rows_validate
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,10 @@ def _outputs(loaded: LoadedModel, rows: list[list[Any]]) -> list[dict[str, Any]]
     return out
 
 
+def _plain(row: Any) -> list[Any]:
+    return row.tolist() if hasattr(row, "tolist") else row
+
+
 def _result_key(info: dict[str, Any], values: list[Any]) -> str:
     # Version id and sha256 in the key: another version (a promotion, a rollback, a split)
     # can never be answered from this entry. The values are in schema order, which makes
@@ -165,7 +169,11 @@ def prediction_serve(
     try:
         rows, batch = _rows_from_payload(payload)
         loaded = model_cache.get(info, model_name=model_name)
-        values = rows_validate(rows, loaded.features, loaded.names, batch=batch)
+        values = None
+        if loaded.all_required_floats:
+            values = fast_numeric_rows(rows, loaded.features, loaded.lows, loaded.highs)
+        if values is None:
+            values = rows_validate(rows, loaded.features, loaded.names, batch=batch)
     except ValidationFailed:
         metrics.VALIDATION_FAILURES.labels(model=model_name).inc()
         raise
@@ -173,7 +181,7 @@ def prediction_serve(
     cached = False
     ttl = settings.PREDICTION_CACHE_TTL
     if not batch and ttl > 0:
-        key = _result_key(info, values[0])
+        key = _result_key(info, _plain(values[0]))
         hit = cache_get(key)
         if hit is not None:
             metrics.CACHE_REQUESTS.labels(result="hit").inc()
@@ -230,7 +238,7 @@ def _log_served(
     *,
     entry: dict[str, Any],
     info: dict[str, Any],
-    rows: list[list[Any]],
+    rows: Any,
     loaded: LoadedModel,
     outputs: list[dict[str, Any]],
     request_id: str,
@@ -262,7 +270,7 @@ def _log_served(
                 model_id,
                 version_id,
                 names,
-                rows[i] if names is not None else None,
+                _plain(rows[i]) if names is not None else None,
                 outputs[i]["prediction"],
                 outputs[i]["confidence"],
                 latency_ms,
