@@ -123,18 +123,12 @@ def _outputs(loaded: LoadedModel, rows: list[list[Any]]) -> list[dict[str, Any]]
             for p in predictions
         ]
     labels = loaded.class_labels
-    out = []
-    for prediction, probs in zip(
-        predictions, loaded.estimator.predict_proba(x).tolist(), strict=True
-    ):
-        out.append(
-            {
-                "prediction": prediction,
-                "confidence": max(probs),
-                "probabilities": dict(zip(labels, probs, strict=True)),
-            }
-        )
-    return out
+    probabilities = loaded.estimator.predict_proba(x)
+    confidences = probabilities.max(axis=1).tolist()
+    return [
+        {"prediction": p, "confidence": c, "probabilities": dict(zip(labels, probs, strict=True))}
+        for p, c, probs in zip(predictions, confidences, probabilities.tolist(), strict=True)
+    ]
 
 
 def _plain(row: Any) -> list[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import chain
 from operator import itemgetter
 from typing import Any
 
@@ -93,15 +94,15 @@ def fast_numeric_rows(
     """
     getter = itemgetter(*(f.name for f in features))
     width = len(features)
-    picked = []
     try:
-        for row in rows:
-            if len(row) != width:  # with every name present, a different length = unknown keys
-                return None
-            values = getter(row)
-            if not _NUMBER_TYPES.issuperset(map(type, values)):
-                return None
-            picked.append(values)
+        # With every name present, a row of another length has unknown keys.
+        if any(len(row) != width for row in rows):
+            return None
+        picked = list(map(getter, rows))
+        # bool is not int here: type() is exact, so true/false fall back to the full check.
+        flat = chain.from_iterable(picked) if width > 1 else picked
+        if not _NUMBER_TYPES.issuperset(map(type, flat)):
+            return None
         matrix = np.array(picked, dtype=np.float64)
     except (KeyError, TypeError, OverflowError, ValueError):
         return None
