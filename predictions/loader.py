@@ -49,6 +49,8 @@ class LoadedModel:
     numeric: bool  # every feature numeric: rows go in as one float64 array, not a DataFrame
     class_labels: list[str] | None  # classes_ as JSON object keys
     has_proba: bool
+    # predict() is argmax(predict_proba()) by definition (forests): derive it, halving the cost.
+    predict_from_proba: bool
     all_required_floats: bool  # eligible for validation.fast_numeric_rows
     lows: Any
     highs: Any
@@ -98,10 +100,21 @@ def _prepare(info: dict[str, Any], estimator: Any) -> LoadedModel:
         numeric=numeric,
         class_labels=[str(c) for c in classes.tolist()] if classes is not None else None,
         has_proba=classes is not None and callable(getattr(estimator, "predict_proba", None)),
+        predict_from_proba=_predict_is_argmax_of_proba(estimator),
         all_required_floats=numeric and all(f.type == "float" and f.required for f in features),
         lows=np.array([f.low for f in features], dtype=np.float64),
         highs=np.array([f.high for f in features], dtype=np.float64),
     )
+
+
+def _predict_is_argmax_of_proba(estimator: Any) -> bool:
+    """True for a (pipeline ending in a) single-output forest classifier, whose predict() is
+    literally classes_.take(argmax(predict_proba(X))): computing both walks every tree twice."""
+    from sklearn.ensemble._forest import ForestClassifier
+    from sklearn.pipeline import Pipeline
+
+    final = estimator.steps[-1][1] if isinstance(estimator, Pipeline) else estimator
+    return isinstance(final, ForestClassifier) and getattr(final, "n_outputs_", 1) == 1
 
 
 class ModelCache:

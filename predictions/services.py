@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
+import numpy as np
 import orjson
 from django.conf import settings
 from django.db import transaction
@@ -112,6 +113,12 @@ def _rows_from_payload(payload: Any) -> tuple[list[Any], bool]:
 
 def _outputs(loaded: LoadedModel, rows: list[list[Any]]) -> list[dict[str, Any]]:
     x = loaded.matrix(rows)
+    if loaded.predict_from_proba:
+        probabilities = loaded.estimator.predict_proba(x)
+        classes = loaded.estimator.classes_
+        # The same expression ForestClassifier.predict evaluates, so the same answer.
+        predictions = classes.take(np.argmax(probabilities, axis=1), axis=0).tolist()
+        return _with_probabilities(loaded, predictions, probabilities)
     predictions = loaded.estimator.predict(x).tolist()
     if not loaded.has_proba:
         return [
@@ -122,8 +129,13 @@ def _outputs(loaded: LoadedModel, rows: list[list[Any]]) -> list[dict[str, Any]]
             }
             for p in predictions
         ]
+    return _with_probabilities(loaded, predictions, loaded.estimator.predict_proba(x))
+
+
+def _with_probabilities(
+    loaded: LoadedModel, predictions: list[Any], probabilities: Any
+) -> list[dict[str, Any]]:
     labels = loaded.class_labels
-    probabilities = loaded.estimator.predict_proba(x)
     confidences = probabilities.max(axis=1).tolist()
     return [
         {"prediction": p, "confidence": c, "probabilities": dict(zip(labels, probs, strict=True))}

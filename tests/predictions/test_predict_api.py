@@ -232,3 +232,25 @@ def test_metrics_count_served_predictions(client_api, iris_production):
     assert 'mlregistry_predictions_total{cached="false",model="iris",version="1"}' in text
     assert "mlregistry_prediction_latency_seconds_bucket" in text
     assert "mlregistry_model_loads_total" in text
+
+
+def test_forest_answers_equal_scikit_learn_predict_and_predict_proba(client_api, settings):
+    import skops.io as sio
+    from sklearn.ensemble import RandomForestClassifier
+
+    settings.SKOPS_TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
+    x, y = factories.iris_frame()
+    forest = RandomForestClassifier(n_estimators=15, random_state=0).fit(x, y)
+    model = factories.registered_model_create("forest")
+    version = services.model_version_create(
+        model=model, artifact=io.BytesIO(sio.dumps(forest)), actor="tests"
+    )
+    promote(version)
+    rows = x.to_dict(orient="records")
+    body = client_api.post(
+        "/api/v1/models/forest/predict", {"instances": rows}, format="json"
+    ).json()
+    assert [p["prediction"] for p in body["predictions"]] == forest.predict(x).tolist()
+    assert [list(p["probabilities"].values()) for p in body["predictions"]] == (
+        forest.predict_proba(x).tolist()
+    )
