@@ -125,6 +125,10 @@ class ModelCache:
         self._lock = threading.Lock()
         self._loading: dict[tuple[int, str], threading.Lock] = {}
 
+    def peek(self, version_id: int, sha256: str) -> LoadedModel | None:
+        """The loaded model if this process has it (never loads)."""
+        return self._items.get((version_id, sha256))
+
     def get(self, info: dict[str, Any], *, model_name: str) -> LoadedModel:
         key = (info["id"], info["sha256"])
         with self._lock:

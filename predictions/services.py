@@ -155,6 +155,25 @@ def _result_key(info: dict[str, Any], values: list[Any]) -> str:
     return f"pred:v1:{info['id']}:{info['sha256'][:16]}:{digest}"
 
 
+# The version each model was last routed to in this process: only a guess of which result-cache
+# key a request will need, so it can be fetched together with the routing entry. What is served
+# is decided by the routing entry read in that same round trip, never by this guess.
+_last_routed: dict[str, dict[str, Any]] = {}
+
+
+def result_cache_key_guess(*, model_name: str, payload: Any) -> str | None:
+    """The result-cache key a single-row request will most likely need, or None."""
+    info = _last_routed.get(model_name)
+    if info is None or not isinstance(payload, dict) or settings.PREDICTION_CACHE_TTL <= 0:
+        return None
+    row = payload.get("features")
+    loaded = model_cache.peek(info["id"], info["sha256"])
+    if not isinstance(row, dict) or loaded is None or not loaded.all_required_floats:
+        return None
+    matrix = fast_numeric_rows([row], loaded.features, loaded.lows, loaded.highs)
+    return None if matrix is None else _result_key(info, matrix[0].tolist())
+
+
 def prediction_serve(
     *,
     user: Any,
@@ -172,6 +191,8 @@ def prediction_serve(
         raw = payload.get("client_id")
         client_id = str(raw)[:200] if raw is not None else None
     info = _route(entry, user=user, version_number=version_number, client_id=client_id)
+    if version_number is None and not entry["split"]:
+        _last_routed[model_name] = info
     try:
         rows, batch = _rows_from_payload(payload)
         loaded = model_cache.get(info, model_name=model_name)

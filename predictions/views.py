@@ -53,12 +53,29 @@ class _PredictBase(APIView):
     parser_classes = [ORJSONParser]
     renderer_classes = [ORJSONRenderer]
 
+    # Pinned versions skip the result-key guess (it follows production routing only).
+    guess_result_key = True
+
     def initial(self, request: Request, *args, **kwargs) -> None:
-        # Token and routing entries in one cache round trip, before authentication reads one.
-        keys = [routing_cache_key(kwargs["name"])] if "name" in kwargs else []
+        # One cache round trip for the token, the routing entry and (when this process can
+        # guess it) the result, before authentication reads the first of them. Nothing fetched
+        # here is served unless authentication, the access check and routing then agree.
+        keys = []
         token_key = auth_cache_key_for_request(request)
         if token_key and settings.PREDICTION_AUTH_CACHE_SECONDS > 0:
             keys.append(token_key)
+        name = kwargs.get("name")
+        if name:
+            keys.append(routing_cache_key(name))
+            if self.guess_result_key:
+                try:
+                    guess = services.result_cache_key_guess(model_name=name, payload=request.data)
+                except ParseError as exc:
+                    # DRF forgets a parse error after raising it once: keep it for _serve.
+                    self._parse_error = exc
+                    guess = None
+                if guess:
+                    keys.append(guess)
         cache_prefetch(keys)
         super().initial(request, *args, **kwargs)
 
@@ -68,6 +85,8 @@ class _PredictBase(APIView):
 
     def _serve(self, request: Request, name: str, version: int | None = None) -> Response:
         try:
+            if getattr(self, "_parse_error", None) is not None:
+                raise self._parse_error
             payload = request.data
         except ParseError:
             VALIDATION_FAILURES.labels(model=name).inc()
@@ -95,6 +114,8 @@ class PredictView(_PredictBase):
 
 
 class PredictVersionView(_PredictBase):
+    guess_result_key = False
+
     @extend_schema(
         request=_PREDICT_BODY,
         responses=PredictionOutput,
