@@ -300,7 +300,7 @@ def main() -> None:
     models = [m for m in args.models.split(",") if m]
     results: list[dict] = []
 
-    def cell(target, model, scenario, url, *, body=None, random_rows=False, rows=1):
+    def cell(target, model, scenario, url, *, body=None, random_rows=False, rows=1, levels=levels):
         for concurrency in levels:
             figures = load(
                 url,
@@ -322,22 +322,64 @@ def main() -> None:
             results.append(figures)
             print(_line(figures), flush=True)
 
-    port = free_port()
-    product = gunicorn("config.wsgi:application", port, env, args)
+    # Every server runs for the whole run and cells that are compared run back to back, so a
+    # ratio is measured under the same background load (this machine is shared).
+    servers: list[subprocess.Popen] = []
+    references: dict[str, str] = {}
     try:
-        wait_ready(f"http://127.0.0.1:{port}/health")
-        base = f"http://127.0.0.1:{port}/api/v1/models"
+        port = free_port()
+        servers.append(gunicorn("config.wsgi:application", port, env, args))
+        product_base = f"http://127.0.0.1:{port}"
         for model in models:
-            url = f"{base}/{model}/predict"
+            ref_env = {
+                **env,
+                "DJANGO_SETTINGS_MODULE": "bench.reference_app",
+                "BENCH_MODEL_FILE": setup["models"][model]["file"],
+            }
+            ref_env.pop("PROMETHEUS_MULTIPROC_DIR")
+            ref_port = free_port()
+            servers.append(gunicorn("bench.reference_app:application", ref_port, ref_env, args))
+            references[model] = f"http://127.0.0.1:{ref_port}"
+        wait_ready(f"{product_base}/health")
+        for base in references.values():
+            wait_ready(f"{base}/constant")
+
+        for model in models:
+            url = f"{product_base}/api/v1/models/{model}/predict"
             # Load the model in every worker before measuring (cold loads are timed apart).
-            for _ in range(4 * args.workers):
+            for _ in range(4 * args.workers * max(1, args.threads)):
                 request = urllib.request.Request(
                     url,
                     rows_body(features, 1, 0).encode(),
                     {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
                 )
                 urllib.request.urlopen(request, timeout=30).read()
-            cell("product", model, "single, uncached (unique rows)", url, random_rows=True)
+            for concurrency in levels:
+                cell(
+                    "product",
+                    model,
+                    "single, uncached (unique rows)",
+                    url,
+                    random_rows=True,
+                    levels=[concurrency],
+                )
+                cell(
+                    "minimal Django view",
+                    model,
+                    "single, uncached (unique rows)",
+                    f"{references[model]}/model",
+                    random_rows=True,
+                    levels=[concurrency],
+                )
+                if model == models[0]:
+                    cell(
+                        "constant-answer view",
+                        "-",
+                        "constant",
+                        f"{references[model]}/constant",
+                        body="{}",
+                        levels=[concurrency],
+                    )
             cell("product", model, "single, cache hit", url, body=rows_body(features, 1, 1))
             for size in (100, 1000):
                 cell(
@@ -348,41 +390,13 @@ def main() -> None:
                     body=rows_body(features, size, size),
                     rows=size,
                 )
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+        metrics = urllib.request.urlopen(f"{product_base}/metrics", timeout=10).read()
         load_seconds = re.findall(
             rb'mlregistry_model_load_seconds_(sum|count)\{model="([^"]+)"\} ([\d.e+-]+)', metrics
         )
     finally:
-        stop(product)
-
-    for model in models:
-        ref_env = {
-            **env,
-            "DJANGO_SETTINGS_MODULE": "bench.reference_app",
-            "BENCH_MODEL_FILE": setup["models"][model]["file"],
-        }
-        ref_env.pop("PROMETHEUS_MULTIPROC_DIR")
-        port = free_port()
-        reference = gunicorn("bench.reference_app:application", port, ref_env, args)
-        try:
-            wait_ready(f"http://127.0.0.1:{port}/constant")
-            cell(
-                "minimal Django view",
-                model,
-                "single, uncached (unique rows)",
-                f"http://127.0.0.1:{port}/model",
-                random_rows=True,
-            )
-            if model == models[0]:
-                cell(
-                    "constant-answer view",
-                    "-",
-                    "constant",
-                    f"http://127.0.0.1:{port}/constant",
-                    body="{}",
-                )
-        finally:
-            stop(reference)
+        for server in servers:
+            stop(server)
 
     report = {
         "generator": generator,

@@ -7,16 +7,26 @@ import json
 from typing import Any
 
 import orjson
+from django.conf import settings
 from rest_framework.exceptions import ParseError
 from rest_framework.parsers import BaseParser
 from rest_framework.renderers import BaseRenderer
+
+from config.errors import PayloadTooLarge
 
 
 class ORJSONParser(BaseParser):
     media_type = "application/json"
 
     def parse(self, stream, media_type=None, parser_context=None) -> Any:
-        raw = stream.read() if stream is not None else b""
+        # DRF reads the WSGI stream directly, past Django's DATA_UPLOAD_MAX_MEMORY_SIZE check.
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        size = -1 if limit is None else limit + 1
+        raw = stream.read(size) if stream is not None else b""
+        if limit is not None and len(raw) > limit:
+            raise PayloadTooLarge(
+                f"The request body is larger than {limit} bytes (DATA_UPLOAD_MAX_MEMORY_SIZE)."
+            )
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.cache import cache
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.authentication import SessionAuthentication
@@ -22,7 +21,7 @@ from mlregistry.permissions import RegistryPermission
 from mlregistry.selectors import registered_model_get, routing_cache_key
 from predictions import selectors, services
 from predictions.auth import CachedTokenAuthentication, auth_cache_key_for_request
-from predictions.cache import cache_prefetch, cache_prefetch_clear
+from predictions.cache import cache_get, cache_prefetch, cache_prefetch_clear, cache_set
 from predictions.metrics import VALIDATION_FAILURES
 from predictions.rendering import ORJSONParser, ORJSONRenderer
 from predictions.serializers import (
@@ -67,7 +66,7 @@ class _PredictBase(APIView):
         name = kwargs.get("name")
         if name:
             keys.append(routing_cache_key(name))
-            if self.guess_result_key:
+            if self.guess_result_key and token_key:
                 try:
                     guess = services.result_cache_key_guess(model_name=name, payload=request.data)
                 except ParseError as exc:
@@ -130,14 +129,14 @@ def _model_name_for(model_id: str) -> str:
     if not model_id.isdigit():
         return model_id
     key = f"predict-alias:v1:{model_id}"
-    name = cache.get(key)
+    name = cache_get(key)
     if name is None:
         name = (
             RegisteredModel.objects.filter(pk=int(model_id)).values_list("name", flat=True).first()
         )
         if name is None:
             raise NotFoundError(f"No registered model with id {model_id}.")
-        cache.set(key, name, 300)
+        cache_set(key, name, 300)
     return name
 
 

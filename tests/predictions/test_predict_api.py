@@ -254,3 +254,10 @@ def test_forest_answers_equal_scikit_learn_predict_and_predict_proba(client_api,
     assert [list(p["probabilities"].values()) for p in body["predictions"]] == (
         forest.predict_proba(x).tolist()
     )
+
+
+def test_body_over_the_upload_limit_is_413(client_api, iris_production, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2048
+    response = _predict(client_api, {"instances": [IRIS_ROW] * 40})
+    assert response.status_code == 413
+    assert "DATA_UPLOAD_MAX_MEMORY_SIZE" in response.json()["error"]["message"]
