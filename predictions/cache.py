@@ -10,6 +10,8 @@ cache error should still be loud (no global DJANGO_REDIS_IGNORE_EXCEPTIONS).
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import threading
 import time
 from typing import Any
@@ -114,3 +116,61 @@ def cache_delete_many(keys: list[str]) -> None:
         caches["default"].delete_many(keys)
     except Exception as exc:
         _failed("delete", exc)
+
+
+class _WriteBehind:
+    """Result-cache writes queued off the request thread and sent in pipelined batches.
+
+    Waiting for Redis to acknowledge a SET was a third of a cache-miss request's wall time.
+    A write that is late or lost only costs a later miss: keys name the version and its sha256,
+    so a delayed write can never make an answer stale.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[str, Any, float]] = queue.SimpleQueue()
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+
+    def put(self, key: str, value: Any, timeout: float) -> None:
+        if self._pid != os.getpid():
+            self._start()
+        self._queue.put((key, value, timeout))
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._pid == os.getpid():  # after a fork the parent's thread is gone
+                return
+            self._pid = os.getpid()
+            self._queue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="result-cache-writer", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            batch = [first]
+            while len(batch) < 500:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            by_timeout: dict[float, dict[str, Any]] = {}
+            for key, value, timeout in batch:
+                by_timeout.setdefault(timeout, {})[key] = value
+            if not cache_available():
+                continue
+            for timeout, values in by_timeout.items():
+                try:
+                    caches["default"].set_many(values, timeout)
+                except Exception as exc:
+                    _failed("set_many", exc)
+
+
+_write_behind = _WriteBehind()
+
+
+def cache_set_later(key: str, value: Any, timeout: float) -> None:
+    """cache_set without waiting for it (network caches); immediate for a local-memory cache."""
+    if not settings.PREDICTION_CACHE_WRITE_BEHIND or cache_is_process_local():
+        cache_set(key, value, timeout)
+    elif cache_available():
+        _write_behind.put(key, value, timeout)

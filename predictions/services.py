@@ -29,7 +29,7 @@ from mlregistry.models import ModelVersion, RegisteredModel, Stage, Task
 from mlregistry.selectors import model_version_get, routing_invalidate
 from mlregistry.services import Actor
 from predictions import metrics
-from predictions.cache import cache_get, cache_set
+from predictions.cache import cache_get, cache_set_later
 from predictions.loader import LoadedModel, model_cache
 from predictions.logbuffer import LogRow, prediction_log_buffer
 from predictions.models import PredictionLog, TrafficSplit
@@ -216,7 +216,7 @@ def prediction_serve(
         else:
             metrics.CACHE_REQUESTS.labels(result="miss").inc()
             outputs = _outputs(loaded, values)
-            cache_set(key, outputs[0], ttl)
+            cache_set_later(key, outputs[0], ttl)
     else:
         outputs = _outputs(loaded, values)
 

@@ -20,6 +20,7 @@ def _serving_state(settings):
     transaction), empty per-process caches."""
     settings.PREDICTION_LOG_FLUSH_SECONDS = 0
     settings.PREDICTION_LOG_FLUSH_ROWS = 100_000
+    settings.PREDICTION_CACHE_WRITE_BEHIND = False  # cache hits asserted right after a miss
     model_cache.clear()
     prediction_log_buffer.clear()
     routing_fallback_clear()

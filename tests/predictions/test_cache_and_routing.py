@@ -1,3 +1,4 @@
+import os
 import socket
 import time
 
@@ -140,3 +141,25 @@ def test_readiness_loads_every_production_model(client_api, iris_production):
     assert body["checks"]["models"]["status"] == "ok"
     assert body["checks"]["prediction_cache"]["status"] == "ok"
     assert len(model_cache) == 1  # warmed before the first request
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs Redis (REDIS_URL)")
+def test_result_written_behind_reaches_redis(client_api, iris_production, settings):
+    settings.PREDICTION_CACHE_WRITE_BEHIND = True
+    assert _predict(client_api, OTHER_ROW).json()["cached"] is False
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if _predict(client_api, OTHER_ROW).json()["cached"]:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the result never reached the cache")
+
+
+def test_local_memory_cache_is_written_at_once_even_with_write_behind(
+    client_api, iris_production, settings
+):
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    settings.PREDICTION_CACHE_WRITE_BEHIND = True
+    _predict(client_api, OTHER_ROW)
+    assert _predict(client_api, OTHER_ROW).json()["cached"] is True
