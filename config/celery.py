@@ -19,3 +19,60 @@ def ensure_filesystem_broker_dirs() -> None:
         folder = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get(key)
         if folder:
             os.makedirs(folder, exist_ok=True)
+
+
+# --- issue 6: the request id travels with every task it enqueues, into the task's log lines ---
+# A task published while handling a request carries that request's id in a message header; the
+# worker puts it in the contextvar the log filter reads. Beat-scheduled tasks, which have no
+# request, log under their own task id. One log line per task run says how it ended.
+import logging  # noqa: E402
+import time  # noqa: E402
+
+from celery.signals import before_task_publish, task_postrun, task_prerun  # noqa: E402
+
+from config.logging import request_id_var  # noqa: E402
+
+_task_log = logging.getLogger("mlregistry.tasks")
+_NO_REQUEST = request_id_var.get()  # the contextvar's default
+
+
+@before_task_publish.connect(weak=False)
+def _publish_request_id(headers=None, **kwargs) -> None:
+    request_id = request_id_var.get()
+    if headers is not None and request_id != _NO_REQUEST:
+        headers.setdefault("request_id", request_id)
+
+
+def _incoming_request_id(task) -> str | None:
+    request = task.request
+    return getattr(request, "request_id", None) or (request.headers or {}).get("request_id")
+
+
+@task_prerun.connect(weak=False)
+def _adopt_request_id(task_id=None, task=None, **kwargs) -> None:
+    incoming = _incoming_request_id(task)
+    current = request_id_var.get()
+    # An eager task runs inside the request and already has its id.
+    request_id = incoming or (current if current != _NO_REQUEST else task_id)
+    task.request.mlr_context = (request_id_var.set(request_id), time.perf_counter())
+
+
+@task_postrun.connect(weak=False)
+def _restore_request_id(task_id=None, task=None, state=None, **kwargs) -> None:
+    context = getattr(task.request, "mlr_context", None)
+    if context is None:
+        return
+    token, started = context
+    _task_log.info(
+        "task %s %s",
+        task.name,
+        state,
+        extra={
+            "task": task.name,
+            "task_id": task_id,
+            "outcome": state,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        },
+    )
+    request_id_var.reset(token)
+    task.request.mlr_context = None

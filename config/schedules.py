@@ -21,12 +21,22 @@ DEFAULT_SCHEDULES = [
         "name": "drift-check-daily",
         "task": "predictions.tasks.drift_check_task",
         "crontab": {"minute": "30", "hour": "3"},
-        "enabled": False,
+        "enabled": True,
     },
     {
         "name": "retraining-weekly",
         "task": "mlregistry.tasks.retraining_scheduled_task",
         "crontab": {"minute": "0", "hour": "4", "day_of_week": "0"},
-        "enabled": False,
+        "enabled": True,
     },
 ]
+
+# issue 6: proves beat -> broker -> worker works; the WorkerDown alert watches its timestamp.
+DEFAULT_SCHEDULES.append(
+    {
+        "name": "worker-heartbeat",
+        "task": "config.tasks.worker_heartbeat_task",
+        "crontab": {"minute": "*"},
+        "enabled": True,
+    }
+)

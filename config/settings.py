@@ -17,8 +17,9 @@ VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
 DEBUG = env_bool("DJANGO_DEBUG", False)
 SECRET_KEY = env_str("DJANGO_SECRET_KEY", "")
 if not SECRET_KEY:
-    # Only the embedded, local defaults may run without a secret; a deployment sets one.
-    SECRET_KEY = "insecure-local-development-key-change-me-" + "x" * 16
+    # Only the embedded, local defaults may run without a secret; a deployment sets one. The
+    # "django-insecure-" prefix makes `check --deploy` fail (security.W009) if it is forgotten.
+    SECRET_KEY = "django-insecure-local-development-key-change-me-" + "x" * 16
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
@@ -262,6 +263,116 @@ LOGGING = {
         "django.request": {"level": "ERROR"},
     },
 }
+
+# --- Model-quality loop (issue 5): drift, datasets, training --------------------------------
+# Drift: served rows of the last DRIFT_WINDOW_HOURS against the version's reference sample.
+DRIFT_WINDOW_HOURS = env_int("DRIFT_WINDOW_HOURS", 24, minimum=1)
+DRIFT_MIN_SAMPLES = env_int("DRIFT_MIN_SAMPLES", 50, minimum=2)
+DRIFT_MAX_SAMPLES = env_int("DRIFT_MAX_SAMPLES", 10_000, minimum=10)
+DRIFT_P_VALUE_THRESHOLD = env_float("DRIFT_P_VALUE_THRESHOLD", 0.05)
+# SQL datasets may only read from connections named here: "name" = an existing alias of
+# DATABASES, "name=URL" = a separate database (added as alias "dataset_<name>"). None by
+# default: the registry's own tables (users, tokens) are not training data.
+DATASET_DATABASES: dict[str, str] = {}
+for _entry in env_list("DATASET_DATABASES", []):
+    _name, _, _url = _entry.partition("=")
+    if _url:
+        DATABASES[f"dataset_{_name}"] = dj_database_url.parse(_url, conn_max_age=0)
+        DATASET_DATABASES[_name] = f"dataset_{_name}"
+    else:
+        DATASET_DATABASES[_name] = _name
+DATASET_MAX_ROWS = env_int("DATASET_MAX_ROWS", 1_000_000, minimum=1)
+DATASET_MAX_UPLOAD_SIZE = env_int("DATASET_MAX_UPLOAD_SIZE", 100 * 1024 * 1024, minimum=1024)
+DATASET_SQL_TIMEOUT_SECONDS = env_int("DATASET_SQL_TIMEOUT_SECONDS", 60, minimum=1)
+# Datasets and versions both have a "source" choice field: name their enums apart in the schema.
+SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
+    {
+        "DatasetSourceEnum": "mlregistry.models.DatasetSource",
+        "VersionSourceEnum": "mlregistry.models.VersionSource",
+    }
+)
+# --- end model-quality loop ----------------------------------------------------------------
+# === Operations and security (issue 6) ========================================================
+# Kept in one block so it merges cleanly; README "Configuration" lists every variable.
+INSTALLED_APPS += ["drf_spectacular_sidecar"]
+
+# Request logging right after the request id is set, so the latency covers the whole stack and
+# the line carries the id; the body limit before anything reads the body.
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("config.middleware.RequestIdMiddleware") + 1,
+    "config.request_log.RequestLogMiddleware",
+)
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("config.request_log.RequestLogMiddleware") + 1,
+    "config.limits.RequestBodyLimitMiddleware",
+)
+# Static files (admin, API docs) from the app itself, so the container needs no other server.
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+)
+
+# --- Throttling: per client (or per address when anonymous), per scope, counted in the cache.
+# Rates are "N/s|min|hour|day"; "none" switches a scope off. Clients behind N proxies are
+# identified by the N-th address from the right of X-Forwarded-For; 0 trusts REMOTE_ADDR only.
+NUM_PROXIES = env_int("NUM_PROXIES", 0, minimum=0)
+THROTTLE_RATES = {
+    "predict": env_str("THROTTLE_PREDICT_RATE", "6000/min"),
+    "predict_anon": env_str("THROTTLE_PREDICT_ANON_RATE", "60/min"),
+    "write": env_str("THROTTLE_WRITE_RATE", "120/min"),
+    "write_anon": env_str("THROTTLE_WRITE_ANON_RATE", "10/min"),
+    "read": env_str("THROTTLE_READ_RATE", "1200/min"),
+    "read_anon": env_str("THROTTLE_READ_ANON_RATE", "60/min"),
+}
+REST_FRAMEWORK["NUM_PROXIES"] = NUM_PROXIES
+REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["config.throttling.ScopeRateThrottle"]
+REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] = {
+    scope: (None if rate.strip().lower() in {"", "none", "off"} else rate)
+    for scope, rate in THROTTLE_RATES.items()
+}
+
+# --- Failed admin logins: per (address, username) and per address, in the cache.
+ADMIN_LOGIN_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+ADMIN_LOGIN_LOCKOUT_SECONDS = env_int("ADMIN_LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
+
+# --- /metrics: open to these addresses (single IPs or CIDR blocks), or to a bearer token.
+METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")
+
+# --- API client model restrictions are cached per user; every policy edit invalidates them.
+ACCESS_POLICY_CACHE_TTL = env_int("ACCESS_POLICY_CACHE_TTL", 600, minimum=1)
+
+# --- HTTPS. Production (DJANGO_DEBUG=false) gets HSTS and secure cookies by default; the TLS
+# redirect stays opt-in because TLS usually ends at a proxy, and `make run` is plain http.
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+# Probes and Prometheus talk plain http inside the private network.
+SECURE_REDIRECT_EXEMPT = [r"^health", r"^metrics$"]
+if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", not DEBUG)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+# --- API docs served from the sidecar package: no page loads anything from outside.
+SPECTACULAR_SETTINGS.update(
+    {"SWAGGER_UI_DIST": "SIDECAR", "SWAGGER_UI_FAVICON_HREF": "SIDECAR", "REDOC_DIST": "SIDECAR"}
+)
+
+LOGGING["loggers"]["mlregistry.requests"] = {"level": LOG_LEVEL}
+# The worker imports the deployment's own tasks (heartbeat) besides the apps' tasks modules.
+CELERY_IMPORTS = ["config.tasks"]
+# Workers log through LOGGING above (JSON lines with the request id), not Celery's own format.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+if CELERY_BROKER_URL.startswith("filesystem"):
+    # Otherwise kombu puts its broadcast (control) exchange in ./control of the current folder.
+    CELERY_BROKER_TRANSPORT_OPTIONS["control_folder"] = str(VAR_DIR / "celery" / "control")
+# === end of issue 6 block =====================================================================
 
 # --- Predictions (serving path; see README "Serving") ----------------------------------------
 # Result cache TTL in seconds (keys hold the version id and sha256, so a promotion never

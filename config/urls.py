@@ -3,6 +3,8 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import health
+from config.admin_login import ThrottledAdminLoginForm
+from config.metrics import metrics_view
 
 api_v1 = [
     path("", include("mlregistry.urls")),
@@ -17,8 +19,12 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("health", health.live, name="health"),
     path("health/ready", health.ready, name="health-ready"),
-    path("", include("django_prometheus.urls")),
+    # issue 6: /metrics restricted to METRICS_ALLOWED_IPS or METRICS_TOKEN
+    path("metrics", metrics_view, name="prometheus-django-metrics"),
 ]
+
+# issue 6: failed admin logins are throttled (config/admin_login.py)
+admin.site.login_form = ThrottledAdminLoginForm
 
 handler400 = "config.errors.handler400"
 handler403 = "config.errors.handler403"

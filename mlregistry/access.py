@@ -1,15 +1,123 @@
-"""Which registered models an authenticated caller may use.
+"""Which registered models an authenticated caller may use, and API token revocation.
 
 The predict path calls model_access_check before anything else (including the result cache),
 so a restricted client gets a 404 for a model outside its list even when a result is cached.
+The answer is cached per user and dropped whenever a policy or a model it names changes, so a
+steady stream of predictions costs one cache read each and no database query.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
+from functools import partial
 from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
+from django.dispatch import receiver
+from knox.models import AuthToken
+
+from config.errors import NotFoundError
+from mlregistry.models import ApiClientPolicy, RegisteredModel
+
+logger = logging.getLogger(__name__)
+
+_UNRESTRICTED = "*"
+
+
+def _cache_key(user_id: Any) -> str:
+    return f"access:models:{user_id}"
+
+
+def api_client_allowed_models(*, user: Any) -> frozenset[str] | None:
+    """The model names `user` may use, or None when it is not restricted."""
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    key = _cache_key(user.pk)
+    try:
+        cached = cache.get(key)
+    except Exception:
+        logger.warning("access policy cache unavailable; reading the database", exc_info=True)
+        cached = None
+    if cached is None:
+        policy = ApiClientPolicy.objects.filter(user_id=user.pk).first()
+        cached = (
+            _UNRESTRICTED
+            if policy is None
+            else sorted(policy.allowed_models.values_list("name", flat=True))
+        )
+        try:
+            cache.set(key, cached, settings.ACCESS_POLICY_CACHE_TTL)
+        except Exception:
+            logger.warning("access policy not cached", exc_info=True)
+    return None if cached == _UNRESTRICTED else frozenset(cached)
 
 
 def model_access_check(*, user: Any, model_name: str) -> None:
-    """Raises NotFoundError when `user` may not use `model_name`. Must not query the database
-    on every call (it is on the hot path): cache what it needs."""
-    return None
+    """Raises NotFoundError when `user` may not use `model_name`: the same answer as for a model
+    that does not exist, so a restricted client learns nothing about the others."""
+    allowed = api_client_allowed_models(user=user)
+    if allowed is not None and model_name not in allowed:
+        raise NotFoundError(f"No registered model named {model_name!r}.")
+
+
+def access_policy_invalidate(*, user_ids: Iterable[Any]) -> None:
+    """Forgets the cached answers for these users; their next request reads the database."""
+    keys = [_cache_key(user_id) for user_id in set(user_ids)]
+    if keys:
+        cache.delete_many(keys)
+
+
+def _invalidate_on_commit(user_ids: Iterable[Any]) -> None:
+    transaction.on_commit(partial(access_policy_invalidate, user_ids=list(user_ids)))
+
+
+# Signals rather than service calls: a policy is edited in the admin (including its many-to-many
+# field, saved after the row) or the shell, and every path must drop the cached answer.
+@receiver(post_save, sender=ApiClientPolicy)
+@receiver(post_delete, sender=ApiClientPolicy)
+def _policy_changed(sender, instance: ApiClientPolicy, **kwargs) -> None:
+    _invalidate_on_commit([instance.user_id])
+
+
+@receiver(m2m_changed, sender=ApiClientPolicy.allowed_models.through)
+def _policy_models_changed(sender, instance, action: str, reverse: bool, pk_set, **kwargs) -> None:
+    if not action.startswith("post_"):
+        return
+    if reverse:  # instance is a RegisteredModel; pk_set holds policy ids (None on clear)
+        policies = ApiClientPolicy.objects.filter(pk__in=pk_set) if pk_set else None
+        if policies is None:
+            return
+        _invalidate_on_commit(policies.values_list("user_id", flat=True))
+    else:
+        _invalidate_on_commit([instance.user_id])
+
+
+@receiver(post_save, sender=RegisteredModel)
+@receiver(pre_delete, sender=RegisteredModel)
+def _model_changed(sender, instance: RegisteredModel, **kwargs) -> None:
+    # A rename or a delete changes the names cached for the policies that list this model.
+    if kwargs.get("created"):
+        return
+    user_ids = list(instance.client_policies.values_list("user_id", flat=True))
+    if user_ids:
+        _invalidate_on_commit(user_ids)
+
+
+def api_tokens_revoke(*, tokens: Iterable[AuthToken], actor: Any) -> int:
+    """Deletes these API tokens (knox keeps only their digests); returns how many."""
+    tokens = list(tokens)
+    with transaction.atomic():
+        count, _ = AuthToken.objects.filter(pk__in=[t.pk for t in tokens]).delete()
+    logger.info(
+        "api tokens revoked",
+        extra={
+            "actor": getattr(actor, "username", str(actor)),
+            "tokens": [t.token_key for t in tokens],
+            "users": sorted({t.user.get_username() for t in tokens}),
+        },
+    )
+    return count

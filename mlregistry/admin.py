@@ -2,18 +2,42 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q
-from django.http import HttpRequest, HttpResponseRedirect
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+)
+from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
-from django.urls import path, reverse
+from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html
 
 from config.errors import DomainError
-from mlregistry import services
-from mlregistry.forms import ModelVersionUploadForm
+from mlregistry import selectors, services
+from mlregistry.admin_quality import RegisteredModelOverviewMixin  # issue 5: overview page
+from mlregistry.forms import (
+    ModelVersionUploadForm,
+    PendingUploadForm,
+    RollbackForm,
+    TransitionForm,
+)
 from mlregistry.models import ModelVersion, RegisteredModel, Stage, StageTransition
+
+# Previews a user has open, in their session: token -> what the confirmation will register.
+PENDING_SESSION_KEY = "mlregistry_pending_uploads"
+PENDING_PER_SESSION = 5
+STAGE_VERBS = {
+    Stage.STAGING: "Promote to staging",
+    Stage.PRODUCTION: "Promote to production",
+    Stage.ARCHIVED: "Archive",
+}
 
 
 def _message_for(exc: DomainError) -> str:
@@ -21,17 +45,23 @@ def _message_for(exc: DomainError) -> str:
     return exc.message + (f" ({details})" if details and details not in exc.message else "")
 
 
-class StageTransitionInline(admin.TabularInline):
-    model = StageTransition
-    extra = 0
-    can_delete = False
-    fields = ("created_at", "from_stage", "to_stage", "actor_name", "comment")
-    readonly_fields = fields
-    ordering = ("-created_at", "-id")
-    verbose_name_plural = "Stage history"
+def _refusal(exc: DomainError) -> dict[str, Any]:
+    """A refusal as the templates show it: the message and, for artifacts, the offending types."""
+    return {
+        "kind": exc.error_type.replace("_", " "),
+        "message": exc.message,
+        # An ArtifactError repeats its message under "artifact": show it once.
+        "fields": {k: v for k, v in exc.fields.items() if v != [exc.message]},
+        "untrusted_types": getattr(exc, "untrusted_types", []),
+    }
 
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
+
+def _overview_url(model: RegisteredModel) -> str | None:
+    """The model overview page, when the app that draws it is installed."""
+    try:
+        return reverse("admin:mlregistry_registeredmodel_overview", args=[model.pk])
+    except NoReverseMatch:
+        return None
 
 
 class ModelVersionInline(admin.TabularInline):
@@ -48,13 +78,16 @@ class ModelVersionInline(admin.TabularInline):
 
 
 @admin.register(RegisteredModel)
-class RegisteredModelAdmin(admin.ModelAdmin):
+class RegisteredModelAdmin(RegisteredModelOverviewMixin, admin.ModelAdmin):
     list_display = ("name", "task", "production_version", "version_count", "owner", "updated_at")
     list_filter = ("task",)
     search_fields = ("name", "description")
     readonly_fields = ("owner", "created_at", "updated_at")
     inlines = [ModelVersionInline]
     actions = ["rollback_production"]
+    # Named here so that a mixin's own change form (issue 5's overview link) cannot replace the
+    # serving panel, the rollback button and the timeline; this template links the overview.
+    change_form_template = "admin/mlregistry/registeredmodel/change_form.html"
 
     def get_queryset(self, request):
         return (
@@ -83,6 +116,60 @@ class RegisteredModelAdmin(admin.ModelAdmin):
 
     def has_promote_permission(self, request) -> bool:
         return request.user.has_perm("mlregistry.promote_modelversion")
+
+    def get_urls(self):
+        rollback = path(
+            "<path:object_id>/rollback/",
+            self.admin_site.admin_view(self.rollback_view),
+            name="mlregistry_registeredmodel_rollback",
+        )
+        return [rollback, *super().get_urls()]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        model = self.get_object(request, object_id)
+        if model is not None:
+            production = selectors.production_version_get(model=model)
+            extra_context = {
+                **(extra_context or {}),
+                "production": production,
+                "rollback_target": selectors.previous_production_version_get(model=model),
+                "rollback_form": RollbackForm(
+                    initial={"expected_production": production.pk if production else None}
+                ),
+                "can_promote": self.has_promote_permission(request),
+                "timeline": selectors.model_stage_transitions_list(model=model)[:50],
+                "overview_url": _overview_url(model),
+                "upload_url": reverse("admin:mlregistry_modelversion_upload")
+                + f"?model={model.pk}",
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def rollback_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """One click: the previous production version serves again; refusals say why."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not self.has_promote_permission(request):
+            raise PermissionDenied
+        model = get_object_or_404(RegisteredModel, pk=object_id)
+        form = RollbackForm(request.POST)
+        change_url = reverse("admin:mlregistry_registeredmodel_change", args=[model.pk])
+        if not form.is_valid():
+            self.message_user(request, "The rollback form was incomplete.", messages.ERROR)
+            return HttpResponseRedirect(change_url)
+        try:
+            version = services.model_version_rollback(
+                model=model,
+                actor=request.user,
+                comment=form.cleaned_data["comment"],
+                expected_production_pk=form.cleaned_data["expected_production"],
+            )
+        except DomainError as exc:
+            self.message_user(request, f"Rollback refused: {_message_for(exc)}", messages.ERROR)
+        else:
+            self.message_user(
+                request, f"Rolled back: {model.name} v{version.version} serves production again."
+            )
+        return HttpResponseRedirect(change_url)
 
     @admin.action(
         description="Roll back production to the previous version", permissions=["promote"]
@@ -132,7 +219,6 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "updated_at",
     )
     fields = (*readonly_fields, "metrics", "metadata")
-    inlines = [StageTransitionInline]
     actions = ["promote_to_staging", "promote_to_production", "archive"]
 
     @admin.display(description="stage", ordering="stage")
@@ -162,51 +248,233 @@ class ModelVersionAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(reverse("admin:mlregistry_modelversion_upload"))
 
     def get_urls(self):
-        upload = path(
-            "upload/",
-            self.admin_site.admin_view(self.upload_view),
-            name="mlregistry_modelversion_upload",
-        )
-        return [upload, *super().get_urls()]
+        urls = [
+            path(
+                "upload/",
+                self.admin_site.admin_view(self.upload_view),
+                name="mlregistry_modelversion_upload",
+            ),
+            path(
+                "<path:object_id>/stage/<slug:stage>/",
+                self.admin_site.admin_view(self.transition_view),
+                name="mlregistry_modelversion_transition",
+            ),
+        ]
+        return [*urls, *super().get_urls()]
 
-    def upload_view(self, request: HttpRequest):
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        version = self.get_object(request, object_id)
+        if version is not None:
+            extra_context = {
+                **(extra_context or {}),
+                "version": version,
+                "timeline": selectors.stage_transitions_list(version=version),
+                "stage_moves": self._stage_moves(request, version),
+                "schema": version.input_schema,
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def _stage_moves(self, request, version: ModelVersion) -> list[dict[str, str]]:
+        if not self.has_promote_permission(request):
+            return []
+        return [
+            {
+                "label": verb,
+                "stage": stage,
+                "url": reverse(
+                    "admin:mlregistry_modelversion_transition", args=[version.pk, stage]
+                ),
+            }
+            for stage, verb in STAGE_VERBS.items()
+            if stage != version.stage
+        ]
+
+    # --- Upload: step 1 checks and previews, step 2 registers exactly the previewed bytes ---
+
+    def _pending(self, request) -> dict[str, dict[str, Any]]:
+        return request.session.get(PENDING_SESSION_KEY, {})
+
+    def _pending_remember(self, request, token: str, entry: dict[str, Any]) -> None:
+        pending = self._pending(request)
+        pending[token] = entry
+        # A user who previews and walks away repeatedly leaves at most a few files behind.
+        while len(pending) > PENDING_PER_SESSION:
+            oldest = next(iter(pending))
+            services.pending_upload_discard(name=pending.pop(oldest)["name"])
+        request.session[PENDING_SESSION_KEY] = pending
+
+    def _pending_take(self, request, token: str) -> dict[str, Any] | None:
+        pending = self._pending(request)
+        entry = pending.pop(token, None)
+        request.session[PENDING_SESSION_KEY] = pending
+        return entry
+
+    def upload_view(self, request: HttpRequest) -> HttpResponse:
         if not self.has_add_permission(request):
             raise PermissionDenied
-        form = ModelVersionUploadForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and "token" in request.POST:
+            return self._upload_confirm(request)
+        initial = {"model": request.GET.get("model")} if request.GET.get("model") else None
+        form = ModelVersionUploadForm(request.POST or None, request.FILES or None, initial=initial)
+        refusal = None
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
             try:
-                version = services.model_version_create(
+                pending = services.model_version_preview(
                     model=data["model"],
                     artifact=data["artifact"],
                     actor=request.user,
                     artifact_format=data["artifact_format"],
                     input_schema=data["input_schema"],
-                    metrics=data["metrics"],
-                    metadata=data["metadata"],
                     reference_sample=data["reference_sample"],
                 )
             except DomainError as exc:
-                form.add_error(None, _message_for(exc))
+                refusal = _refusal(exc)
             else:
-                self.message_user(
-                    request, f"Registered {version} (sha256 {version.artifact_sha256[:12]}…)."
+                self._pending_remember(
+                    request,
+                    pending.token,
+                    {
+                        "name": pending.name,
+                        "sha256": pending.inspection.sha256,
+                        "model": data["model"].pk,
+                        "artifact_format": data["artifact_format"],
+                        "input_schema": data["input_schema"],
+                        "metrics": data["metrics"],
+                        "metadata": data["metadata"],
+                        "reference_sample": data["reference_sample"],
+                        "filename": getattr(data["artifact"], "name", ""),
+                    },
                 )
-                return HttpResponseRedirect(
-                    reverse("admin:mlregistry_modelversion_change", args=[version.pk])
+                return self._render(
+                    request,
+                    "admin/mlregistry/modelversion/upload_preview.html",
+                    title="Check and confirm the upload",
+                    model=data["model"],
+                    inspection=pending.inspection,
+                    confirm_form=PendingUploadForm(initial={"token": pending.token}),
+                    filename=getattr(data["artifact"], "name", ""),
+                    metrics=data["metrics"],
+                    metadata=data["metadata"],
                 )
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "Upload a model version",
-            "form": form,
-            "opts": self.model._meta,
-        }
-        return TemplateResponse(request, "admin/mlregistry/modelversion/upload.html", context)
+        return self._render(
+            request,
+            "admin/mlregistry/modelversion/upload.html",
+            title="Upload a model version",
+            form=form,
+            refusal=refusal,
+        )
+
+    def _upload_confirm(self, request: HttpRequest) -> HttpResponse:
+        form = PendingUploadForm(request.POST)
+        upload_url = reverse("admin:mlregistry_modelversion_upload")
+        entry = self._pending_take(request, form.data.get("token", "")) if form.is_valid() else None
+        if entry is None:
+            self.message_user(
+                request,
+                "This preview is no longer available (already confirmed, cancelled or "
+                "expired). Upload the file again.",
+                messages.ERROR,
+            )
+            return HttpResponseRedirect(upload_url)
+        try:
+            if "cancel" in request.POST:
+                self.message_user(request, "Upload cancelled; nothing was registered.")
+                return HttpResponseRedirect(upload_url)
+            model = RegisteredModel.objects.filter(pk=entry["model"]).first()
+            if model is None:
+                raise Http404("The model was deleted after the preview.")
+            storage = services.get_artifact_storage()
+            with storage.open(entry["name"], "rb") as parked:
+                version = services.model_version_create(
+                    model=model,
+                    artifact=parked,
+                    actor=request.user,
+                    artifact_format=entry["artifact_format"],
+                    input_schema=entry["input_schema"],
+                    metrics=entry["metrics"],
+                    metadata=entry["metadata"],
+                    reference_sample=entry["reference_sample"],
+                    expected_sha256=entry["sha256"],
+                )
+        except FileNotFoundError:
+            self.message_user(
+                request, "The previewed file is gone; upload it again.", messages.ERROR
+            )
+            return HttpResponseRedirect(upload_url)
+        except DomainError as exc:
+            self.message_user(request, f"Upload refused: {_message_for(exc)}", messages.ERROR)
+            return HttpResponseRedirect(upload_url)
+        finally:
+            services.pending_upload_discard(name=entry["name"])
+        self.message_user(
+            request, f"Registered {version} (sha256 {version.artifact_sha256[:12]}…)."
+        )
+        return HttpResponseRedirect(
+            reverse("admin:mlregistry_modelversion_change", args=[version.pk])
+        )
+
+    def _render(self, request, template: str, **context) -> TemplateResponse:
+        return TemplateResponse(
+            request,
+            template,
+            {**self.admin_site.each_context(request), "opts": self.model._meta, **context},
+        )
+
+    # --- Stage changes: a confirmation page with a comment and what will be archived ---
 
     def has_promote_permission(self, request) -> bool:
         return request.user.has_perm("mlregistry.promote_modelversion")
 
-    def _transition(self, request, queryset, stage: str) -> None:
+    def transition_view(self, request: HttpRequest, object_id: str, stage: str) -> HttpResponse:
+        if not self.has_promote_permission(request):
+            raise PermissionDenied
+        if stage not in STAGE_VERBS:
+            raise Http404(f"No stage {stage!r}.")
+        version = get_object_or_404(ModelVersion.objects.select_related("model"), pk=object_id)
+        production = selectors.production_version_get(model=version.model)
+        form = TransitionForm(
+            request.POST or None,
+            initial={"expected_production": production.pk if production else None},
+        )
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                services.model_version_transition(
+                    version=version,
+                    stage=stage,
+                    actor=request.user,
+                    comment=data["comment"],
+                    archive_previous=not data["keep_previous_in_staging"],
+                    expected_production_pk=data["expected_production"],
+                )
+            except DomainError as exc:
+                self.message_user(request, f"Refused: {_message_for(exc)}", messages.ERROR)
+            else:
+                self.message_user(request, f"{version} is now in {stage}.")
+            return HttpResponseRedirect(
+                reverse("admin:mlregistry_modelversion_change", args=[version.pk])
+            )
+        replaced = production if stage == Stage.PRODUCTION and production != version else None
+        return self._render(
+            request,
+            "admin/mlregistry/modelversion/transition.html",
+            title=f"{STAGE_VERBS[stage]}: {version}",
+            version=version,
+            stage=stage,
+            verb=STAGE_VERBS[stage],
+            production=production,
+            replaced=replaced,
+            leaves_no_production=version == production and stage != Stage.PRODUCTION,
+            form=form,
+        )
+
+    def _one_or_bulk(self, request, queryset, stage: str):
+        if queryset.count() == 1:
+            version = queryset.get()
+            return HttpResponseRedirect(
+                reverse("admin:mlregistry_modelversion_transition", args=[version.pk, stage])
+            )
         for version in queryset.select_related("model"):
             try:
                 services.model_version_transition(version=version, stage=stage, actor=request.user)
@@ -214,23 +482,27 @@ class ModelVersionAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{version}: {_message_for(exc)}", messages.ERROR)
             else:
                 self.message_user(request, f"{version} is now in {stage}.")
+        return None
 
     @admin.action(description="Promote to staging", permissions=["promote"])
     def promote_to_staging(self, request, queryset):
-        self._transition(request, queryset, Stage.STAGING)
+        return self._one_or_bulk(request, queryset, Stage.STAGING)
 
     @admin.action(description="Promote to production", permissions=["promote"])
     def promote_to_production(self, request, queryset):
-        if queryset.values("model").distinct().count() != queryset.count():
+        if queryset.count() != 1:
             self.message_user(
-                request, "Choose at most one version per model for production.", messages.ERROR
+                request,
+                "Choose exactly one version to promote to production: it replaces the "
+                "current one after you confirm.",
+                messages.ERROR,
             )
             return None
-        return self._transition(request, queryset, Stage.PRODUCTION)
+        return self._one_or_bulk(request, queryset, Stage.PRODUCTION)
 
     @admin.action(description="Archive", permissions=["promote"])
     def archive(self, request, queryset):
-        self._transition(request, queryset, Stage.ARCHIVED)
+        return self._one_or_bulk(request, queryset, Stage.ARCHIVED)
 
 
 @admin.register(StageTransition)
@@ -248,3 +520,7 @@ class StageTransitionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+# issue 6: API tokens and client model restrictions register their admins there.
+from mlregistry import admin_access  # noqa: E402, F401

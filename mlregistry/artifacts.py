@@ -179,3 +179,18 @@ def library_versions() -> dict[str, str]:
         "skops": skops.__version__,
         "joblib": joblib.__version__,
     }
+
+
+def load_version_estimator(version: Any) -> Any:
+    """Reads a version's stored bytes once, checks their SHA-256, then deserialises those bytes."""
+    from mlregistry.storage import get_artifact_storage
+
+    try:
+        with get_artifact_storage().open(version.artifact.name, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise ArtifactIntegrityError(
+            f"The artifact of {version} is missing from the store; refusing to serve it."
+        ) from None
+    verify_sha256(data, version.artifact_sha256)
+    return deserialize(data, version.artifact_format)

@@ -31,7 +31,9 @@ class JSONTextField(forms.CharField):
 class ModelVersionUploadForm(forms.Form):
     model = forms.ModelChoiceField(queryset=RegisteredModel.objects.all())
     artifact = forms.FileField(
-        help_text="A .skops file (recommended) or, with permission, a pickle."
+        help_text="A .skops file (recommended) or, with permission, a pickle. It is checked "
+        "and previewed before anything is registered.",
+        widget=forms.ClearableFileInput(attrs={"accept": ".skops,.joblib,.pkl,.pickle"}),
     )
     artifact_format = forms.ChoiceField(
         choices=ArtifactFormat.choices, initial=ArtifactFormat.SKOPS
@@ -48,4 +50,25 @@ class ModelVersionUploadForm(forms.Form):
 
 
 class TransitionForm(forms.Form):
-    comment = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 2, "cols": 60}))
+    comment = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text="Why this change? It is kept in the stage history.",
+    )
+    keep_previous_in_staging = forms.BooleanField(
+        required=False,
+        label="Move the replaced production version to staging instead of archiving it",
+    )
+    # The production version the page showed; a change since then refuses the move.
+    expected_production = forms.IntegerField(required=False, widget=forms.HiddenInput)
+
+
+class RollbackForm(forms.Form):
+    comment = forms.CharField(required=False, max_length=2000, widget=forms.HiddenInput)
+    expected_production = forms.IntegerField(required=False, widget=forms.HiddenInput)
+
+
+class PendingUploadForm(forms.Form):
+    """Step 2 of an upload: confirm or cancel the previewed file named by its token."""
+
+    token = forms.CharField(max_length=64, widget=forms.HiddenInput)

@@ -1,5 +1,7 @@
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 
+from mlregistry.access import model_access_check
+
 
 class RegistryPermission(BasePermission):
     """Reads: any authenticated client. Writes: staff users holding the view's permission.
@@ -13,7 +15,10 @@ class RegistryPermission(BasePermission):
         user = request.user
         if not (user and user.is_authenticated):
             return False
-        if request.method in SAFE_METHODS:
-            return True
+        if "name" in getattr(view, "kwargs", {}):
+            # A client restricted to some models gets the same 404 as for a missing model.
+            model_access_check(user=user, model_name=view.kwargs["name"])
+        if request.method in SAFE_METHODS or not hasattr(view, request.method.lower()):
+            return True  # reads, and methods the view lacks (answered 405, not 403)
         perm = getattr(view, "write_permissions", {}).get(request.method)
         return bool(user.is_staff and perm and user.has_perm(perm))

@@ -69,3 +69,22 @@ def summary_stats(rows: list[dict[str, Any]], features: list[dict[str, Any]]) ->
             "max": values[-1],
         }
     return stats
+
+
+def model_version_reference_attach(*, version: Any, reference_sample: Any, actor: Any) -> Any:
+    """Sets (or replaces) a version's reference sample and statistics after registration, e.g.
+    from the admin; the rows are checked and bounded exactly as at upload."""
+    from django.db import transaction
+
+    sample, stats = prepare_reference_sample(reference_sample, version.input_schema or [])
+    with transaction.atomic():
+        version.reference_sample = sample
+        version.reference_stats = stats
+        version.metadata = {
+            **(version.metadata or {}),
+            "reference_attached_by": actor if isinstance(actor, str) else actor.get_username(),
+        }
+        version.save(
+            update_fields=["reference_sample", "reference_stats", "metadata", "updated_at"]
+        )
+    return version

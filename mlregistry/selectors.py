@@ -69,3 +69,12 @@ def previous_production_version_get(*, model: RegisteredModel) -> ModelVersion |
 
 def stage_transitions_list(*, version: ModelVersion) -> QuerySet[StageTransition]:
     return version.transitions.select_related("actor_user").order_by("-created_at", "-id")
+
+
+def model_stage_transitions_list(*, model: RegisteredModel) -> QuerySet[StageTransition]:
+    """Every stage change of every version of a model, newest first."""
+    return (
+        StageTransition.objects.filter(version__model=model)
+        .select_related("version", "actor_user")
+        .order_by("-created_at", "-id")
+    )

@@ -51,7 +51,8 @@ class ProductionVersionOutput(serializers.Serializer):
 
 
 class RegisteredModelOutput(serializers.ModelSerializer):
-    owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    # null when the user was deleted (or, for created_by, a job made it): the schema says so.
+    owner = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
     production_version = serializers.SerializerMethodField()
     latest_version = serializers.SerializerMethodField()
 
@@ -120,7 +121,9 @@ class StageTransitionOutput(serializers.Serializer):
 
 class ModelVersionOutput(serializers.ModelSerializer):
     name = serializers.CharField(source="model.name")
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    created_by = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
 
     class Meta:
         model = ModelVersion

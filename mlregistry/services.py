@@ -3,7 +3,14 @@ management commands and the Celery jobs all call them, so each operation has one
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import os
+import secrets
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from datetime import timedelta
 from functools import partial
 from typing import IO, Any
 
@@ -11,6 +18,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.files import File
 from django.db import IntegrityError, transaction
 from django.db.models import Max
+from django.utils import timezone
 from sklearn.base import is_classifier, is_regressor
 
 from config.errors import ConflictError, ForbiddenError, ValidationFailed
@@ -146,6 +154,166 @@ def _json_native(values: Any) -> list[Any]:
     return values.tolist() if hasattr(values, "tolist") else list(values)
 
 
+@dataclass
+class VersionInspection:
+    """What an artifact would register as: checked, nothing stored."""
+
+    sha256: str
+    size: int
+    artifact_format: str
+    input_schema: list[dict[str, Any]]
+    schema_inferred: bool
+    classes: list[Any] | None
+    params: dict[str, Any]
+    estimator_type: str | None
+    scan_metadata: dict[str, Any]
+    reference_sample: list[dict[str, Any]] | None
+    reference_stats: dict[str, Any] | None
+    warnings: list[str] = dataclass_field(default_factory=list)
+
+
+def _inspection_warnings(inspection: VersionInspection, model: RegisteredModel) -> list[str]:
+    """Things worth a second look that do not stop the upload."""
+    notes = []
+    names = [f["name"] for f in inspection.input_schema]
+    if inspection.schema_inferred and names and all(n == f"x{i}" for i, n in enumerate(names)):
+        notes.append(
+            "The model was fitted without feature names: clients must send x0, x1, … "
+            "unless you supply input_schema."
+        )
+    if inspection.reference_sample is None:
+        notes.append("No reference sample: drift checks cannot run for this version.")
+    if inspection.artifact_format == ArtifactFormat.JOBLIB:
+        notes.append("A pickle runs code when it is loaded; it was only scanned, never opened.")
+    current = model.versions.filter(stage=Stage.PRODUCTION).only("input_schema").first()
+    if current is not None and [f["name"] for f in current.input_schema] != names:
+        notes.append(
+            "The input features differ from the production version's: clients must change "
+            "their requests when this version is promoted."
+        )
+    return notes
+
+
+def model_version_inspect(
+    *,
+    model: RegisteredModel,
+    data: bytes,
+    actor: Actor,
+    artifact_format: str = ArtifactFormat.SKOPS,
+    input_schema: Any = None,
+    reference_sample: Any = None,
+) -> VersionInspection:
+    """Runs every upload check on the bytes and returns what would be registered; stores
+    nothing. model_version_create calls it, so a preview and a save can never disagree."""
+    estimator, scan_metadata = _inspect(data=data, artifact_format=artifact_format, actor=actor)
+    if estimator is not None:
+        _check_estimator(model, estimator)
+    if input_schema is not None:
+        features = schema.normalize_schema(input_schema)
+        if estimator is not None:
+            schema.check_schema_matches(features, estimator)
+    else:
+        features = schema.infer_schema(estimator) if estimator is not None else None
+        if features is None:
+            raise schema.SchemaError(
+                "No input_schema given and none can be inferred from this artifact "
+                "(pickles are never opened at upload): supply input_schema.",
+                fields={"input_schema": ["required for this artifact"]},
+            )
+    sample, stats = reference.prepare_reference_sample(reference_sample, features)
+    classes = None
+    if estimator is not None and getattr(estimator, "classes_", None) is not None:
+        classes = _json_native(estimator.classes_)
+    inspection = VersionInspection(
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        artifact_format=artifact_format,
+        input_schema=features,
+        schema_inferred=input_schema is None,
+        classes=classes,
+        params=_safe_params(estimator) if estimator is not None else {},
+        estimator_type=type(estimator).__name__ if estimator is not None else None,
+        scan_metadata=scan_metadata,
+        reference_sample=sample,
+        reference_stats=stats,
+    )
+    inspection.warnings = _inspection_warnings(inspection, model)
+    return inspection
+
+
+PENDING_UPLOAD_PREFIX = "pending"
+
+
+@dataclass
+class PendingUpload:
+    """An inspected upload waiting for the user's confirmation, kept in the artifact storage
+    (shared by every web replica) under a random token, never under its final name."""
+
+    token: str
+    name: str
+    inspection: VersionInspection
+
+
+def model_version_preview(
+    *,
+    model: RegisteredModel,
+    artifact: IO[bytes],
+    actor: Actor,
+    artifact_format: str = ArtifactFormat.SKOPS,
+    input_schema: Any = None,
+    reference_sample: Any = None,
+) -> PendingUpload:
+    """Checks an upload like model_version_create and parks the bytes for a confirmation;
+    registers nothing. Confirm with model_version_create(expected_sha256=inspection.sha256)."""
+    spooled = artifacts.spool_upload(artifact)
+    try:
+        inspection = model_version_inspect(
+            model=model,
+            data=spooled.read(),
+            actor=actor,
+            artifact_format=artifact_format,
+            input_schema=input_schema,
+            reference_sample=reference_sample,
+        )
+        token = secrets.token_urlsafe(16)
+        name = f"{PENDING_UPLOAD_PREFIX}/{token}/{spooled.sha256}.upload"
+        stored = get_artifact_storage().save(name, File(spooled.file, name=name))
+    finally:
+        spooled.file.close()
+    return PendingUpload(token=token, name=stored, inspection=inspection)
+
+
+def pending_upload_discard(*, name: str) -> None:
+    """Deletes a parked upload (confirmed, cancelled or expired); a missing file is fine."""
+    if not name.startswith(PENDING_UPLOAD_PREFIX + "/"):
+        raise ValidationFailed("Not a pending upload.")
+    storage = get_artifact_storage()
+    if storage.exists(name):
+        storage.delete(name)
+    # A local disk keeps the token's empty folder; object stores have no folders.
+    with contextlib.suppress(NotImplementedError, OSError):
+        os.rmdir(os.path.dirname(storage.path(name)))
+
+
+def pending_uploads_prune(*, older_than: timedelta = timedelta(days=1)) -> int:
+    """Deletes parked uploads nobody confirmed; returns how many went."""
+    storage = get_artifact_storage()
+    cutoff = timezone.now() - older_than
+    removed = 0
+    try:
+        tokens, _ = storage.listdir(PENDING_UPLOAD_PREFIX)
+    except (FileNotFoundError, NotImplementedError):
+        return 0
+    for token in tokens:
+        folder = f"{PENDING_UPLOAD_PREFIX}/{token}"
+        for filename in storage.listdir(folder)[1]:
+            name = f"{folder}/{filename}"
+            if storage.get_modified_time(name) < cutoff:
+                storage.delete(name)
+                removed += 1
+    return removed
+
+
 def model_version_create(
     *,
     model: RegisteredModel,
@@ -158,33 +326,28 @@ def model_version_create(
     metadata: dict[str, Any] | None = None,
     reference_sample: Any = None,
     source: str = VersionSource.UPLOAD,
+    expected_sha256: str | None = None,
 ) -> ModelVersion:
     """Registers a new version: streams and hashes the artifact, checks it, stores it under its
-    SHA-256 and records the next version number. Nothing is stored when a check fails."""
+    SHA-256 and records the next version number. Nothing is stored when a check fails.
+
+    expected_sha256, when given, must match the received bytes (a previewed upload, or a client
+    that sends the checksum it computed)."""
     spooled = artifacts.spool_upload(artifact)
     try:
-        data = spooled.read()
-        estimator, scan_metadata = _inspect(data=data, artifact_format=artifact_format, actor=actor)
-        if estimator is not None:
-            _check_estimator(model, estimator)
-        if input_schema is not None:
-            features = schema.normalize_schema(input_schema)
-            if estimator is not None:
-                schema.check_schema_matches(features, estimator)
-        else:
-            features = schema.infer_schema(estimator) if estimator is not None else None
-            if features is None:
-                raise schema.SchemaError(
-                    "No input_schema given and none can be inferred from this artifact "
-                    "(pickles are never opened at upload): supply input_schema.",
-                    fields={"input_schema": ["required for this artifact"]},
-                )
-        sample, stats = reference.prepare_reference_sample(reference_sample, features)
-        classes = None
-        if estimator is not None and getattr(estimator, "classes_", None) is not None:
-            classes = _json_native(estimator.classes_)
-        if estimator is not None and not params:
-            params = _safe_params(estimator)
+        if expected_sha256 is not None and spooled.sha256 != expected_sha256.lower():
+            raise artifacts.ArtifactError(
+                f"Artifact checksum mismatch: expected sha256 {expected_sha256[:12]}…, "
+                f"received {spooled.sha256[:12]}…. Nothing was registered; upload the file again."
+            )
+        inspection = model_version_inspect(
+            model=model,
+            data=spooled.read(),
+            actor=actor,
+            artifact_format=artifact_format,
+            input_schema=input_schema,
+            reference_sample=reference_sample,
+        )
         storage = get_artifact_storage()
         name = _artifact_name(spooled.sha256, artifact_format)
         stored_name = storage.save(name, File(spooled.file, name=name))
@@ -205,13 +368,13 @@ def model_version_create(
                 artifact_sha256=spooled.sha256,
                 artifact_size=spooled.size,
                 library_versions=artifacts.library_versions(),
-                input_schema=features,
-                classes=classes,
+                input_schema=inspection.input_schema,
+                classes=inspection.classes,
                 metrics=metrics or {},
-                params=params or {},
-                metadata={**(metadata or {}), **scan_metadata},
-                reference_sample=sample,
-                reference_stats=stats,
+                params=params or inspection.params,
+                metadata={**(metadata or {}), **inspection.scan_metadata},
+                reference_sample=inspection.reference_sample,
+                reference_stats=inspection.reference_stats,
                 source=source,
                 created_by=user,
             )
@@ -280,6 +443,13 @@ def _write_transition(
     )
 
 
+class _Unchecked:
+    """Marks an optional expectation the caller did not state."""
+
+
+UNCHECKED = _Unchecked()
+
+
 def model_version_transition(
     *,
     version: ModelVersion,
@@ -287,10 +457,15 @@ def model_version_transition(
     actor: Actor,
     comment: str = "",
     archive_previous: bool = True,
+    expected_production_pk: int | _Unchecked | None = UNCHECKED,
 ) -> ModelVersion:
     """Moves a version to a stage. Promoting to production archives (or, with
     archive_previous=False, demotes to staging) the current production version, in the same
-    transaction; each change leaves a StageTransition."""
+    transaction; each change leaves a StageTransition.
+
+    expected_production_pk: the production version (pk, or None for none) the caller showed
+    the user; if another change got there first, the move is refused rather than archiving a
+    version nobody confirmed."""
     if stage not in Stage.values:
         raise ValidationFailed(
             f"Unknown stage {stage!r}.",
@@ -301,6 +476,14 @@ def model_version_transition(
             # Lock the parent row: locking version rows could not serialise the first promotion.
             model = RegisteredModel.objects.select_for_update().get(pk=version.model_id)
             current = ModelVersion.objects.get(pk=version.pk)
+            if not isinstance(expected_production_pk, _Unchecked):
+                live = model.versions.filter(stage=Stage.PRODUCTION).first()
+                if (live.pk if live else None) != expected_production_pk:
+                    raise TransitionError(
+                        "Race lost: the production version of "
+                        f"{model.name} changed to {f'v{live.version}' if live else 'none'} "
+                        "since this page was opened. Nothing was changed; review and try again."
+                    )
             if current.stage == stage:
                 raise TransitionError(
                     f"{model.name} v{current.version} is already in stage {stage!r}.",
@@ -337,7 +520,11 @@ def model_version_transition(
 
 
 def model_version_rollback(
-    *, model: RegisteredModel, actor: Actor, comment: str = ""
+    *,
+    model: RegisteredModel,
+    actor: Actor,
+    comment: str = "",
+    expected_production_pk: int | _Unchecked | None = UNCHECKED,
 ) -> ModelVersion:
     """Puts the previous production version back into production (the current one is archived)."""
     target = previous_production_version_get(model=model)
@@ -350,4 +537,5 @@ def model_version_rollback(
         stage=Stage.PRODUCTION,
         actor=actor,
         comment=comment or "rollback",
+        expected_production_pk=expected_production_pk,
     )

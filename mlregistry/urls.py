@@ -1,6 +1,6 @@
 from django.urls import path
 
-from mlregistry import views
+from mlregistry import training_views, views
 
 urlpatterns = [
     path("models/", views.RegisteredModelListView.as_view(), name="model-list"),
@@ -16,5 +16,20 @@ urlpatterns = [
         "models/<slug:name>/versions/<int:version>/transition",
         views.ModelVersionTransitionView.as_view(),
         name="version-transition",
+    ),
+]
+
+# --- Model-quality loop (issue 5): datasets and training jobs ---
+urlpatterns += [
+    path("datasets/", training_views.DatasetListView.as_view(), name="dataset-list"),
+    path(
+        "models/<slug:name>/training-jobs",
+        training_views.TrainingJobListView.as_view(),
+        name="training-job-list",
+    ),
+    path(
+        "models/<slug:name>/training-jobs/<int:job_id>",
+        training_views.TrainingJobDetailView.as_view(),
+        name="training-job-detail",
     ),
 ]

@@ -13,6 +13,7 @@ from rest_framework.response import Response
 
 from config.errors import PayloadTooLarge
 from mlregistry import selectors, services
+from mlregistry.access import api_client_allowed_models
 from mlregistry.models import ModelVersion, RegisteredModel
 from mlregistry.permissions import RegistryPermission
 from mlregistry.serializers import (
@@ -41,7 +42,10 @@ class RegisteredModelListView(GenericAPIView):
     serializer_class = RegisteredModelOutput
 
     def get_queryset(self):
-        return _models_queryset()
+        # A client restricted to some models lists only those (issue 6).
+        allowed = api_client_allowed_models(user=self.request.user)
+        queryset = _models_queryset()
+        return queryset if allowed is None else queryset.filter(name__in=allowed)
 
     @extend_schema(responses=RegisteredModelOutput(many=True), summary="List registered models")
     def get(self, request: Request) -> Response:

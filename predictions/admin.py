@@ -11,7 +11,11 @@ from django.http import HttpRequest
 
 from config.errors import DomainError
 from mlregistry.models import ModelVersion, RegisteredModel, Stage
-from predictions import selectors, services
+from predictions import (
+    drift_admin,  # noqa: F401  (issue 5: registers DriftReport)
+    selectors,
+    services,
+)
 from predictions.models import ModelTraffic, PredictionLog, VersionQuality
 
 

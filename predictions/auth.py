@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.utils import timezone
+from drf_spectacular.contrib.knox_auth_token import KnoxTokenScheme
 from knox.auth import TokenAuthentication
 from knox.crypto import hash_token
 
@@ -57,3 +58,10 @@ def auth_cache_forget_tokens(digests: list[str]) -> None:
     """Drops cached authentications of these token digests (revoked or their user changed)."""
     if digests:
         cache_delete_many([auth_cache_key(d) for d in digests])
+
+
+class CachedTokenScheme(KnoxTokenScheme):
+    """Documents the predict views' authentication: the same knox bearer token."""
+
+    target_class = "predictions.auth.CachedTokenAuthentication"
+    name = "knoxApiTokenPredict"  # one component per class, or drf-spectacular warns

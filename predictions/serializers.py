@@ -21,6 +21,16 @@ class TrafficSplitOutput(serializers.Serializer):
     weight = serializers.IntegerField()
 
 
+class TrafficSplitListOutput(serializers.Serializer):
+    model = serializers.CharField()
+    splits = TrafficSplitOutput(many=True)
+
+
+class FeedbackOutput(serializers.Serializer):
+    request_id = serializers.CharField()
+    rows = serializers.IntegerField(help_text="prediction-log rows that received the outcome")
+
+
 class FeedbackInput(serializers.Serializer):
     actual = serializers.JSONField()
     row_index = serializers.IntegerField(min_value=0, required=False, allow_null=True)

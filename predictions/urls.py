@@ -1,6 +1,6 @@
 from django.urls import path
 
-from predictions import views
+from predictions import drift_views, views
 
 urlpatterns = [
     path("models/<slug:name>/predict", views.PredictView.as_view(), name="predict"),
@@ -16,4 +16,9 @@ urlpatterns = [
         views.FeedbackView.as_view(),
         name="prediction-feedback",
     ),
+]
+
+# --- Model-quality loop (issue 5) ---
+urlpatterns += [
+    path("models/<slug:name>/drift", drift_views.ModelDriftListView.as_view(), name="model-drift"),
 ]

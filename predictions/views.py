@@ -3,6 +3,7 @@ splits and feedback. Views parse, call one service, render."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.conf import settings
@@ -26,8 +27,10 @@ from predictions.metrics import VALIDATION_FAILURES
 from predictions.rendering import ORJSONParser, ORJSONRenderer
 from predictions.serializers import (
     FeedbackInput,
+    FeedbackOutput,
     PredictionOutput,
     TrafficSplitInput,
+    TrafficSplitListOutput,
     TrafficSplitOutput,
 )
 
@@ -124,9 +127,14 @@ class PredictVersionView(_PredictBase):
         return self._serve(request, name, version)
 
 
+_SLUG = re.compile(r"^[-a-zA-Z0-9_]{1,100}$")
+
+
 def _model_name_for(model_id: str) -> str:
     """The seeds addressed models by id or by name; ids never change name, so cache it."""
     if not model_id.isdigit():
+        if not _SLUG.match(model_id):
+            raise NotFoundError(f"No registered model named {model_id!r}.")
         return model_id
     key = f"predict-alias:v1:{model_id}"
     name = cache_get(key)
@@ -151,6 +159,7 @@ class PredictAliasView(_PredictBase):
 
 
 class TrafficSplitView(APIView):
+    serializer_class = TrafficSplitListOutput
     permission_classes = [RegistryPermission]
     write_permissions = {
         "PUT": "mlregistry.promote_modelversion",
@@ -161,11 +170,18 @@ class TrafficSplitView(APIView):
         rows = selectors.traffic_split_list(model=model)
         return {"model": model.name, "splits": TrafficSplitOutput(rows, many=True).data}
 
-    @extend_schema(summary="Get a model's traffic split (empty: all traffic to production)")
+    @extend_schema(
+        responses=TrafficSplitListOutput,
+        summary="Get a model's traffic split (empty: all traffic to production)",
+    )
     def get(self, request: Request, name: str) -> Response:
         return Response(self._render(registered_model_get(name=name)))
 
-    @extend_schema(request=TrafficSplitInput, summary="Set a model's traffic split")
+    @extend_schema(
+        request=TrafficSplitInput,
+        responses=TrafficSplitListOutput,
+        summary="Set a model's traffic split",
+    )
     def put(self, request: Request, name: str) -> Response:
         data = TrafficSplitInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -182,9 +198,14 @@ class TrafficSplitView(APIView):
 
 
 class FeedbackView(APIView):
+    serializer_class = FeedbackOutput
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(request=FeedbackInput, summary="Record the true outcome of a prediction")
+    @extend_schema(
+        request=FeedbackInput,
+        responses=FeedbackOutput,
+        summary="Record the true outcome of a prediction",
+    )
     def post(self, request: Request, request_id: str) -> Response:
         data = FeedbackInput(data=request.data)
         data.is_valid(raise_exception=True)

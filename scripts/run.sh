@@ -8,8 +8,10 @@ PY=.venv/bin/python
 PORT="${PORT:-8000}"
 export LOG_FORMAT="${LOG_FORMAT:-text}"
 export DJANGO_DEBUG="${DJANGO_DEBUG:-false}"
+# Plain http on localhost: secure-only cookies would never come back (README "HTTPS").
+export DJANGO_SECURE_COOKIES="${DJANGO_SECURE_COOKIES:-false}"
 
-mkdir -p var
+mkdir -p var/celery/queue var/celery/processed
 $PY manage.py migrate --noinput >/dev/null
 $PY manage.py collectstatic --noinput >/dev/null
 $PY manage.py setup_schedules >/dev/null 2>&1 || true
@@ -35,7 +37,7 @@ trap cleanup INT TERM EXIT
 
 .venv/bin/gunicorn config.wsgi:application --bind "127.0.0.1:${PORT}" \
   --workers "$WEB_WORKERS" --threads "$WEB_THREADS" --timeout "${WEB_TIMEOUT:-30}" \
-  --access-logfile - --log-level warning &
+  --log-level warning &
 pids+=($!)
 .venv/bin/celery -A config worker --beat --loglevel INFO --concurrency 1 \
   --scheduler django_celery_beat.schedulers:DatabaseScheduler &

@@ -107,6 +107,7 @@ def test_seeds_alias_accepts_model_id_or_name(client_api, iris_production, iris_
     by_name = client_api.post("/api/v1/predict/iris", {"features": IRIS_ROW}, format="json")
     assert by_name.status_code == 200
     assert client_api.post("/api/v1/predict/999", {}, format="json").status_code == 404
+    assert client_api.post("/api/v1/predict/n%C3%B6t;a-slug", {}, format="json").status_code == 404
 
 
 def test_token_is_required(anon_api, iris_production):
@@ -260,4 +261,4 @@ def test_body_over_the_upload_limit_is_413(client_api, iris_production, settings
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 2048
     response = _predict(client_api, {"instances": [IRIS_ROW] * 40})
     assert response.status_code == 413
-    assert "DATA_UPLOAD_MAX_MEMORY_SIZE" in response.json()["error"]["message"]
+    assert "2048 bytes" in response.json()["error"]["message"]

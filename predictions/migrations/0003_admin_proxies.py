@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('mlregistry', '0001_initial'),
-        ('predictions', '0001_initial'),
+        ('predictions', '0002_driftreport'),
     ]
 
     operations = [

@@ -1,0 +1,94 @@
+"""API rate limits: one counter per (scope, client, time window), kept in the shared cache.
+
+Scopes: "predict" (predict and feedback routes), "write" (any other unsafe method) and "read";
+a view may name its own with a `throttle_scope` attribute. Authenticated callers are counted per
+user, anonymous ones per client address (proxy-aware through NUM_PROXIES, never a raw
+X-Forwarded-For) against the scope's "_anon" rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+from django.core.cache import cache
+from rest_framework.permissions import SAFE_METHODS
+from rest_framework.settings import api_settings
+from rest_framework.throttling import BaseThrottle
+
+logger = logging.getLogger(__name__)
+
+_PREDICT_ROUTE = re.compile(r"(^|/)(predict|feedback)(/|$)")
+_PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def request_scope(request, view) -> str:
+    """The throttle scope of a request: the view's `throttle_scope`, else from path and method."""
+    scope = getattr(view, "throttle_scope", None)
+    if scope:
+        return scope
+    if _PREDICT_ROUTE.search(request.path):
+        return "predict"
+    return "read" if request.method in SAFE_METHODS else "write"
+
+
+def parse_rate(rate: str) -> tuple[int, int]:
+    """ "100/min" -> (100, 60); the period is read from its first letter, as DRF does."""
+    count, _, period = rate.partition("/")
+    return int(count), _PERIODS[period.strip()[0].lower()]
+
+
+def client_address(request) -> str:
+    """The caller's address, honouring exactly NUM_PROXIES trusted proxies."""
+    return BaseThrottle().get_ident(request) or "unknown"
+
+
+class ScopeRateThrottle(BaseThrottle):
+    """Fixed-window counter per scope and client.
+
+    A fixed window costs one atomic increment per request (a sliding log would store every
+    timestamp), at the price of allowing up to twice the rate across a window boundary.
+    """
+
+    def __init__(self) -> None:
+        self._wait: float | None = None
+
+    def allow_request(self, request, view) -> bool:
+        scope = request_scope(request, view)
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
+            rate_name, ident = scope, f"user:{user.pk}"
+        else:
+            rate_name, ident = f"{scope}_anon", f"addr:{client_address(request)}"
+        rate = api_settings.DEFAULT_THROTTLE_RATES.get(rate_name)
+        if not rate:
+            return True
+        limit, duration = parse_rate(rate)
+        now = time.time()
+        window = int(now // duration)
+        key = f"throttle:{rate_name}:{ident}:{duration}:{window}"
+        try:
+            count = self._count(key, duration)
+        except Exception:
+            # Without the cache there is no shared count; keep serving rather than refuse all.
+            logger.warning("throttle counter unavailable; request allowed", exc_info=True)
+            return True
+        if count > limit:
+            self._wait = (window + 1) * duration - now
+            return False
+        return True
+
+    @staticmethod
+    def _count(key: str, duration: int) -> int:
+        # Increment first: in steady state that is one cache round trip; only the first request
+        # of a window also creates the counter (and a lost creation race increments instead).
+        try:
+            return cache.incr(key)
+        except ValueError:
+            if cache.add(key, 1, duration + 1):
+                return 1
+            return cache.incr(key)
+
+    def wait(self) -> float | None:
+        return self._wait

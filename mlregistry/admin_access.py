@@ -1,0 +1,85 @@
+"""Admin for who may call the API: client model restrictions and API tokens."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.utils import timezone
+from knox.admin import AuthTokenAdmin as KnoxAuthTokenAdmin
+from knox.models import AuthToken
+
+from mlregistry.access import api_tokens_revoke
+from mlregistry.models import ApiClientPolicy
+
+
+@admin.register(ApiClientPolicy)
+class ApiClientPolicyAdmin(admin.ModelAdmin):
+    list_display = ("user", "models_summary", "note", "updated_at")
+    search_fields = ("user__username", "note", "allowed_models__name")
+    raw_id_fields = ("user",)
+    filter_horizontal = ("allowed_models",)
+    readonly_fields = ("updated_at",)
+
+    def get_queryset(self, request):
+        return (
+            super().get_queryset(request).select_related("user").prefetch_related("allowed_models")
+        )
+
+    @admin.display(description="allowed models")
+    def models_summary(self, obj: ApiClientPolicy) -> str:
+        return ", ".join(m.name for m in obj.allowed_models.all()) or "— (none)"
+
+
+class TokenStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [("active", "Active"), ("expired", "Expired")]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        if self.value() == "active":
+            return queryset.exclude(expiry__lte=now)
+        if self.value() == "expired":
+            return queryset.filter(expiry__lte=now)
+        return queryset
+
+
+admin.site.unregister(AuthToken)
+
+
+@admin.register(AuthToken)
+class AuthTokenAdmin(KnoxAuthTokenAdmin):
+    """Tokens are listed and revoked here; they are created with `manage.py create_api_token`,
+    which shows the secret once (only its digest is stored)."""
+
+    list_display = ("token_key", "user", "created", "expiry", "status")
+    list_filter = (TokenStatusFilter, "user__is_staff")
+    search_fields = ("token_key", "user__username")
+    list_select_related = ("user",)
+    ordering = ("-created",)
+    fields = ("user", "token_key", "created", "expiry")
+    readonly_fields = fields
+    actions = ["revoke"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # "revoke" says what deleting a token means
+        return actions
+
+    @admin.display(description="status")
+    def status(self, obj: AuthToken) -> str:
+        if obj.expiry is None:
+            return "active (never expires)"
+        return "expired" if obj.expiry <= timezone.now() else "active"
+
+    @admin.action(description="Revoke selected tokens", permissions=["delete"])
+    def revoke(self, request, queryset):
+        count = api_tokens_revoke(tokens=queryset.select_related("user"), actor=request.user)
+        self.message_user(request, f"Revoked {count} token(s).")

@@ -1,0 +1,35 @@
+import pytest
+
+from config import health
+
+pytestmark = pytest.mark.django_db
+
+
+def test_liveness_answers_without_checking_anything(client):
+    response = client.get("/health")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+def test_readiness_names_each_check(client):
+    body = client.get("/health/ready").json()
+    assert body["checks"]["database"]["status"] == "ok"
+    assert body["checks"]["cache"]["status"] == "ok"
+
+
+def test_a_failing_optional_check_degrades_and_a_required_one_takes_it_down(client, monkeypatch):
+    # Faults injected on purpose: checks that fail, registered the way other apps register.
+    def broken():
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(health.READINESS_CHECKS, "optional-part", broken)
+    response = client.get("/health/ready")
+    assert response.status_code == 200 and response.json()["status"] == "degraded"
+    assert "RuntimeError: boom" in response.json()["checks"]["optional-part"]["detail"]
+
+    monkeypatch.setitem(health.READINESS_CHECKS, "database", broken)
+    response = client.get("/health/ready")
+    assert response.status_code == 503 and response.json()["status"] == "down"
+
+
+def test_readiness_is_get_only(client):
+    assert client.post("/health/ready").status_code == 405

@@ -1,0 +1,158 @@
+"""No Docker engine here: the compose file is checked against what the code actually reads."""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+APP_SERVICES = ("migrate", "web", "worker", "beat")
+LONG_RUNNING = [name for name, s in SERVICES.items() if s.get("restart") != "no"]
+
+# Read by libraries rather than by our code.
+READ_BY_LIBRARIES = {"PROMETHEUS_MULTIPROC_DIR"}
+# Settings the other issues' branches add to config/settings.py (the lead empties this at merge).
+PENDING_FROM_OTHER_BRANCHES = {"BACKUP_RETENTION_DAYS", "PREDICTION_CACHE_TTL"}
+
+_ENV_READ = re.compile(
+    r"""(?:env_(?:str|bool|int|float|list)|os\.environ\.get|os\.getenv)\(\s*["']([A-Z0-9_]+)["']"""
+)
+
+
+def _variables_the_code_reads() -> set[str]:
+    names: set[str] = set()
+    for path in [*ROOT.glob("config/*.py"), ROOT / "deploy" / "gunicorn.conf.py"]:
+        names |= set(_ENV_READ.findall(path.read_text()))
+    return names
+
+
+def test_the_stack_has_every_service():
+    assert set(SERVICES) >= {"web", "worker", "beat", "postgres", "redis", "prometheus", "grafana"}
+
+
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_every_variable_compose_sets_is_read_by_the_code(service):
+    unread = (
+        set(SERVICES[service]["environment"])
+        - _variables_the_code_reads()
+        - READ_BY_LIBRARIES
+        - PENDING_FROM_OTHER_BRANCHES
+    )
+    assert not unread, f"{service} sets variables nothing reads: {sorted(unread)}"
+
+
+@pytest.mark.parametrize("service", APP_SERVICES)
+def test_production_settings_are_set(service):
+    env = SERVICES[service]["environment"]
+    assert env["DJANGO_DEBUG"] == "false"
+    assert env["DJANGO_SECRET_KEY"].startswith("${DJANGO_SECRET_KEY:?")  # required, no default
+    assert env["DATABASE_URL"].startswith("postgres://")
+    assert env["REDIS_URL"].startswith("redis://")
+    assert env["CELERY_BROKER_URL"].startswith("redis://")
+    assert env["LOG_FORMAT"] == "json"
+    assert "web" in env["DJANGO_ALLOWED_HOSTS"]  # Prometheus scrapes web:8000
+
+
+def test_web_runs_gunicorn_with_the_config_the_repo_ships():
+    command = SERVICES["web"]["command"]
+    assert command[0] == "gunicorn" and "config.wsgi:application" in command
+    conf = command[command.index("--config") + 1]
+    assert (ROOT / conf).is_file()
+    env = SERVICES["web"]["environment"]
+    assert {"WEB_CONCURRENCY", "WEB_TIMEOUT"} <= set(env)
+
+
+def test_gunicorn_config_takes_workers_and_timeout_from_the_environment(monkeypatch):
+    monkeypatch.setenv("WEB_CONCURRENCY", "7")
+    monkeypatch.setenv("WEB_TIMEOUT", "12")
+    namespace: dict = {}
+    exec((ROOT / "deploy" / "gunicorn.conf.py").read_text(), namespace)  # noqa: S102
+    assert namespace["workers"] == 7 and namespace["timeout"] == 12
+    assert namespace["accesslog"] is None
+
+
+def test_worker_and_beat_run_celery_against_this_project():
+    worker, beat = SERVICES["worker"]["command"], SERVICES["beat"]["command"]
+    assert worker[:4] == ["celery", "-A", "config", "worker"]
+    assert beat[:4] == ["celery", "-A", "config", "beat"]
+    assert "django_celery_beat.schedulers:DatabaseScheduler" in beat
+    assert "deploy" not in SERVICES["beat"] or "replicas" not in SERVICES["beat"]["deploy"]
+
+
+def test_health_checks_use_commands_that_exist():
+    from django.core.management import get_commands
+
+    commands = get_commands()
+    for name in ("worker", "beat"):
+        test = SERVICES[name]["healthcheck"]["test"]
+        assert test[1:3] == ["python", "manage.py"] and test[3] in commands
+    migrate = " ".join(SERVICES["migrate"]["command"])
+    assert "manage.py migrate --noinput" in migrate
+    assert "/health" in " ".join(SERVICES["web"]["healthcheck"]["test"])
+
+
+def test_web_has_the_resource_limits_of_the_seeds():
+    resources = SERVICES["web"]["deploy"]["resources"]
+    assert resources["limits"] == {"cpus": "4", "memory": "8G"}
+    assert resources["reservations"] == {"cpus": "2", "memory": "4G"}
+
+
+# ids get a prefix: a bare "postgres" id would look like the postgres marker to conftest.
+@pytest.mark.parametrize("service", LONG_RUNNING, ids=lambda name: f"service-{name}")
+def test_every_long_running_service_has_a_health_check(service):
+    assert SERVICES[service]["healthcheck"]["test"]
+
+
+@pytest.mark.parametrize("service", list(SERVICES), ids=lambda name: f"service-{name}")
+def test_every_service_rotates_its_logs(service):
+    logging = SERVICES[service]["logging"]
+    assert logging["driver"] == "json-file"
+    assert logging["options"]["max-size"] and int(logging["options"]["max-file"]) >= 1
+
+
+def test_database_artifacts_and_backups_live_in_named_volumes():
+    declared = set(COMPOSE["volumes"])
+    assert {"pgdata", "artifacts", "backups"} <= declared
+    assert "pgdata:/var/lib/postgresql/data" in SERVICES["postgres"]["volumes"]
+    web_env = SERVICES["web"]["environment"]
+    for volume, variable in (("artifacts", "MODEL_STORE_DIR"), ("backups", "BACKUP_DIR")):
+        for service in ("web", "worker"):
+            assert f"{volume}:{web_env[variable]}" in SERVICES[service]["volumes"]
+
+
+def test_metrics_are_open_to_the_compose_network_that_prometheus_scrapes_from():
+    import ipaddress
+
+    subnet = COMPOSE["networks"]["default"]["ipam"]["config"][0]["subnet"]
+    allowed = SERVICES["web"]["environment"]["METRICS_ALLOWED_IPS"].split(",")
+    assert subnet in allowed
+    assert ipaddress.ip_network(subnet).is_private
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    (scrape,) = prometheus["scrape_configs"]
+    assert scrape["static_configs"][0]["targets"] == ["web:8000"]
+    assert scrape["metrics_path"] == "/metrics"
+
+
+def test_monitoring_files_are_mounted_where_their_configs_point():
+    mounts = " ".join(SERVICES["prometheus"]["volumes"] + SERVICES["grafana"]["volumes"])
+    for path in (
+        "deploy/prometheus.yml",
+        "deploy/alerts.yml",
+        "deploy/grafana/provisioning",
+        "deploy/grafana/dashboard.json",
+    ):
+        assert f"./{path}:" in mounts and (ROOT / path).exists()
+    prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    assert prometheus["rule_files"] == ["/etc/prometheus/alerts.yml"]
+
+
+def test_dockerfile_runs_gunicorn_as_a_non_root_user():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile
+    user_lines = [line for line in dockerfile.splitlines() if line.startswith("USER ")]
+    assert user_lines and user_lines[-1].split()[1] not in {"root", "0"}
+    assert '"gunicorn", "--config", "deploy/gunicorn.conf.py"' in dockerfile
+    assert "requirements.txt" in dockerfile and "requirements-dev" not in dockerfile
