@@ -203,7 +203,7 @@ def gunicorn(app: str, port: int, env: dict, args) -> subprocess.Popen:
     command = [
         str(BIN / "gunicorn"),
         "-c",
-        str(ROOT / "config" / "gunicorn.py"),
+        str(ROOT / "deploy" / "gunicorn.conf.py"),
         app,
         "--bind",
         f"127.0.0.1:{port}",

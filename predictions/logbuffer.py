@@ -2,7 +2,7 @@
 
 A daemon thread flushes every PREDICTION_LOG_FLUSH_SECONDS, or sooner once
 PREDICTION_LOG_FLUSH_ROWS rows wait; the process flushes at exit too (gunicorn's worker_exit
-hook in config/gunicorn.py, and atexit). A crash loses at most one interval of rows: the log
+hook in deploy/gunicorn.conf.py, and atexit). A crash loses at most one interval of rows: the log
 is for drift and audit sampling, not billing. With PREDICTION_LOG_FLUSH_SECONDS=0 there is no
 thread and a full buffer is flushed by the request that filled it (tests, one-off scripts).
 """

@@ -2,7 +2,7 @@
 
 Names are a contract with the alert rules and the dashboard: change them only together.
 With several gunicorn workers set PROMETHEUS_MULTIPROC_DIR (an empty folder per start) and
-run gunicorn with `-c config/gunicorn.py`, so /metrics adds up every worker's values.
+run gunicorn with `-c deploy/gunicorn.conf.py`, so /metrics adds up every worker's values.
 """
 
 from prometheus_client import Counter, Histogram
