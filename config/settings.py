@@ -384,3 +384,39 @@ PG_BIN_DIR = env_str("PG_BIN_DIR", "")
 # Unreferenced artifact files younger than this are left alone: an upload may be in flight.
 ARTIFACT_SWEEP_MIN_AGE_SECONDS = env_int("ARTIFACT_SWEEP_MIN_AGE_SECONDS", 3600, minimum=0)
 # --- end backups ---------------------------------------------------------------------------
+# --- Predictions (serving path; see README "Serving") ----------------------------------------
+# Result cache TTL in seconds (keys hold the version id and sha256, so a promotion never
+# serves a previous version's answer).
+PREDICTION_CACHE_TTL = env_int("PREDICTION_CACHE_TTL", 60, minimum=0)
+# After a cache error, skip the cache for this many seconds instead of paying a socket timeout
+# on every request while Redis is down.
+PREDICTION_CACHE_RETRY_SECONDS = env_float("PREDICTION_CACHE_RETRY_SECONDS", 5.0)
+# Result-cache writes go to Redis from a background thread, in pipelined batches, instead of
+# the request waiting for each SET (a late write only costs a later miss, never a stale answer).
+PREDICTION_CACHE_WRITE_BEHIND = env_bool("PREDICTION_CACHE_WRITE_BEHIND", True)
+# How long a routing entry (model name -> production version / split) may live in the cache.
+# Invalidated on commit of every change, so this only bounds staleness when invalidation can't
+# reach the entry: another process's local-memory cache (default 2 s) or a Redis outage during
+# a promotion (shared cache, default 60 s).
+PREDICTION_ROUTING_TTL = env_int("PREDICTION_ROUTING_TTL", 60, minimum=1)
+PREDICTION_ROUTING_LOCAL_TTL = env_float("PREDICTION_ROUTING_LOCAL_TTL", 2.0)
+PREDICTION_MAX_BATCH_ROWS = env_int("PREDICTION_MAX_BATCH_ROWS", 10_000, minimum=1)
+# Loaded estimators kept per process (LRU keyed by version id + sha256).
+PREDICTION_MODEL_CACHE_SIZE = env_int("PREDICTION_MODEL_CACHE_SIZE", 8, minimum=1)
+# Prediction log: the share of served rows recorded (0..1), buffered in-process and
+# bulk-inserted every PREDICTION_LOG_FLUSH_SECONDS or PREDICTION_LOG_FLUSH_ROWS rows.
+PREDICTION_LOG_SAMPLE_RATE = env_float("PREDICTION_LOG_SAMPLE_RATE", 1.0)
+# A batch logs at most this many (randomly chosen) rows: logging every row of big batches
+# would cost more than predicting them.
+PREDICTION_LOG_BATCH_MAX_ROWS = env_int("PREDICTION_LOG_BATCH_MAX_ROWS", 100, minimum=1)
+PREDICTION_LOG_STORE_FEATURES = env_bool("PREDICTION_LOG_STORE_FEATURES", True)
+PREDICTION_LOG_RETENTION_DAYS = env_int("PREDICTION_LOG_RETENTION_DAYS", 30, minimum=1)
+PREDICTION_LOG_FLUSH_SECONDS = env_float("PREDICTION_LOG_FLUSH_SECONDS", 2.0)
+PREDICTION_LOG_FLUSH_ROWS = env_int("PREDICTION_LOG_FLUSH_ROWS", 1000, minimum=1)
+# Rows held in memory at most; past it rows are dropped and counted (a slow database must not
+# grow the web process without bound).
+PREDICTION_LOG_BUFFER_MAX = env_int("PREDICTION_LOG_BUFFER_MAX", 100_000, minimum=1)
+# Token -> user kept this long on the predict path (0 = off). Revoking a token drops its entry
+# at once; only another process's local-memory cache can lag, by at most this long.
+PREDICTION_AUTH_CACHE_SECONDS = env_int("PREDICTION_AUTH_CACHE_SECONDS", 30, minimum=0)
+# --- end Predictions ---

@@ -28,3 +28,13 @@ def child_exit(server, worker):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+# --- Predictions (issue 3): a worker that exits flushes its prediction-log buffer first.
+def worker_exit(server, worker):
+    from django.apps import apps
+
+    if apps.ready and apps.is_installed("predictions"):
+        from predictions.logbuffer import prediction_log_buffer
+
+        prediction_log_buffer.stop()

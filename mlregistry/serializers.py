@@ -149,9 +149,16 @@ class ModelVersionOutput(serializers.ModelSerializer):
 
 class ModelVersionDetailOutput(ModelVersionOutput):
     transitions = StageTransitionOutput(many=True, read_only=True)
+    online_metrics = serializers.SerializerMethodField()
 
     class Meta(ModelVersionOutput.Meta):
-        fields = [*ModelVersionOutput.Meta.fields, "transitions"]
+        fields = [*ModelVersionOutput.Meta.fields, "transitions", "online_metrics"]
+
+    def get_online_metrics(self, obj: ModelVersion) -> dict[str, Any]:
+        """Accuracy (or MAE) from clients' feedback on served predictions."""
+        from predictions.selectors import online_metrics_get
+
+        return online_metrics_get(version=obj)
 
 
 class TransitionInput(serializers.Serializer):

@@ -427,6 +427,12 @@ def _write_transition(
     from_stage = version.stage
     version.stage = to_stage
     version.save(update_fields=["stage", "updated_at"])
+    if to_stage == Stage.ARCHIVED:
+        # An archived version must not keep receiving split traffic: the split ends in the
+        # same transaction (the caller's on_commit invalidation covers the routing entry).
+        from predictions.services import traffic_split_end_for_archived
+
+        traffic_split_end_for_archived(version=version)
     return StageTransition.objects.create(
         version=version,
         from_stage=from_stage,

@@ -91,3 +91,21 @@ class DriftReport(models.Model):
 
     def __str__(self) -> str:
         return f"drift {self.version} @ {self.window_end:%Y-%m-%d %H:%M}: {self.status}"
+
+
+class ModelTraffic(RegisteredModel):
+    """A registered model seen from the serving side (its traffic split)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "traffic split"
+        verbose_name_plural = "traffic splits"
+
+
+class VersionQuality(ModelVersion):
+    """A model version seen from the serving side (online accuracy from feedback)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "online accuracy"
+        verbose_name_plural = "online accuracy"

@@ -1,0 +1,67 @@
+"""Token authentication for the predict path, with a short-lived cache of token -> user.
+
+knox costs two queries per request (the token with its user, then all of that user's tokens to
+sweep expired ones), which is most of the database work left on the predict path. Here a
+verified token's user is cached for PREDICTION_AUTH_CACHE_SECONDS under the token's digest
+(never the token itself). Deleting a token (revocation, logout, expiry sweep) or changing or
+deleting its user drops the entries at once, so with the shared Redis cache revocation is
+immediate; with the per-process local-memory cache another process may accept a revoked token
+for at most PREDICTION_AUTH_CACHE_SECONDS. An expired token is refused even from the cache.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.utils import timezone
+from drf_spectacular.contrib.knox_auth_token import KnoxTokenScheme
+from knox.auth import TokenAuthentication
+from knox.crypto import hash_token
+
+from predictions.cache import cache_delete_many, cache_get, cache_set
+
+
+def auth_cache_key(digest: str) -> str:
+    return f"auth:v1:{digest}"
+
+
+def auth_cache_key_for_request(request) -> str | None:
+    """The token cache key of a request's `Authorization: Bearer` header, if it has one."""
+    parts = request.META.get("HTTP_AUTHORIZATION", "").split()
+    if len(parts) != 2 or parts[0].lower() != "bearer":
+        return None
+    try:
+        return auth_cache_key(hash_token(parts[1]))
+    except (TypeError, ValueError):
+        return None
+
+
+class CachedTokenAuthentication(TokenAuthentication):
+    def authenticate_credentials(self, token: bytes):
+        ttl = settings.PREDICTION_AUTH_CACHE_SECONDS
+        if ttl <= 0:
+            return super().authenticate_credentials(token)
+        try:
+            key = auth_cache_key(hash_token(token.decode("utf-8")))
+        except (TypeError, ValueError, UnicodeDecodeError):
+            return super().authenticate_credentials(token)
+        hit = cache_get(key)
+        if hit is not None:
+            user, auth_token = hit
+            if user.is_active and (auth_token.expiry is None or auth_token.expiry > timezone.now()):
+                return user, auth_token
+        user, auth_token = super().authenticate_credentials(token)
+        cache_set(key, (user, auth_token), ttl)
+        return user, auth_token
+
+
+def auth_cache_forget_tokens(digests: list[str]) -> None:
+    """Drops cached authentications of these token digests (revoked or their user changed)."""
+    if digests:
+        cache_delete_many([auth_cache_key(d) for d in digests])
+
+
+class CachedTokenScheme(KnoxTokenScheme):
+    """Documents the predict views' authentication: the same knox bearer token."""
+
+    target_class = "predictions.auth.CachedTokenAuthentication"
+    name = "knoxApiTokenPredict"  # one component per class, or drf-spectacular warns

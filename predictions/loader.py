@@ -1,0 +1,188 @@
+"""Loaded estimators: a per-process LRU keyed by (version id, sha256).
+
+The key holds the sha256, so a version can never be answered by other bytes than those
+registered, and every load re-hashes the exact bytes it then deserialises.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from django.conf import settings
+
+from config.errors import UnavailableError
+from mlregistry.artifacts import deserialize, verify_sha256
+from mlregistry.storage import get_artifact_storage
+from predictions.metrics import MODEL_LOAD_SECONDS, MODEL_LOADS
+
+logger = logging.getLogger(__name__)
+
+NUMERIC_TYPES = ("float", "integer", "boolean")
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    type: str
+    required: bool
+    low: float
+    high: float
+
+
+@dataclass
+class LoadedModel:
+    """An estimator ready to serve, with what the hot path needs precomputed."""
+
+    version_id: int
+    sha256: str
+    estimator: Any
+    features: tuple[Feature, ...]
+    names: frozenset[str]
+    feature_names: tuple[str, ...]
+    numeric: bool  # every feature numeric: rows go in as one float64 array, not a DataFrame
+    class_labels: list[str] | None  # classes_ as JSON object keys
+    has_proba: bool
+    # predict() is argmax(predict_proba()) by definition (forests): derive it, halving the cost.
+    predict_from_proba: bool
+    all_required_floats: bool  # eligible for validation.fast_numeric_rows
+    lows: Any
+    highs: Any
+
+    def matrix(self, rows: Any) -> Any:
+        """The estimator's input for validated rows (values in schema order)."""
+        if isinstance(rows, np.ndarray):
+            return rows
+        if self.numeric:
+            return np.array(rows, dtype=np.float64)
+        import pandas as pd
+
+        return pd.DataFrame(rows, columns=[f.name for f in self.features])
+
+
+def compile_features(schema: list[dict[str, Any]]) -> tuple[Feature, ...]:
+    return tuple(
+        Feature(
+            name=item["name"],
+            type=item.get("type", "float"),
+            required=item.get("required", True),
+            low=item["min"] if item.get("min") is not None else -math.inf,
+            high=item["max"] if item.get("max") is not None else math.inf,
+        )
+        for item in schema
+    )
+
+
+def _prepare(info: dict[str, Any], estimator: Any) -> LoadedModel:
+    features = compile_features(info["schema"])
+    classes = getattr(estimator, "classes_", None)
+    numeric = all(f.type in NUMERIC_TYPES for f in features)
+    if numeric and getattr(estimator, "feature_names_in_", None) is not None:
+        # A plain float array is several times cheaper than a DataFrame, but a step that picks
+        # columns by name (ColumnTransformer) needs the frame: try the array once at load.
+        try:
+            estimator.predict(np.zeros((1, len(features))))
+        except Exception:
+            numeric = False
+    return LoadedModel(
+        version_id=info["id"],
+        sha256=info["sha256"],
+        estimator=estimator,
+        features=features,
+        names=frozenset(f.name for f in features),
+        feature_names=tuple(f.name for f in features),
+        numeric=numeric,
+        class_labels=[str(c) for c in classes.tolist()] if classes is not None else None,
+        has_proba=classes is not None and callable(getattr(estimator, "predict_proba", None)),
+        predict_from_proba=_predict_is_argmax_of_proba(estimator),
+        all_required_floats=numeric and all(f.type == "float" and f.required for f in features),
+        lows=np.array([f.low for f in features], dtype=np.float64),
+        highs=np.array([f.high for f in features], dtype=np.float64),
+    )
+
+
+def _predict_is_argmax_of_proba(estimator: Any) -> bool:
+    """True for a (pipeline ending in a) single-output forest classifier, whose predict() is
+    literally classes_.take(argmax(predict_proba(X))): computing both walks every tree twice."""
+    from sklearn.ensemble._forest import ForestClassifier
+    from sklearn.pipeline import Pipeline
+
+    final = estimator.steps[-1][1] if isinstance(estimator, Pipeline) else estimator
+    return isinstance(final, ForestClassifier) and getattr(final, "n_outputs_", 1) == 1
+
+
+class ModelCache:
+    """A thread-safe LRU of LoadedModel; a model is loaded once even under concurrent misses."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[tuple[int, str], LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[tuple[int, str], threading.Lock] = {}
+
+    def peek(self, version_id: int, sha256: str) -> LoadedModel | None:
+        """The loaded model if this process has it (never loads)."""
+        return self._items.get((version_id, sha256))
+
+    def get(self, info: dict[str, Any], *, model_name: str) -> LoadedModel:
+        key = (info["id"], info["sha256"])
+        with self._lock:
+            loaded = self._items.get(key)
+            if loaded is not None:
+                self._items.move_to_end(key)
+                return loaded
+            load_lock = self._loading.setdefault(key, threading.Lock())
+        with load_lock:
+            with self._lock:
+                loaded = self._items.get(key)
+            if loaded is None:
+                loaded = self._load(info, model_name=model_name)
+                with self._lock:
+                    self._items[key] = loaded
+                    while len(self._items) > settings.PREDICTION_MODEL_CACHE_SIZE:
+                        self._items.popitem(last=False)
+        with self._lock:
+            self._loading.pop(key, None)
+        return loaded
+
+    def _load(self, info: dict[str, Any], *, model_name: str) -> LoadedModel:
+        started = time.perf_counter()
+        version = str(info["version"])
+        try:
+            with get_artifact_storage().open(info["artifact"], "rb") as handle:
+                data = handle.read()
+            verify_sha256(data, info["sha256"])
+            loaded = _prepare(info, deserialize(data, info["format"]))
+        except Exception as exc:
+            MODEL_LOADS.labels(model=model_name, version=version, result="error").inc()
+            logger.exception(
+                "model load failed", extra={"model": model_name, "version": info["version"]}
+            )
+            if isinstance(exc, UnavailableError):
+                raise
+            raise UnavailableError(
+                f"{model_name} v{info['version']} could not be loaded ({type(exc).__name__})."
+            ) from exc
+        seconds = time.perf_counter() - started
+        MODEL_LOADS.labels(model=model_name, version=version, result="ok").inc()
+        MODEL_LOAD_SECONDS.labels(model=model_name).observe(seconds)
+        logger.info(
+            "model loaded",
+            extra={"model": model_name, "version": info["version"], "seconds": round(seconds, 3)},
+        )
+        return loaded
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+model_cache = ModelCache()

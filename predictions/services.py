@@ -1,0 +1,443 @@
+"""Serving predictions, and every write of the predictions app (traffic splits, feedback,
+the prediction log). Views, the admin and the jobs call these."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import numpy as np
+import orjson
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from config.errors import (
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    PayloadTooLarge,
+    ValidationFailed,
+)
+from mlregistry.access import model_access_check
+from mlregistry.models import ModelVersion, RegisteredModel, Stage, Task
+from mlregistry.selectors import model_version_get, routing_invalidate
+from mlregistry.services import Actor
+from predictions import metrics
+from predictions.cache import cache_get, cache_set_later
+from predictions.loader import LoadedModel, model_cache
+from predictions.logbuffer import LogRow, prediction_log_buffer
+from predictions.models import PredictionLog, TrafficSplit
+from predictions.selectors import routing_entry_get, version_routing_info
+from predictions.validation import fast_numeric_rows, rows_validate
+
+logger = logging.getLogger(__name__)
+
+
+# --- Serving ------------------------------------------------------------------------------
+
+
+def _pick_weighted(split: list[list[int]], client_id: str | None, model_name: str) -> int:
+    if client_id:
+        # Sticky: the same client key always lands in the same bucket of this model.
+        digest = hashlib.blake2b(f"{model_name}\x00{client_id}".encode(), digest_size=8).digest()
+        bucket = int.from_bytes(digest, "big") % 100
+    else:
+        bucket = random.randrange(100)  # noqa: S311 - traffic sampling, not security
+    total = 0
+    for version_id, weight in split:
+        total += weight
+        if bucket < total:
+            return version_id
+    return split[-1][0]
+
+
+def _route(
+    entry: dict[str, Any], *, user: Any, version_number: int | None, client_id: str | None
+) -> dict[str, Any]:
+    """The version info a request is answered by (pinned, split, or production)."""
+    if version_number is not None:
+        version_id = entry["by_number"].get(version_number)
+        if version_id is not None:
+            return entry["versions"][version_id]
+        # Not in the entry: archived or absent. Staff may still query archived versions.
+        version = model_version_get(name=entry["name"], version=version_number)
+        if not getattr(user, "is_staff", False):
+            raise ForbiddenError(
+                f"{entry['name']} v{version_number} is archived; only staff may query it."
+            )
+        return version_routing_info(version)
+    if entry["split"]:
+        return entry["versions"][_pick_weighted(entry["split"], client_id, entry["name"])]
+    if entry["production"] is None:
+        raise ConflictError(
+            f"Model {entry['name']!r} has no production version: promote one, or call "
+            f"/models/{entry['name']}/versions/<n>/predict to pin a version."
+        )
+    return entry["versions"][entry["production"]]
+
+
+def _rows_from_payload(payload: Any) -> tuple[list[Any], bool]:
+    if not isinstance(payload, dict):
+        raise ValidationFailed(
+            "The body must be a JSON object with `features` or `instances`.",
+            fields={"non_field_errors": ["expected a JSON object"]},
+        )
+    if "instances" in payload:
+        rows = payload["instances"]
+        if not isinstance(rows, list) or not rows:
+            raise ValidationFailed(
+                "`instances` must be a non-empty list of feature objects.",
+                fields={"instances": ["must be a non-empty list of objects"]},
+            )
+        limit = settings.PREDICTION_MAX_BATCH_ROWS
+        if len(rows) > limit:
+            raise PayloadTooLarge(
+                f"A batch may hold at most {limit} rows (PREDICTION_MAX_BATCH_ROWS); "
+                f"this one has {len(rows)}.",
+                fields={"instances": [f"at most {limit} rows"]},
+            )
+        return rows, True
+    if "features" in payload:
+        return [payload["features"]], False
+    raise ValidationFailed(
+        "The body needs `features` (one row) or `instances` (a batch).",
+        fields={"features": ["required (or instances)"]},
+    )
+
+
+def _outputs(loaded: LoadedModel, rows: list[list[Any]]) -> list[dict[str, Any]]:
+    x = loaded.matrix(rows)
+    if loaded.predict_from_proba:
+        probabilities = loaded.estimator.predict_proba(x)
+        classes = loaded.estimator.classes_
+        # The same expression ForestClassifier.predict evaluates, so the same answer.
+        predictions = classes.take(np.argmax(probabilities, axis=1), axis=0).tolist()
+        return _with_probabilities(loaded, predictions, probabilities)
+    predictions = loaded.estimator.predict(x).tolist()
+    if not loaded.has_proba:
+        return [
+            {
+                "prediction": p,
+                "confidence": None,
+                **({"probabilities": None} if loaded.class_labels else {}),
+            }
+            for p in predictions
+        ]
+    return _with_probabilities(loaded, predictions, loaded.estimator.predict_proba(x))
+
+
+def _with_probabilities(
+    loaded: LoadedModel, predictions: list[Any], probabilities: Any
+) -> list[dict[str, Any]]:
+    labels = loaded.class_labels
+    confidences = probabilities.max(axis=1).tolist()
+    return [
+        {"prediction": p, "confidence": c, "probabilities": dict(zip(labels, probs, strict=True))}
+        for p, c, probs in zip(predictions, confidences, probabilities.tolist(), strict=True)
+    ]
+
+
+def _plain(row: Any) -> list[Any]:
+    return row.tolist() if hasattr(row, "tolist") else row
+
+
+def _result_key(info: dict[str, Any], values: list[Any]) -> str:
+    # Version id and sha256 in the key: another version (a promotion, a rollback, a split)
+    # can never be answered from this entry. The values are in schema order, which makes
+    # their JSON canonical; hashing keeps keys short.
+    digest = hashlib.blake2b(orjson.dumps(values), digest_size=16).hexdigest()
+    return f"pred:v1:{info['id']}:{info['sha256'][:16]}:{digest}"
+
+
+# The version each model was last routed to in this process: only a guess of which result-cache
+# key a request will need, so it can be fetched together with the routing entry. What is served
+# is decided by the routing entry read in that same round trip, never by this guess.
+_last_routed: dict[str, dict[str, Any]] = {}
+
+
+def result_cache_key_guess(*, model_name: str, payload: Any) -> str | None:
+    """The result-cache key a single-row request will most likely need, or None."""
+    info = _last_routed.get(model_name)
+    if info is None or not isinstance(payload, dict) or settings.PREDICTION_CACHE_TTL <= 0:
+        return None
+    row = payload.get("features")
+    loaded = model_cache.peek(info["id"], info["sha256"])
+    if not isinstance(row, dict) or loaded is None or not loaded.all_required_floats:
+        return None
+    matrix = fast_numeric_rows([row], loaded.features, loaded.lows, loaded.highs)
+    return None if matrix is None else _result_key(info, matrix[0].tolist())
+
+
+def prediction_serve(
+    *,
+    user: Any,
+    model_name: str,
+    payload: Any,
+    request_id: str,
+    version_number: int | None = None,
+    client_id: str | None = None,
+) -> dict[str, Any]:
+    """Answers a predict request (one row or a batch) and queues it for the prediction log."""
+    started = time.perf_counter()
+    model_access_check(user=user, model_name=model_name)
+    entry = routing_entry_get(name=model_name)
+    if client_id is None and isinstance(payload, dict):
+        raw = payload.get("client_id")
+        client_id = str(raw)[:200] if raw is not None else None
+    info = _route(entry, user=user, version_number=version_number, client_id=client_id)
+    if version_number is None and not entry["split"]:
+        _last_routed[model_name] = info
+    try:
+        rows, batch = _rows_from_payload(payload)
+        loaded = model_cache.get(info, model_name=model_name)
+        values = None
+        if loaded.all_required_floats:
+            values = fast_numeric_rows(rows, loaded.features, loaded.lows, loaded.highs)
+        if values is None:
+            values = rows_validate(rows, loaded.features, loaded.names, batch=batch)
+    except ValidationFailed:
+        metrics.VALIDATION_FAILURES.labels(model=model_name).inc()
+        raise
+
+    cached = False
+    ttl = settings.PREDICTION_CACHE_TTL
+    if not batch and ttl > 0:
+        key = _result_key(info, _plain(values[0]))
+        hit = cache_get(key)
+        if hit is not None:
+            metrics.CACHE_REQUESTS.labels(result="hit").inc()
+            outputs, cached = [hit], True
+        else:
+            metrics.CACHE_REQUESTS.labels(result="miss").inc()
+            outputs = _outputs(loaded, values)
+            cache_set_later(key, outputs[0], ttl)
+    else:
+        outputs = _outputs(loaded, values)
+
+    version_label = str(info["version"])
+    metrics.PREDICTIONS.labels(
+        model=model_name, version=version_label, cached="true" if cached else "false"
+    ).inc(len(outputs))
+    if loaded.has_proba:
+        confidence = metrics.PREDICTION_CONFIDENCE.labels(model=model_name, version=version_label)
+        for out in outputs if len(outputs) <= 100 else random.sample(outputs, 100):
+            confidence.observe(out["confidence"])
+    elapsed = time.perf_counter() - started
+    metrics.PREDICTION_LATENCY.labels(model=model_name).observe(elapsed)
+    now = datetime.now(UTC)
+    _log_served(
+        entry=entry,
+        info=info,
+        rows=values,
+        loaded=loaded,
+        outputs=outputs,
+        request_id=request_id,
+        cached=cached,
+        client_id=client_id,
+        latency_ms=elapsed * 1000,
+        when=now,
+    )
+    common = {"model": model_name, "model_version": info["version"], "stage": info["stage"]}
+    if batch:
+        return {
+            "predictions": outputs,
+            **common,
+            "cached": False,
+            "request_id": request_id,
+            "timestamp": now.isoformat(),
+        }
+    return {
+        **outputs[0],
+        **common,
+        "cached": cached,
+        "request_id": request_id,
+        "timestamp": now.isoformat(),
+    }
+
+
+def _log_served(
+    *,
+    entry: dict[str, Any],
+    info: dict[str, Any],
+    rows: Any,
+    loaded: LoadedModel,
+    outputs: list[dict[str, Any]],
+    request_id: str,
+    cached: bool,
+    client_id: str | None,
+    latency_ms: float,
+    when: datetime,
+) -> None:
+    rate = settings.PREDICTION_LOG_SAMPLE_RATE
+    if rate <= 0:
+        return
+    indexes: Any = range(len(outputs))
+    if rate < 1:
+        indexes = [i for i in indexes if random.random() < rate]  # noqa: S311 - sampling
+    cap = settings.PREDICTION_LOG_BATCH_MAX_ROWS
+    if len(indexes) > cap:
+        # Writing every row of large batches would cost more than predicting them; a random
+        # subset (row_index kept) still shows drift what batch traffic looks like.
+        indexes = sorted(random.sample(list(indexes), cap))
+    if not len(indexes):
+        return
+    names = loaded.feature_names if settings.PREDICTION_LOG_STORE_FEATURES else None
+    model_id, version_id, client = entry["model_id"], info["id"], client_id or ""
+    prediction_log_buffer.add(
+        [
+            LogRow(
+                request_id,
+                i,
+                model_id,
+                version_id,
+                names,
+                _plain(rows[i]) if names is not None else None,
+                outputs[i]["prediction"],
+                outputs[i]["confidence"],
+                latency_ms,
+                cached,
+                client,
+                when,
+            )
+            for i in indexes
+        ]
+    )
+
+
+def prediction_log_flush() -> int:
+    """Writes this process's buffered prediction-log rows now (the drift job calls it)."""
+    return prediction_log_buffer.flush()
+
+
+def prediction_log_prune(*, older_than: datetime, batch_size: int = 5000) -> int:
+    """Deletes prediction-log rows created before `older_than`, in batches; returns the count."""
+    deleted = 0
+    while True:
+        ids = list(
+            PredictionLog.objects.filter(created_at__lt=older_than)
+            .order_by("id")
+            .values_list("id", flat=True)[:batch_size]
+        )
+        if not ids:
+            return deleted
+        with transaction.atomic():
+            count, _ = PredictionLog.objects.filter(id__in=ids).delete()
+        deleted += count
+
+
+# --- Feedback -----------------------------------------------------------------------------
+
+
+def prediction_feedback_record(
+    *, request_id: str, actual: Any, actor: Actor, row_index: int | None = None
+) -> int:
+    """Stores the true outcome of a served prediction; returns how many log rows it updated."""
+    rows = PredictionLog.objects.filter(request_id=request_id)
+    if row_index is not None:
+        rows = rows.filter(row_index=row_index)
+    if not rows.exists():
+        prediction_log_flush()  # it may still wait in this process's buffer
+    logged = list(rows.select_related("version__model")[:2])
+    if not logged:
+        raise NotFoundError(
+            f"No logged prediction with request id {request_id!r}"
+            + (f" and row {row_index}" if row_index is not None else "")
+            + " (not logged because of sampling, not flushed yet, or pruned)."
+        )
+    version = logged[0].version
+    if version.model.task == Task.REGRESSION:
+        if isinstance(actual, bool) or not isinstance(actual, int | float):
+            raise ValidationFailed(
+                "actual must be a number for a regression model.",
+                fields={"actual": ["must be a number"]},
+            )
+    elif version.classes is not None and actual not in version.classes:
+        raise ValidationFailed(
+            f"actual must be one of the model's classes: {version.classes}.",
+            fields={"actual": [f"must be one of {version.classes}"]},
+        )
+    count = rows.update(actual=actual, feedback_at=timezone.now())
+    logger.info(
+        "prediction feedback",
+        extra={"request_id": request_id, "rows": count, "actor": getattr(actor, "username", actor)},
+    )
+    return count
+
+
+# --- Traffic splits -----------------------------------------------------------------------
+
+
+def traffic_split_set(
+    *, model: RegisteredModel, splits: list[dict[str, int]], actor: Actor
+) -> list[TrafficSplit]:
+    """Replaces a model's traffic split: weights are whole percents summing to 100, versions
+    belong to the model and are not archived."""
+    errors: dict[str, list[str]] = {}
+    if not splits:
+        raise ValidationFailed("splits must not be empty.", fields={"splits": ["required"]})
+    numbers = [s["version"] for s in splits]
+    if len(set(numbers)) != len(numbers):
+        errors["splits"] = ["a version may appear only once"]
+    total = sum(s["weight"] for s in splits)
+    if total != 100:
+        errors.setdefault("splits", []).append(f"weights must sum to 100, not {total}")
+    with transaction.atomic():
+        locked = RegisteredModel.objects.select_for_update().get(pk=model.pk)
+        versions = {v.version: v for v in locked.versions.filter(version__in=numbers)}
+        for index, number in enumerate(numbers):
+            version = versions.get(number)
+            if version is None:
+                errors[f"splits[{index}].version"] = [f"{locked.name} has no version {number}"]
+            elif version.stage == Stage.ARCHIVED:
+                errors[f"splits[{index}].version"] = [f"v{number} is archived"]
+        if errors:
+            raise ValidationFailed("The traffic split is invalid.", fields=errors)
+        TrafficSplit.objects.filter(model=locked).delete()
+        created = TrafficSplit.objects.bulk_create(
+            [
+                TrafficSplit(model=locked, version=versions[s["version"]], weight=s["weight"])
+                for s in splits
+            ]
+        )
+        transaction.on_commit(partial(routing_invalidate, locked.name))
+    logger.info(
+        "traffic split set",
+        extra={
+            "model": model.name,
+            "splits": {s["version"]: s["weight"] for s in splits},
+            "actor": getattr(actor, "username", actor),
+        },
+    )
+    return created
+
+
+def traffic_split_clear(*, model: RegisteredModel, actor: Actor) -> int:
+    """Ends a model's traffic split: all its traffic goes to the production version again."""
+    with transaction.atomic():
+        locked = RegisteredModel.objects.select_for_update().get(pk=model.pk)
+        count, _ = TrafficSplit.objects.filter(model=locked).delete()
+        transaction.on_commit(partial(routing_invalidate, locked.name))
+    logger.info(
+        "traffic split cleared",
+        extra={"model": model.name, "actor": getattr(actor, "username", actor)},
+    )
+    return count
+
+
+def traffic_split_end_for_archived(*, version: ModelVersion) -> int:
+    """Called inside the transaction that archives `version`: a split naming it ends (every
+    row of that model's split goes), so its traffic returns to the production version."""
+    if not TrafficSplit.objects.filter(version=version).exists():
+        return 0
+    count, _ = TrafficSplit.objects.filter(model_id=version.model_id).delete()
+    logger.info(
+        "traffic split ended: a version in it was archived",
+        extra={"model_id": version.model_id, "version": version.version},
+    )
+    return count

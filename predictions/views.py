@@ -1,0 +1,215 @@
+"""Predictions API: predict (production / split, pinned version, the seeds' alias), traffic
+splits and feedback. Views parse, call one service, render."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.exceptions import ParseError
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from config.errors import NotFoundError
+from mlregistry.models import RegisteredModel
+from mlregistry.permissions import RegistryPermission
+from mlregistry.selectors import registered_model_get, routing_cache_key
+from predictions import selectors, services
+from predictions.auth import CachedTokenAuthentication, auth_cache_key_for_request
+from predictions.cache import cache_get, cache_prefetch, cache_prefetch_clear, cache_set
+from predictions.metrics import VALIDATION_FAILURES
+from predictions.rendering import ORJSONParser, ORJSONRenderer
+from predictions.serializers import (
+    FeedbackInput,
+    FeedbackOutput,
+    PredictionOutput,
+    TrafficSplitInput,
+    TrafficSplitListOutput,
+    TrafficSplitOutput,
+)
+
+_PREDICT_BODY = {
+    "application/json": {
+        "type": "object",
+        "properties": {
+            "features": {"type": "object", "description": "one row: feature name -> value"},
+            "instances": {"type": "array", "items": {"type": "object"}, "description": "a batch"},
+            "client_id": {"type": "string", "description": "sticky A/B routing key"},
+        },
+    }
+}
+_CLIENT_HEADER = OpenApiParameter(
+    "X-Client-Id", str, OpenApiParameter.HEADER, description="sticky A/B routing key"
+)
+
+
+class _PredictBase(APIView):
+    authentication_classes = [CachedTokenAuthentication, SessionAuthentication]
+    permission_classes = [IsAuthenticated]
+    parser_classes = [ORJSONParser]
+    renderer_classes = [ORJSONRenderer]
+
+    # Pinned versions skip the result-key guess (it follows production routing only).
+    guess_result_key = True
+
+    def initial(self, request: Request, *args, **kwargs) -> None:
+        # One cache round trip for the token, the routing entry and (when this process can
+        # guess it) the result, before authentication reads the first of them. Nothing fetched
+        # here is served unless authentication, the access check and routing then agree.
+        keys = []
+        token_key = auth_cache_key_for_request(request)
+        if token_key and settings.PREDICTION_AUTH_CACHE_SECONDS > 0:
+            keys.append(token_key)
+        name = kwargs.get("name")
+        if name:
+            keys.append(routing_cache_key(name))
+            if self.guess_result_key and token_key:
+                try:
+                    guess = services.result_cache_key_guess(model_name=name, payload=request.data)
+                except ParseError as exc:
+                    # DRF forgets a parse error after raising it once: keep it for _serve.
+                    self._parse_error = exc
+                    guess = None
+                if guess:
+                    keys.append(guess)
+        cache_prefetch(keys)
+        super().initial(request, *args, **kwargs)
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        cache_prefetch_clear()
+        return super().finalize_response(request, response, *args, **kwargs)
+
+    def _serve(self, request: Request, name: str, version: int | None = None) -> Response:
+        try:
+            if getattr(self, "_parse_error", None) is not None:
+                raise self._parse_error
+            payload = request.data
+        except ParseError:
+            VALIDATION_FAILURES.labels(model=name).inc()
+            raise
+        result = services.prediction_serve(
+            user=request.user,
+            model_name=name,
+            payload=payload,
+            request_id=request.request_id,
+            version_number=version,
+            client_id=request.headers.get("X-Client-Id") or None,
+        )
+        return Response(result)
+
+
+class PredictView(_PredictBase):
+    @extend_schema(
+        request=_PREDICT_BODY,
+        responses=PredictionOutput,
+        parameters=[_CLIENT_HEADER],
+        summary="Predict with the production version (or the model's traffic split)",
+    )
+    def post(self, request: Request, name: str) -> Response:
+        return self._serve(request, name)
+
+
+class PredictVersionView(_PredictBase):
+    guess_result_key = False
+
+    @extend_schema(
+        request=_PREDICT_BODY,
+        responses=PredictionOutput,
+        summary="Predict with one version (archived versions: staff only)",
+    )
+    def post(self, request: Request, name: str, version: int) -> Response:
+        return self._serve(request, name, version)
+
+
+_SLUG = re.compile(r"^[-a-zA-Z0-9_]{1,100}$")
+
+
+def _model_name_for(model_id: str) -> str:
+    """The seeds addressed models by id or by name; ids never change name, so cache it."""
+    if not model_id.isdigit():
+        if not _SLUG.match(model_id):
+            raise NotFoundError(f"No registered model named {model_id!r}.")
+        return model_id
+    key = f"predict-alias:v1:{model_id}"
+    name = cache_get(key)
+    if name is None:
+        name = (
+            RegisteredModel.objects.filter(pk=int(model_id)).values_list("name", flat=True).first()
+        )
+        if name is None:
+            raise NotFoundError(f"No registered model with id {model_id}.")
+        cache_set(key, name, 300)
+    return name
+
+
+class PredictAliasView(_PredictBase):
+    @extend_schema(
+        request=_PREDICT_BODY,
+        responses=PredictionOutput,
+        summary="Seeds' alias of /models/{name}/predict (model id or name in the path)",
+    )
+    def post(self, request: Request, model_id: str) -> Response:
+        return self._serve(request, _model_name_for(model_id))
+
+
+class TrafficSplitView(APIView):
+    serializer_class = TrafficSplitListOutput
+    permission_classes = [RegistryPermission]
+    write_permissions = {
+        "PUT": "mlregistry.promote_modelversion",
+        "DELETE": "mlregistry.promote_modelversion",
+    }
+
+    def _render(self, model: RegisteredModel) -> dict[str, Any]:
+        rows = selectors.traffic_split_list(model=model)
+        return {"model": model.name, "splits": TrafficSplitOutput(rows, many=True).data}
+
+    @extend_schema(
+        responses=TrafficSplitListOutput,
+        summary="Get a model's traffic split (empty: all traffic to production)",
+    )
+    def get(self, request: Request, name: str) -> Response:
+        return Response(self._render(registered_model_get(name=name)))
+
+    @extend_schema(
+        request=TrafficSplitInput,
+        responses=TrafficSplitListOutput,
+        summary="Set a model's traffic split",
+    )
+    def put(self, request: Request, name: str) -> Response:
+        data = TrafficSplitInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        model = registered_model_get(name=name)
+        services.traffic_split_set(
+            model=model, splits=data.validated_data["splits"], actor=request.user
+        )
+        return Response(self._render(model))
+
+    @extend_schema(responses={204: None}, summary="End a model's traffic split")
+    def delete(self, request: Request, name: str) -> Response:
+        services.traffic_split_clear(model=registered_model_get(name=name), actor=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class FeedbackView(APIView):
+    serializer_class = FeedbackOutput
+    permission_classes = [IsAuthenticated]
+
+    @extend_schema(
+        request=FeedbackInput,
+        responses=FeedbackOutput,
+        summary="Record the true outcome of a prediction",
+    )
+    def post(self, request: Request, request_id: str) -> Response:
+        data = FeedbackInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        count = services.prediction_feedback_record(
+            request_id=request_id, actor=request.user, **data.validated_data
+        )
+        return Response({"request_id": request_id, "rows": count})

@@ -1,0 +1,165 @@
+import os
+import socket
+import time
+
+import pytest
+
+from mlregistry.models import ModelVersion
+from mlregistry.storage import get_artifact_storage
+from predictions.cache import cache_available, cache_get
+from predictions.loader import model_cache
+from predictions.metrics import CACHE_REQUESTS
+from predictions.selectors import routing_entry_get
+from tests.predictions.conftest import IRIS_ROW, OTHER_ROW, iris_version, promote
+
+pytestmark = pytest.mark.django_db
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # nothing listens here once the socket is closed
+
+
+@pytest.fixture
+def redis_down(settings):
+    """Fault injected on purpose: the cache points at a Redis on a port nobody listens on."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{_closed_port()}/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.1, "SOCKET_TIMEOUT": 0.1},
+        }
+    }
+    settings.PREDICTION_CACHE_RETRY_SECONDS = 30
+    yield
+
+
+def _predict(api, row=IRIS_ROW):
+    return api.post("/api/v1/models/iris/predict", {"features": row}, format="json")
+
+
+def test_predictions_answer_uncached_while_redis_is_down(client_api, iris_production, redis_down):
+    errors_before = CACHE_REQUESTS.labels(result="error")._value.get()
+    first = _predict(client_api)
+    assert first.status_code == 200, first.json()
+    assert first.json()["cached"] is False
+    started = time.perf_counter()
+    for _ in range(5):
+        again = _predict(client_api)
+        assert again.status_code == 200 and again.json()["cached"] is False
+    # After the first failure the cache is skipped, not retried with a timeout per request.
+    assert time.perf_counter() - started < 2
+    assert CACHE_REQUESTS.labels(result="error")._value.get() > errors_before
+    assert not cache_available()
+    ready = client_api.get("/health/ready").json()
+    assert ready["status"] == "degraded"
+    assert ready["checks"]["prediction_cache"]["status"] == "degraded"
+    assert ready["checks"]["cache"]["status"] == "degraded"
+
+
+def test_promotion_during_a_redis_outage_is_seen_within_the_local_ttl(
+    client_api, iris_production, iris_model, redis_down, settings
+):
+    settings.PREDICTION_ROUTING_LOCAL_TTL = 0.2
+    assert _predict(client_api).json()["model_version"] == 1
+    promote(iris_version(iris_model, c=0.01))  # its invalidation cannot reach Redis
+    time.sleep(0.3)
+    assert _predict(client_api).json()["model_version"] == 2
+
+
+def test_routing_entry_is_cached_until_a_stage_change(iris_production, iris_model):
+    entry = routing_entry_get(name="iris")
+    assert entry["production"] == iris_production.pk and entry["split"] == []
+    assert cache_get("routing:v1:iris") == entry
+    promote(iris_version(iris_model, c=0.01))
+    assert cache_get("routing:v1:iris") is None
+    fresh = routing_entry_get(name="iris")
+    assert fresh["versions"][fresh["production"]]["version"] == 2
+
+
+def test_a_stale_write_racing_a_promotion_is_corrected(iris_production, iris_model, monkeypatch):
+    # Simulates the race on purpose: the promotion commits (and invalidates) between this
+    # process's database read and its cache write.
+    from predictions import selectors
+
+    newer = iris_version(iris_model, c=0.01)
+    real = selectors.routing_entry_from_db
+    calls = []
+
+    def racing(*, name):
+        entry = real(name=name)
+        if not calls:
+            promote(newer)
+        calls.append(name)
+        return entry
+
+    monkeypatch.setattr(selectors, "routing_entry_from_db", racing)
+    entry = routing_entry_get(name="iris")
+    assert entry["production"] == newer.pk
+    assert cache_get("routing:v1:iris")["production"] == newer.pk
+
+
+def test_model_cache_is_an_lru_of_the_configured_size(
+    client_api, iris_production, iris_model, settings
+):
+    settings.PREDICTION_MODEL_CACHE_SIZE = 1
+    iris_version(iris_model, c=0.01)
+    _predict(client_api)
+    assert len(model_cache) == 1
+    pinned = client_api.post(
+        "/api/v1/models/iris/versions/2/predict", {"features": OTHER_ROW}, format="json"
+    )
+    assert pinned.status_code == 200 and len(model_cache) == 1
+    assert _predict(client_api, OTHER_ROW).json()["model_version"] == 1
+
+
+def test_tampered_artifact_is_refused_with_503(client_api, iris_production):
+    version = ModelVersion.objects.get(pk=iris_production.pk)
+    path = get_artifact_storage().path(version.artifact.name)
+    with open(path, "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"tampered")
+    response = _predict(client_api)
+    assert response.status_code == 503
+    assert response.json()["error"]["type"] == "artifact_integrity_error"
+    ready = client_api.get("/health/ready")
+    assert ready.status_code == 503 and ready.json()["checks"]["models"]["status"] == "down"
+
+
+def test_missing_artifact_is_503_not_500(client_api, iris_production):
+    version = ModelVersion.objects.get(pk=iris_production.pk)
+    get_artifact_storage().delete(version.artifact.name)
+    response = _predict(client_api)
+    assert (
+        response.status_code == 503 and "could not be loaded" in response.json()["error"]["message"]
+    )
+
+
+def test_readiness_loads_every_production_model(client_api, iris_production):
+    body = client_api.get("/health/ready").json()
+    assert body["checks"]["models"]["status"] == "ok"
+    assert body["checks"]["prediction_cache"]["status"] == "ok"
+    assert len(model_cache) == 1  # warmed before the first request
+
+
+@pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs Redis (REDIS_URL)")
+def test_result_written_behind_reaches_redis(client_api, iris_production, settings):
+    settings.PREDICTION_CACHE_WRITE_BEHIND = True
+    assert _predict(client_api, OTHER_ROW).json()["cached"] is False
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if _predict(client_api, OTHER_ROW).json()["cached"]:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the result never reached the cache")
+
+
+def test_local_memory_cache_is_written_at_once_even_with_write_behind(
+    client_api, iris_production, settings
+):
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    settings.PREDICTION_CACHE_WRITE_BEHIND = True
+    _predict(client_api, OTHER_ROW)
+    assert _predict(client_api, OTHER_ROW).json()["cached"] is True
