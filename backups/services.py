@@ -699,13 +699,34 @@ def backup_retention_apply(
     return deleted
 
 
-def artifacts_sweep(*, now: datetime | None = None, min_age: timedelta | None = None) -> list[str]:
-    """Removes artifact files no ModelVersion references; never young files (uploads in flight)."""
-    from mlregistry.models import ModelVersion
+# Content-addressed namespaces the sweep may clean, each with the rows that reference its files.
+# Anything else in the store (the admin's parked uploads under pending/) has its own expiry.
+def _referenced_store_files() -> set[str]:
+    from mlregistry.models import Dataset, ModelVersion
 
+    referenced = set(ModelVersion.objects.values_list("artifact", flat=True))
+    referenced |= set(Dataset.objects.exclude(file="").values_list("file", flat=True))
+    return referenced
+
+
+def _is_referenced(name: str) -> bool:
+    from mlregistry.models import Dataset, ModelVersion
+
+    return (
+        ModelVersion.objects.filter(artifact=name).exists()
+        or Dataset.objects.filter(file=name).exists()
+    )
+
+
+SWEPT_PREFIXES = ("sha256/", "datasets/")
+
+
+def artifacts_sweep(*, now: datetime | None = None, min_age: timedelta | None = None) -> list[str]:
+    """Removes version artifacts and dataset files that no row references; never young files
+    (uploads in flight), never files outside those namespaces."""
     now = now or timezone.now()
     min_age = min_age or timedelta(seconds=settings.ARTIFACT_SWEEP_MIN_AGE_SECONDS)
-    referenced = set(ModelVersion.objects.values_list("artifact", flat=True))
+    referenced = _referenced_store_files()
     newest_allowed = (now - min_age).timestamp()
     root = Path(settings.MODEL_STORE_DIR)
     removed = []
@@ -713,11 +734,13 @@ def artifacts_sweep(*, now: datetime | None = None, min_age: timedelta | None = 
         if path.is_symlink() or not path.is_file():
             continue
         name = path.relative_to(root).as_posix()
+        if not name.startswith(SWEPT_PREFIXES):
+            continue
         if name in referenced or path.stat().st_mtime > newest_allowed:
             continue
         # Asked again right before unlinking: an upload of the same bytes may have just
         # registered this content-addressed name.
-        if ModelVersion.objects.filter(artifact=name).exists():
+        if _is_referenced(name):
             continue
         path.unlink()
         removed.append(name)
@@ -725,7 +748,10 @@ def artifacts_sweep(*, now: datetime | None = None, min_age: timedelta | None = 
 
 
 def retention_cleanup_run(*, now: datetime | None = None) -> dict[str, Any]:
-    """The hourly cleanup: old backups, old prediction logs, unreferenced artifacts."""
+    """The hourly cleanup: old backups, old prediction logs, unreferenced artifacts and parked
+    admin uploads nobody confirmed within a day."""
+    from mlregistry.services import pending_uploads_prune
+
     now = now or timezone.now()
     try:
         from predictions.services import prediction_log_prune
@@ -743,4 +769,5 @@ def retention_cleanup_run(*, now: datetime | None = None) -> dict[str, Any]:
         "backups_deleted": backup_retention_apply(now=now),
         "prediction_logs_pruned": pruned,
         "artifacts_swept": artifacts_sweep(now=now),
+        "pending_uploads_pruned": pending_uploads_prune(),
     }

@@ -378,6 +378,46 @@ def test_sweep_collects_artifacts_of_a_deleted_model_only(registry):
     assert all(root_path(v.artifact.name).exists() for v in ModelVersion.objects.all())
 
 
+def test_sweep_keeps_dataset_files_and_parked_uploads(registry):
+    """Dataset files and the admin's parked uploads share the store: only orphans of the
+    swept namespaces go."""
+    import io
+
+    from mlregistry import training
+
+    dataset = training.dataset_create(
+        name="flowers",
+        file=io.BytesIO(b"a,b,y\n1,2,0\n3,4,1\n"),
+        file_format="csv",
+        target_column="y",
+        feature_columns=["a", "b"],
+        actor="tests",
+    )
+    root = Path(settings.MODEL_STORE_DIR)
+    kept = [root / dataset.file.name, root / "pending/tok/abc.upload"]
+    orphan_dataset = root / "datasets/00/orphan.csv"
+    for path in (kept[1], orphan_dataset):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    for path in root.rglob("*"):
+        if path.is_file():
+            _age(path, 48)
+
+    removed = services.artifacts_sweep()
+
+    assert removed == ["datasets/00/orphan.csv"]
+    assert all(path.exists() for path in kept)
+
+
+def test_cleanup_prunes_parked_uploads_after_a_day(registry):
+    parked = Path(settings.MODEL_STORE_DIR) / "pending/tok/abc.upload"
+    parked.parent.mkdir(parents=True, exist_ok=True)
+    parked.write_bytes(b"x")
+    _age(parked, 30)
+    summary = services.retention_cleanup_run(now=NOW)
+    assert summary["pending_uploads_pruned"] == 1 and not parked.exists()
+
+
 def root_path(name: str) -> Path:
     return Path(settings.MODEL_STORE_DIR) / name
 
