@@ -33,11 +33,7 @@ def test_the_stack_has_every_service():
 
 @pytest.mark.parametrize("service", APP_SERVICES)
 def test_every_variable_compose_sets_is_read_by_the_code(service):
-    unread = (
-        set(SERVICES[service]["environment"])
-        - _variables_the_code_reads()
-        - READ_BY_LIBRARIES
-    )
+    unread = set(SERVICES[service]["environment"]) - _variables_the_code_reads() - READ_BY_LIBRARIES
     assert not unread, f"{service} sets variables nothing reads: {sorted(unread)}"
 
 
