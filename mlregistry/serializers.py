@@ -91,6 +91,11 @@ class ModelVersionUploadInput(serializers.Serializer):
     params = JSONStringField(required=False)
     metadata = JSONStringField(required=False)
     reference_sample = JSONStringField(required=False)
+    expected_sha256 = serializers.RegexField(
+        r"^[0-9a-fA-F]{64}$",
+        required=False,
+        help_text="SHA-256 the client computed: the upload is refused if the bytes differ.",
+    )
 
     def _object(self, value: Any, name: str) -> Any:
         if value is not None and not isinstance(value, dict):

@@ -130,3 +130,16 @@ def test_same_bytes_twice_share_one_stored_file(iris_model):
     first = factories.version_create(iris_model)
     second = factories.version_create(iris_model)
     assert first.artifact.name == second.artifact.name and second.version == 2
+
+
+def test_expected_sha256_guards_the_upload_in_transit(staff_api, iris_model):
+    import hashlib
+
+    good = hashlib.sha256(factories.iris_classifier_bytes()).hexdigest()
+    refused = _upload(staff_api, expected_sha256="0" * 64)
+    assert refused.status_code == 400
+    assert "checksum mismatch" in refused.json()["error"]["message"]
+    assert not ModelVersion.objects.exists()
+    assert _upload(staff_api, expected_sha256="not-a-hash").status_code == 400
+    accepted = _upload(staff_api, expected_sha256=good.upper())
+    assert accepted.status_code == 201 and accepted.json()["artifact_sha256"] == good
