@@ -269,9 +269,6 @@ def main() -> None:
         "CACHE_KEY_PREFIX": f"mlr-bench-{os.getpid()}",
         "PROMETHEUS_MULTIPROC_DIR": str(workdir / "prometheus"),
         "PYTHONPATH": str(ROOT),
-        # A random forest's skops file holds sklearn.tree._tree.Tree, outside skops' default
-        # trusted types: an operator serving forests trusts it the same way.
-        "SKOPS_TRUSTED_TYPES": os.environ.get("SKOPS_TRUSTED_TYPES", "sklearn.tree._tree.Tree"),
         # The throttle still counts every request (its cost is measured) but never refuses one:
         # a 429 would be a cheap answer that flatters the figures.
         "THROTTLE_PREDICT_RATE": os.environ.get("THROTTLE_PREDICT_RATE", "1000000000/min"),

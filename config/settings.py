@@ -181,9 +181,23 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Registry ---
-# Types a skops artifact may contain beyond skops' own defaults (which cover scikit-learn,
-# numpy and scipy). Anything else is refused at upload with the list of offending types.
-SKOPS_TRUSTED_TYPES = env_list("SKOPS_TRUSTED_TYPES", [])
+# Types a skops artifact may contain beyond skops' own defaults. Anything else is refused at
+# upload with the list of offending types. The defaults are scikit-learn's own compiled
+# structures (trees of forests and boosting, neighbour indexes), which skops rebuilds from plain
+# state but leaves untrusted; a team's own functions or classes are never on it. Setting the
+# variable replaces this list.
+SKOPS_TRUSTED_TYPES = env_list(
+    "SKOPS_TRUSTED_TYPES",
+    [
+        "sklearn.tree._tree.Tree",
+        "sklearn.neighbors._kd_tree.KDTree",
+        "sklearn.neighbors._ball_tree.BallTree",
+        "sklearn.metrics._dist_metrics.EuclideanDistance64",
+        "sklearn.metrics._dist_metrics.ManhattanDistance64",
+        "sklearn.metrics._dist_metrics.MinkowskiDistance64",
+        "sklearn.metrics._dist_metrics.ChebyshevDistance64",
+    ],
+)
 # Globals a pickle/joblib artifact may import ("pkg.*" = a package and its submodules),
 # checked statically before it is stored and again before it is loaded.
 PICKLE_ALLOWED_GLOBALS = env_list(

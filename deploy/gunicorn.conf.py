@@ -15,7 +15,7 @@ keepalive = 5
 max_requests = int(os.environ.get("WEB_MAX_REQUESTS", "5000"))
 max_requests_jitter = max_requests // 10
 # Heartbeat files on tmpfs: a container's overlay disk can stall and get healthy workers killed.
-worker_tmp_dir = "/dev/shm"  # noqa: S108
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108
 # The app writes one JSON line per request (config/request_log.py); gunicorn's would duplicate it.
 accesslog = None
 errorlog = "-"

@@ -14,7 +14,7 @@ export DJANGO_SECURE_COOKIES="${DJANGO_SECURE_COOKIES:-false}"
 mkdir -p var/celery/queue var/celery/processed
 $PY manage.py migrate --noinput >/dev/null
 $PY manage.py collectstatic --noinput >/dev/null
-$PY manage.py setup_schedules >/dev/null 2>&1 || true
+$PY manage.py setup_schedules >/dev/null
 bootstrap=$($PY manage.py bootstrap_demo)
 echo "$bootstrap"
 token=$($PY manage.py create_api_token demo-client 2>/dev/null | tail -n 1)
@@ -35,7 +35,8 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-.venv/bin/gunicorn config.wsgi:application --bind "127.0.0.1:${PORT}" \
+# The deployment's gunicorn config (exit hooks flush the prediction log); the flags win over it.
+.venv/bin/gunicorn config.wsgi:application --config deploy/gunicorn.conf.py --bind "127.0.0.1:${PORT}" \
   --workers "$WEB_WORKERS" --threads "$WEB_THREADS" --timeout "${WEB_TIMEOUT:-30}" \
   --log-level warning &
 pids+=($!)

@@ -247,3 +247,19 @@ def test_pickle_permission_is_checked_for_job_actors_too(iris_model):
             artifact_format="joblib",
             input_schema=["a"],
         )
+
+
+def test_default_trust_list_admits_forests_but_not_custom_code(iris_model):
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.preprocessing import FunctionTransformer
+
+    x, y = factories.iris_frame()
+    forest = RandomForestClassifier(n_estimators=3, random_state=0).fit(x, y)
+    version = services.model_version_create(
+        model=iris_model, artifact=io.BytesIO(sio.dumps(forest)), actor="t"
+    )
+    assert (artifacts.load_version_estimator(version).predict(x) == forest.predict(x)).all()
+    with pytest.raises(artifacts.ArtifactError, match="double"):
+        services.model_version_create(
+            model=iris_model, artifact=io.BytesIO(sio.dumps(FunctionTransformer(double))), actor="t"
+        )
