@@ -417,6 +417,8 @@ PREDICTION_ROUTING_LOCAL_TTL = env_float("PREDICTION_ROUTING_LOCAL_TTL", 2.0)
 PREDICTION_MAX_BATCH_ROWS = env_int("PREDICTION_MAX_BATCH_ROWS", 10_000, minimum=1)
 # Loaded estimators kept per process (LRU keyed by version id + sha256).
 PREDICTION_MODEL_CACHE_SIZE = env_int("PREDICTION_MODEL_CACHE_SIZE", 8, minimum=1)
+# ...and at most this many megabytes of them (measured by artifact size), per process.
+PREDICTION_MODEL_CACHE_MAX_MB = env_int("PREDICTION_MODEL_CACHE_MAX_MB", 1024, minimum=1)
 # Prediction log: the share of served rows recorded (0..1), buffered in-process and
 # bulk-inserted every PREDICTION_LOG_FLUSH_SECONDS or PREDICTION_LOG_FLUSH_ROWS rows.
 PREDICTION_LOG_SAMPLE_RATE = env_float("PREDICTION_LOG_SAMPLE_RATE", 1.0)

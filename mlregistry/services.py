@@ -378,6 +378,8 @@ def model_version_create(
                 source=source,
                 created_by=user,
             )
+            # The routing entry lists the versions a client may pin: it must learn of this one.
+            transaction.on_commit(partial(routing_invalidate, locked.name))
     except BaseException:
         _delete_if_unreferenced(stored_name)
         raise

@@ -54,6 +54,9 @@ class LoadedModel:
     all_required_floats: bool  # eligible for validation.fast_numeric_rows
     lows: Any
     highs: Any
+    # Bytes of the artifact: numpy arrays dominate a fitted estimator and skops stores them
+    # uncompressed, so this tracks its resident size closely enough to bound the cache.
+    size_bytes: int = 0
 
     def matrix(self, rows: Any) -> Any:
         """The estimator's input for validated rows (values in schema order)."""
@@ -144,11 +147,21 @@ class ModelCache:
                 loaded = self._load(info, model_name=model_name)
                 with self._lock:
                     self._items[key] = loaded
-                    while len(self._items) > settings.PREDICTION_MODEL_CACHE_SIZE:
-                        self._items.popitem(last=False)
+                    self._evict()
         with self._lock:
             self._loading.pop(key, None)
         return loaded
+
+    def _evict(self) -> None:
+        """Drops least recently used models past PREDICTION_MODEL_CACHE_SIZE models or
+        PREDICTION_MODEL_CACHE_MAX_MB; the newest always stays, however large, so it serves."""
+        limit = settings.PREDICTION_MODEL_CACHE_MAX_MB * 1024 * 1024
+        total = sum(item.size_bytes for item in self._items.values())
+        while len(self._items) > 1 and (
+            len(self._items) > settings.PREDICTION_MODEL_CACHE_SIZE or total > limit
+        ):
+            _, dropped = self._items.popitem(last=False)
+            total -= dropped.size_bytes
 
     def _load(self, info: dict[str, Any], *, model_name: str) -> LoadedModel:
         started = time.perf_counter()
@@ -158,6 +171,7 @@ class ModelCache:
                 data = handle.read()
             verify_sha256(data, info["sha256"])
             loaded = _prepare(info, deserialize(data, info["format"]))
+            loaded.size_bytes = len(data)
         except Exception as exc:
             MODEL_LOADS.labels(model=model_name, version=version, result="error").inc()
             logger.exception(

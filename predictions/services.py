@@ -65,9 +65,10 @@ def _route(
         version_id = entry["by_number"].get(version_number)
         if version_id is not None:
             return entry["versions"][version_id]
-        # Not in the entry: archived or absent. Staff may still query archived versions.
+        # Not in the entry: archived, absent, or newer than the entry (an invalidation another
+        # process's local cache could not see). Staff may still query archived versions.
         version = model_version_get(name=entry["name"], version=version_number)
-        if not getattr(user, "is_staff", False):
+        if version.stage == Stage.ARCHIVED and not getattr(user, "is_staff", False):
             raise ForbiddenError(
                 f"{entry['name']} v{version_number} is archived; only staff may query it."
             )

@@ -114,6 +114,24 @@ def test_model_cache_is_an_lru_of_the_configured_size(
     assert _predict(client_api, OTHER_ROW).json()["model_version"] == 1
 
 
+def test_model_cache_is_bounded_by_megabytes_too(client_api, iris_production, iris_model, settings):
+    settings.PREDICTION_MODEL_CACHE_SIZE = 8
+    settings.PREDICTION_MODEL_CACHE_MAX_MB = 1  # each iris artifact is a few KB: fake a big one
+    _predict(client_api)
+    (loaded,) = model_cache._items.values()
+    loaded.size_bytes = 1024 * 1024
+    iris_version(iris_model, c=0.01)
+    pinned = client_api.post(
+        "/api/v1/models/iris/versions/2/predict", {"features": OTHER_ROW}, format="json"
+    )
+    assert pinned.status_code == 200
+    assert [key[0] for key in model_cache._items] == [
+        pinned.json() and ModelVersion.objects.get(version=2).pk
+    ]
+    assert model_cache.peek(loaded.version_id, loaded.sha256) is None
+    assert next(iter(model_cache._items.values())).size_bytes > 0
+
+
 def test_tampered_artifact_is_refused_with_503(client_api, iris_production):
     version = ModelVersion.objects.get(pk=iris_production.pk)
     path = get_artifact_storage().path(version.artifact.name)
