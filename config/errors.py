@@ -29,6 +29,11 @@ class DomainError(Exception):
         self.message = message
         self.fields = fields or {}
 
+    def full_message(self) -> str:
+        """The message with its field details, for places without a fields list (admin pages)."""
+        details = "; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in self.fields.items())
+        return self.message + (f" ({details})" if details and details not in self.message else "")
+
 
 class ValidationFailed(DomainError):
     status_code = 400

@@ -40,11 +40,6 @@ STAGE_VERBS = {
 }
 
 
-def _message_for(exc: DomainError) -> str:
-    details = "; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in exc.fields.items())
-    return exc.message + (f" ({details})" if details and details not in exc.message else "")
-
-
 def _refusal(exc: DomainError) -> dict[str, Any]:
     """A refusal as the templates show it: the message and, for artifacts, the offending types."""
     return {
@@ -164,7 +159,7 @@ class RegisteredModelAdmin(RegisteredModelOverviewMixin, admin.ModelAdmin):
                 expected_production_pk=form.cleaned_data["expected_production"],
             )
         except DomainError as exc:
-            self.message_user(request, f"Rollback refused: {_message_for(exc)}", messages.ERROR)
+            self.message_user(request, f"Rollback refused: {exc.full_message()}", messages.ERROR)
         else:
             self.message_user(
                 request, f"Rolled back: {model.name} v{version.version} serves production again."
@@ -179,7 +174,7 @@ class RegisteredModelAdmin(RegisteredModelOverviewMixin, admin.ModelAdmin):
             try:
                 version = services.model_version_rollback(model=model, actor=request.user)
             except DomainError as exc:
-                self.message_user(request, f"{model.name}: {_message_for(exc)}", messages.ERROR)
+                self.message_user(request, f"{model.name}: {exc.full_message()}", messages.ERROR)
             else:
                 self.message_user(
                     request, f"{model.name}: v{version.version} is back in production."
@@ -403,7 +398,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
             )
             return HttpResponseRedirect(upload_url)
         except DomainError as exc:
-            self.message_user(request, f"Upload refused: {_message_for(exc)}", messages.ERROR)
+            self.message_user(request, f"Upload refused: {exc.full_message()}", messages.ERROR)
             return HttpResponseRedirect(upload_url)
         finally:
             services.pending_upload_discard(name=entry["name"])
@@ -449,7 +444,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
                     expected_production_pk=data["expected_production"],
                 )
             except DomainError as exc:
-                self.message_user(request, f"Refused: {_message_for(exc)}", messages.ERROR)
+                self.message_user(request, f"Refused: {exc.full_message()}", messages.ERROR)
             else:
                 self.message_user(request, f"{version} is now in {stage}.")
             return HttpResponseRedirect(
@@ -479,7 +474,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
             try:
                 services.model_version_transition(version=version, stage=stage, actor=request.user)
             except DomainError as exc:
-                self.message_user(request, f"{version}: {_message_for(exc)}", messages.ERROR)
+                self.message_user(request, f"{version}: {exc.full_message()}", messages.ERROR)
             else:
                 self.message_user(request, f"{version} is now in {stage}.")
         return None

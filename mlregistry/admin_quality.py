@@ -31,11 +31,6 @@ from mlregistry.models import (
 from mlregistry.reference import model_version_reference_attach
 
 
-def _message_for(exc: DomainError) -> str:
-    details = "; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in exc.fields.items())
-    return exc.message + (f" ({details})" if details and details not in exc.message else "")
-
-
 def _form_page(model_admin, request, form, *, title: str, submit: str) -> TemplateResponse:
     context = {
         **model_admin.admin_site.each_context(request),
@@ -121,7 +116,7 @@ class RegisteredModelOverviewMixin:
                             actor=request.user,
                         )
                     except DomainError as exc:
-                        attach_form.add_error(None, _message_for(exc))
+                        attach_form.add_error(None, exc.full_message())
                     else:
                         self.message_user(
                             request,
@@ -246,7 +241,7 @@ class DatasetAdmin(admin.ModelAdmin):
                     sql_query=data["sql_query"],
                 )
             except DomainError as exc:
-                form.add_error(None, _message_for(exc))
+                form.add_error(None, exc.full_message())
             else:
                 self.message_user(request, f"Dataset {dataset.name} created.")
                 return HttpResponseRedirect(
@@ -448,7 +443,7 @@ class TrainingJobAdmin(admin.ModelAdmin):
                     recurring=data["recurring"],
                 )
             except DomainError as exc:
-                form.add_error(None, _message_for(exc))
+                form.add_error(None, exc.full_message())
             else:
                 self.message_user(request, f"Training job #{job.pk} queued.")
                 return HttpResponseRedirect(
