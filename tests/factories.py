@@ -40,6 +40,9 @@ def token_create(user: User) -> str:
     return AuthToken.objects.create(user=user)[1]
 
 
+IRIS_FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+
+
 @cache
 def iris_frame():
     from sklearn.datasets import load_iris
@@ -86,4 +89,23 @@ def version_create(
 ) -> ModelVersion:
     return services.model_version_create(
         model=model, artifact=io.BytesIO(iris_classifier_bytes(c)), actor=actor, **kwargs
+    )
+
+
+def iris_dataset_create(
+    name: str = "iris-data", *, frame=None, actor: User | str = "tests", **kwargs
+):
+    """A CSV dataset of iris (features + `species` target), through the dataset service."""
+    from mlregistry import training
+
+    if frame is None:
+        x, y = iris_frame()
+        frame = x.assign(species=y)
+    return training.dataset_create(
+        name=name,
+        actor=actor,
+        target_column="species",
+        feature_columns=IRIS_FEATURES,
+        file=io.BytesIO(frame.to_csv(index=False).encode()),
+        **kwargs,
     )

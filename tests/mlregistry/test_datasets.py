@@ -11,7 +11,7 @@ from tests import factories
 
 pytestmark = pytest.mark.django_db
 
-NAMES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+NAMES = factories.IRIS_FEATURES
 
 
 def iris_table() -> pd.DataFrame:

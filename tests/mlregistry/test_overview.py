@@ -18,7 +18,7 @@ from tests import factories
 
 pytestmark = pytest.mark.django_db
 
-NAMES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+NAMES = factories.IRIS_FEATURES
 
 
 @pytest.fixture
@@ -218,14 +218,7 @@ def test_reference_sample_is_attached_from_the_overview(admin_client, iris_model
 def test_training_job_admin_starts_a_job_and_shows_cv_and_comparison(
     admin_client, iris_model, django_capture_on_commit_callbacks
 ):
-    x, y = factories.iris_frame()
-    dataset = training.dataset_create(
-        name="iris-data",
-        actor="t",
-        target_column="species",
-        feature_columns=NAMES,
-        file=io.BytesIO(x.assign(species=y).to_csv(index=False).encode()),
-    )
+    dataset = factories.iris_dataset_create("iris-data", actor="t")
     champion = factories.version_create(iris_model, c=0.01)
     services.model_version_transition(version=champion, stage=Stage.PRODUCTION, actor="t")
     assert admin_client.get("/admin/mlregistry/trainingjob/add/").status_code == 200
@@ -285,14 +278,7 @@ def test_training_job_admin_starts_a_job_and_shows_cv_and_comparison(
 def test_run_again_sends_only_unfinished_jobs(
     admin_client, iris_model, django_capture_on_commit_callbacks
 ):
-    x, y = factories.iris_frame()
-    dataset = training.dataset_create(
-        name="d",
-        actor="t",
-        target_column="species",
-        feature_columns=NAMES,
-        file=io.BytesIO(x.assign(species=y).to_csv(index=False).encode()),
-    )
+    dataset = factories.iris_dataset_create("d", actor="t")
     queued = training.training_job_create(
         model=iris_model, dataset=dataset, actor="t", enqueue=False
     )

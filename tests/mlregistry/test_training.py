@@ -21,7 +21,7 @@ from tests import factories
 
 pytestmark = pytest.mark.django_db
 
-NAMES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+NAMES = factories.IRIS_FEATURES
 
 
 @pytest.fixture(autouse=True)
@@ -29,18 +29,7 @@ def _trust_trees(settings):
     settings.SKOPS_TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
 
 
-def iris_dataset(name: str = "iris-data", frame=None, **kwargs):
-    if frame is None:
-        x, y = factories.iris_frame()
-        frame = x.assign(species=y)
-    return training.dataset_create(
-        name=name,
-        actor="tests",
-        target_column="species",
-        feature_columns=NAMES,
-        file=io.BytesIO(frame.to_csv(index=False).encode()),
-        **kwargs,
-    )
+iris_dataset = factories.iris_dataset_create
 
 
 def champion_create(model, estimator):

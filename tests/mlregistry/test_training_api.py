@@ -9,7 +9,7 @@ from tests import factories
 
 pytestmark = pytest.mark.django_db
 
-NAMES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+NAMES = factories.IRIS_FEATURES
 
 
 @pytest.fixture

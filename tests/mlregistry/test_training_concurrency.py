@@ -1,6 +1,5 @@
 """Two deliveries of one training job at once (Postgres: real row locks)."""
 
-import io
 import threading
 
 import pytest
@@ -10,7 +9,7 @@ from mlregistry import services, training
 from mlregistry.models import ModelVersion, Stage, TrainingJob, TrainingStatus, VersionSource
 from tests import factories
 
-NAMES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+NAMES = factories.IRIS_FEATURES
 
 
 @pytest.mark.postgres
@@ -19,14 +18,7 @@ def test_two_simultaneous_runs_of_one_job_register_one_candidate():
     model = factories.registered_model_create("iris")
     champion = factories.version_create(model, c=0.01)
     services.model_version_transition(version=champion, stage=Stage.PRODUCTION, actor="t")
-    x, y = factories.iris_frame()
-    dataset = training.dataset_create(
-        name="iris-data",
-        actor="t",
-        target_column="species",
-        feature_columns=NAMES,
-        file=io.BytesIO(x.assign(species=y).to_csv(index=False).encode()),
-    )
+    dataset = factories.iris_dataset_create("iris-data", actor="t")
     job = training.training_job_create(
         model=model,
         dataset=dataset,

@@ -21,7 +21,7 @@ from tests import factories
 
 BROKER_URL = os.environ.get("CELERY_TEST_BROKER_URL", "redis://127.0.0.1:6379/5")
 ROOT = Path(__file__).resolve().parents[2]
-NAMES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+NAMES = factories.IRIS_FEATURES
 
 
 def _broker_answers(url: str) -> bool:
@@ -56,13 +56,7 @@ def test_training_job_runs_end_to_end_in_a_real_worker(settings, tmp_path):
         model=model, artifact=io.BytesIO(sio.dumps(weak)), actor="tests"
     )
     services.model_version_transition(version=champion, stage=Stage.PRODUCTION, actor="tests")
-    dataset = training.dataset_create(
-        name="iris-data",
-        actor="tests",
-        target_column="species",
-        feature_columns=NAMES,
-        file=io.BytesIO(x.assign(species=y).to_csv(index=False).encode()),
-    )
+    dataset = factories.iris_dataset_create("iris-data", actor="tests")
     job = training.training_job_create(
         model=model,
         dataset=dataset,

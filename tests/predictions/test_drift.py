@@ -13,7 +13,7 @@ from tests import factories
 
 pytestmark = pytest.mark.django_db
 
-NAMES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
+NAMES = factories.IRIS_FEATURES
 MEANS = [5.8, 3.0, 3.7, 1.2]
 SCALES = [0.8, 0.4, 1.7, 0.7]
 AS_OF = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
