@@ -181,16 +181,27 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def load_version_estimator(version: Any) -> Any:
-    """Reads a version's stored bytes once, checks their SHA-256, then deserialises those bytes."""
+class ArtifactMissingError(ArtifactIntegrityError):
+    error_type = "artifact_missing"
+
+
+def read_verified(name: str, sha256: str, *, what: str) -> bytes:
+    """A stored file's bytes, read once and checked against the SHA-256 recorded for them;
+    callers deserialise exactly these bytes."""
     from mlregistry.storage import get_artifact_storage
 
     try:
-        with get_artifact_storage().open(version.artifact.name, "rb") as handle:
+        with get_artifact_storage().open(name, "rb") as handle:
             data = handle.read()
     except FileNotFoundError:
-        raise ArtifactIntegrityError(
-            f"The artifact of {version} is missing from the store; refusing to serve it."
+        raise ArtifactMissingError(
+            f"{what} could not be loaded: its file is missing from the store."
         ) from None
-    verify_sha256(data, version.artifact_sha256)
+    verify_sha256(data, sha256)
+    return data
+
+
+def load_version_estimator(version: Any) -> Any:
+    """A version's estimator, from verified bytes."""
+    data = read_verified(version.artifact.name, version.artifact_sha256, what=str(version))
     return deserialize(data, version.artifact_format)

@@ -17,7 +17,6 @@ from django.db import DatabaseError, connections, transaction
 from config.errors import ValidationFailed
 from mlregistry import artifacts
 from mlregistry.models import Dataset, DatasetSource, FileFormat, MissingPolicy
-from mlregistry.storage import get_artifact_storage
 
 
 class DatasetError(ValidationFailed):
@@ -104,16 +103,14 @@ def _read_sql(dataset: Dataset) -> pd.DataFrame:
 
 
 def _read_file(dataset: Dataset) -> pd.DataFrame:
-    storage = get_artifact_storage()
     try:
-        with storage.open(dataset.file.name, "rb") as handle:
-            data = handle.read()
-    except OSError:
+        data = artifacts.read_verified(
+            dataset.file.name, dataset.file_sha256, what=f"Dataset {dataset.name!r}"
+        )
+    except artifacts.ArtifactMissingError:
         raise DatasetError(
             "file_missing", f"The file of dataset {dataset.name!r} is gone."
         ) from None
-    try:
-        artifacts.verify_sha256(data, dataset.file_sha256)
     except artifacts.ArtifactIntegrityError as exc:
         raise DatasetError("file_integrity", exc.message) from None
     return read_table(data, dataset.file_format)

@@ -18,8 +18,7 @@ import numpy as np
 from django.conf import settings
 
 from config.errors import UnavailableError
-from mlregistry.artifacts import deserialize, verify_sha256
-from mlregistry.storage import get_artifact_storage
+from mlregistry.artifacts import deserialize, read_verified
 from predictions.metrics import MODEL_LOAD_SECONDS, MODEL_LOADS
 
 logger = logging.getLogger(__name__)
@@ -167,9 +166,9 @@ class ModelCache:
         started = time.perf_counter()
         version = str(info["version"])
         try:
-            with get_artifact_storage().open(info["artifact"], "rb") as handle:
-                data = handle.read()
-            verify_sha256(data, info["sha256"])
+            data = read_verified(
+                info["artifact"], info["sha256"], what=f"{model_name} v{info['version']}"
+            )
             loaded = _prepare(info, deserialize(data, info["format"]))
             loaded.size_bytes = len(data)
         except Exception as exc:
