@@ -352,6 +352,8 @@ def prediction_feedback_record(
             + " (not logged because of sampling, not flushed yet, or pruned)."
         )
     version = logged[0].version
+    # A client restricted to other models learns nothing about this one: the same 404.
+    model_access_check(user=actor, model_name=version.model.name)
     if version.model.task == Task.REGRESSION:
         if isinstance(actual, bool) or not isinstance(actual, int | float):
             raise ValidationFailed(

@@ -63,6 +63,26 @@ def test_feedback_errors(client_api, iris_production):
     assert _feedback(client_api, body["request_id"], 0, row_index=3).status_code == 404
 
 
+def test_a_client_restricted_to_other_models_cannot_give_feedback_here(
+    client_api, iris_production, django_capture_on_commit_callbacks
+):
+    from django.contrib.auth.models import User
+
+    from mlregistry.models import ApiClientPolicy
+
+    body = _serve(client_api, SETOSA)
+    other = factories.registered_model_create("other")
+    outsider = factories.user_create("outsider")
+    with django_capture_on_commit_callbacks(execute=True):
+        policy = ApiClientPolicy.objects.create(user=User.objects.get(username="outsider"))
+        policy.allowed_models.set([other])
+    outsider_api = type(client_api)()
+    outsider_api.credentials(HTTP_AUTHORIZATION=f"Bearer {factories.token_create(outsider)}")
+    response = _feedback(outsider_api, body["request_id"], 0)
+    assert response.status_code == 404
+    assert PredictionLog.objects.get(request_id=body["request_id"]).actual is None
+
+
 def test_regression_feedback_gives_mae(client_api, staff_api):
     from sklearn.datasets import load_diabetes
 
