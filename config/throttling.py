@@ -17,6 +17,8 @@ from rest_framework.permissions import SAFE_METHODS
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 
+from config.readahead import readahead_count
+
 logger = logging.getLogger(__name__)
 
 _PREDICT_ROUTE = re.compile(r"(^|/)(predict|feedback)(/|$)")
@@ -55,19 +57,14 @@ class ScopeRateThrottle(BaseThrottle):
         self._wait: float | None = None
 
     def allow_request(self, request, view) -> bool:
-        scope = request_scope(request, view)
         user = getattr(request, "user", None)
         if user is not None and user.is_authenticated:
-            rate_name, ident = scope, f"user:{user.pk}"
+            counter = self.counter(request, view, ident=f"user:{user.pk}")
         else:
-            rate_name, ident = f"{scope}_anon", f"addr:{client_address(request)}"
-        rate = api_settings.DEFAULT_THROTTLE_RATES.get(rate_name)
-        if not rate:
+            counter = self.counter(request, view, ident=f"addr:{client_address(request)}")
+        if counter is None:
             return True
-        limit, duration = parse_rate(rate)
-        now = time.time()
-        window = int(now // duration)
-        key = f"throttle:{rate_name}:{ident}:{duration}:{window}"
+        key, limit, duration, window_end = counter
         try:
             count = self._count(key, duration)
         except Exception:
@@ -75,12 +72,33 @@ class ScopeRateThrottle(BaseThrottle):
             logger.warning("throttle counter unavailable; request allowed", exc_info=True)
             return True
         if count > limit:
-            self._wait = (window + 1) * duration - now
+            self._wait = window_end - time.time()
             return False
         return True
 
     @staticmethod
+    def counter(request, view, *, ident: str) -> tuple[str, int, int, float] | None:
+        """(counter key, limit, window seconds, window end) of this request for the caller
+        `ident` ("user:<pk>" or "addr:<address>"), or None when its scope is unthrottled.
+
+        The predict views call it before authentication, with the user the token is known to
+        belong to, so the increment travels in the same cache round trip as the token lookup.
+        """
+        scope = request_scope(request, view)
+        rate_name = scope if ident.startswith("user:") else f"{scope}_anon"
+        rate = api_settings.DEFAULT_THROTTLE_RATES.get(rate_name)
+        if not rate:
+            return None
+        limit, duration = parse_rate(rate)
+        window = int(time.time() // duration)
+        key = f"throttle:{rate_name}:{ident}:{duration}:{window}"
+        return key, limit, duration, float((window + 1) * duration)
+
+    @staticmethod
     def _count(key: str, duration: int) -> int:
+        ahead = readahead_count(key)
+        if ahead is not None:
+            return ahead
         # Increment first: in steady state that is one cache round trip; only the first request
         # of a window also creates the counter (and a lost creation race increments instead).
         try:

@@ -21,6 +21,7 @@ from django.dispatch import receiver
 from knox.models import AuthToken
 
 from config.errors import NotFoundError
+from config.readahead import MISSING, readahead_take
 from mlregistry.models import ApiClientPolicy, RegisteredModel
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 _UNRESTRICTED = "*"
 
 
-def _cache_key(user_id: Any) -> str:
+def access_cache_key(user_id: Any) -> str:
     return f"access:models:{user_id}"
 
 
@@ -36,12 +37,14 @@ def api_client_allowed_models(*, user: Any) -> frozenset[str] | None:
     """The model names `user` may use, or None when it is not restricted."""
     if user is None or not getattr(user, "is_authenticated", False):
         return None
-    key = _cache_key(user.pk)
-    try:
-        cached = cache.get(key)
-    except Exception:
-        logger.warning("access policy cache unavailable; reading the database", exc_info=True)
-        cached = None
+    key = access_cache_key(user.pk)
+    cached = readahead_take(key)  # the predict views read it with the token, in one trip
+    if cached is MISSING:
+        try:
+            cached = cache.get(key)
+        except Exception:
+            logger.warning("access policy cache unavailable; reading the database", exc_info=True)
+            cached = None
     if cached is None:
         policy = ApiClientPolicy.objects.filter(user_id=user.pk).first()
         cached = (
@@ -66,7 +69,7 @@ def model_access_check(*, user: Any, model_name: str) -> None:
 
 def access_policy_invalidate(*, user_ids: Iterable[Any]) -> None:
     """Forgets the cached answers for these users; their next request reads the database."""
-    keys = [_cache_key(user_id) for user_id in set(user_ids)]
+    keys = [access_cache_key(user_id) for user_id in set(user_ids)]
     if keys:
         cache.delete_many(keys)
 

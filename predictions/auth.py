@@ -24,6 +24,25 @@ def auth_cache_key(digest: str) -> str:
     return f"auth:v1:{digest}"
 
 
+# Token cache key -> the pk of the user the token belongs to, as this process last verified it.
+# A token never changes hands, so this only says whose access policy and throttle counter to
+# read ahead with the token; whether the token is still valid is decided by the cache entry (or
+# the database) on every request. Bounded: cleared when it grows past _KNOWN_USERS_MAX.
+_known_users: dict[str, int] = {}
+_KNOWN_USERS_MAX = 10_000
+
+
+def token_user_pk(token_key: str) -> int | None:
+    """The user a token (by cache key) belonged to when this process last verified it."""
+    return _known_users.get(token_key)
+
+
+def _remember(token_key: str, user_pk: int) -> None:
+    if len(_known_users) >= _KNOWN_USERS_MAX:
+        _known_users.clear()
+    _known_users[token_key] = user_pk
+
+
 def auth_cache_key_for_request(request) -> str | None:
     """The token cache key of a request's `Authorization: Bearer` header, if it has one."""
     parts = request.META.get("HTTP_AUTHORIZATION", "").split()
@@ -48,9 +67,11 @@ class CachedTokenAuthentication(TokenAuthentication):
         if hit is not None:
             user, auth_token = hit
             if user.is_active and (auth_token.expiry is None or auth_token.expiry > timezone.now()):
+                _remember(key, user.pk)
                 return user, auth_token
         user, auth_token = super().authenticate_credentials(token)
         cache_set(key, (user, auth_token), ttl)
+        _remember(key, user.pk)
         return user, auth_token
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 from typing import Any
@@ -20,14 +19,12 @@ from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
 
+from config.readahead import MISSING, readahead_clear, readahead_set, readahead_take
 from predictions.metrics import CACHE_REQUESTS
 
 logger = logging.getLogger(__name__)
 
-_MISSING = object()
 _lock = threading.Lock()
-# Values fetched ahead in one round trip for the request this thread is serving.
-_prefetched = threading.local()
 _state = {"skip_until": 0.0, "errors_since_log": 0}
 
 
@@ -65,31 +62,70 @@ def _failed(operation: str, exc: Exception) -> None:
     )
 
 
-def cache_prefetch(keys: list[str]) -> None:
-    """Fetches several keys in one round trip; the next cache_get of each is answered from it.
+def cache_prefetch(keys: list[str], increments: list[tuple[str, int]] = ()) -> None:
+    """Reads `keys` and increments the counters in `increments` ((key, window seconds)) in one
+    round trip, and parks the answers in config.readahead for the code that owns each value.
 
-    Every round trip to Redis costs a context switch on a busy machine: the predict path
-    needs the token's and the model's routing entries, and asks for both at once.
+    With Redis this is one pipeline (MGET, then INCR + EXPIRE NX per counter); with another
+    backend the keys are read with get_many and counters are left to their owners. On a cache
+    failure nothing is parked, so every owner falls back to its own (skipped) cache call.
     """
-    found: dict[str, Any] = {}
+    values: dict[str, Any] = {}
+    counts: dict[str, int] = {}
     if cache_available():
+        backend = caches["default"]
         try:
-            found = caches["default"].get_many(keys)
+            if _is_redis(backend):
+                values, counts = _redis_prefetch(backend, keys, increments)
+            else:
+                found = backend.get_many(keys)
+                values = {key: found.get(key) for key in keys}
         except Exception as exc:
-            _failed("get_many", exc)
-    _prefetched.values = {key: found.get(key, _MISSING) for key in keys}
+            _failed("prefetch", exc)
+            values, counts = {}, {}
+    readahead_set(values, counts)
+
+
+def _is_redis(backend: Any) -> bool:
+    return hasattr(getattr(backend, "client", None), "get_client")
+
+
+def _redis_prefetch(
+    backend: Any, keys: list[str], increments: list[tuple[str, int]]
+) -> tuple[dict[str, Any], dict[str, int]]:
+    client = backend.client
+    pipe = client.get_client(write=True).pipeline(transaction=False)
+    if keys:
+        pipe.mget([client.make_key(key) for key in keys])
+    for key, window in increments:
+        made = client.make_key(key)
+        pipe.incr(made)
+        # The first increment of a window creates the counter: give it its lifetime then.
+        pipe.expire(made, window + 1, nx=True)
+    # Result-cache writes of earlier requests ride along (their replies are not needed).
+    for key, value, timeout in _write_behind.take():
+        pipe.set(client.make_key(key), client.encode(value), px=int(timeout * 1000))
+    results = pipe.execute()
+    values: dict[str, Any] = {}
+    if keys:
+        raw = results.pop(0)
+        values = {
+            key: None if value is None else client.decode(value)
+            for key, value in zip(keys, raw, strict=True)
+        }
+    counts = {key: int(results[2 * i]) for i, (key, _) in enumerate(increments)}
+    return values, counts
 
 
 def cache_prefetch_clear() -> None:
-    _prefetched.values = None
+    readahead_clear()
 
 
 def cache_get(key: str) -> Any:
     """The cached value, or None on a miss or when the cache is failing."""
-    ahead = getattr(_prefetched, "values", None)
-    if ahead and key in ahead:
-        value = ahead.pop(key)
-        return None if value is _MISSING else value
+    ahead = readahead_take(key)
+    if ahead is not MISSING:
+        return ahead
     if not cache_available():
         return None
     try:
@@ -119,50 +155,64 @@ def cache_delete_many(keys: list[str]) -> None:
 
 
 class _WriteBehind:
-    """Result-cache writes queued off the request thread and sent in pipelined batches.
+    """Result-cache writes, off the request's critical path.
 
-    Waiting for Redis to acknowledge a SET was a third of a cache-miss request's wall time.
-    A write that is late or lost only costs a later miss: keys name the version and its sha256,
-    so a delayed write can never make an answer stale.
+    Waiting for Redis to acknowledge a SET was a third of a cache-miss request's wall time, and
+    waking a writer thread for every write made the request thread wait for the GIL. So a write
+    waits here and travels in the *next* predict request's read-ahead pipeline (no round trip
+    of its own); what no request carries within PREDICTION_CACHE_WRITE_DELAY seconds, a
+    background thread sends in one pipelined batch. A write that is late or lost only costs a
+    later miss: keys name the version and its sha256, so a delayed write can never make an
+    answer stale.
     """
 
+    MAX_PENDING = 10_000  # past this (Redis slow or gone), new writes are dropped
+
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[str, Any, float]] = queue.SimpleQueue()
+        self._pending: list[tuple[str, Any, float]] = []
         self._pid: int | None = None
         self._lock = threading.Lock()
 
     def put(self, key: str, value: Any, timeout: float) -> None:
         if self._pid != os.getpid():
             self._start()
-        self._queue.put((key, value, timeout))
+        with self._lock:
+            if len(self._pending) < self.MAX_PENDING:
+                self._pending.append((key, value, timeout))
+
+    def take(self) -> list[tuple[str, Any, float]]:
+        """Every waiting write, for the caller to send (the read-ahead pipeline)."""
+        if not self._pending:
+            return []
+        with self._lock:
+            pending, self._pending = self._pending, []
+        return pending
 
     def _start(self) -> None:
         with self._lock:
             if self._pid == os.getpid():  # after a fork the parent's thread is gone
                 return
             self._pid = os.getpid()
-            self._queue = queue.SimpleQueue()
+            self._pending = []
         threading.Thread(target=self._run, name="result-cache-writer", daemon=True).start()
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            batch = [first]
-            while len(batch) < 500:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            by_timeout: dict[float, dict[str, Any]] = {}
-            for key, value, timeout in batch:
-                by_timeout.setdefault(timeout, {})[key] = value
-            if not cache_available():
-                continue
-            for timeout, values in by_timeout.items():
-                try:
-                    caches["default"].set_many(values, timeout)
-                except Exception as exc:
-                    _failed("set_many", exc)
+            time.sleep(settings.PREDICTION_CACHE_WRITE_DELAY)
+            self.flush()
+
+    def flush(self) -> None:
+        batch = self.take()
+        if not batch or not cache_available():
+            return
+        by_timeout: dict[float, dict[str, Any]] = {}
+        for key, value, timeout in batch:
+            by_timeout.setdefault(timeout, {})[key] = value
+        for timeout, values in by_timeout.items():
+            try:
+                caches["default"].set_many(values, timeout)
+            except Exception as exc:
+                _failed("set_many", exc)
 
 
 _write_behind = _WriteBehind()
@@ -174,3 +224,8 @@ def cache_set_later(key: str, value: Any, timeout: float) -> None:
         cache_set(key, value, timeout)
     elif cache_available():
         _write_behind.put(key, value, timeout)
+
+
+def cache_writes_flush() -> None:
+    """Sends the waiting result-cache writes now (tests, and a process about to exit)."""
+    _write_behind.flush()

@@ -17,11 +17,17 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.errors import NotFoundError
+from config.throttling import ScopeRateThrottle
+from mlregistry.access import access_cache_key
 from mlregistry.models import RegisteredModel
 from mlregistry.permissions import RegistryPermission
 from mlregistry.selectors import registered_model_get, routing_cache_key
 from predictions import selectors, services
-from predictions.auth import CachedTokenAuthentication, auth_cache_key_for_request
+from predictions.auth import (
+    CachedTokenAuthentication,
+    auth_cache_key_for_request,
+    token_user_pk,
+)
 from predictions.cache import cache_get, cache_prefetch, cache_prefetch_clear, cache_set
 from predictions.metrics import VALIDATION_FAILURES
 from predictions.rendering import ORJSONParser, ORJSONRenderer
@@ -59,13 +65,21 @@ class _PredictBase(APIView):
     guess_result_key = True
 
     def initial(self, request: Request, *args, **kwargs) -> None:
-        # One cache round trip for the token, the routing entry and (when this process can
-        # guess it) the result, before authentication reads the first of them. Nothing fetched
-        # here is served unless authentication, the access check and routing then agree.
-        keys = []
+        # One cache round trip for the token, the routing entry, the caller's access policy,
+        # its throttle counter and (when this process can guess it) the result, before
+        # authentication reads the first of them (config/readahead.py). Nothing fetched here is
+        # served unless authentication, the access check and routing then agree.
+        keys: list[str] = []
+        increments: list[tuple[str, int]] = []
         token_key = auth_cache_key_for_request(request)
         if token_key and settings.PREDICTION_AUTH_CACHE_SECONDS > 0:
             keys.append(token_key)
+            user_pk = token_user_pk(token_key)
+            if user_pk is not None:
+                keys.append(access_cache_key(user_pk))
+                counter = ScopeRateThrottle.counter(request, self, ident=f"user:{user_pk}")
+                if counter is not None:
+                    increments.append((counter[0], counter[2]))
         name = kwargs.get("name")
         if name:
             keys.append(routing_cache_key(name))
@@ -78,7 +92,7 @@ class _PredictBase(APIView):
                     guess = None
                 if guess:
                     keys.append(guess)
-        cache_prefetch(keys)
+        cache_prefetch(keys, increments)
         super().initial(request, *args, **kwargs)
 
     def finalize_response(self, request, response, *args, **kwargs):
