@@ -6,9 +6,11 @@ from config import health
 from config.admin_login import ThrottledAdminLoginForm
 from config.metrics import metrics_view
 
+# predictions first: URL resolution tries each include in turn, and a miss costs (Django lists
+# every pattern it tried), so the hot predict routes are matched before the registry's many.
 api_v1 = [
-    path("", include("mlregistry.urls")),
     path("", include("predictions.urls")),
+    path("", include("mlregistry.urls")),
     path("", include("backups.urls")),
 ]
 
