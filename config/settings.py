@@ -408,6 +408,8 @@ PREDICTION_CACHE_RETRY_SECONDS = env_float("PREDICTION_CACHE_RETRY_SECONDS", 5.0
 # Result-cache writes go to Redis from a background thread, in pipelined batches, instead of
 # the request waiting for each SET (a late write only costs a later miss, never a stale answer).
 PREDICTION_CACHE_WRITE_BEHIND = env_bool("PREDICTION_CACHE_WRITE_BEHIND", True)
+# A write no request has carried (in its read-ahead pipeline) after this long goes on its own.
+PREDICTION_CACHE_WRITE_DELAY = max(0.01, env_float("PREDICTION_CACHE_WRITE_DELAY", 0.2))
 # How long a routing entry (model name -> production version / split) may live in the cache.
 # Invalidated on commit of every change, so this only bounds staleness when invalidation can't
 # reach the entry: another process's local-memory cache (default 2 s) or a Redis outage during
