@@ -19,6 +19,7 @@ from django.conf import settings
 
 from config.errors import UnavailableError
 from mlregistry.artifacts import deserialize, read_verified
+from predictions.fastpath import fast_predict_for
 from predictions.metrics import MODEL_LOAD_SECONDS, MODEL_LOADS
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,8 @@ class LoadedModel:
     all_required_floats: bool  # eligible for validation.fast_numeric_rows
     lows: Any
     highs: Any
+    # scikit-learn's exact answer without its per-call input checks (fastpath.py), or None.
+    fast_predict: Any = None
     # Bytes of the artifact: numpy arrays dominate a fitted estimator and skops stores them
     # uncompressed, so this tracks its resident size closely enough to bound the cache.
     size_bytes: int = 0
@@ -92,6 +95,7 @@ def _prepare(info: dict[str, Any], estimator: Any) -> LoadedModel:
             estimator.predict(np.zeros((1, len(features))))
         except Exception:
             numeric = False
+    has_proba = classes is not None and callable(getattr(estimator, "predict_proba", None))
     return LoadedModel(
         version_id=info["id"],
         sha256=info["sha256"],
@@ -101,11 +105,16 @@ def _prepare(info: dict[str, Any], estimator: Any) -> LoadedModel:
         feature_names=tuple(f.name for f in features),
         numeric=numeric,
         class_labels=[str(c) for c in classes.tolist()] if classes is not None else None,
-        has_proba=classes is not None and callable(getattr(estimator, "predict_proba", None)),
+        has_proba=has_proba,
         predict_from_proba=_predict_is_argmax_of_proba(estimator),
         all_required_floats=numeric and all(f.type == "float" and f.required for f in features),
         lows=np.array([f.low for f in features], dtype=np.float64),
         highs=np.array([f.high for f in features], dtype=np.float64),
+        fast_predict=(
+            fast_predict_for(estimator, width=len(features), has_proba=has_proba)
+            if numeric
+            else None
+        ),
     )
 
 

@@ -114,6 +114,11 @@ def _rows_from_payload(payload: Any) -> tuple[list[Any], bool]:
 
 def _outputs(loaded: LoadedModel, rows: list[list[Any]]) -> list[dict[str, Any]]:
     x = loaded.matrix(rows)
+    if loaded.fast_predict is not None:
+        predictions, probabilities = loaded.fast_predict(x)
+        if probabilities is None:
+            return _without_probabilities(loaded, predictions.tolist())
+        return _with_probabilities(loaded, predictions.tolist(), probabilities)
     if loaded.predict_from_proba:
         probabilities = loaded.estimator.predict_proba(x)
         classes = loaded.estimator.classes_
@@ -122,15 +127,13 @@ def _outputs(loaded: LoadedModel, rows: list[list[Any]]) -> list[dict[str, Any]]
         return _with_probabilities(loaded, predictions, probabilities)
     predictions = loaded.estimator.predict(x).tolist()
     if not loaded.has_proba:
-        return [
-            {
-                "prediction": p,
-                "confidence": None,
-                **({"probabilities": None} if loaded.class_labels else {}),
-            }
-            for p in predictions
-        ]
+        return _without_probabilities(loaded, predictions)
     return _with_probabilities(loaded, predictions, loaded.estimator.predict_proba(x))
+
+
+def _without_probabilities(loaded: LoadedModel, predictions: list[Any]) -> list[dict[str, Any]]:
+    extra = {"probabilities": None} if loaded.class_labels else {}
+    return [{"prediction": p, "confidence": None, **extra} for p in predictions]
 
 
 def _with_probabilities(
