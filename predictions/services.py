@@ -241,6 +241,7 @@ def prediction_serve(
         request_id=request_id,
         cached=cached,
         client_id=client_id,
+        served_to_id=getattr(user, "pk", None),
         latency_ms=elapsed * 1000,
         when=now,
     )
@@ -272,6 +273,7 @@ def _log_served(
     request_id: str,
     cached: bool,
     client_id: str | None,
+    served_to_id: int | None,
     latency_ms: float,
     when: datetime,
 ) -> None:
@@ -304,6 +306,7 @@ def _log_served(
                 latency_ms,
                 cached,
                 client,
+                served_to_id,
                 when,
             )
             for i in indexes
