@@ -156,15 +156,16 @@ class PredictionLogAdmin(admin.ModelAdmin):
         "row_index",
         "model",
         "version",
+        "served_to",
         "output",
         "confidence",
         "cached",
         "actual",
         "latency_ms",
     )
-    list_filter = ("cached", "model", "created_at")
-    search_fields = ("request_id", "client_id")
-    list_select_related = ("model", "version__model")
+    list_filter = ("cached", "model", "served_to", "created_at")
+    search_fields = ("request_id", "client_id", "served_to__username")
+    list_select_related = ("model", "version__model", "served_to")
     date_hierarchy = "created_at"
     show_full_result_count = False  # counting a large log on every page view is slow
 

@@ -40,6 +40,7 @@ class LogRow(NamedTuple):
     latency_ms: float
     cached: bool
     client_id: str
+    served_to_id: int | None  # the authenticated user served (feedback is theirs to give)
     created_at: datetime
 
     def features(self) -> dict[str, Any] | None:
@@ -50,7 +51,7 @@ class LogRow(NamedTuple):
 
 _COLUMNS = (
     "request_id, row_index, model_id, version_id, features, output, confidence, latency_ms, "
-    "cached, client_id, created_at"
+    "cached, client_id, served_to_id, created_at"
 )
 
 
@@ -61,7 +62,8 @@ def _json(value: Any) -> str | None:
 
 def _write_postgres(rows: list[LogRow]) -> None:
     """One multi-row INSERT per 1,000 rows, skipping the ORM's per-object work (it costs more
-    than the prediction for a batch). ON CONFLICT: a client may reuse an X-Request-ID."""
+    than the prediction for a batch). ON CONFLICT: a client may resend its X-Request-ID (a retry);
+    the key includes the served user, so another client's rows under that id are never touched."""
     from psycopg2.extras import execute_values
 
     from predictions.models import PredictionLog
@@ -79,6 +81,7 @@ def _write_postgres(rows: list[LogRow]) -> None:
             r.latency_ms,
             r.cached,
             r.client_id,
+            r.served_to_id,
             r.created_at,
         )
         for r in rows
@@ -88,7 +91,7 @@ def _write_postgres(rows: list[LogRow]) -> None:
             cursor.cursor,
             f"INSERT INTO {table} ({_COLUMNS}) VALUES %s ON CONFLICT DO NOTHING",  # noqa: S608
             values,
-            template="(%s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s, %s, %s, %s)",
+            template="(%s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s, %s, %s, %s, %s)",
             page_size=1000,
         )
 
@@ -108,6 +111,7 @@ def _write_orm(rows: list[LogRow]) -> None:
             latency_ms=r.latency_ms,
             cached=r.cached,
             client_id=r.client_id,
+            served_to_id=r.served_to_id,
             created_at=r.created_at,
         )
         for r in rows

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.db import models
 
 from mlregistry.models import ModelVersion, RegisteredModel
@@ -20,6 +21,16 @@ class PredictionLog(models.Model):
     latency_ms = models.FloatField(default=0)
     cached = models.BooleanField(default=False)
     client_id = models.CharField(max_length=200, blank=True)
+    # The authenticated caller the prediction was served to: only it (or a user allowed to
+    # change the log) may attach feedback. NULL on rows logged before this was recorded.
+    served_to = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=True,
+    )
     actual = models.JSONField(null=True, blank=True)
     feedback_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(db_index=True)
@@ -28,7 +39,11 @@ class PredictionLog(models.Model):
         ordering = ["-created_at", "-id"]
         indexes = [models.Index(fields=["version", "created_at"], name="predlog_version_time")]
         constraints = [
-            models.UniqueConstraint(fields=["request_id", "row_index"], name="unique_request_row")
+            # A request id is the caller's (X-Request-ID): unique per served client, so a client
+            # reusing another's id neither loses its own rows nor attaches them to the other's.
+            models.UniqueConstraint(
+                fields=["request_id", "served_to", "row_index"], name="unique_request_client_row"
+            )
         ]
 
     def __str__(self) -> str:

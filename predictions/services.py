@@ -244,6 +244,7 @@ def prediction_serve(
         request_id=request_id,
         cached=cached,
         client_id=client_id,
+        served_to_id=getattr(user, "pk", None),
         latency_ms=elapsed * 1000,
         when=now,
     )
@@ -275,6 +276,7 @@ def _log_served(
     request_id: str,
     cached: bool,
     client_id: str | None,
+    served_to_id: int | None,
     latency_ms: float,
     when: datetime,
 ) -> None:
@@ -307,6 +309,7 @@ def _log_served(
                 latency_ms,
                 cached,
                 client,
+                served_to_id,
                 when,
             )
             for i in indexes
@@ -338,13 +341,27 @@ def prediction_log_prune(*, older_than: datetime, batch_size: int = 5000) -> int
 # --- Feedback -----------------------------------------------------------------------------
 
 
+def _feedback_privileged(actor: Actor) -> bool:
+    # A named job is operators' code (e.g. an import of outcomes), not an API client.
+    return isinstance(actor, str) or actor.has_perm("predictions.change_predictionlog")
+
+
 def prediction_feedback_record(
     *, request_id: str, actual: Any, actor: Actor, row_index: int | None = None
 ) -> int:
-    """Stores the true outcome of a served prediction; returns how many log rows it updated."""
+    """Stores the true outcome of a served prediction; returns how many log rows it updated.
+
+    Only the client the rows were served to, or a user who may change the prediction log, may
+    do so; anyone else gets the same 404 as for an unknown request id and nothing changes."""
     rows = PredictionLog.objects.filter(request_id=request_id)
     if row_index is not None:
         rows = rows.filter(row_index=row_index)
+    privileged = _feedback_privileged(actor)
+    if not privileged:
+        # Rows served before served_to was recorded (NULL) match nobody here: privileged only.
+        # A request id is only unique per served client, so this also keeps a client that
+        # reused another's X-Request-ID off the other's rows.
+        rows = rows.filter(served_to_id=actor.pk)
     if not rows.exists():
         prediction_log_flush()  # it may still wait in this process's buffer
     logged = list(rows.select_related("version__model")[:2])
@@ -353,6 +370,12 @@ def prediction_feedback_record(
             f"No logged prediction with request id {request_id!r}"
             + (f" and row {row_index}" if row_index is not None else "")
             + " (not logged because of sampling, not flushed yet, or pruned)."
+        )
+    if privileged and rows.order_by().values("served_to_id").distinct().count() > 1:
+        # Several clients chose this X-Request-ID: one outcome cannot be theirs all.
+        raise ConflictError(
+            f"Request id {request_id!r} was served to several API clients; each of them can "
+            "record the outcome of its own prediction (with its own token)."
         )
     version = logged[0].version
     # A client restricted to other models learns nothing about this one: the same 404.

@@ -114,7 +114,7 @@ def test_prune_deletes_only_rows_older_than_the_cutoff(client_api, iris_producti
     assert PredictionLog.objects.count() == 1
 
 
-def _row(version, index=0):
+def _row(version, index=0, served_to_id=None):
     return LogRow(
         f"r{index}",
         0,
@@ -127,6 +127,7 @@ def _row(version, index=0):
         1.0,
         False,
         "",
+        served_to_id,
         timezone.now(),
     )
 
@@ -148,9 +149,10 @@ def test_buffer_flushes_inline_when_full_without_a_flusher(iris_production, sett
     assert PredictionLog.objects.count() == 2 and len(buffer) == 0
 
 
-def test_duplicate_request_ids_do_not_lose_the_flush(iris_production):
+def test_duplicate_request_ids_do_not_lose_the_flush(iris_production, client_user):
     buffer = PredictionLogBuffer()
-    buffer.add([_row(iris_production, 0), _row(iris_production, 0), _row(iris_production, 1)])
+    rows = [_row(iris_production, i, served_to_id=client_user.pk) for i in (0, 0, 1)]
+    buffer.add(rows)
     buffer.flush()
     assert PredictionLog.objects.count() == 2
 
