@@ -19,6 +19,7 @@ from django.conf import settings
 
 from config.errors import UnavailableError
 from mlregistry.artifacts import deserialize, read_verified
+from predictions.body import RowDecoder
 from predictions.fastpath import fast_predict_for
 from predictions.metrics import MODEL_LOAD_SECONDS, MODEL_LOADS
 
@@ -56,6 +57,8 @@ class LoadedModel:
     highs: Any
     # scikit-learn's exact answer without its per-call input checks (fastpath.py), or None.
     fast_predict: Any = None
+    # Typed JSON decoding of plainly valid rows (body.py), for required-float schemas only.
+    decoder: RowDecoder | None = None
     # Bytes of the artifact: numpy arrays dominate a fitted estimator and skops stores them
     # uncompressed, so this tracks its resident size closely enough to bound the cache.
     size_bytes: int = 0
@@ -96,6 +99,7 @@ def _prepare(info: dict[str, Any], estimator: Any) -> LoadedModel:
         except Exception:
             numeric = False
     has_proba = classes is not None and callable(getattr(estimator, "predict_proba", None))
+    all_required_floats = numeric and all(f.type == "float" and f.required for f in features)
     return LoadedModel(
         version_id=info["id"],
         sha256=info["sha256"],
@@ -107,7 +111,7 @@ def _prepare(info: dict[str, Any], estimator: Any) -> LoadedModel:
         class_labels=[str(c) for c in classes.tolist()] if classes is not None else None,
         has_proba=has_proba,
         predict_from_proba=_predict_is_argmax_of_proba(estimator),
-        all_required_floats=numeric and all(f.type == "float" and f.required for f in features),
+        all_required_floats=all_required_floats,
         lows=np.array([f.low for f in features], dtype=np.float64),
         highs=np.array([f.high for f in features], dtype=np.float64),
         fast_predict=(
@@ -115,6 +119,7 @@ def _prepare(info: dict[str, Any], estimator: Any) -> LoadedModel:
             if numeric
             else None
         ),
+        decoder=RowDecoder(tuple(f.name for f in features)) if all_required_floats else None,
     )
 
 

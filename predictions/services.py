@@ -16,6 +16,7 @@ import orjson
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from rest_framework.exceptions import ParseError
 
 from config.errors import (
     ConflictError,
@@ -29,6 +30,7 @@ from mlregistry.models import ModelVersion, RegisteredModel, Stage, Task
 from mlregistry.selectors import model_version_get, routing_invalidate
 from mlregistry.services import Actor
 from predictions import metrics
+from predictions.body import PredictBody
 from predictions.cache import cache_get, cache_set_later
 from predictions.loader import LoadedModel, model_cache
 from predictions.logbuffer import LogRow, prediction_log_buffer
@@ -81,6 +83,10 @@ def _route(
             f"/models/{entry['name']}/versions/<n>/predict to pin a version."
         )
     return entry["versions"][entry["production"]]
+
+
+def _client_id_in(payload: Any) -> Any:
+    return payload.get("client_id") if isinstance(payload, dict) else None
 
 
 def _rows_from_payload(payload: Any) -> tuple[list[Any], bool]:
@@ -165,24 +171,45 @@ def _result_key(info: dict[str, Any], values: list[Any]) -> str:
 _last_routed: dict[str, dict[str, Any]] = {}
 
 
-def result_cache_key_guess(*, model_name: str, payload: Any) -> str | None:
+def _in_range(loaded: LoadedModel, matrix: Any) -> bool:
+    return bool(
+        np.isfinite(matrix).all()
+        and not (matrix < loaded.lows).any()
+        and not (matrix > loaded.highs).any()
+    )
+
+
+def result_cache_key_guess(*, model_name: str, body: PredictBody) -> str | None:
     """The result-cache key a single-row request will most likely need, or None."""
     info = _last_routed.get(model_name)
-    if info is None or not isinstance(payload, dict) or settings.PREDICTION_CACHE_TTL <= 0:
+    if info is None or settings.PREDICTION_CACHE_TTL <= 0:
         return None
-    row = payload.get("features")
     loaded = model_cache.peek(info["id"], info["sha256"])
-    if not isinstance(row, dict) or loaded is None or not loaded.all_required_floats:
+    typed = body.typed(loaded.decoder) if loaded is not None else None
+    if typed is None or typed.batch or not _in_range(loaded, typed.matrix):
         return None
-    matrix = fast_numeric_rows([row], loaded.features, loaded.lows, loaded.highs)
-    return None if matrix is None else _result_key(info, matrix[0].tolist())
+    return _result_key(info, typed.matrix[0].tolist())
+
+
+def _decoder_for(entry: dict[str, Any], version_number: int | None) -> Any:
+    """The typed decoder of the version this request will most likely be routed to, if this
+    process has it loaded (only a first try: the routed version's own schema decides)."""
+    if version_number is not None:
+        version_id = entry["by_number"].get(version_number)
+    elif entry["split"]:
+        version_id = entry["split"][0][0]
+    else:
+        version_id = entry["production"]
+    info = entry["versions"].get(version_id) if version_id is not None else None
+    loaded = model_cache.peek(info["id"], info["sha256"]) if info is not None else None
+    return loaded.decoder if loaded is not None else None
 
 
 def prediction_serve(
     *,
     user: Any,
     model_name: str,
-    payload: Any,
+    body: PredictBody,
     request_id: str,
     version_number: int | None = None,
     client_id: str | None = None,
@@ -191,21 +218,30 @@ def prediction_serve(
     started = time.perf_counter()
     model_access_check(user=user, model_name=model_name)
     entry = routing_entry_get(name=model_name)
-    if client_id is None and isinstance(payload, dict):
-        raw = payload.get("client_id")
-        client_id = str(raw)[:200] if raw is not None else None
-    info = _route(entry, user=user, version_number=version_number, client_id=client_id)
-    if version_number is None and not entry["split"]:
-        _last_routed[model_name] = info
     try:
-        rows, batch = _rows_from_payload(payload)
+        # Plainly valid rows are decoded straight into a matrix (body.py); anything else is
+        # parsed in full and validated field by field, which names every offending field.
+        decoder = _decoder_for(entry, version_number)
+        typed = body.typed(decoder)
+        if client_id is None and (typed is not None or entry["split"]):
+            # Only a split reads the body's client_id; otherwise routing comes first, so an
+            # unknown version or a model without production answers before a malformed body.
+            raw = typed.client_id if typed is not None else _client_id_in(body.parsed())
+            client_id = str(raw)[:200] if raw is not None else None
+        info = _route(entry, user=user, version_number=version_number, client_id=client_id)
+        if version_number is None and not entry["split"]:
+            _last_routed[model_name] = info
         loaded = model_cache.get(info, model_name=model_name)
-        values = None
-        if loaded.all_required_floats:
-            values = fast_numeric_rows(rows, loaded.features, loaded.lows, loaded.highs)
-        if values is None:
-            values = rows_validate(rows, loaded.features, loaded.names, batch=batch)
-    except ValidationFailed:
+        if typed is not None and loaded.decoder is decoder and _in_range(loaded, typed.matrix):
+            values, batch = typed.matrix, typed.batch
+        else:
+            rows, batch = _rows_from_payload(body.parsed())
+            values = None
+            if loaded.all_required_floats:
+                values = fast_numeric_rows(rows, loaded.features, loaded.lows, loaded.highs)
+            if values is None:
+                values = rows_validate(rows, loaded.features, loaded.names, batch=batch)
+    except (ValidationFailed, ParseError):
         metrics.VALIDATION_FAILURES.labels(model=model_name).inc()
         raise
 

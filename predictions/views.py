@@ -10,7 +10,6 @@ from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.authentication import SessionAuthentication
-from rest_framework.exceptions import ParseError
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -28,8 +27,8 @@ from predictions.auth import (
     auth_cache_key_for_request,
     token_user_pk,
 )
+from predictions.body import PredictBody, read_body
 from predictions.cache import cache_get, cache_prefetch, cache_prefetch_clear, cache_set
-from predictions.metrics import VALIDATION_FAILURES
 from predictions.rendering import ORJSONParser, ORJSONRenderer
 from predictions.serializers import (
     FeedbackInput,
@@ -84,12 +83,7 @@ class _PredictBase(APIView):
         if name:
             keys.append(routing_cache_key(name))
             if self.guess_result_key and token_key:
-                try:
-                    guess = services.result_cache_key_guess(model_name=name, payload=request.data)
-                except ParseError as exc:
-                    # DRF forgets a parse error after raising it once: keep it for _serve.
-                    self._parse_error = exc
-                    guess = None
+                guess = services.result_cache_key_guess(model_name=name, body=self._body(request))
                 if guess:
                     keys.append(guess)
         cache_prefetch(keys, increments)
@@ -99,18 +93,19 @@ class _PredictBase(APIView):
         cache_prefetch_clear()
         return super().finalize_response(request, response, *args, **kwargs)
 
+    def _body(self, request: Request) -> PredictBody:
+        # The body is read raw, not through DRF's parser: the service decodes plainly valid
+        # rows straight into a matrix with the routed version's schema (predictions/body.py).
+        body = getattr(self, "_predict_body", None)
+        if body is None:
+            body = self._predict_body = PredictBody(read_body(request.stream))
+        return body
+
     def _serve(self, request: Request, name: str, version: int | None = None) -> Response:
-        try:
-            if getattr(self, "_parse_error", None) is not None:
-                raise self._parse_error
-            payload = request.data
-        except ParseError:
-            VALIDATION_FAILURES.labels(model=name).inc()
-            raise
         result = services.prediction_serve(
             user=request.user,
             model_name=name,
-            payload=payload,
+            body=self._body(request),
             request_id=request.request_id,
             version_number=version,
             client_id=request.headers.get("X-Client-Id") or None,
