@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.conf import settings
+from django.db import connection, transaction
 from django.db.models import Count, Q, Sum
 from django.utils import timezone
 from prometheus_client.core import (
@@ -16,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from backups.models import JobRun
+from backups.models import DURATION_BUCKETS, JobRun, JobRunTally
 from backups.selectors import backup_newest_verified
 
 logger = logging.getLogger(__name__)
@@ -24,7 +27,6 @@ logger = logging.getLogger(__name__)
 LAST_SUCCESS_METRIC = "mlregistry_backup_last_success_timestamp_seconds"
 JOB_RUNS_METRIC = "mlregistry_job_runs"  # exposed as mlregistry_job_runs_total
 JOB_DURATION_METRIC = "mlregistry_job_duration_seconds"
-DURATION_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600)
 
 
 def backup_readiness_check() -> tuple[str, Any]:
@@ -60,7 +62,8 @@ class JobMetricsCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         try:
-            families = [self._last_backup(), self._runs(), self._durations()]
+            with _one_snapshot():
+                families = [self._last_backup(), self._runs(), self._durations()]
         except Exception:
             logger.warning("job metrics unavailable: database error", exc_info=True)
             return
@@ -80,9 +83,13 @@ class JobMetricsCollector(Collector):
         family = CounterMetricFamily(
             JOB_RUNS_METRIC, "Scheduled job runs by outcome.", labels=["job", "outcome"]
         )
-        rows = JobRun.objects.values("job", "outcome").annotate(n=Count("id"))
-        for row in rows.order_by("job", "outcome"):
-            family.add_metric([row["job"], row["outcome"]], row["n"])
+        runs: dict[tuple[str, str], int] = defaultdict(int)
+        for tally in JobRunTally.objects.all():
+            runs[tally.job, tally.outcome] += tally.runs
+        for row in JobRun.objects.values("job", "outcome").annotate(n=Count("id")).order_by():
+            runs[row["job"], row["outcome"]] += row["n"]
+        for (job, outcome), n in sorted(runs.items()):
+            family.add_metric([job, outcome], n)
         return family
 
     def _durations(self) -> HistogramMetricFamily:
@@ -93,10 +100,46 @@ class JobMetricsCollector(Collector):
             f"le_{i}": Count("id", filter=Q(duration_seconds__lte=bound))
             for i, bound in enumerate(DURATION_BUCKETS)
         }
+        # Per job: [count, sum, count at or under each bound].
+        jobs: dict[str, list[Any]] = defaultdict(lambda: [0, 0.0, [0] * len(DURATION_BUCKETS)])
+        for tally in JobRunTally.objects.all():
+            entry = jobs[tally.job]
+            entry[0] += tally.runs
+            entry[1] += tally.duration_seconds_sum
+            carried = 0
+            for i, bound in enumerate(DURATION_BUCKETS):
+                # A bound added after these runs were tallied gets the count of the bound
+                # below it: a lower bound that keeps the buckets cumulative.
+                carried = tally.duration_buckets.get(str(bound), carried)
+                entry[2][i] += carried
         rows = JobRun.objects.values("job").annotate(
             n=Count("id"), total=Sum("duration_seconds"), **aggregates
         )
-        for row in rows.order_by("job"):
-            buckets = [(str(b), row[f"le_{i}"]) for i, b in enumerate(DURATION_BUCKETS)]
-            family.add_metric([row["job"]], [*buckets, ("+Inf", row["n"])], row["total"] or 0)
+        for row in rows.order_by():
+            entry = jobs[row["job"]]
+            entry[0] += row["n"]
+            entry[1] += row["total"] or 0
+            for i in range(len(DURATION_BUCKETS)):
+                entry[2][i] += row[f"le_{i}"]
+        for job, (n, total, counts) in sorted(jobs.items()):
+            buckets = [(str(b), count) for b, count in zip(DURATION_BUCKETS, counts, strict=True)]
+            family.add_metric([job], [*buckets, ("+Inf", n)], total)
         return family
+
+
+@contextmanager
+def _one_snapshot() -> Iterator[None]:
+    """Runs the scrape's reads against one snapshot of the database.
+
+    Pruning moves runs from JobRun to JobRunTally; reading the two at different moments could
+    miss (or double) a batch, and a counter that dips is a reset to Prometheus. PostgreSQL
+    needs REPEATABLE READ for that; SQLite's transactions already read one snapshot.
+    """
+    if connection.in_atomic_block:  # a caller's transaction: its isolation can't change now
+        yield
+        return
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        yield

@@ -48,6 +48,13 @@ class Backup(models.Model):
         return self.database_size + self.artifacts_size
 
 
+# What job_run records once a run is over. Pruning deletes only rows with one of these: a row
+# with any other outcome would be a run still in progress.
+FINISHED_OUTCOMES = ("success", "failure", "retry")
+# Upper bounds (seconds) of the job duration histogram in /metrics; JobRunTally counts by them.
+DURATION_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600)
+
+
 class JobRun(models.Model):
     """One finished run of a scheduled job, whoever started it (beat, a command, the admin).
 
@@ -67,3 +74,27 @@ class JobRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job} {self.outcome} at {self.started_at:%Y-%m-%d %H:%M}"
+
+
+class JobRunTally(models.Model):
+    """Job runs pruned from JobRun, added up per job and outcome.
+
+    /metrics reports job runs as Prometheus counters (live rows plus these). Without the tally,
+    pruning would make a counter go down, which Prometheus reads as a reset and `increase()` as
+    that many new runs: pruning an old failure would fire the JobFailures alert.
+    """
+
+    job = models.CharField(max_length=100)
+    outcome = models.CharField(max_length=20)
+    runs = models.PositiveBigIntegerField(default=0)
+    duration_seconds_sum = models.FloatField(default=0.0)
+    # Pruned runs that took at most each bound of DURATION_BUCKETS, keyed by str(bound).
+    duration_buckets = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "outcome"], name="unique_job_run_tally")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job} {self.outcome}: {self.runs} pruned run(s)"

@@ -22,6 +22,7 @@ import tarfile
 import tempfile
 import uuid
 import zlib
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,9 +37,18 @@ from django.core.management.color import no_style
 from django.db import IntegrityError, connection, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.migrations.recorder import MigrationRecorder
+from django.db.models import F, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
-from backups.models import Backup, BackupStatus
+from backups.models import (
+    DURATION_BUCKETS,
+    FINISHED_OUTCOMES,
+    Backup,
+    BackupStatus,
+    JobRun,
+    JobRunTally,
+)
 from config.errors import ConflictError, DomainError, NotFoundError
 
 logger = logging.getLogger(__name__)
@@ -670,9 +680,10 @@ def _routing_invalidate_all() -> None:
 
 
 def backup_retention_apply(
-    *, now: datetime | None = None, retention_days: int | None = None
+    *, now: datetime | None = None, retention_days: int | None = None, dry_run: bool = False
 ) -> list[int]:
-    """Deletes backups older than the retention, never the newest verified one; returns ids."""
+    """Deletes backups older than the retention, never the newest verified one; returns their
+    ids (with `dry_run`, the ids it would delete, deleting nothing)."""
     now = now or timezone.now()
     days = retention_days if retention_days is not None else settings.BACKUP_RETENTION_DAYS
     cutoff = now - timedelta(days=days)
@@ -682,6 +693,8 @@ def backup_retention_apply(
     expired = Backup.objects.filter(started_at__lt=cutoff)
     if newest_verified is not None:
         expired = expired.exclude(pk=newest_verified.pk)
+    if dry_run:
+        return list(expired.values_list("pk", flat=True))
     deleted = []
     root = backup_root().resolve()
     for backup in expired:
@@ -721,9 +734,12 @@ def _is_referenced(name: str) -> bool:
 SWEPT_PREFIXES = ("sha256/", "datasets/")
 
 
-def artifacts_sweep(*, now: datetime | None = None, min_age: timedelta | None = None) -> list[str]:
+def artifacts_sweep(
+    *, now: datetime | None = None, min_age: timedelta | None = None, dry_run: bool = False
+) -> list[str]:
     """Removes version artifacts and dataset files that no row references; never young files
-    (uploads in flight), never files outside those namespaces."""
+    (uploads in flight), never files outside those namespaces. Returns their names (with
+    `dry_run`, the names it would remove, removing nothing)."""
     now = now or timezone.now()
     min_age = min_age or timedelta(seconds=settings.ARTIFACT_SWEEP_MIN_AGE_SECONDS)
     referenced = _referenced_store_files()
@@ -742,32 +758,104 @@ def artifacts_sweep(*, now: datetime | None = None, min_age: timedelta | None = 
         # registered this content-addressed name.
         if _is_referenced(name):
             continue
-        path.unlink()
+        if not dry_run:
+            path.unlink()
         removed.append(name)
     return removed
 
 
-def retention_cleanup_run(*, now: datetime | None = None) -> dict[str, Any]:
-    """The hourly cleanup: old backups, old prediction logs, unreferenced artifacts and parked
-    admin uploads nobody confirmed within a day."""
+def _newest_job_run_ids() -> set[int]:
+    """Ids of the newest run of each job and outcome: the admin's and the metrics' last
+    success (and last failure) of every job, however old."""
+    ranked = JobRun.objects.annotate(
+        rank=Window(
+            RowNumber(),
+            partition_by=[F("job"), F("outcome")],
+            order_by=[F("started_at").desc(), F("id").desc()],
+        )
+    )
+    return set(ranked.filter(rank=1).values_list("id", flat=True))
+
+
+def _job_run_tally_add(rows: list[tuple[str, str, float]]) -> None:
+    """Adds deleted runs (job, outcome, duration) to JobRunTally, in the deleting transaction."""
+    per_key: dict[tuple[str, str], list[tuple[str, str, float]]] = defaultdict(list)
+    for row in rows:
+        per_key[row[0], row[1]].append(row)
+    # Sorted, so two prunes lock tally rows in the same order and cannot deadlock.
+    for (job, outcome), runs in sorted(per_key.items()):
+        created, _ = JobRunTally.objects.get_or_create(job=job, outcome=outcome)
+        tally = JobRunTally.objects.select_for_update().get(pk=created.pk)
+        tally.runs += len(runs)
+        tally.duration_seconds_sum += sum(duration for _, _, duration in runs)
+        buckets = dict(tally.duration_buckets)
+        for bound in DURATION_BUCKETS:
+            within = sum(1 for _, _, duration in runs if duration <= bound)
+            buckets[str(bound)] = buckets.get(str(bound), 0) + within
+        tally.duration_buckets = buckets
+        tally.save(update_fields=["runs", "duration_seconds_sum", "duration_buckets"])
+
+
+def job_runs_prune(*, older_than: datetime, batch_size: int = 1000, dry_run: bool = False) -> int:
+    """Deletes finished job runs started before `older_than`, in batches, except the newest run
+    of each job and outcome; adds them to JobRunTally so /metrics counters never go down.
+    Returns how many went (with `dry_run`, how many would, deleting nothing)."""
+    expired = JobRun.objects.filter(
+        started_at__lt=older_than, outcome__in=FINISHED_OUTCOMES
+    ).exclude(id__in=_newest_job_run_ids())
+    if dry_run:
+        return expired.count()
+    deleted = 0
+    while True:
+        ids = list(expired.order_by("id").values_list("id", flat=True)[:batch_size])
+        if not ids:
+            return deleted
+        with transaction.atomic():
+            # Locked, so a concurrent prune waits and then finds them gone: each run is
+            # tallied exactly once.
+            rows = list(
+                JobRun.objects.select_for_update()
+                .filter(id__in=ids)
+                .values_list("id", "job", "outcome", "duration_seconds")
+            )
+            JobRun.objects.filter(id__in=[row[0] for row in rows]).delete()
+            _job_run_tally_add([row[1:] for row in rows])
+        deleted += len(rows)
+
+
+def retention_cleanup_run(*, now: datetime | None = None, dry_run: bool = False) -> dict[str, Any]:
+    """The hourly cleanup: old backups, prediction logs, job runs and drift reports, expired
+    API tokens, unreferenced artifacts and parked admin uploads nobody confirmed within a day.
+
+    With `dry_run` it deletes nothing and reports what it would delete.
+    """
+    from mlregistry.access import api_tokens_prune_expired
     from mlregistry.services import pending_uploads_prune
+    from predictions.drift import drift_reports_prune
+    from predictions.services import prediction_log_prune
 
     now = now or timezone.now()
-    try:
-        from predictions.services import prediction_log_prune
-    except ImportError as exc:
-        if exc.name != "predictions.services":
-            raise  # the module exists but is broken: that must not pass silently
-        prediction_log_prune = None  # merged from the predictions branch; skipped until then
-    pruned: int | None = None
-    if prediction_log_prune is not None:
-        days = getattr(settings, "PREDICTION_LOG_RETENTION_DAYS", 30)
-        pruned = prediction_log_prune(older_than=now - timedelta(days=days))
-    else:
-        logger.warning("prediction log pruning unavailable: predictions.services has none")
+
+    def days_ago(days: int) -> datetime:
+        return now - timedelta(days=days)
+
     return {
-        "backups_deleted": backup_retention_apply(now=now),
-        "prediction_logs_pruned": pruned,
-        "artifacts_swept": artifacts_sweep(now=now),
-        "pending_uploads_pruned": pending_uploads_prune(),
+        "backups_deleted": backup_retention_apply(now=now, dry_run=dry_run),
+        "prediction_logs_pruned": prediction_log_prune(
+            older_than=days_ago(settings.PREDICTION_LOG_RETENTION_DAYS), dry_run=dry_run
+        ),
+        "artifacts_swept": artifacts_sweep(now=now, dry_run=dry_run),
+        "pending_uploads_pruned": pending_uploads_prune(dry_run=dry_run),
+        "job_runs_pruned": job_runs_prune(
+            older_than=days_ago(settings.JOB_RUN_RETENTION_DAYS), dry_run=dry_run
+        ),
+        "drift_reports_pruned": drift_reports_prune(
+            older_than=days_ago(settings.DRIFT_REPORT_RETENTION_DAYS), dry_run=dry_run
+        ),
+        "expired_tokens_deleted": api_tokens_prune_expired(now=now, dry_run=dry_run),
     }
+
+
+def retention_cleanup_counts(summary: dict[str, Any]) -> dict[str, int]:
+    """How many of each kind a cleanup summary holds (its lists of ids or names counted)."""
+    return {key: len(value) if isinstance(value, list) else value for key, value in summary.items()}

@@ -54,12 +54,9 @@ def backup_create_task(self, slot: str | None = None) -> int:
 
 @shared_task(bind=True, **RETRY)
 def cleanup_retention_task(self) -> dict:
-    """Old backups, old prediction logs and unreferenced artifacts; safe to run any time."""
+    """Old backups, logs, job runs, drift reports, expired tokens, unreferenced artifacts;
+    safe to run any time."""
     with job_run("cleanup_retention") as run:
         summary = services.retention_cleanup_run()
-        run.update(
-            backups_deleted=len(summary["backups_deleted"]),
-            prediction_logs_pruned=summary["prediction_logs_pruned"],
-            artifacts_swept=len(summary["artifacts_swept"]),
-        )
+        run.update(services.retention_cleanup_counts(summary))
     return summary

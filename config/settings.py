@@ -284,6 +284,9 @@ DRIFT_WINDOW_HOURS = env_int("DRIFT_WINDOW_HOURS", 24, minimum=1)
 DRIFT_MIN_SAMPLES = env_int("DRIFT_MIN_SAMPLES", 50, minimum=2)
 DRIFT_MAX_SAMPLES = env_int("DRIFT_MAX_SAMPLES", 10_000, minimum=10)
 DRIFT_P_VALUE_THRESHOLD = env_float("DRIFT_P_VALUE_THRESHOLD", 0.05)
+# Drift reports older than this are pruned by the hourly cleanup, except each version's newest
+# report and newest tested one.
+DRIFT_REPORT_RETENTION_DAYS = env_int("DRIFT_REPORT_RETENTION_DAYS", 180, minimum=1)
 # SQL datasets may only read from connections named here: "name" = an existing alias of
 # DATABASES, "name=URL" = a separate database (added as alias "dataset_<name>"). None by
 # default: the registry's own tables (users, tokens) are not training data.
@@ -397,6 +400,9 @@ BACKUP_STALE_AFTER_HOURS = env_int("BACKUP_STALE_AFTER_HOURS", 26, minimum=1)
 PG_BIN_DIR = env_str("PG_BIN_DIR", "")
 # Unreferenced artifact files younger than this are left alone: an upload may be in flight.
 ARTIFACT_SWEEP_MIN_AGE_SECONDS = env_int("ARTIFACT_SWEEP_MIN_AGE_SECONDS", 3600, minimum=0)
+# Job runs (admin "Job runs") older than this are pruned by the hourly cleanup; the newest run
+# of each job and outcome stays, and /metrics keeps counting pruned runs (backups.JobRunTally).
+JOB_RUN_RETENTION_DAYS = env_int("JOB_RUN_RETENTION_DAYS", 90, minimum=1)
 # --- end backups ---------------------------------------------------------------------------
 # --- Predictions (serving path; see README "Serving") ----------------------------------------
 # Result cache TTL in seconds (keys hold the version id and sha256, so a promotion never

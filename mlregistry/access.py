@@ -1,4 +1,4 @@
-"""Which registered models an authenticated caller may use, and API token revocation.
+"""Which registered models an authenticated caller may use, API token revocation and expiry.
 
 The predict path calls model_access_check before anything else (including the result cache),
 so a restricted client gets a 404 for a model outside its list even when a result is cached.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -18,9 +19,11 @@ from django.core.cache import cache
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
 from django.dispatch import receiver
+from django.utils import timezone
 from knox.models import AuthToken
 
 from config.errors import NotFoundError
+from config.pruning import delete_in_batches
 from config.readahead import MISSING, readahead_take
 from mlregistry.models import ApiClientPolicy, RegisteredModel
 
@@ -124,3 +127,18 @@ def api_tokens_revoke(*, tokens: Iterable[AuthToken], actor: Any) -> int:
         },
     )
     return count
+
+
+def api_tokens_prune_expired(
+    *, now: datetime | None = None, batch_size: int = 1000, dry_run: bool = False
+) -> int:
+    """Deletes API tokens whose expiry has passed (they authenticate nobody), in batches;
+    returns how many went (with `dry_run`, how many would, deleting nothing).
+
+    The deletes go through the ORM, so predictions' post_delete receiver drops each token's
+    cached authentication as a revocation does.
+    """
+    expired = AuthToken.objects.filter(expiry__lt=now or timezone.now())
+    if dry_run:
+        return expired.count()
+    return delete_in_batches(expired, batch_size=batch_size)

@@ -295,8 +295,11 @@ def pending_upload_discard(*, name: str) -> None:
         os.rmdir(os.path.dirname(storage.path(name)))
 
 
-def pending_uploads_prune(*, older_than: timedelta = timedelta(days=1)) -> int:
-    """Deletes parked uploads nobody confirmed; returns how many went."""
+def pending_uploads_prune(
+    *, older_than: timedelta = timedelta(days=1), dry_run: bool = False
+) -> int:
+    """Deletes parked uploads nobody confirmed; returns how many went (with `dry_run`, how
+    many would, deleting nothing)."""
     storage = get_artifact_storage()
     cutoff = timezone.now() - older_than
     removed = 0
@@ -309,7 +312,8 @@ def pending_uploads_prune(*, older_than: timedelta = timedelta(days=1)) -> int:
         for filename in storage.listdir(folder)[1]:
             name = f"{folder}/{filename}"
             if storage.get_modified_time(name) < cutoff:
-                storage.delete(name)
+                if not dry_run:
+                    storage.delete(name)
                 removed += 1
     return removed
 

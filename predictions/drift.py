@@ -1,8 +1,9 @@
 """Data drift: per-feature two-sample tests between a version's reference sample and the
 features it served in a window (Kolmogorov-Smirnov for numbers, chi-squared for categories).
 
-Writes (`drift_check`, `drift_report_create`) and reads (`drift_reports_list`,
-`latest_drift_reports`) of DriftReport live here, apart from the predict path's services.
+Writes (`drift_check`, `drift_report_create`, `drift_reports_prune`) and reads
+(`drift_reports_list`, `latest_drift_reports`) of DriftReport live here, apart from the predict
+path's services.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet, Window
+from django.db.models.functions import RowNumber
 from django.utils import timezone
 
+from config.pruning import delete_in_batches
 from mlregistry.models import ModelVersion, RegisteredModel, Stage
 from predictions.models import DriftReport, DriftStatus, PredictionLog
 
@@ -207,6 +210,35 @@ def drift_check(
     return [drift_report_create(version=v, window_end=window_end) for v in versions]
 
 
+TESTED_STATUSES = (DriftStatus.OK, DriftStatus.DRIFT)
+
+
+def _newest_report_ids(reports: QuerySet[DriftReport]) -> set[int]:
+    """Ids of the newest of `reports` per version."""
+    ranked = reports.annotate(
+        rank=Window(
+            RowNumber(),
+            partition_by=[F("version_id")],
+            order_by=[F("window_end").desc(), F("id").desc()],
+        )
+    )
+    return set(ranked.filter(rank=1).values_list("id", flat=True))
+
+
+def drift_reports_prune(
+    *, older_than: datetime, batch_size: int = 1000, dry_run: bool = False
+) -> int:
+    """Deletes drift reports written before `older_than`, in batches, except each version's
+    newest report and newest tested one (what the admin and /metrics show); returns how many
+    went (with `dry_run`, how many would, deleting nothing)."""
+    keep = _newest_report_ids(DriftReport.objects.all())
+    keep |= _newest_report_ids(DriftReport.objects.filter(status__in=TESTED_STATUSES))
+    expired = DriftReport.objects.filter(created_at__lt=older_than).exclude(id__in=keep)
+    if dry_run:
+        return expired.count()
+    return delete_in_batches(expired, batch_size=batch_size)
+
+
 def drift_reports_list(
     *, model: RegisteredModel, version: int | None = None
 ) -> QuerySet[DriftReport]:
@@ -221,9 +253,7 @@ def latest_drift_reports() -> list[DriftReport]:
     """The newest tested report of each production version (what the metrics expose)."""
     latest: dict[int, DriftReport] = {}
     reports = (
-        DriftReport.objects.filter(
-            version__stage=Stage.PRODUCTION, status__in=[DriftStatus.OK, DriftStatus.DRIFT]
-        )
+        DriftReport.objects.filter(version__stage=Stage.PRODUCTION, status__in=TESTED_STATUSES)
         .select_related("model")
         .order_by("version_id", "-window_end", "-id")
     )

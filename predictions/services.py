@@ -25,6 +25,7 @@ from config.errors import (
     PayloadTooLarge,
     ValidationFailed,
 )
+from config.pruning import delete_in_batches
 from mlregistry.access import model_access_check
 from mlregistry.models import ModelVersion, RegisteredModel, Stage, Task
 from mlregistry.selectors import model_version_get, routing_invalidate
@@ -358,20 +359,15 @@ def prediction_log_flush() -> int:
     return prediction_log_buffer.flush()
 
 
-def prediction_log_prune(*, older_than: datetime, batch_size: int = 5000) -> int:
-    """Deletes prediction-log rows created before `older_than`, in batches; returns the count."""
-    deleted = 0
-    while True:
-        ids = list(
-            PredictionLog.objects.filter(created_at__lt=older_than)
-            .order_by("id")
-            .values_list("id", flat=True)[:batch_size]
-        )
-        if not ids:
-            return deleted
-        with transaction.atomic():
-            count, _ = PredictionLog.objects.filter(id__in=ids).delete()
-        deleted += count
+def prediction_log_prune(
+    *, older_than: datetime, batch_size: int = 5000, dry_run: bool = False
+) -> int:
+    """Deletes prediction-log rows created before `older_than`, in batches; returns how many
+    went (with `dry_run`, how many would, deleting nothing)."""
+    expired = PredictionLog.objects.filter(created_at__lt=older_than)
+    if dry_run:
+        return expired.count()
+    return delete_in_batches(expired, batch_size=batch_size)
 
 
 # --- Feedback -----------------------------------------------------------------------------

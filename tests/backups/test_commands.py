@@ -97,8 +97,8 @@ def test_restore_of_a_missing_folder_fails(db):
 
 def test_cleanup_retention_command_reports_what_it_did(registry):
     output = _run("cleanup_retention")
-    assert "Backups deleted: 0" in output
-    assert "artifact files swept: 0" in output
+    assert "  backups: 0\n" in output
+    assert "  unreferenced artifact files: 0\n" in output
 
 
 def test_setup_schedules_creates_the_defaults_once_and_keeps_operator_edits(db):

@@ -481,26 +481,6 @@ def test_a_backup_row_without_files_cannot_be_opened():
         services.backup_directory(backup)
 
 
-def test_cleanup_prunes_prediction_logs_when_the_predictions_app_offers_it(
-    registry, monkeypatch, settings
-):
-    import sys
-    import types
-
-    # Stand-in for predictions.services.prediction_log_prune, which another branch provides;
-    # this test checks the call the cleanup makes, with the cutoff it computes.
-    calls = []
-    stand_in = types.ModuleType("predictions.services")
-    stand_in.prediction_log_prune = lambda *, older_than: calls.append(older_than) or 5
-    monkeypatch.setitem(sys.modules, "predictions.services", stand_in)
-    settings.PREDICTION_LOG_RETENTION_DAYS = 30
-
-    summary = services.retention_cleanup_run(now=NOW)
-
-    assert summary["prediction_logs_pruned"] == 5
-    assert calls == [NOW - timedelta(days=30)]
-
-
 @POSTGRES
 def test_pg_tools_come_from_pg_bin_dir_when_set(registry, settings, tmp_path):
     settings.PG_BIN_DIR = str(tmp_path / "nowhere")

@@ -197,3 +197,36 @@ def test_an_unrestricted_client_lists_every_model(client_api, iris_model):
     factories.registered_model_create("wine")
     listing = client_api.get("/api/v1/models/").json()
     assert [m["name"] for m in listing["results"]] == ["iris", "wine"]
+
+
+def test_expired_tokens_are_deleted_and_live_ones_still_authenticate(client_user):
+    from rest_framework.test import APIClient
+
+    from mlregistry.access import api_tokens_prune_expired
+    from predictions.auth import CachedTokenAuthentication, auth_cache_key
+    from predictions.cache import cache_get
+
+    other = factories.user_create("other")
+    expiring, expiring_key = AuthToken.objects.create(user=other, expiry=timedelta(hours=1))
+    # Authenticated on the predict path while valid, so its user is cached; then it expires.
+    CachedTokenAuthentication().authenticate_credentials(expiring_key.encode())
+    assert cache_get(auth_cache_key(expiring.digest)) is not None
+    # (Created after that authentication: knox sweeps a user's expired tokens when it runs.)
+    AuthToken.objects.create(user=other, expiry=timedelta(days=-3))
+    live = [
+        factories.token_create(client_user),
+        AuthToken.objects.create(user=client_user, expiry=timedelta(days=1))[1],
+    ]
+    AuthToken.objects.filter(pk=expiring.pk).update(expiry=timezone.now() - timedelta(minutes=1))
+
+    assert api_tokens_prune_expired(dry_run=True) == 2
+    assert AuthToken.objects.count() == 4
+    assert api_tokens_prune_expired(batch_size=1) == 2
+
+    assert set(AuthToken.objects.values_list("user", flat=True)) == {client_user.pk}
+    # The deletes went through the ORM: the token cache's post_delete receiver ran.
+    assert cache_get(auth_cache_key(expiring.digest)) is None
+    for token in live:
+        api = APIClient()
+        api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+        assert api.get("/api/v1/models/").status_code == 200

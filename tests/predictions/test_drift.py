@@ -256,3 +256,44 @@ def test_metrics_expose_latest_p_values_and_flags(iris_model, client):
     assert 'mlregistry_drift_detected{feature="petal_length",model="iris"} 1.0' in body
     assert 'mlregistry_drift_detected{feature="sepal_width",model="iris"} 0.0' in body
     assert 'mlregistry_drift_p_value{feature="sepal_width",model="iris"}' in body
+
+
+# --- retention ----------------------------------------------------------------------------------
+
+
+def _report(version, *, days_old: int, status=DriftStatus.OK) -> int:
+    window_end = AS_OF - timedelta(days=days_old)
+    report = DriftReport.objects.create(
+        model_id=version.model_id,
+        version=version,
+        status=status,
+        window_start=window_end - timedelta(hours=24),
+        window_end=window_end,
+        threshold=0.05,
+    )
+    DriftReport.objects.filter(pk=report.pk).update(created_at=window_end)
+    return report.pk
+
+
+def test_old_drift_reports_are_pruned_except_each_versions_newest(iris_model):
+    production = _production(iris_model)
+    archived = factories.version_create(iris_model, c=0.5)
+    old = [_report(production, days_old=d) for d in (400, 300)]
+    recent = [_report(production, days_old=d) for d in (100, 1)]
+    superseded = _report(archived, days_old=300)
+    newest_tested = _report(archived, days_old=250, status=DriftStatus.DRIFT)
+    newest = _report(archived, days_old=200, status=DriftStatus.INSUFFICIENT_DATA)
+    cutoff = AS_OF - timedelta(days=180)
+
+    assert drift.drift_reports_prune(older_than=cutoff, dry_run=True) == 3
+    assert DriftReport.objects.count() == 7
+
+    assert drift.drift_reports_prune(older_than=cutoff, batch_size=1) == 3
+
+    # The archived version's last tested report stays: it is its last known drift status.
+    assert set(DriftReport.objects.values_list("pk", flat=True)) == {
+        *recent,
+        newest_tested,
+        newest,
+    }
+    assert not DriftReport.objects.filter(pk__in=[*old, superseded]).exists()
