@@ -2,14 +2,16 @@
 
 A daemon thread flushes every PREDICTION_LOG_FLUSH_SECONDS, or sooner once
 PREDICTION_LOG_FLUSH_ROWS rows wait; the process flushes at exit too (gunicorn's worker_exit
-hook in deploy/gunicorn.conf.py, and atexit). A crash loses at most one interval of rows: the log
-is for drift and audit sampling, not billing. With PREDICTION_LOG_FLUSH_SECONDS=0 there is no
+hook in deploy/gunicorn.conf.py, atexit, and multiprocessing's exit finalizers for granian's
+workers). A crash loses at most one interval of rows: the log is for drift and audit sampling,
+not billing. With PREDICTION_LOG_FLUSH_SECONDS=0 there is no
 thread and a full buffer is flushed by the request that filled it (tests, one-off scripts).
 """
 
 from __future__ import annotations
 
 import atexit
+import multiprocessing.util
 import logging
 import os
 import threading
@@ -185,6 +187,9 @@ class PredictionLogBuffer:
         )
         self._thread.start()
         atexit.register(self.stop)
+        # A worker that is a multiprocessing child (granian's) ends with os._exit, where atexit
+        # does not run; multiprocessing's own exit finalizers do.
+        multiprocessing.util.Finalize(None, self.stop, exitpriority=10)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stops this process's flusher after a last flush (worker exit, tests)."""
