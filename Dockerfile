@@ -1,4 +1,4 @@
-# Model Registry: one image for web (gunicorn), worker and beat (celery). See README "Operations".
+# Model Registry: one image for web (granian), worker and beat (celery). See README "Operations".
 # bookworm ships postgresql-client 15, the same major version as the compose file's database:
 # pg_dump refuses a server newer than itself.
 FROM python:3.11-slim-bookworm
@@ -32,4 +32,4 @@ USER app
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request as u; sys.exit(0 if u.urlopen('http://127.0.0.1:8000/health', timeout=3).status == 200 else 1)"]
-CMD ["gunicorn", "--config", "deploy/gunicorn.conf.py", "config.wsgi:application"]
+CMD ["deploy/serve"]

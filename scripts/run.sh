@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make run`: migrate, set up the demo, then serve with gunicorn and run a Celery worker with
+# `make run`: migrate, set up the demo, then serve with granian and run a Celery worker with
 # an embedded beat. Embedded defaults unless DATABASE_URL / REDIS_URL / CELERY_BROKER_URL say
 # otherwise. Ctrl-C stops everything this script started.
 set -euo pipefail
@@ -35,10 +35,9 @@ cleanup() {
 }
 trap cleanup INT TERM EXIT
 
-# The deployment's gunicorn config (exit hooks flush the prediction log); the flags win over it.
-.venv/bin/gunicorn config.wsgi:application --config deploy/gunicorn.conf.py --bind "127.0.0.1:${PORT}" \
-  --workers "$WEB_WORKERS" --threads "$WEB_THREADS" --timeout "${WEB_TIMEOUT:-30}" \
-  --log-level warning &
+# The deployment's server script (deploy/serve: granian), on localhost.
+WEB_HOST=127.0.0.1 PORT="$PORT" WEB_CONCURRENCY="$WEB_WORKERS" WEB_THREADS="$WEB_THREADS" \
+  LOG_LEVEL=warning GRANIAN=.venv/bin/granian deploy/serve &
 pids+=($!)
 .venv/bin/celery -A config worker --beat --loglevel INFO --concurrency 1 \
   --scheduler django_celery_beat.schedulers:DatabaseScheduler &

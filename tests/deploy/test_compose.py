@@ -1,5 +1,6 @@
 """No Docker engine here: the compose file is checked against what the code actually reads."""
 
+import os
 import re
 from pathlib import Path
 
@@ -20,11 +21,14 @@ _ENV_READ = re.compile(
 )
 
 
+_SHELL_READ = re.compile(r"\$\{([A-Z0-9_]+)")
+
+
 def _variables_the_code_reads() -> set[str]:
     names: set[str] = set()
     for path in [*ROOT.glob("config/*.py"), ROOT / "deploy" / "gunicorn.conf.py"]:
         names |= set(_ENV_READ.findall(path.read_text()))
-    return names
+    return names | set(_SHELL_READ.findall((ROOT / "deploy" / "serve").read_text()))
 
 
 def test_the_stack_has_every_service():
@@ -49,13 +53,11 @@ def test_production_settings_are_set(service):
     assert "web" in env["DJANGO_ALLOWED_HOSTS"]  # Prometheus scrapes web:8000
 
 
-def test_web_runs_gunicorn_with_the_config_the_repo_ships():
-    command = SERVICES["web"]["command"]
-    assert command[0] == "gunicorn" and "config.wsgi:application" in command
-    conf = command[command.index("--config") + 1]
-    assert (ROOT / conf).is_file()
+def test_web_runs_the_server_script_the_repo_ships():
+    assert SERVICES["web"]["command"] == ["deploy/serve"]
+    assert os.access(ROOT / "deploy" / "serve", os.X_OK)
     env = SERVICES["web"]["environment"]
-    assert {"WEB_CONCURRENCY", "WEB_TIMEOUT"} <= set(env)
+    assert {"WEB_CONCURRENCY", "WEB_THREADS", "WEB_MAX_RSS_MB"} <= set(env)
 
 
 def test_gunicorn_config_takes_workers_and_timeout_from_the_environment(monkeypatch):
@@ -142,10 +144,10 @@ def test_monitoring_files_are_mounted_where_their_configs_point():
     assert prometheus["rule_files"] == ["/etc/prometheus/alerts.yml"]
 
 
-def test_dockerfile_runs_gunicorn_as_a_non_root_user():
+def test_dockerfile_runs_the_server_script_as_a_non_root_user():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile
     user_lines = [line for line in dockerfile.splitlines() if line.startswith("USER ")]
     assert user_lines and user_lines[-1].split()[1] not in {"root", "0"}
-    assert '"gunicorn", "--config", "deploy/gunicorn.conf.py"' in dockerfile
+    assert 'CMD ["deploy/serve"]' in dockerfile
     assert "requirements.txt" in dockerfile and "requirements-dev" not in dockerfile
