@@ -199,7 +199,26 @@ def wait_ready(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout}s")
 
 
-def gunicorn(app: str, port: int, env: dict, args) -> subprocess.Popen:
+def serve(app: str, port: int, env: dict, args) -> subprocess.Popen:
+    """The product or a yardstick, under the server being measured (same settings for all)."""
+    if args.server == "granian":
+        command = [
+            str(BIN / "granian"),
+            "--interface",
+            "wsgi",
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+            "--blocking-threads",
+            str(args.threads),
+            "--log-level",
+            "warning",
+        ]
+        return subprocess.Popen(command, cwd=ROOT, env=env)
     command = [
         str(BIN / "gunicorn"),
         "-c",
@@ -248,8 +267,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--concurrency", default="1,16,64")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--worker-class", default="sync")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--server", choices=("granian", "gunicorn"), default="granian")
+    parser.add_argument("--worker-class", default="gthread", help="gunicorn only")
+    parser.add_argument("--threads", type=int, default=1, help="per worker process")
     parser.add_argument("--models", default="bench-lr,bench-rf")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
     args = parser.parse_args()
@@ -328,7 +348,7 @@ def main() -> None:
     references: dict[str, str] = {}
     try:
         port = free_port()
-        servers.append(gunicorn("config.wsgi:application", port, env, args))
+        servers.append(serve("config.wsgi:application", port, env, args))
         product_base = f"http://127.0.0.1:{port}"
         for model in models:
             ref_env = {
@@ -338,7 +358,7 @@ def main() -> None:
             }
             ref_env.pop("PROMETHEUS_MULTIPROC_DIR")
             ref_port = free_port()
-            servers.append(gunicorn("bench.reference_app:application", ref_port, ref_env, args))
+            servers.append(serve("bench.reference_app:application", ref_port, ref_env, args))
             references[model] = f"http://127.0.0.1:{ref_port}"
         wait_ready(f"{product_base}/health")
         for base in references.values():
@@ -401,7 +421,12 @@ def main() -> None:
     report = {
         "generator": generator,
         "backend": backend,
-        "gunicorn": {"workers": args.workers, "class": args.worker_class, "threads": args.threads},
+        "server": {
+            "name": args.server,
+            "workers": args.workers,
+            "class": args.worker_class if args.server == "gunicorn" else "wsgi",
+            "threads": args.threads,
+        },
         "duration_s": args.duration,
         "cpus": os.cpu_count(),
         "results": results,
@@ -434,9 +459,9 @@ def _line(r: dict) -> str:
 def print_table(report: dict) -> None:
     print()
     print(
-        f"Model Registry serving benchmark — {report['backend']}, gunicorn "
-        f"{report['gunicorn']['workers']} x {report['gunicorn']['class']}"
-        f" (threads {report['gunicorn']['threads']}), {report['cpus']} CPUs, "
+        f"Model Registry serving benchmark — {report['backend']}, {report['server']['name']} "
+        f"{report['server']['workers']} x {report['server']['class']}"
+        f" (threads {report['server']['threads']}), {report['cpus']} CPUs, "
         f"{report['generator']}, {report['duration_s']} s per cell"
     )
     header = (
