@@ -11,8 +11,8 @@ thread and a full buffer is flushed by the request that filled it (tests, one-of
 from __future__ import annotations
 
 import atexit
-import multiprocessing.util
 import logging
+import multiprocessing.util
 import os
 import threading
 from datetime import datetime
