@@ -22,7 +22,7 @@ PREDICTION_LATENCY = Histogram(
 )
 PREDICTION_CONFIDENCE = Histogram(
     "mlregistry_prediction_confidence",
-    "Highest class probability of each classified row, by model and version.",
+    "Highest class probability of classified rows (16 sampled per batch), by model and version.",
     ["model", "version"],
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0),
 )

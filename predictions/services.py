@@ -166,6 +166,9 @@ def _result_key(info: dict[str, Any], values: list[Any]) -> str:
     return f"pred:v1:{info['id']}:{info['sha256'][:16]}:{digest}"
 
 
+# Rows of one request observed in the confidence histogram, at most.
+_CONFIDENCE_SAMPLE = 16
+
 # The version each model was last routed to in this process: only a guess of which result-cache
 # key a request will need, so it can be fetched together with the routing entry. What is served
 # is decided by the routing entry read in that same round trip, never by this guess.
@@ -267,7 +270,10 @@ def prediction_serve(
     ).inc(len(outputs))
     if loaded.has_proba:
         confidence = metrics.PREDICTION_CONFIDENCE.labels(model=model_name, version=version_label)
-        for out in outputs if len(outputs) <= 100 else random.sample(outputs, 100):
+        # A histogram update is a locked write in multiprocess mode: a batch contributes a
+        # random sample of its rows (the distribution is what the dashboard shows).
+        cap = _CONFIDENCE_SAMPLE
+        for out in outputs if len(outputs) <= cap else random.sample(outputs, cap):
             confidence.observe(out["confidence"])
     elapsed = time.perf_counter() - started
     metrics.PREDICTION_LATENCY.labels(model=model_name).observe(elapsed)
