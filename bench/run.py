@@ -1,14 +1,17 @@
 """`make bench`: the serving path under load, next to the yardsticks, in one run.
 
-Starts the product with gunicorn (Postgres + Redis when DATABASE_URL / REDIS_URL are set,
+Starts the product with granian as deploy/serve does, or gunicorn with --server gunicorn
+(Postgres + Redis when DATABASE_URL / REDIS_URL are set,
 else the embedded SQLite + local-memory defaults), registers a logistic-regression pipeline
 and a 100-tree random forest trained on 20 synthetic features, and drives load with wrk (Lua
 scripts; unique random rows for the uncached case). The same run measures a minimal Django
 view that just runs the model and a constant-answer view (bench/reference_app.py, same
-gunicorn settings) and in-process scikit-learn, then prints one table.
+server settings), in-process scikit-learn, and the CPU one request costs the web process
+(bench/request_cost.py), then prints one table.
 
 Options: --duration SECONDS (per cell, default 5), --concurrency 1,16,64, --workers N,
---worker-class sync|gthread, --threads N, --json PATH. wrk comes from Debian (`apt-get install
+--server granian|gunicorn, --worker-class sync|gthread (gunicorn), --threads N (per process),
+--models bench-lr,bench-rf, --json PATH. wrk comes from Debian (`apt-get install
 -y wrk`); if it is missing and can't be installed, a Python load generator is used instead and
 the table says so (its own CPU use makes the figures lower).
 """
@@ -318,6 +321,17 @@ def main() -> None:
     setup = json.loads(prepared.stdout.strip().splitlines()[-1])
     token, features = setup["token"], setup["features"]
     models = [m for m in args.models.split(",") if m]
+    costs = {}
+    for model in models:
+        measured = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "request_cost.py"), token, model, *features],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        costs[model] = json.loads(measured.stdout.strip().splitlines()[-1])
     results: list[dict] = []
 
     def cell(target, model, scenario, url, *, body=None, random_rows=False, rows=1, levels=levels):
@@ -430,6 +444,7 @@ def main() -> None:
         "duration_s": args.duration,
         "cpus": os.cpu_count(),
         "results": results,
+        "request_cost": costs,
         "models": {
             k: {kk: vv for kk, vv in v.items() if kk != "file"} for k, v in setup["models"].items()
         },
@@ -483,6 +498,16 @@ def print_table(report: dict) -> None:
             f"{_fmt(ip['batch100_rows_per_s'], 0)} rows/s; batch of 1,000 "
             f"{_fmt(ip['batch1000_rows_per_s'], 0)} rows/s; cold load (read + sha256 + skops) "
             f"{model['cold_load_s'] * 1000:.0f} ms for {model['artifact_bytes'] / 1e6:.2f} MB"
+        )
+    print()
+    print("CPU per request in the web process (bench/request_cost.py: in-process, one thread):")
+    for name, cost in report.get("request_cost", {}).items():
+        print(
+            f"  {name:<9} single uncached {cost['single_uncached_us'] / 1000:.2f} ms, cache hit "
+            f"{cost['single_cached_us'] / 1000:.2f} ms, batch of 100 "
+            f"{cost['batch100_us'] / 1000:.2f} ms, batch of 1,000 "
+            f"{cost['batch1000_us'] / 1000:.2f} ms ({1e9 / cost['batch1000_us']:,.0f} rows/s "
+            f"per core); GET /health {cost['health_us'] / 1000:.2f} ms"
         )
     by_key = {(r["target"], r["model"], r["scenario"], r["c"]): r for r in report["results"]}
     print()
