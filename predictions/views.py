@@ -10,7 +10,7 @@ from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.authentication import SessionAuthentication
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import ParseError, UnsupportedMediaType
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -86,8 +86,9 @@ class _PredictBase(APIView):
             if self.guess_result_key and token_key:
                 try:
                     guess = services.result_cache_key_guess(model_name=name, payload=request.data)
-                except ParseError as exc:
-                    # DRF forgets a parse error after raising it once: keep it for _serve.
+                except (ParseError, UnsupportedMediaType) as exc:
+                    # Authentication answers first (a bad token is a 401 whatever the body),
+                    # and DRF forgets a parse error after raising it once: keep it for _serve.
                     self._parse_error = exc
                     guess = None
                 if guess:
