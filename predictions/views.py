@@ -10,7 +10,7 @@ from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.authentication import SessionAuthentication
-from rest_framework.exceptions import ParseError, UnsupportedMediaType
+from rest_framework.exceptions import AuthenticationFailed, ParseError, UnsupportedMediaType
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -26,6 +26,7 @@ from predictions import selectors, services
 from predictions.auth import (
     CachedTokenAuthentication,
     auth_cache_key_for_request,
+    token_user_forget,
     token_user_pk,
 )
 from predictions.cache import cache_get, cache_prefetch, cache_prefetch_clear, cache_set
@@ -94,7 +95,16 @@ class _PredictBase(APIView):
                 if guess:
                     keys.append(guess)
         cache_prefetch(keys, increments)
-        super().initial(request, *args, **kwargs)
+        try:
+            super().initial(request, *args, **kwargs)
+        except AuthenticationFailed:
+            # The token was refused (revoked, expired, its user deactivated) after its former
+            # user's counter was incremented ahead: give the count back and stop reading ahead
+            # for it, so requests with a revoked token cannot use up that user's budget.
+            if increments:
+                token_user_forget(token_key)
+                ScopeRateThrottle.refund_ahead(increments[0][0])
+            raise
 
     def finalize_response(self, request, response, *args, **kwargs):
         cache_prefetch_clear()

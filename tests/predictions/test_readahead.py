@@ -138,6 +138,25 @@ def test_a_revoked_token_is_refused_though_its_user_is_remembered(client_user, i
     assert refused.json()["error"]["type"] == "authentication_failed"
 
 
+def test_refused_requests_with_a_revoked_token_do_not_use_up_its_users_budget(
+    client_user, iris_production, settings
+):
+    _rates(settings, predict="3/hour")
+    revoked_token, revoked_secret = AuthToken.objects.create(user=client_user)
+    revoked, kept = APIClient(), APIClient()
+    revoked.credentials(HTTP_AUTHORIZATION=f"Bearer {revoked_secret}")
+    kept.credentials(HTTP_AUTHORIZATION=f"Bearer {factories.token_create(client_user)}")
+    assert _predict(revoked).status_code == 200
+    assert _predict(revoked).status_code == 200  # 2 of 3, and this process knows its user
+    revoked_token.delete()
+    for _ in range(5):
+        assert _predict(revoked).status_code == 401
+    # Nor does this process read ahead for that token any more.
+    assert token_user_pk(auth_cache_key(revoked_token.digest)) is None
+    assert _predict(kept).status_code == 200  # 3 of 3
+    assert _predict(kept).status_code == 429
+
+
 def test_a_pending_result_write_rides_in_the_next_requests_pipeline(
     client_api, iris_production, writer_without_thread, round_trips
 ):
