@@ -108,5 +108,16 @@ class ScopeRateThrottle(BaseThrottle):
                 return 1
             return cache.incr(key)
 
+    @staticmethod
+    def refund_ahead(key: str) -> None:
+        """Gives back the increment made ahead (if it was made) for a request whose token was
+        then refused: a request not authenticated as that user must not count against it."""
+        if readahead_count(key) is None:
+            return
+        try:
+            cache.decr(key)
+        except Exception:  # the window is over (no counter left) or the cache is down
+            logger.debug("throttle count not refunded", exc_info=True)
+
     def wait(self) -> float | None:
         return self._wait

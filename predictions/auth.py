@@ -37,6 +37,11 @@ def token_user_pk(token_key: str) -> int | None:
     return _known_users.get(token_key)
 
 
+def token_user_forget(token_key: str) -> None:
+    """Stops reading ahead for a token that was refused (revoked, expired, user deactivated)."""
+    _known_users.pop(token_key, None)
+
+
 def _remember(token_key: str, user_pk: int) -> None:
     if len(_known_users) >= _KNOWN_USERS_MAX:
         _known_users.clear()

@@ -10,6 +10,7 @@ from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.authentication import SessionAuthentication
+from rest_framework.exceptions import APIException, AuthenticationFailed, UnsupportedMediaType
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -25,6 +26,7 @@ from predictions import selectors, services
 from predictions.auth import (
     CachedTokenAuthentication,
     auth_cache_key_for_request,
+    token_user_forget,
     token_user_pk,
 )
 from predictions.body import PredictBody, read_body
@@ -83,11 +85,23 @@ class _PredictBase(APIView):
         if name:
             keys.append(routing_cache_key(name))
             if self.guess_result_key and token_key:
-                guess = services.result_cache_key_guess(model_name=name, body=self._body(request))
+                guess = None
+                body = self._body_ahead(request)
+                if body is not None:
+                    guess = services.result_cache_key_guess(model_name=name, body=body)
                 if guess:
                     keys.append(guess)
         cache_prefetch(keys, increments)
-        super().initial(request, *args, **kwargs)
+        try:
+            super().initial(request, *args, **kwargs)
+        except AuthenticationFailed:
+            # The token was refused (revoked, expired, its user deactivated) after its former
+            # user's counter was incremented ahead: give the count back and stop reading ahead
+            # for it, so requests with a revoked token cannot use up that user's budget.
+            if increments:
+                token_user_forget(token_key)
+                ScopeRateThrottle.refund_ahead(increments[0][0])
+            raise
 
     def finalize_response(self, request, response, *args, **kwargs):
         cache_prefetch_clear()
@@ -98,8 +112,21 @@ class _PredictBase(APIView):
         # rows straight into a matrix with the routed version's schema (predictions/body.py).
         body = getattr(self, "_predict_body", None)
         if body is None:
+            if getattr(self, "_body_error", None) is not None:
+                raise self._body_error
+            if not _is_json(request.content_type):
+                raise UnsupportedMediaType(request.content_type)
             body = self._predict_body = PredictBody(read_body(request.stream))
         return body
+
+    def _body_ahead(self, request: Request) -> PredictBody | None:
+        """The body for the result-key guess, read before authentication: any error waits for
+        _serve (a bad token is a 401 whatever the body)."""
+        try:
+            return self._body(request)
+        except APIException as exc:
+            self._body_error = exc
+            return None
 
     def _serve(self, request: Request, name: str, version: int | None = None) -> Response:
         result = services.prediction_serve(
@@ -134,6 +161,10 @@ class PredictVersionView(_PredictBase):
     )
     def post(self, request: Request, name: str, version: int) -> Response:
         return self._serve(request, name, version)
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json")
 
 
 _SLUG = re.compile(r"^[-a-zA-Z0-9_]{1,100}$")

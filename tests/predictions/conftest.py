@@ -1,4 +1,5 @@
 import io
+import socket
 
 import pytest
 
@@ -29,6 +30,30 @@ def _serving_state(settings):
     prediction_log_buffer.clear()
     routing_fallback_clear()
     cache_reset()
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # nothing listens here once the socket is closed
+
+
+def cache_goes_down(settings) -> None:
+    """Fault injected on purpose: the cache points at a Redis on a port nobody listens on."""
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{_closed_port()}/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.1, "SOCKET_TIMEOUT": 0.1},
+        }
+    }
+    settings.PREDICTION_CACHE_RETRY_SECONDS = 30
+
+
+@pytest.fixture
+def redis_down(settings):
+    cache_goes_down(settings)
+    yield
 
 
 def promote(version, stage="production"):

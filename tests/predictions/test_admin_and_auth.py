@@ -94,3 +94,27 @@ def test_bad_token_is_401(anon_api, iris_production):
     anon_api.credentials(HTTP_AUTHORIZATION="Bearer not-a-real-token")
     response = anon_api.post("/api/v1/models/iris/predict", {"features": IRIS_ROW}, format="json")
     assert response.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [("x=1", "text/plain"), ("{not json", "application/json")],
+)
+def test_bad_token_is_401_before_the_body_is_judged(
+    anon_api, client_api, iris_production, body, content_type
+):
+    url = "/api/v1/models/iris/predict"
+    # Warm: this process has routed iris, so it parses bodies to guess the result's cache key.
+    assert client_api.post(url, {"features": IRIS_ROW}, format="json").status_code == 200
+    anon_api.credentials(HTTP_AUTHORIZATION="Bearer not-a-real-token")
+    response = anon_api.post(url, body, content_type=content_type)
+    assert response.status_code == 401
+    assert response.json()["error"]["type"] == "authentication_failed"
+
+
+def test_an_unsupported_body_type_is_415_once_authenticated(client_api, iris_production):
+    url = "/api/v1/models/iris/predict"
+    assert client_api.post(url, {"features": IRIS_ROW}, format="json").status_code == 200
+    response = client_api.post(url, "x=1", content_type="text/plain")
+    assert response.status_code == 415
+    assert response.json()["error"]["type"] == "unsupported_media_type"

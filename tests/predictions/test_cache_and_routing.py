@@ -1,5 +1,4 @@
 import os
-import socket
 import time
 
 import pytest
@@ -13,26 +12,6 @@ from predictions.selectors import routing_entry_get
 from tests.predictions.conftest import IRIS_ROW, OTHER_ROW, iris_version, promote
 
 pytestmark = pytest.mark.django_db
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]  # nothing listens here once the socket is closed
-
-
-@pytest.fixture
-def redis_down(settings):
-    """Fault injected on purpose: the cache points at a Redis on a port nobody listens on."""
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": f"redis://127.0.0.1:{_closed_port()}/0",
-            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.1, "SOCKET_TIMEOUT": 0.1},
-        }
-    }
-    settings.PREDICTION_CACHE_RETRY_SECONDS = 30
-    yield
 
 
 def _predict(api, row=IRIS_ROW):
