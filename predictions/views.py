@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.errors import NotFoundError
+from config.errors import DomainError, NotFoundError
 from config.throttling import ScopeRateThrottle
 from mlregistry.access import access_cache_key
 from mlregistry.models import RegisteredModel
@@ -124,7 +124,7 @@ class _PredictBase(APIView):
         _serve (a bad token is a 401 whatever the body)."""
         try:
             return self._body(request)
-        except APIException as exc:
+        except (APIException, DomainError) as exc:
             self._body_error = exc
             return None
 
