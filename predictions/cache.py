@@ -66,7 +66,7 @@ def cache_prefetch(keys: list[str], increments: list[tuple[str, int]] = ()) -> N
     """Reads `keys` and increments the counters in `increments` ((key, window seconds)) in one
     round trip, and parks the answers in config.readahead for the code that owns each value.
 
-    With Redis this is one pipeline (MGET, then INCR + EXPIRE NX per counter); with another
+    With Redis this is one pipeline (MGET, then SET NX EX + INCR per counter); with another
     backend the keys are read with get_many and counters are left to their owners. On a cache
     failure nothing is parked, so every owner falls back to its own (skipped) cache call.
     """
@@ -99,9 +99,10 @@ def _redis_prefetch(
         pipe.mget([client.make_key(key) for key in keys])
     for key, window in increments:
         made = client.make_key(key)
+        # Create the window's counter with its lifetime if it does not exist yet, then count.
+        # (SET NX EX + INCR rather than INCR + EXPIRE NX: the latter needs Redis 7.)
+        pipe.set(made, 0, ex=window + 1, nx=True)
         pipe.incr(made)
-        # The first increment of a window creates the counter: give it its lifetime then.
-        pipe.expire(made, window + 1, nx=True)
     # Result-cache writes of earlier requests ride along (their replies are not needed).
     for key, value, timeout in _write_behind.take():
         pipe.set(client.make_key(key), client.encode(value), px=int(timeout * 1000))
@@ -113,7 +114,7 @@ def _redis_prefetch(
             key: None if value is None else client.decode(value)
             for key, value in zip(keys, raw, strict=True)
         }
-    counts = {key: int(results[2 * i]) for i, (key, _) in enumerate(increments)}
+    counts = {key: int(results[2 * i + 1]) for i, (key, _) in enumerate(increments)}
     return values, counts
 
 
