@@ -430,9 +430,10 @@ PREDICTION_MODEL_CACHE_MAX_MB = env_int("PREDICTION_MODEL_CACHE_MAX_MB", 1024, m
 # Prediction log: the share of served rows recorded (0..1), buffered in-process and
 # bulk-inserted every PREDICTION_LOG_FLUSH_SECONDS or PREDICTION_LOG_FLUSH_ROWS rows.
 PREDICTION_LOG_SAMPLE_RATE = env_float("PREDICTION_LOG_SAMPLE_RATE", 1.0)
-# A batch logs at most this many (randomly chosen) rows: logging every row of big batches
-# would cost more than predicting them.
-PREDICTION_LOG_BATCH_MAX_ROWS = env_int("PREDICTION_LOG_BATCH_MAX_ROWS", 100, minimum=1)
+# A batch logs at most this many (randomly chosen) rows: a logged row costs ~30 us of the web
+# process and ~70 us of Postgres, far more than predicting it (a 1,000-row batch logging 100
+# rows spent more time logging than predicting). Raise it when every batch row must be audited.
+PREDICTION_LOG_BATCH_MAX_ROWS = env_int("PREDICTION_LOG_BATCH_MAX_ROWS", 20, minimum=1)
 PREDICTION_LOG_STORE_FEATURES = env_bool("PREDICTION_LOG_STORE_FEATURES", True)
 PREDICTION_LOG_RETENTION_DAYS = env_int("PREDICTION_LOG_RETENTION_DAYS", 30, minimum=1)
 PREDICTION_LOG_FLUSH_SECONDS = env_float("PREDICTION_LOG_FLUSH_SECONDS", 2.0)

@@ -11,7 +11,9 @@ class PredictionLog(models.Model):
     when PREDICTION_LOG_STORE_FEATURES is false.
     """
 
-    request_id = models.CharField(max_length=128, db_index=True)
+    # No index of its own: the unique (request_id, served_to, row_index) index serves lookups by
+    # request id, and every index is paid on each of the log's many inserts.
+    request_id = models.CharField(max_length=128)
     row_index = models.PositiveIntegerField(default=0)
     model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="+")
     version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="predictions")
