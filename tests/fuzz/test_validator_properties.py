@@ -1,15 +1,20 @@
 """Property tests of the feature validator: whatever JSON a client sends, it either returns rows
 the model can take (finite, in range, in schema order) or a 400 naming exactly the bad fields."""
 
+import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rest_framework.exceptions import ParseError
 
-from config.errors import ValidationFailed
+from config.errors import PayloadTooLarge, ValidationFailed
+from predictions.body import RowDecoder, parse_json
 from predictions.loader import compile_features
+from predictions.services import _in_range, _rows_from_payload
 from predictions.validation import fast_numeric_rows, rows_validate
 
 SCHEMA = compile_features(
@@ -108,3 +113,75 @@ def test_a_row_that_is_not_an_object_is_named(payload):
     with pytest.raises(ValidationFailed) as error:
         rows_validate([payload], SCHEMA, NAMES, batch=True)
     assert list(error.value.fields) == ["instances[0]"]
+
+
+# --- The typed decoder (predictions/body.py) against the general path ---------------------
+
+DECODER = RowDecoder(tuple(f.name for f in FLOATS_ONLY))
+BOUNDS = SimpleNamespace(
+    lows=np.array([f.low for f in FLOATS_ONLY]), highs=np.array([f.high for f in FLOATS_ONLY])
+)
+float_names = frozenset(f.name for f in FLOATS_ONLY)
+top_level = st.fixed_dictionaries(
+    {},
+    optional={
+        "features": st.one_of(float_rows, json_values),
+        "instances": st.one_of(st.lists(float_rows, max_size=3), json_values),
+        "client_id": json_values,
+        "model_id": json_values,
+    },
+)
+
+
+def _general(raw: bytes):
+    """What the general path makes of a body: (values, batch) or the error it answers with."""
+    try:
+        rows, batch = _rows_from_payload(parse_json(raw))
+        return rows_validate(rows, FLOATS_ONLY, float_names, batch=batch), batch
+    except (ValidationFailed, PayloadTooLarge, ParseError) as error:
+        return error
+
+
+@settings(max_examples=500, deadline=None)
+@given(body=top_level)
+def test_the_typed_decoder_only_accepts_what_the_general_path_accepts(body):
+    raw = json.dumps(body, allow_nan=True).encode()  # NaN/Infinity tokens included on purpose
+    typed = DECODER.decode(raw)
+    general = _general(raw)
+    if typed is None or not _in_range(BOUNDS, typed.matrix):
+        return  # the service falls back to the general path: same answer by construction
+    assert not isinstance(general, Exception), (raw, general)
+    values, batch = general
+    assert typed.batch == batch
+    assert np.array_equal(typed.matrix, np.array(values, dtype=np.float64))
+    assert typed.client_id == body.get("client_id")
+
+
+@pytest.mark.parametrize(
+    ("raw", "accepted"),
+    [
+        (b'{"features": {"a": 1, "b": 2.5}}', True),
+        (b'{"features": {"a": 1, "b": 2.5, "c": 3}}', False),  # unknown feature
+        (b'{"features": {"a": true, "b": 2.5}}', False),  # bool is not a number here
+        (b'{"features": {"a": "1", "b": 2.5}}', False),
+        (b'{"features": {"a": 1}}', False),  # missing feature
+        (b'{"features": {"a": 1, "b": NaN}}', False),  # not JSON: the general path names it
+        # A duplicate key: the typed decoder checks every occurrence and gives up on a bad one;
+        # the general path then decides (the last occurrence wins there).
+        (b'{"features": {"a": "x", "a": 1, "b": 2}}', False),
+        (b'{"features": {"a": 1, "a": "x", "b": 2}}', False),
+        (b'{"instances": []}', False),
+        (b'{"instances": null}', False),
+        (b'{"instances": [{"a": 1, "b": 2}], "features": {"a": 1, "b": 0}}', True),  # batch wins
+        # ...but a bad `features` beside it is checked too: the general path answers then.
+        (b'{"instances": [{"a": 1, "b": 2}], "features": {"a": 0}}', False),
+        (b'{"features": {"a": 1, "b": 1e999}}', False),
+    ],
+)
+def test_typed_decoder_examples(raw, accepted):
+    typed = DECODER.decode(raw)
+    assert (typed is not None) == accepted
+    general = _general(raw)
+    if accepted:
+        assert not isinstance(general, Exception)
+        assert np.array_equal(typed.matrix, np.array(general[0], dtype=np.float64))
