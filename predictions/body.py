@@ -118,13 +118,6 @@ class PredictBody:
         self._parsed: Any = _UNPARSED
         self._typed: tuple[RowDecoder, TypedRows | None] | None = None
 
-    @classmethod
-    def of(cls, payload: Any) -> PredictBody:
-        """A body already parsed (callers other than the predict views)."""
-        body = cls(b"")
-        body._parsed = payload
-        return body
-
     def parsed(self) -> Any:
         if self._parsed is _UNPARSED:
             self._parsed = parse_json(self.raw)
