@@ -7,7 +7,7 @@ from rest_framework import serializers
 
 
 class SplitItem(serializers.Serializer):
-    version = serializers.IntegerField(min_value=1)
+    version = serializers.IntegerField(min_value=1, max_value=2**31 - 1)  # the column's range
     weight = serializers.IntegerField(min_value=0, max_value=100)
 
 
