@@ -15,6 +15,11 @@ import threading
 import time
 from typing import Any
 
+try:
+    import hiredis
+except ImportError:  # pragma: no cover - hiredis is in requirements.txt
+    hiredis = None
+
 from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
@@ -62,9 +67,15 @@ def _failed(operation: str, exc: Exception) -> None:
     )
 
 
-def cache_prefetch(keys: list[str], increments: list[tuple[str, int]] = ()) -> None:
+def cache_prefetch(
+    keys: list[str], increments: list[tuple[str, int]] = (), *, shared: frozenset[str] = frozenset()
+) -> None:
     """Reads `keys` and increments the counters in `increments` ((key, window seconds)) in one
     round trip, and parks the answers in config.readahead for the code that owns each value.
+
+    Values of the keys in `shared` may be decoded once per distinct stored value and handed to
+    every request that reads the same bytes (see _SharedDecodes): only for keys whose owners
+    never change what they get.
 
     With Redis this is one pipeline (MGET, then SET NX EX + INCR per counter); with another
     backend the keys are read with get_many and counters are left to their owners. On a cache
@@ -76,7 +87,7 @@ def cache_prefetch(keys: list[str], increments: list[tuple[str, int]] = ()) -> N
         backend = caches["default"]
         try:
             if _is_redis(backend):
-                values, counts = _redis_prefetch(backend, keys, increments)
+                values, counts = _redis_prefetch(backend, keys, increments, shared)
             else:
                 found = backend.get_many(keys)
                 values = {key: found.get(key) for key in keys}
@@ -91,31 +102,104 @@ def _is_redis(backend: Any) -> bool:
 
 
 def _redis_prefetch(
-    backend: Any, keys: list[str], increments: list[tuple[str, int]]
+    backend: Any,
+    keys: list[str],
+    increments: list[tuple[str, int]],
+    shared: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Any], dict[str, int]]:
     client = backend.client
-    pipe = client.get_client(write=True).pipeline(transaction=False)
+    commands: list[tuple[Any, ...]] = []
     if keys:
-        pipe.mget([client.make_key(key) for key in keys])
+        commands.append(("MGET", *[client.make_key(key) for key in keys]))
     for key, window in increments:
         made = client.make_key(key)
         # Create the window's counter with its lifetime if it does not exist yet, then count.
         # (SET NX EX + INCR rather than INCR + EXPIRE NX: the latter needs Redis 7.)
-        pipe.set(made, 0, ex=window + 1, nx=True)
-        pipe.incr(made)
+        commands.append(("SET", made, 0, "EX", window + 1, "NX"))
+        commands.append(("INCR", made))
     # Result-cache writes of earlier requests ride along (their replies are not needed).
     for key, value, timeout in _write_behind.take():
-        pipe.set(client.make_key(key), client.encode(value), px=int(timeout * 1000))
-    results = pipe.execute()
+        commands.append(
+            ("SET", client.make_key(key), client.encode(value), "PX", int(timeout * 1000))
+        )
+    results = _pipeline(client.get_client(write=True), commands)
     values: dict[str, Any] = {}
     if keys:
-        raw = results.pop(0)
+        raw = results[0]
         values = {
-            key: None if value is None else client.decode(value)
+            key: None
+            if value is None
+            else _shared_decodes.decode(client, key, value)
+            if key in shared
+            else client.decode(value)
             for key, value in zip(keys, raw, strict=True)
         }
-    counts = {key: int(results[2 * i + 1]) for i, (key, _) in enumerate(increments)}
+    first = 1 if keys else 0
+    counts = {key: int(results[first + 2 * i + 1]) for i, (key, _) in enumerate(increments)}
     return values, counts
+
+
+class _SharedDecodes:
+    """The decoded value of the bytes last read for a key, per process.
+
+    A steady stream of predictions reads the same token, routing and access entries again and
+    again; unpickling them (two model instances for the token) was 80-110 us of a request's
+    CPU. Here bytes equal to the last ones read for that key give back the object decoded then,
+    so the value is exactly what decoding would give. Callers must treat it as read-only (the
+    token's model instances are copied before they become request.user). Bounded: cleared past
+    MAX_KEYS.
+    """
+
+    MAX_KEYS = 1024
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[bytes, Any]] = {}
+
+    def decode(self, client: Any, key: str, raw: bytes) -> Any:
+        seen = self._last.get(key)
+        if seen is not None and seen[0] == raw:
+            return seen[1]
+        value = client.decode(raw)
+        if len(self._last) >= self.MAX_KEYS:
+            self._last.clear()
+        self._last[key] = (raw, value)
+        return value
+
+    def clear(self) -> None:
+        self._last.clear()
+
+
+_shared_decodes = _SharedDecodes()
+_pinned = threading.local()
+
+
+def _pipeline(redis_client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Sends `commands` in one write and reads their replies: what redis-py's Pipeline does,
+    without its per-command bookkeeping (response callbacks, retries, command stacks) and
+    without taking a connection from the pool and giving it back each time (a lock and
+    bookkeeping on each side). Each request thread keeps one connection of the pool for itself.
+    Those steps cost more CPU than the round trip itself for the few commands a request sends.
+    An error reply or a socket error raises, and the connection is closed and given back rather
+    than kept with replies still unread."""
+    pool = redis_client.connection_pool
+    conn = getattr(_pinned, "conn", None)
+    if conn is None or _pinned.pool is not pool or _pinned.pid != os.getpid():
+        conn = _pinned.conn = pool.get_connection()
+        _pinned.pool, _pinned.pid = pool, os.getpid()
+    try:
+        conn.send_packed_command(_pack(conn, commands))
+        return [conn.read_response() for _ in commands]
+    except BaseException:
+        _pinned.conn = None
+        conn.disconnect()
+        pool.release(conn)
+        raise
+
+
+def _pack(conn: Any, commands: list[tuple[Any, ...]]) -> list[bytes]:
+    if hiredis is None:
+        return conn.pack_commands(commands)
+    return [b"".join([hiredis.pack_command(command) for command in commands])]
 
 
 def cache_prefetch_clear() -> None:

@@ -81,9 +81,11 @@ class _PredictBase(APIView):
                 counter = ScopeRateThrottle.counter(request, self, ident=f"user:{user_pk}")
                 if counter is not None:
                     increments.append((counter[0], counter[2]))
+        shared = frozenset(keys)  # the token, access policy and routing entry are only read
         name = kwargs.get("name")
         if name:
             keys.append(routing_cache_key(name))
+            shared |= {keys[-1]}
             if self.guess_result_key and token_key:
                 guess = None
                 body = self._body_ahead(request)
@@ -91,7 +93,7 @@ class _PredictBase(APIView):
                     guess = services.result_cache_key_guess(model_name=name, body=body)
                 if guess:
                     keys.append(guess)
-        cache_prefetch(keys, increments)
+        cache_prefetch(keys, increments, shared=shared)
         try:
             super().initial(request, *args, **kwargs)
         except AuthenticationFailed:

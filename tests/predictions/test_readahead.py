@@ -206,3 +206,62 @@ def test_predictions_still_answer_when_the_cache_fails(client_api, iris_producti
     batch = client_api.post(URL, {"instances": [IRIS_ROW, OTHER_ROW]}, format="json")
     assert batch.status_code == 200 and len(batch.json()["predictions"]) == 2
     cache_writes_flush()  # with nothing reachable: no exception
+
+
+def test_an_error_reply_closes_the_connection_and_predictions_still_answer(
+    client_api, iris_production, writer_without_thread, round_trips
+):
+    """A real Redis error, not a mock: the throttle counter is made a non-integer, so the
+    pipeline's INCR fails. The reply of the pending write behind it is never read, so the
+    connection must not be used again; the request is answered uncached."""
+    assert _predict(client_api).status_code == 200  # the token's user is now known
+    assert _predict(client_api, OTHER_ROW).status_code == 200  # a write waits for the next trip
+    (counter,) = cache.keys("throttle:predict:*")
+    cache.set(counter, "not a number", 60)
+    assert result_cache._pinned.conn is not None
+    response = _predict(client_api)
+    assert response.status_code == 200 and response.json()["cached"] is False
+    assert result_cache._pinned.conn is None  # closed and given back, not kept
+    cache.delete(counter)
+    result_cache.cache_reset()
+    round_trips.clear()
+    again = _predict(client_api)
+    assert again.status_code == 200 and again.json()["cached"] is True
+    assert len(round_trips) == 1  # on a new connection of the pool, one trip as before
+
+
+def test_shared_decodes_reuse_an_object_only_for_the_same_bytes():
+    decodes = result_cache._SharedDecodes()
+    client = cache.client
+    first = client.encode({"versions": [1, 2]})
+    a = decodes.decode(client, "k", first)
+    assert decodes.decode(client, "k", bytes(first)) is a  # equal bytes: decoded once
+    changed = decodes.decode(client, "k", client.encode({"versions": [1, 2, 3]}))
+    assert changed == {"versions": [1, 2, 3]} and changed is not a
+    assert decodes.decode(client, "other", first) is not a  # per key
+
+
+def test_each_request_gets_its_own_user_though_the_token_entry_is_decoded_once(
+    client_user, iris_production, monkeypatch
+):
+    """The read-ahead hands one decoded (user, token) to every request with that token; what a
+    request changes on its user (Django caches permissions there) must not reach the next."""
+    from rest_framework.request import Request
+
+    seen = []
+    real = Request.user.fset
+
+    def record(self, value):
+        seen.append(value)
+        real(self, value)
+
+    monkeypatch.setattr(Request, "user", Request.user.setter(record))
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {factories.token_create(client_user)}")
+    for _ in range(3):
+        assert _predict(api).status_code == 200
+    users = [u for u in seen if getattr(u, "pk", None) == client_user.pk]
+    assert len(users) == 3 and len({id(u) for u in users}) == 3
+    users[1].marker = "changed by request 2"
+    users[1]._state.fields_cache["x"] = 1
+    assert not hasattr(users[2], "marker") and "x" not in users[2]._state.fields_cache
