@@ -117,6 +117,9 @@ class PredictBody:
         self.raw = raw
         self._parsed: Any = _UNPARSED
         self._typed: tuple[RowDecoder, TypedRows | None] | None = None
+        # (version id, sha256, loaded model, result-cache key) when the read-ahead guessed this
+        # single row's key: in range for that model, and the key serving would compute.
+        self.guessed: tuple[int, str, Any, str] | None = None
 
     def parsed(self) -> Any:
         if self._parsed is _UNPARSED:

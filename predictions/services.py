@@ -192,7 +192,9 @@ def result_cache_key_guess(*, model_name: str, body: PredictBody) -> str | None:
     typed = body.typed(loaded.decoder) if loaded is not None else None
     if typed is None or typed.batch or not _in_range(loaded, typed.matrix):
         return None
-    return _result_key(info, typed.matrix[0].tolist())
+    key = _result_key(info, typed.matrix[0].tolist())
+    body.guessed = (info["id"], info["sha256"], loaded, key)
+    return key
 
 
 def _decoder_for(entry: dict[str, Any], version_number: int | None) -> Any:
@@ -236,9 +238,21 @@ def prediction_serve(
         if version_number is None and not entry["split"]:
             _last_routed[model_name] = info
         loaded = model_cache.get(info, model_name=model_name)
-        if typed is not None and loaded.decoder is decoder and _in_range(loaded, typed.matrix):
+        # The read-ahead's guess already range-checked this row for this very model and
+        # computed its key: reused only when routing chose that model.
+        guessed = body.guessed
+        if guessed is not None and (
+            guessed[0] != info["id"] or guessed[1] != info["sha256"] or guessed[2] is not loaded
+        ):
+            guessed = None
+        if (
+            typed is not None
+            and loaded.decoder is decoder
+            and (guessed is not None or _in_range(loaded, typed.matrix))
+        ):
             values, batch = typed.matrix, typed.batch
         else:
+            guessed = None
             rows, batch = _rows_from_payload(body.parsed())
             values = None
             if loaded.all_required_floats:
@@ -252,7 +266,7 @@ def prediction_serve(
     cached = False
     ttl = settings.PREDICTION_CACHE_TTL
     if not batch and ttl > 0:
-        key = _result_key(info, _plain(values[0]))
+        key = guessed[3] if guessed is not None else _result_key(info, _plain(values[0]))
         hit = cache_get(key)
         if hit is not None:
             metrics.CACHE_REQUESTS.labels(result="hit").inc()
