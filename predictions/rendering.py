@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import BaseParser
 from rest_framework.renderers import BaseRenderer
 
@@ -28,3 +29,24 @@ class ORJSONRenderer(BaseRenderer):
         if data is None:
             return b""
         return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
+
+
+class JSONFirstContentNegotiation(DefaultContentNegotiation):
+    """DRF's negotiation, with the answer for what clients almost always send given without
+    parsing the Accept header (~40 us of a ~1 ms predict request): no Accept, `*/*` or
+    `application/json`, no `?format=`, and a JSON renderer first. DRF picks that renderer with
+    its own media type for each of these; anything else is negotiated by DRF (406 included)."""
+
+    _PLAIN = frozenset(("*/*", "application/json"))
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        meta = request._request.META
+        first = renderers[0]
+        if (
+            format_suffix is None
+            and not meta.get("QUERY_STRING")
+            and meta.get("HTTP_ACCEPT", "*/*") in self._PLAIN
+            and first.media_type == "application/json"
+        ):
+            return first, first.media_type
+        return super().select_renderer(request, renderers, format_suffix)

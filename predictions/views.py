@@ -31,7 +31,7 @@ from predictions.auth import (
 )
 from predictions.body import PredictBody, read_body
 from predictions.cache import cache_get, cache_prefetch, cache_prefetch_clear, cache_set
-from predictions.rendering import ORJSONParser, ORJSONRenderer
+from predictions.rendering import JSONFirstContentNegotiation, ORJSONParser, ORJSONRenderer
 from predictions.serializers import (
     FeedbackInput,
     FeedbackOutput,
@@ -61,6 +61,7 @@ class _PredictBase(APIView):
     permission_classes = [IsAuthenticated]
     parser_classes = [ORJSONParser]
     renderer_classes = [ORJSONRenderer]
+    content_negotiation_class = JSONFirstContentNegotiation
 
     # Pinned versions skip the result-key guess (it follows production routing only).
     guess_result_key = True
