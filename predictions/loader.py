@@ -6,6 +6,7 @@ registered, and every load re-hashes the exact bytes it then deserialises.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import threading
@@ -195,6 +196,7 @@ class ModelCache:
             raise UnavailableError(
                 f"{model_name} v{info['version']} could not be loaded ({type(exc).__name__})."
             ) from exc
+        _freeze_after_load()
         seconds = time.perf_counter() - started
         MODEL_LOADS.labels(model=model_name, version=version, result="ok").inc()
         MODEL_LOAD_SECONDS.labels(model=model_name).observe(seconds)
@@ -210,6 +212,22 @@ class ModelCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def _freeze_after_load() -> None:
+    """In a process that froze its imports (config/wsgi.py), freezes again after a load.
+
+    A model and the modules its load imported (skops, scikit-learn submodules) live as long as
+    they are cached, but were left for the collector to scan: each full collection in a web
+    worker then took ~20-80 ms, one request's time many times over, and every request queued
+    behind it waited as long. The load's own cyclic garbage (thousands of objects for a forest)
+    is collected first, so nothing freezes that is already garbage; the models themselves hold
+    no reference cycles, so an evicted one is still freed. Once per load, which already takes
+    tens of milliseconds.
+    """
+    if gc.get_freeze_count():
+        gc.collect()
+        gc.freeze()
 
 
 model_cache = ModelCache()

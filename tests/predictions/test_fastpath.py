@@ -208,3 +208,24 @@ def test_a_refused_fast_path_serves_sklearns_answer(client_api, iris_production,
     body = client_api.post(url, {"features": _body(ROWS[1])}, format="json").json()
     assert _served(iris_production).fast_predict is None
     assert [_answers(body)] == _expected(iris_estimator(1.0), [ROWS[1]])
+
+
+@pytest.mark.django_db
+def test_a_web_process_freezes_a_loaded_model_out_of_the_collectors_sight(iris_production):
+    """config/wsgi.py freezes what the web process imported; a model loaded later is frozen
+    too, so full collections don't scan it on every request's time."""
+    import gc
+
+    from predictions.selectors import version_routing_info
+
+    gc.freeze()  # as config/wsgi.py does at import
+    try:
+        loaded = model_cache.get(version_routing_info(iris_production), model_name="iris")
+        tracked = {id(o) for o in gc.get_objects()}
+        assert id(loaded.estimator) not in tracked and id(loaded) not in tracked
+    finally:
+        gc.unfreeze()
+    model_cache.clear()
+    gc.collect()
+    unfrozen = model_cache.get(version_routing_info(iris_production), model_name="iris")
+    assert id(unfrozen.estimator) in {id(o) for o in gc.get_objects()}  # a process that never froze
