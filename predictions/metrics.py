@@ -7,6 +7,8 @@ run gunicorn with `-c deploy/gunicorn.conf.py`, so /metrics adds up every worker
 
 from prometheus_client import Counter, Histogram
 
+from config.http_metrics import labelled  # noqa: F401 - the serving path's updates use it
+
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 PREDICTIONS = Counter(

@@ -269,28 +269,33 @@ def prediction_serve(
         key = guessed[3] if guessed is not None else _result_key(info, _plain(values[0]))
         hit = cache_get(key)
         if hit is not None:
-            metrics.CACHE_REQUESTS.labels(result="hit").inc()
+            metrics.labelled(metrics.CACHE_REQUESTS, result="hit").inc()
             outputs, cached = [hit], True
         else:
-            metrics.CACHE_REQUESTS.labels(result="miss").inc()
+            metrics.labelled(metrics.CACHE_REQUESTS, result="miss").inc()
             outputs = _outputs(loaded, values)
             cache_set_later(key, outputs[0], ttl)
     else:
         outputs = _outputs(loaded, values)
 
     version_label = str(info["version"])
-    metrics.PREDICTIONS.labels(
-        model=model_name, version=version_label, cached="true" if cached else "false"
+    metrics.labelled(
+        metrics.PREDICTIONS,
+        model=model_name,
+        version=version_label,
+        cached="true" if cached else "false",
     ).inc(len(outputs))
     if loaded.has_proba:
-        confidence = metrics.PREDICTION_CONFIDENCE.labels(model=model_name, version=version_label)
+        confidence = metrics.labelled(
+            metrics.PREDICTION_CONFIDENCE, model=model_name, version=version_label
+        )
         # A histogram update is a locked write in multiprocess mode: a batch contributes a
         # random sample of its rows (the distribution is what the dashboard shows).
         cap = _CONFIDENCE_SAMPLE
         for out in outputs if len(outputs) <= cap else random.sample(outputs, cap):
             confidence.observe(out["confidence"])
     elapsed = time.perf_counter() - started
-    metrics.PREDICTION_LATENCY.labels(model=model_name).observe(elapsed)
+    metrics.labelled(metrics.PREDICTION_LATENCY, model=model_name).observe(elapsed)
     now = datetime.now(UTC)
     _log_served(
         entry=entry,
