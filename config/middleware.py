@@ -1,6 +1,10 @@
 import re
 import uuid
 
+from django.contrib.messages.middleware import MessageMiddleware
+from django.contrib.messages.storage import default_storage
+from django.utils.functional import SimpleLazyObject, empty
+
 from config.logging import request_id_var
 
 # A caller's id is echoed only if it is short and plain, so it can't forge log lines or headers.
@@ -28,3 +32,18 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
         response["X-Request-ID"] = request_id
         return response
+
+
+class LazyMessageMiddleware(MessageMiddleware):
+    """Django's MessageMiddleware, building a request's message storage only when something
+    uses it (the admin and pages do; an API request never does). Building it eagerly (cookie and
+    session storages) was ~27 us of every predict request's ~0.8 ms."""
+
+    def process_request(self, request):
+        request._messages = SimpleLazyObject(lambda: default_storage(request))
+
+    def process_response(self, request, response):
+        messages = getattr(request, "_messages", None)
+        if isinstance(messages, SimpleLazyObject) and messages._wrapped is empty:
+            return response  # never used: nothing to store or to clear
+        return super().process_response(request, response)
