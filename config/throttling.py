@@ -8,6 +8,7 @@ X-Forwarded-For) against the scope's "_anon" rate.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -35,6 +36,7 @@ def request_scope(request, view) -> str:
     return "read" if request.method in SAFE_METHODS else "write"
 
 
+@functools.lru_cache(maxsize=64)  # rates come from settings: a handful of strings
 def parse_rate(rate: str) -> tuple[int, int]:
     """ "100/min" -> (100, 60); the period is read from its first letter, as DRF does."""
     count, _, period = rate.partition("/")
