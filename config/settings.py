@@ -438,8 +438,8 @@ PREDICTION_LOG_STORE_FEATURES = env_bool("PREDICTION_LOG_STORE_FEATURES", True)
 PREDICTION_LOG_RETENTION_DAYS = env_int("PREDICTION_LOG_RETENTION_DAYS", 30, minimum=1)
 # Small, frequent flushes: a flush briefly competes with the request threads for the GIL and
 # the CPU, and a 1,000-row flush every ~1.6 s was what the slowest 1% of requests waited for.
-PREDICTION_LOG_FLUSH_SECONDS = env_float("PREDICTION_LOG_FLUSH_SECONDS", 0.5)
-PREDICTION_LOG_FLUSH_ROWS = env_int("PREDICTION_LOG_FLUSH_ROWS", 500, minimum=1)
+PREDICTION_LOG_FLUSH_SECONDS = env_float("PREDICTION_LOG_FLUSH_SECONDS", 0.2)
+PREDICTION_LOG_FLUSH_ROWS = env_int("PREDICTION_LOG_FLUSH_ROWS", 200, minimum=1)
 # Rows held in memory at most; past it rows are dropped and counted (a slow database must not
 # grow the web process without bound).
 PREDICTION_LOG_BUFFER_MAX = env_int("PREDICTION_LOG_BUFFER_MAX", 100_000, minimum=1)

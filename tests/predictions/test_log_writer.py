@@ -157,3 +157,25 @@ def _postgres() -> bool:
     from django.db import connection
 
     return connection.vendor == "postgresql"
+
+
+def test_a_resent_request_id_keeps_the_first_rows_and_loses_none_of_the_batch(
+    iris_production, client_user
+):
+    buffer = PredictionLogBuffer()
+    buffer.add([_row(iris_production, "r1", output=1, served_to_id=client_user.pk)])
+    buffer.flush()
+    # The next batch holds a retry of r1 (same client, same id) among new rows.
+    buffer.add(
+        [
+            _row(iris_production, "r2", served_to_id=client_user.pk),
+            _row(iris_production, "r1", output=2, served_to_id=client_user.pk),
+            _row(iris_production, "r3", served_to_id=client_user.pk),
+        ]
+    )
+    buffer.flush()
+    assert sorted(PredictionLog.objects.values_list("request_id", "output")) == [
+        ("r1", 1),
+        ("r2", 0),
+        ("r3", 0),
+    ]
