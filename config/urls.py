@@ -5,9 +5,10 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from config import health
 from config.admin_login import ThrottledAdminLoginForm
 from config.metrics import metrics_view
+from predictions.urls import predict_routes
 
-# predictions first: URL resolution tries each include in turn, and a miss costs (Django lists
-# every pattern it tried), so the hot predict routes are matched before the registry's many.
+# The predict routes come first and at the top level (predictions.urls.predict_routes): URL
+# resolution tries each pattern in turn, and every include is a level of its own.
 api_v1 = [
     path("", include("predictions.urls")),
     path("", include("mlregistry.urls")),
@@ -15,6 +16,7 @@ api_v1 = [
 ]
 
 urlpatterns = [
+    *predict_routes("api/v1/"),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
