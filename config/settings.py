@@ -431,7 +431,7 @@ PREDICTION_MODEL_CACHE_MAX_MB = env_int("PREDICTION_MODEL_CACHE_MAX_MB", 1024, m
 # bulk-inserted every PREDICTION_LOG_FLUSH_SECONDS or PREDICTION_LOG_FLUSH_ROWS rows.
 PREDICTION_LOG_SAMPLE_RATE = env_float("PREDICTION_LOG_SAMPLE_RATE", 1.0)
 # A batch logs at most this many (randomly chosen) rows: a logged row costs ~12 us of the web
-# process and ~50 us of Postgres, far more than predicting it (~1 us for a linear model).
+# process and ~28 us of Postgres, far more than predicting it (~1 us for a linear model).
 # Raise it when every batch row must be audited.
 PREDICTION_LOG_BATCH_MAX_ROWS = env_int("PREDICTION_LOG_BATCH_MAX_ROWS", 20, minimum=1)
 PREDICTION_LOG_STORE_FEATURES = env_bool("PREDICTION_LOG_STORE_FEATURES", True)
