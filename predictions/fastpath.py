@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 from scipy.special import expit
-from sklearn.utils.extmath import softmax
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +64,15 @@ def _transform_step(step: Any) -> Callable[[np.ndarray], np.ndarray] | None:
     return None
 
 
+def _softmax(scores: np.ndarray) -> np.ndarray:
+    """sklearn.utils.extmath.softmax(scores, copy=False), its numpy operations in its order,
+    without its array-API dispatch (two thirds of a one-row prediction's time)."""
+    scores -= scores.max(axis=1).reshape(-1, 1)
+    np.exp(scores, out=scores)
+    scores /= scores.sum(axis=1).reshape(-1, 1)
+    return scores
+
+
 def _final_step(step: Any) -> FastPredict | None:
     from sklearn.linear_model import ElasticNet, Lasso, LinearRegression, LogisticRegression, Ridge
 
@@ -89,7 +97,7 @@ def _final_step(step: Any) -> FastPredict | None:
         def multinomial(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             scores = x @ coef_t + intercept
             predictions = classes[scores.argmax(axis=1)]
-            return predictions, softmax(scores, copy=False)
+            return predictions, _softmax(scores)
 
         return multinomial
     if kind in (LinearRegression, Ridge, Lasso, ElasticNet):
