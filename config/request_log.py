@@ -33,26 +33,32 @@ class RequestLogMiddleware:
             status = response.status_code
             return response
         finally:
-            latency_ms = round((time.perf_counter() - started) * 1000, 2)
-            fields = {
-                "method": request.method,
-                "path": request.path,
-                "status": status,
-                "latency_ms": latency_ms,
-                "user": _caller(request),
-                "client": client_address(request),
-            }
             level = logging.DEBUG if request.path.startswith(_QUIET_PATHS) else logging.INFO
             if status >= 500:
                 level = logging.ERROR
-            logger.log(
-                level,
-                "%s %s %s %.1fms user=%s client=%s",
-                fields["method"],
-                fields["path"],
-                status,
-                latency_ms,
-                fields["user"],
-                fields["client"],
-                extra=fields,
-            )
+            if logger.isEnabledFor(level):
+                self._log(request, level, status, started)
+
+    @staticmethod
+    def _log(request, level: int, status: int, started: float) -> None:
+        """The log line; its fields are built only when the line will be written."""
+        latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        fields = {
+            "method": request.method,
+            "path": request.path,
+            "status": status,
+            "latency_ms": latency_ms,
+            "user": _caller(request),
+            "client": client_address(request),
+        }
+        logger.log(
+            level,
+            "%s %s %s %.1fms user=%s client=%s",
+            fields["method"],
+            fields["path"],
+            status,
+            latency_ms,
+            fields["user"],
+            fields["client"],
+            extra=fields,
+        )
