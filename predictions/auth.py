@@ -76,10 +76,10 @@ class CachedTokenAuthentication(TokenAuthentication):
             user, auth_token = hit
             if user.is_active and (auth_token.expiry is None or auth_token.expiry > timezone.now()):
                 _remember(key, user.pk)
-                # Copies: the read-ahead hands the same decoded objects to every request with
-                # this token (predictions.cache._SharedDecodes), and a request may change its
-                # user (Django caches permissions on it).
-                return _own_copy(user), _own_copy(auth_token)
+                # The user is copied: the read-ahead hands the same decoded objects to every
+                # request with this token (predictions.cache._SharedDecodes), and a request may
+                # change its user (Django caches permissions on it). The token is only read.
+                return _own_copy(user), auth_token
         user, auth_token = super().authenticate_credentials(token)
         cache_set(key, (user, auth_token), ttl)
         _remember(key, user.pk)
