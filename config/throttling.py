@@ -86,15 +86,23 @@ class ScopeRateThrottle(BaseThrottle):
         The predict views call it before authentication, with the user the token is known to
         belong to, so the increment travels in the same cache round trip as the token lookup.
         """
+        # The predict views ask before authentication and the throttle asks again after it:
+        # the answer for the same caller is kept on the view (one instance per request).
+        kept = getattr(view, "_throttle_counter", None)
+        if kept is not None and kept[0] == ident:
+            return kept[1]
         scope = request_scope(request, view)
         rate_name = scope if ident.startswith("user:") else f"{scope}_anon"
         rate = api_settings.DEFAULT_THROTTLE_RATES.get(rate_name)
-        if not rate:
-            return None
-        limit, duration = parse_rate(rate)
-        window = int(time.time() // duration)
-        key = f"throttle:{rate_name}:{ident}:{duration}:{window}"
-        return key, limit, duration, float((window + 1) * duration)
+        counter = None
+        if rate:
+            limit, duration = parse_rate(rate)
+            window = int(time.time() // duration)
+            key = f"throttle:{rate_name}:{ident}:{duration}:{window}"
+            counter = key, limit, duration, float((window + 1) * duration)
+        if view is not None:
+            view._throttle_counter = (ident, counter)
+        return counter
 
     @staticmethod
     def _count(key: str, duration: int) -> int:

@@ -62,6 +62,7 @@ class _PredictBase(APIView):
     parser_classes = [ORJSONParser]
     renderer_classes = [ORJSONRenderer]
     content_negotiation_class = JSONFirstContentNegotiation
+    throttle_scope = "predict"  # what config.throttling.request_scope finds from the path
 
     # Pinned versions skip the result-key guess (it follows production routing only).
     guess_result_key = True

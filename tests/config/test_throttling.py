@@ -145,3 +145,18 @@ def test_an_unreachable_cache_lets_requests_through(client_api, rates, settings)
     }
     assert client_api.get("/api/v1/models/").status_code == 200
     assert client_api.get("/api/v1/models/").status_code == 200
+
+
+def test_a_requests_counter_is_worked_out_once_per_caller(rates):
+    from config.throttling import ScopeRateThrottle
+
+    rates(predict="10/min", predict_anon="5/min")
+    view, request = _View(), _Request("/api/v1/models/iris/predict", "POST")
+    first = ScopeRateThrottle.counter(request, view, ident="user:7")
+    assert first[0].startswith("throttle:predict:user:7:60:") and first[1] == 10
+    rates(predict="99/min", predict_anon="5/min")
+    # The same caller asking again (after authentication) gets the same answer.
+    assert ScopeRateThrottle.counter(request, view, ident="user:7") is first
+    anon = ScopeRateThrottle.counter(request, view, ident="addr:10.0.0.1")
+    assert anon[0].startswith("throttle:predict_anon:addr:10.0.0.1:") and anon[1] == 5
+    assert ScopeRateThrottle.counter(request, _View(), ident="user:7")[1] == 99  # a new request
