@@ -165,9 +165,6 @@ class _SharedDecodes:
         self._last[key] = (raw, value)
         return value
 
-    def clear(self) -> None:
-        self._last.clear()
-
 
 _shared_decodes = _SharedDecodes()
 _pinned = threading.local()
