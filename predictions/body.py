@@ -117,9 +117,10 @@ class PredictBody:
         self.raw = raw
         self._parsed: Any = _UNPARSED
         self._typed: tuple[RowDecoder, TypedRows | None] | None = None
-        # (version id, sha256, loaded model, result-cache key) when the read-ahead guessed this
-        # single row's key: in range for that model, and the key serving would compute.
-        self.guessed: tuple[int, str, Any, str] | None = None
+        # (loaded model, result-cache key) when the read-ahead guessed this single row's key: in
+        # range for that model (the model cache holds one per version id + sha256), and the key
+        # serving would compute.
+        self.guessed: tuple[Any, str] | None = None
 
     def parsed(self) -> Any:
         if self._parsed is _UNPARSED:

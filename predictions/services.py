@@ -193,7 +193,7 @@ def result_cache_key_guess(*, model_name: str, body: PredictBody) -> str | None:
     if typed is None or typed.batch or not _in_range(loaded, typed.matrix):
         return None
     key = _result_key(info, typed.matrix[0].tolist())
-    body.guessed = (info["id"], info["sha256"], loaded, key)
+    body.guessed = (loaded, key)
     return key
 
 
@@ -241,9 +241,7 @@ def prediction_serve(
         # The read-ahead's guess already range-checked this row for this very model and
         # computed its key: reused only when routing chose that model.
         guessed = body.guessed
-        if guessed is not None and (
-            guessed[0] != info["id"] or guessed[1] != info["sha256"] or guessed[2] is not loaded
-        ):
+        if guessed is not None and guessed[0] is not loaded:
             guessed = None
         if (
             typed is not None
@@ -266,7 +264,7 @@ def prediction_serve(
     cached = False
     ttl = settings.PREDICTION_CACHE_TTL
     if not batch and ttl > 0:
-        key = guessed[3] if guessed is not None else _result_key(info, _plain(values[0]))
+        key = guessed[1] if guessed is not None else _result_key(info, _plain(values[0]))
         hit = cache_get(key)
         if hit is not None:
             metrics.labelled(metrics.CACHE_REQUESTS, result="hit").inc()
