@@ -233,7 +233,9 @@ def prediction_serve(
             # Only a split reads the body's client_id; otherwise routing comes first, so an
             # unknown version or a model without production answers before a malformed body.
             raw = typed.client_id if typed is not None else _client_id_in(body.parsed())
-            client_id = str(raw)[:200] if raw is not None else None
+            client_id = str(raw) if raw is not None else None
+        # From the header or the body, a key is cut to what the log's column holds (200).
+        client_id = client_id[:200] if client_id else None
         info = _route(entry, user=user, version_number=version_number, client_id=client_id)
         if version_number is None and not entry["split"]:
             _last_routed[model_name] = info

@@ -139,8 +139,7 @@ class _PredictBase(APIView):
             body=self._body(request),
             request_id=request.request_id,
             version_number=version,
-            # The log's column holds 200 characters; a longer key is still a valid key.
-            client_id=request.headers.get("X-Client-Id", "")[:200] or None,
+            client_id=request.headers.get("X-Client-Id") or None,
         )
         return Response(result)
 
