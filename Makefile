@@ -38,7 +38,7 @@ migrate: install
 clean:
 	rm -rf var .pytest_cache .coverage htmlcov
 
-# issue 6: a longer fuzzing run than the suite's (FUZZ_EXAMPLES per operation and role).
+# A longer fuzzing run than the suite's (FUZZ_EXAMPLES per operation and role).
 .PHONY: fuzz
 fuzz: install
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} $(PY) -m pytest -q tests/fuzz $(PYTEST_ARGS)

@@ -1,4 +1,4 @@
-"""Per-request cost of the cross-cutting checks on the predict path (issue 6).
+"""Per-request cost of the cross-cutting checks on the predict path.
 
 Measures, in-process against the configured cache (set REDIS_URL for Redis):
 the model access check in steady state, and one throttle decision.

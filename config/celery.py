@@ -21,7 +21,7 @@ def ensure_filesystem_broker_dirs() -> None:
             os.makedirs(folder, exist_ok=True)
 
 
-# --- issue 6: the request id travels with every task it enqueues, into the task's log lines ---
+# --- The request id travels with every task it enqueues, into the task's log lines ---
 # A task published while handling a request carries that request's id in a message header; the
 # worker puts it in the contextvar the log filter reads. Beat-scheduled tasks, which have no
 # request, log under their own task id. One log line per task run says how it ended.
@@ -78,7 +78,7 @@ def _restore_request_id(task_id=None, task=None, state=None, **kwargs) -> None:
     task.request.mlr_context = None
 
 
-# --- issue 4 (backups): broker folders wherever the app starts; publish time for job slots ---
+# --- Backups: broker folders wherever the app starts; publish time for job slots ---
 from datetime import UTC, datetime  # noqa: E402
 
 from celery.signals import celeryd_init  # noqa: E402
@@ -101,4 +101,4 @@ def _publish_time(headers=None, **kwargs) -> None:
         headers.setdefault("published_at", datetime.now(UTC).isoformat())
 
 
-# --- end issue 4 ---
+# --- end backups ---

@@ -31,7 +31,7 @@ DEFAULT_SCHEDULES = [
     },
 ]
 
-# issue 6: proves beat -> broker -> worker works; the WorkerDown alert watches its timestamp.
+# Proves beat -> broker -> worker works; the WorkerDown alert watches its timestamp.
 DEFAULT_SCHEDULES.append(
     {
         "name": "worker-heartbeat",

@@ -40,9 +40,15 @@ INSTALLED_APPS = [
     "backups",
 ]
 
+# Order matters: the request id first, so every log line carries it; the request log right after,
+# so its latency covers the whole stack; the body limit before anything reads the body; static
+# files (admin, API docs) from the app itself, so the container needs no other server.
 MIDDLEWARE = [
     "config.middleware.RequestIdMiddleware",
+    "config.request_log.RequestLogMiddleware",
+    "config.limits.RequestBodyLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -278,7 +284,7 @@ LOGGING = {
     },
 }
 
-# --- Model-quality loop (issue 5): drift, datasets, training --------------------------------
+# --- Model-quality loop: drift, datasets, training --------- --------------------------------
 # Drift: served rows of the last DRIFT_WINDOW_HOURS against the version's reference sample.
 DRIFT_WINDOW_HOURS = env_int("DRIFT_WINDOW_HOURS", 24, minimum=1)
 DRIFT_MIN_SAMPLES = env_int("DRIFT_MIN_SAMPLES", 50, minimum=2)
@@ -309,25 +315,9 @@ SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
     }
 )
 # --- end model-quality loop ----------------------------------------------------------------
-# === Operations and security (issue 6) ========================================================
-# Kept in one block so it merges cleanly; README "Configuration" lists every variable.
+# === Operations and security =================================================================
+# README "Configuration" lists every variable.
 INSTALLED_APPS += ["drf_spectacular_sidecar"]
-
-# Request logging right after the request id is set, so the latency covers the whole stack and
-# the line carries the id; the body limit before anything reads the body.
-MIDDLEWARE.insert(
-    MIDDLEWARE.index("config.middleware.RequestIdMiddleware") + 1,
-    "config.request_log.RequestLogMiddleware",
-)
-MIDDLEWARE.insert(
-    MIDDLEWARE.index("config.request_log.RequestLogMiddleware") + 1,
-    "config.limits.RequestBodyLimitMiddleware",
-)
-# Static files (admin, API docs) from the app itself, so the container needs no other server.
-MIDDLEWARE.insert(
-    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
-    "whitenoise.middleware.WhiteNoiseMiddleware",
-)
 
 # --- Throttling: per client (or per address when anonymous), per scope, counted in the cache.
 # Rates are "N/s|min|hour|day"; "none" switches a scope off. Clients behind N proxies are
@@ -389,7 +379,7 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 if CELERY_BROKER_URL.startswith("filesystem"):
     # Otherwise kombu puts its broadcast (control) exchange in ./control of the current folder.
     CELERY_BROKER_TRANSPORT_OPTIONS["control_folder"] = str(VAR_DIR / "celery" / "control")
-# === end of issue 6 block =====================================================================
+# === end of operations and security ==========================================================
 
 # --- Backups and retention (backups app) ---------------------------------------------------
 BACKUP_RETENTION_DAYS = env_int("BACKUP_RETENTION_DAYS", 7, minimum=1)

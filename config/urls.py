@@ -23,11 +23,11 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("health", health.live, name="health"),
     path("health/ready", health.ready, name="health-ready"),
-    # issue 6: /metrics restricted to METRICS_ALLOWED_IPS or METRICS_TOKEN
+    # /metrics restricted to METRICS_ALLOWED_IPS or METRICS_TOKEN
     path("metrics", metrics_view, name="prometheus-django-metrics"),
 ]
 
-# issue 6: failed admin logins are throttled (config/admin_login.py)
+# Failed admin logins are throttled (config/admin_login.py)
 admin.site.login_form = ThrottledAdminLoginForm
 
 handler400 = "config.errors.handler400"

@@ -30,7 +30,7 @@ def child_exit(server, worker):
         multiprocess.mark_process_dead(worker.pid)
 
 
-# --- Predictions (issue 3): a worker that exits flushes its prediction-log buffer first.
+# --- Predictions: a worker that exits flushes its prediction-log buffer first.
 def worker_exit(server, worker):
     from django.apps import apps
 

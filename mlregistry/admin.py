@@ -21,7 +21,7 @@ from django.utils.html import format_html
 
 from config.errors import DomainError
 from mlregistry import selectors, services
-from mlregistry.admin_quality import RegisteredModelOverviewMixin  # issue 5: overview page
+from mlregistry.admin_quality import RegisteredModelOverviewMixin  # the overview page
 from mlregistry.forms import (
     ModelVersionUploadForm,
     PendingUploadForm,
@@ -80,7 +80,7 @@ class RegisteredModelAdmin(RegisteredModelOverviewMixin, admin.ModelAdmin):
     readonly_fields = ("owner", "created_at", "updated_at")
     inlines = [ModelVersionInline]
     actions = ["rollback_production"]
-    # Named here so that a mixin's own change form (issue 5's overview link) cannot replace the
+    # Named here so that a mixin's own change form (the overview link) cannot replace the
     # serving panel, the rollback button and the timeline; this template links the overview.
     change_form_template = "admin/mlregistry/registeredmodel/change_form.html"
 
@@ -517,5 +517,5 @@ class StageTransitionAdmin(admin.ModelAdmin):
         return False
 
 
-# issue 6: API tokens and client model restrictions register their admins there.
+# API tokens and client model restrictions register their admins there.
 from mlregistry import admin_access  # noqa: E402, F401

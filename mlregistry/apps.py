@@ -6,5 +6,5 @@ class MlregistryConfig(AppConfig):
     verbose_name = "Model registry"
 
     def ready(self) -> None:
-        # issue 6: connects the signals that keep cached access policies fresh.
+        # Connects the signals that keep cached access policies fresh.
         from mlregistry import access  # noqa: F401

@@ -137,7 +137,7 @@ def last_backup() -> dict[str, Any] | None:
     return summary
 
 
-# Where issue 5's DriftReport may live; the first app that has one is read.
+# Where DriftReport may live; the first app that has one is read.
 DRIFT_APPS = ("predictions", "drift", "mlregistry")
 
 

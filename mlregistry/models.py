@@ -112,7 +112,7 @@ class StageTransition(models.Model):
         return f"{self.version}: {self.from_stage} → {self.to_stage} by {self.actor_name}"
 
 
-# --- Model-quality loop (issue 5): datasets and training jobs --------------------------------
+# --- Model-quality loop: datasets and training jobs --------------------------------
 
 
 class DatasetSource(models.TextChoices):
@@ -245,7 +245,7 @@ class TrainingJob(models.Model):
         return f"job:training:{self.pk}"
 
 
-# --- issue 6: per-client model restrictions -----------------------------------------------------
+# --- Per-client model restrictions -----------------------------------------------------
 class ApiClientPolicy(models.Model):
     """Limits an API client to a list of models; a user without a policy may use every model.
 

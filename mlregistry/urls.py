@@ -19,7 +19,7 @@ urlpatterns = [
     ),
 ]
 
-# --- Model-quality loop (issue 5): datasets and training jobs ---
+# --- Model-quality loop: datasets and training jobs ---
 urlpatterns += [
     path("datasets/", training_views.DatasetListView.as_view(), name="dataset-list"),
     path(

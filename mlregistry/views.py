@@ -42,7 +42,7 @@ class RegisteredModelListView(GenericAPIView):
     serializer_class = RegisteredModelOutput
 
     def get_queryset(self):
-        # A client restricted to some models lists only those (issue 6).
+        # A client restricted to some models lists only those.
         allowed = api_client_allowed_models(user=self.request.user)
         queryset = _models_queryset()
         return queryset if allowed is None else queryset.filter(name__in=allowed)

@@ -12,7 +12,7 @@ from django.http import HttpRequest
 from config.errors import DomainError
 from mlregistry.models import ModelVersion, RegisteredModel, Stage
 from predictions import (
-    drift_admin,  # noqa: F401  (issue 5: registers DriftReport)
+    drift_admin,  # noqa: F401  (registers DriftReport)
     selectors,
     services,
 )

@@ -85,7 +85,7 @@ class TrafficSplit(models.Model):
         return f"{self.model_id}: v{self.version_id} {self.weight}%"
 
 
-# --- Model-quality loop (issue 5): drift reports ----------------------------------------------
+# --- Model-quality loop: drift reports ----------------------------------------------
 
 
 class DriftStatus(models.TextChoices):

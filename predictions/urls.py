@@ -31,7 +31,7 @@ urlpatterns = [
     ),
 ]
 
-# --- Model-quality loop (issue 5) ---
+# --- Model-quality loop ---
 urlpatterns += [
     path("models/<slug:name>/drift", drift_views.ModelDriftListView.as_view(), name="model-drift"),
 ]
