@@ -8,6 +8,7 @@ filesystem Celery transport under ./var.
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from config.env import env_bool, env_float, env_int, env_list, env_str
 
@@ -289,7 +290,19 @@ LOGGING = {
 DRIFT_WINDOW_HOURS = env_int("DRIFT_WINDOW_HOURS", 24, minimum=1)
 DRIFT_MIN_SAMPLES = env_int("DRIFT_MIN_SAMPLES", 50, minimum=2)
 DRIFT_MAX_SAMPLES = env_int("DRIFT_MAX_SAMPLES", 10_000, minimum=10)
+# A feature drifts when its p-value, adjusted for testing every feature of the model
+# (Benjamini-Hochberg), is under DRIFT_P_VALUE_THRESHOLD and its effect size reaches a floor:
+# the KS statistic (the largest gap between the two cumulative distributions, 0..1) for numbers,
+# the population stability index for categories (0.1 = the conventional "moderate shift").
 DRIFT_P_VALUE_THRESHOLD = env_float("DRIFT_P_VALUE_THRESHOLD", 0.05)
+DRIFT_MIN_KS_STATISTIC = env_float("DRIFT_MIN_KS_STATISTIC", 0.1)
+DRIFT_MIN_PSI = env_float("DRIFT_MIN_PSI", 0.1)
+if not 0 < DRIFT_P_VALUE_THRESHOLD < 1:
+    raise ImproperlyConfigured("DRIFT_P_VALUE_THRESHOLD must be between 0 and 1 (exclusive)")
+if not 0 <= DRIFT_MIN_KS_STATISTIC <= 1:
+    raise ImproperlyConfigured("DRIFT_MIN_KS_STATISTIC must be between 0 and 1")
+if not 0 <= DRIFT_MIN_PSI < float("inf"):
+    raise ImproperlyConfigured("DRIFT_MIN_PSI must be a finite number of at least 0")
 # Drift reports older than this are pruned by the hourly cleanup, except each version's newest
 # report and newest tested one.
 DRIFT_REPORT_RETENTION_DAYS = env_int("DRIFT_REPORT_RETENTION_DAYS", 180, minimum=1)

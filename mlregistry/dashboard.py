@@ -169,8 +169,26 @@ def drift_alerts(*, limit: int = 5) -> list[dict[str, Any]] | None:
             "when": getattr(row, when_field) if when_field else None,
             "label": str(row),
             "version": getattr(row, "version", None),
+            "features": _drifted_feature_tests(row),
         }
         for row in rows
+    ]
+
+
+def _drifted_feature_tests(row: Any) -> list[dict[str, Any]]:
+    """The flagged features of a report that keeps per-feature tests (name, raw and adjusted
+    p-value): a raw p-value alone overstates the evidence when many features are tested."""
+    entries = getattr(row, "features", None)
+    if not isinstance(entries, list):
+        return []
+    return [
+        {
+            "feature": entry.get("feature"),
+            "p_value": entry.get("p_value"),
+            "p_value_adjusted": entry.get("p_value_adjusted"),
+        }
+        for entry in entries
+        if isinstance(entry, dict) and entry.get("drift")
     ]
 
 

@@ -50,9 +50,10 @@ CHARTS = {
         ),
         Chart(
             "drift",
-            "Drift p-values per feature",
+            "Drift adjusted p-values per feature",
             "Kolmogorov-Smirnov or chi-squared p-value per feature over time for the model's "
-            "drift reports, with the drift threshold as a dashed line.",
+            "drift reports, adjusted for testing every feature (Benjamini-Hochberg), with the "
+            "drift threshold as a dashed line.",
         ),
     )
 }
@@ -125,7 +126,10 @@ def online_quality(*, model: RegisteredModel) -> dict[int, list[tuple[datetime, 
 def drift_series(
     *, model: RegisteredModel, limit: int = 200
 ) -> tuple[dict[str, list[tuple[datetime, float]]], float | None]:
-    """feature -> [(window end, p-value)] over the newest `limit` reports, and the threshold."""
+    """feature -> [(window end, p-value)] over the newest `limit` reports, and the threshold.
+
+    The p-value is the adjusted one, the number the threshold applies to; reports written
+    before adjustment existed were judged on the raw p-value, so theirs is shown."""
     from predictions.models import DriftReport
 
     reports = list(
@@ -134,8 +138,9 @@ def drift_series(
     series: dict[str, list[tuple[datetime, float]]] = defaultdict(list)
     for report in reversed(reports):
         for entry in report.features:
-            if entry.get("p_value") is not None:
-                series[entry["feature"]].append((report.window_end, entry["p_value"]))
+            p_value = entry.get("p_value_adjusted", entry.get("p_value"))
+            if p_value is not None:
+                series[entry["feature"]].append((report.window_end, p_value))
     return dict(series), (reports[0].threshold if reports else None)
 
 
@@ -225,7 +230,7 @@ def _drift(model: RegisteredModel, axes) -> None:
     if threshold:
         axes.axhline(threshold, color="#cf222e", linestyle="--", label=f"threshold {threshold:g}")
     axes.set_yscale("log")
-    axes.set_ylabel("p-value")
+    axes.set_ylabel("adjusted p-value")
     axes.figure.legend(fontsize="small", loc="outside right upper", frameon=False)
     axes.tick_params(axis="x", labelrotation=20)
 

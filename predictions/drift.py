@@ -1,6 +1,13 @@
 """Data drift: per-feature two-sample tests between a version's reference sample and the
 features it served in a window (Kolmogorov-Smirnov for numbers, chi-squared for categories).
 
+A feature drifts only when both hold:
+- its p-value, adjusted for testing every feature of the model at once (Benjamini-Hochberg), is
+  under DRIFT_P_VALUE_THRESHOLD. Without the adjustment a 20-feature model raises a false alarm
+  in 1 - 0.95**20 = 64% of windows drawn from the reference distribution itself;
+- its effect size reaches a floor (DRIFT_MIN_KS_STATISTIC for numbers, DRIFT_MIN_PSI for
+  categories): with thousands of rows a test finds differences too small to matter.
+
 Writes (`drift_check`, `drift_report_create`, `drift_reports_prune`) and reads
 (`drift_reports_list`, `latest_drift_reports`) of DriftReport live here, apart from the predict
 path's services.
@@ -11,10 +18,11 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, QuerySet, Window
@@ -29,6 +37,19 @@ logger = logging.getLogger(__name__)
 
 NUMERIC_TYPES = {"float", "integer"}
 CATEGORICAL_TYPES = {"string", "boolean"}
+
+# Benjamini-Hochberg rather than Bonferroni: when no feature drifts (every window drawn from the
+# reference) both keep the chance of any alarm at the threshold; when one upstream change moves
+# several features at once, BH flags each of them where Bonferroni misses the weaker ones. BH
+# holds for independent and positively dependent tests, which covers correlated features.
+P_VALUE_ADJUSTMENT = "benjamini-hochberg"
+# Chi-squared's p-value is unreliable when a cell expects fewer than 5 counts (Cochran's rule):
+# rare categories, and categories one side never saw, are pooled into one bin below that.
+MIN_EXPECTED_COUNT = 5.0
+OTHER_CATEGORIES = "(other)"
+# Added to every category's count on both sides before PSI's logarithm, so an empty bin (a
+# category one side never saw) weighs in as a large but finite term.
+PSI_PSEUDOCOUNT = 0.5
 
 
 def prediction_log_flush_if_available() -> bool:
@@ -45,64 +66,118 @@ def prediction_log_flush_if_available() -> bool:
     return True
 
 
-def _numbers(values: Iterable[Any]) -> list[float]:
+def _numbers(values: Iterable[Any]) -> np.ndarray:
+    if isinstance(values, np.ndarray) and values.dtype.kind == "f":
+        return values[np.isfinite(values)]
     out = []
     for value in values:
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
         if math.isfinite(value):
             out.append(float(value))
-    return out
+    return np.asarray(out, dtype=float)
 
 
-def _categories(values: Iterable[Any]) -> list[str]:
-    return [str(v) for v in values if v is not None]
+def _category(value: Any, *, boolean: bool) -> str | None:
+    """One key per category; a boolean feature's reference sample may hold "true"/"false"
+    strings where served rows hold JSON booleans, and both mean the same category."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if boolean and isinstance(value, str) and value.strip().lower() in {"true", "false"}:
+        return value.strip().lower()
+    return str(value)
 
 
-def _ks_entry(name: str, reference: list[Any], served: list[Any], threshold: float) -> dict:
+def _categories(values: Iterable[Any], *, boolean: bool = False) -> Counter[str]:
+    return Counter(
+        key for value in values if (key := _category(value, boolean=boolean)) is not None
+    )
+
+
+def population_stability_index(
+    reference: Mapping[str, float], served: Mapping[str, float]
+) -> float:
+    """PSI = sum over bins of (s - r) * ln(s / r), r and s each bin's share of the reference
+    and served counts after adding PSI_PSEUDOCOUNT to every bin on both sides. Conventional
+    reading: < 0.1 no real change, 0.1-0.25 moderate, > 0.25 large."""
+    bins = sorted(set(reference) | set(served))
+    ref = np.array([reference.get(b, 0) for b in bins], dtype=float) + PSI_PSEUDOCOUNT
+    cur = np.array([served.get(b, 0) for b in bins], dtype=float) + PSI_PSEUDOCOUNT
+    ref, cur = ref / ref.sum(), cur / cur.sum()
+    return float(np.sum((cur - ref) * np.log(cur / ref)))
+
+
+def _pooled(reference: Counter[str], served: Counter[str]) -> tuple[dict, dict]:
+    """The two counts with every category expected to hold fewer than MIN_EXPECTED_COUNT rows
+    on either side merged into OTHER_CATEGORIES."""
+    ref_total, cur_total = sum(reference.values()), sum(served.values())
+    smaller, total = min(ref_total, cur_total), ref_total + cur_total
+    ref_out: dict[str, int] = {}
+    cur_out: dict[str, int] = {}
+    for category in set(reference) | set(served):
+        both = reference[category] + served[category]
+        key = category if both * smaller / total >= MIN_EXPECTED_COUNT else OTHER_CATEGORIES
+        ref_out[key] = ref_out.get(key, 0) + reference[category]
+        cur_out[key] = cur_out.get(key, 0) + served[category]
+    return ref_out, cur_out
+
+
+def _ks_entry(name: str, reference: Any, served: Any) -> dict:
     from scipy.stats import ks_2samp
 
     ref, cur = _numbers(reference), _numbers(served)
     if len(ref) < 2 or len(cur) < 2:
-        return _untested(name, "ks", "fewer than 2 numeric values on one side")
+        return _untested(name, "ks", "ks_statistic", "fewer than 2 numeric values on one side")
     result = ks_2samp(ref, cur)
-    p_value = float(result.pvalue)
-    return {
-        "feature": name,
-        "test": "ks",
-        "statistic": float(result.statistic),
-        "p_value": p_value,
-        "drift": p_value < threshold,
-    }
+    statistic = float(result.statistic)
+    return _tested(name, "ks", statistic, float(result.pvalue), "ks_statistic", statistic)
 
 
-def _chi2_entry(name: str, reference: list[Any], served: list[Any], threshold: float) -> dict:
+def _chi2_entry(name: str, reference: Any, served: Any, *, boolean: bool) -> dict:
     from scipy.stats import chi2_contingency
 
-    ref, cur = Counter(_categories(reference)), Counter(_categories(served))
+    ref, cur = _categories(reference, boolean=boolean), _categories(served, boolean=boolean)
     if not ref or not cur:
-        return _untested(name, "chi2", "no values on one side")
-    categories = sorted(set(ref) | set(cur))
+        return _untested(name, "chi2", "psi", "no values on one side")
+    ref_bins, cur_bins = _pooled(ref, cur)
+    psi = population_stability_index(ref_bins, cur_bins)
+    categories = sorted(ref_bins)
     if len(categories) < 2:
-        # One category on both sides: the distributions are identical.
-        return {"feature": name, "test": "chi2", "statistic": 0.0, "p_value": 1.0, "drift": False}
-    table = [[ref[c] for c in categories], [cur[c] for c in categories]]
+        # One bin on both sides: the distributions are identical.
+        return _tested(name, "chi2", 0.0, 1.0, "psi", psi)
+    table = [[ref_bins[c] for c in categories], [cur_bins[c] for c in categories]]
     statistic, p_value, _, _ = chi2_contingency(table)
+    return _tested(name, "chi2", float(statistic), float(p_value), "psi", psi)
+
+
+def _tested(
+    name: str, test: str, statistic: float, p_value: float, measure: str, effect: float
+) -> dict:
     return {
         "feature": name,
-        "test": "chi2",
-        "statistic": float(statistic),
-        "p_value": float(p_value),
-        "drift": float(p_value) < threshold,
+        "test": test,
+        "statistic": statistic,
+        "p_value": p_value,
+        "p_value_adjusted": None,
+        "effect_size_measure": measure,
+        "effect_size": effect,
+        "min_effect_size": None,
+        "drift": False,
     }
 
 
-def _untested(name: str, test: str, reason: str) -> dict:
+def _untested(name: str, test: str, measure: str, reason: str) -> dict:
     return {
         "feature": name,
         "test": test,
         "statistic": None,
         "p_value": None,
+        "p_value_adjusted": None,
+        "effect_size_measure": measure,
+        "effect_size": None,
+        "min_effect_size": None,
         "drift": False,
         "note": reason,
     }
@@ -111,21 +186,59 @@ def _untested(name: str, test: str, reason: str) -> dict:
 def feature_drift(
     *,
     schema: list[dict[str, Any]],
-    reference: list[dict[str, Any]],
-    served: list[dict[str, Any]],
-    threshold: float,
+    reference: Sequence[Mapping[str, Any]] | Mapping[str, Any],
+    served: Sequence[Mapping[str, Any]] | Mapping[str, Any],
+    threshold: float | None = None,
+    min_ks_statistic: float | None = None,
+    min_psi: float | None = None,
 ) -> list[dict[str, Any]]:
-    """One entry per schema feature: its test, statistic, p-value and drift flag."""
+    """One entry per schema feature, in schema order: `test` ("ks" | "chi2"), `statistic`,
+    raw `p_value`, `p_value_adjusted` (Benjamini-Hochberg over the features tested here),
+    `effect_size` (the KS statistic, or the PSI of the categories) with its
+    `effect_size_measure` and `min_effect_size`, and `drift`: adjusted p-value under
+    `threshold` and effect size at least its floor. An untested feature (too few values) has
+    null numbers, `drift` false and a `note`.
+
+    `reference` and `served` are lists of feature rows, or mappings of feature name -> values
+    (a float numpy array is read as is). The thresholds default to DRIFT_P_VALUE_THRESHOLD,
+    DRIFT_MIN_KS_STATISTIC and DRIFT_MIN_PSI.
+    """
+    from scipy.stats import false_discovery_control
+
+    alpha = settings.DRIFT_P_VALUE_THRESHOLD if threshold is None else threshold
+    floors = {
+        "ks_statistic": (
+            settings.DRIFT_MIN_KS_STATISTIC if min_ks_statistic is None else min_ks_statistic
+        ),
+        "psi": settings.DRIFT_MIN_PSI if min_psi is None else min_psi,
+    }
     entries = []
     for feature in schema:
         name = feature["name"]
-        ref_values = [row.get(name) for row in reference]
-        cur_values = [row.get(name) for row in served]
-        if feature.get("type", "float") in CATEGORICAL_TYPES:
-            entries.append(_chi2_entry(name, ref_values, cur_values, threshold))
+        ref_values = _column(reference, name)
+        cur_values = _column(served, name)
+        kind = feature.get("type", "float")
+        if kind in CATEGORICAL_TYPES:
+            entry = _chi2_entry(name, ref_values, cur_values, boolean=kind == "boolean")
         else:
-            entries.append(_ks_entry(name, ref_values, cur_values, threshold))
+            entry = _ks_entry(name, ref_values, cur_values)
+        entry["min_effect_size"] = floors[entry["effect_size_measure"]]
+        entries.append(entry)
+    tested = [e for e in entries if e["p_value"] is not None and math.isfinite(e["p_value"])]
+    if tested:
+        adjusted = false_discovery_control([e["p_value"] for e in tested], method="bh")
+        for entry, p_adjusted in zip(tested, adjusted, strict=True):
+            entry["p_value_adjusted"] = float(p_adjusted)
+            entry["drift"] = bool(
+                p_adjusted < alpha and entry["effect_size"] >= entry["min_effect_size"]
+            )
     return entries
+
+
+def _column(rows: Sequence[Mapping[str, Any]] | Mapping[str, Any], name: str) -> Any:
+    if isinstance(rows, Mapping):
+        return rows.get(name, [])
+    return [row.get(name) for row in rows]
 
 
 def served_features_list(

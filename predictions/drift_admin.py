@@ -2,9 +2,19 @@
 
 from django.contrib import admin
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from predictions.models import DriftReport
+
+
+def _number(value, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def _effect(entry: dict) -> str:
+    if entry.get("effect_size") is None:
+        return "—"
+    return f"{entry.get('effect_size_measure', '')} {entry['effect_size']:.3f}"
 
 
 @admin.register(DriftReport)
@@ -24,11 +34,44 @@ class DriftReportAdmin(admin.ModelAdmin):
     date_hierarchy = "window_end"
 
     def get_readonly_fields(self, request, obj=None):
-        return [f.name for f in self.model._meta.fields]
+        return [f.name for f in self.model._meta.fields] + ["feature_tests"]
+
+    def get_fields(self, request, obj=None):
+        # The table says what the raw `features` JSON says, readably; the JSON stays for export.
+        fields = [f.name for f in self.model._meta.fields if f.name != "id"]
+        return [*fields, "feature_tests"]
 
     @admin.display(description="drifted features")
     def drifted(self, obj) -> str:
         return ", ".join(obj.drifted_features) or "—"
+
+    @admin.display(description="per-feature tests")
+    def feature_tests(self, obj) -> str:
+        if not obj.features:
+            return "—"
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>"
+            "</tr>",
+            (
+                (
+                    f["feature"],
+                    f.get("test", ""),
+                    _number(f.get("p_value"), ".3g"),
+                    _number(f.get("p_value_adjusted"), ".3g"),
+                    _effect(f),
+                    _number(f.get("min_effect_size"), "g"),
+                    "yes" if f.get("drift") else "no",
+                )
+                for f in obj.features
+            ),
+        )
+        return format_html(
+            "<table><thead><tr><th>feature</th><th>test</th><th>p-value</th>"
+            "<th>adjusted p-value (BH)</th><th>effect size</th><th>effect floor</th>"
+            "<th>drift</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )
 
     @admin.display(description="charts")
     def overview(self, obj) -> str:

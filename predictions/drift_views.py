@@ -20,10 +20,26 @@ drift_collector_register()
 
 
 class FeatureDriftOutput(serializers.Serializer):
+    """One feature's test. Reports written before p-values were adjusted have null
+    `p_value_adjusted` and effect-size fields."""
+
     feature = serializers.CharField()
-    test = serializers.CharField()
-    statistic = serializers.FloatField(allow_null=True)
-    p_value = serializers.FloatField(allow_null=True)
+    test = serializers.ChoiceField(choices=["ks", "chi2"])
+    statistic = serializers.FloatField(allow_null=True, help_text="KS D or chi-squared")
+    p_value = serializers.FloatField(allow_null=True, help_text="raw p-value of this test")
+    p_value_adjusted = serializers.FloatField(
+        allow_null=True,
+        default=None,
+        help_text="Benjamini-Hochberg adjusted over the report's tested features; drift needs "
+        "it under the report's threshold",
+    )
+    effect_size_measure = serializers.ChoiceField(
+        choices=["ks_statistic", "psi"], allow_null=True, default=None
+    )
+    effect_size = serializers.FloatField(allow_null=True, default=None)
+    min_effect_size = serializers.FloatField(
+        allow_null=True, default=None, help_text="drift needs effect_size at least this"
+    )
     drift = serializers.BooleanField()
 
 

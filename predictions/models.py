@@ -108,7 +108,9 @@ class DriftReport(models.Model):
     reference_size = models.PositiveIntegerField(default=0)
     sample_size = models.PositiveIntegerField(default=0)
     threshold = models.FloatField()
-    # [{"feature", "test", "statistic", "p_value", "drift"}], in input-schema order.
+    # [{"feature", "test", "statistic", "p_value", "p_value_adjusted", "effect_size_measure",
+    #   "effect_size", "min_effect_size", "drift"}] in input-schema order (predictions.drift).
+    # `threshold` applies to the adjusted p-value.
     features = models.JSONField(default=list)
     drifted_features = models.JSONField(default=list)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)

@@ -227,7 +227,21 @@ def test_api_lists_reports_newest_first_with_window_sizes_and_features(iris_mode
     assert newest["window"]["start"] == "2026-11-19T12:00:00Z"
     assert (newest["sample_size"], newest["reference_size"]) == (300, 500)
     assert newest["drifted_features"] == ["petal_length"]
-    assert set(newest["features"][0]) == {"feature", "test", "statistic", "p_value", "drift"}
+    assert set(newest["features"][0]) == {
+        "feature",
+        "test",
+        "statistic",
+        "p_value",
+        "p_value_adjusted",
+        "effect_size_measure",
+        "effect_size",
+        "min_effect_size",
+        "drift",
+    }
+    petal = next(f for f in newest["features"] if f["feature"] == "petal_length")
+    assert petal["p_value"] <= petal["p_value_adjusted"] < 0.05
+    assert petal["effect_size_measure"] == "ks_statistic"
+    assert petal["effect_size"] >= petal["min_effect_size"] == 0.1
     assert reports[1]["status"] == "insufficient_data"
 
 
@@ -256,6 +270,74 @@ def test_metrics_expose_latest_p_values_and_flags(iris_model, client):
     assert 'mlregistry_drift_detected{feature="petal_length",model="iris"} 1.0' in body
     assert 'mlregistry_drift_detected{feature="sepal_width",model="iris"} 0.0' in body
     assert 'mlregistry_drift_p_value{feature="sepal_width",model="iris"}' in body
+    assert 'mlregistry_drift_p_value_adjusted{feature="sepal_width",model="iris"}' in body
+    assert (
+        'mlregistry_drift_effect_size{feature="petal_length",measure="ks_statistic",model="iris"}'
+        in body
+    )
+
+
+def test_reports_written_before_adjustment_still_serialize_and_export(iris_model, client_api):
+    version = _production(iris_model)
+    DriftReport.objects.create(
+        model_id=version.model_id,
+        version=version,
+        status=DriftStatus.DRIFT,
+        window_start=AS_OF - timedelta(hours=24),
+        window_end=AS_OF,
+        threshold=0.05,
+        features=[
+            {
+                "feature": "sepal_width",
+                "test": "ks",
+                "statistic": 0.2,
+                "p_value": 0.01,
+                "drift": True,
+            }
+        ],
+        drifted_features=["sepal_width"],
+    )
+
+    [report] = client_api.get("/api/v1/models/iris/drift").json()["results"]
+
+    assert report["features"][0]["p_value"] == 0.01
+    assert report["features"][0]["p_value_adjusted"] is None
+    assert report["features"][0]["effect_size"] is None
+
+
+def test_report_drift_needs_the_adjusted_p_value_and_the_effect_floor(iris_model, settings):
+    version = _production(iris_model)
+    _serve(version, _rows(2, 300, shift={"petal_length": 1.0}))
+    settings.DRIFT_MIN_KS_STATISTIC = 0.9
+
+    [report] = drift.drift_check(as_of=AS_OF)
+
+    petal = next(f for f in report.features if f["feature"] == "petal_length")
+    assert petal["p_value_adjusted"] < 1e-6 and petal["min_effect_size"] == 0.9
+    assert report.status == DriftStatus.OK and report.drifted_features == []
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DRIFT_P_VALUE_THRESHOLD", "0"),
+        ("DRIFT_P_VALUE_THRESHOLD", "1.5"),
+        ("DRIFT_P_VALUE_THRESHOLD", "nan"),
+        ("DRIFT_MIN_KS_STATISTIC", "-0.1"),
+        ("DRIFT_MIN_KS_STATISTIC", "2"),
+        ("DRIFT_MIN_PSI", "inf"),
+    ],
+)
+def test_drift_settings_out_of_range_stop_start_up(monkeypatch, variable, value):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv(variable, value)
+    out = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"], capture_output=True, text=True
+    )
+    assert out.returncode != 0
+    assert f"{variable} must be" in out.stderr
 
 
 # --- retention ----------------------------------------------------------------------------------
@@ -297,3 +379,47 @@ def test_old_drift_reports_are_pruned_except_each_versions_newest(iris_model):
         newest,
     }
     assert not DriftReport.objects.filter(pk__in=[*old, superseded]).exists()
+
+
+# --- where drift is shown: admin, overview, dashboard, chart -------------------------------------
+
+
+def test_admin_pages_show_raw_and_adjusted_p_values(iris_model, admin_client):
+    from django.urls import reverse
+
+    version = _production(iris_model)
+    _serve(version, _rows(2, 300, shift={"petal_length": 1.0}))
+    [report] = drift.drift_check(as_of=AS_OF)
+    petal = next(f for f in report.features if f["feature"] == "petal_length")
+
+    change = admin_client.get(f"/admin/predictions/driftreport/{report.pk}/change/")
+    overview_page = admin_client.get(
+        reverse("admin:mlregistry_registeredmodel_overview", args=[iris_model.pk])
+    )
+    dashboard = admin_client.get(reverse("admin:index"))
+
+    for page in (change, overview_page):
+        html = page.content.decode()
+        assert page.status_code == 200
+        assert "adjusted p-value" in html
+        assert format(petal["p_value_adjusted"], ".3g") in html
+        assert format(petal["p_value"], ".3g") in html
+        assert "ks_statistic" in html
+    html = dashboard.content.decode()
+    assert "petal_length: p " + format(petal["p_value"], ".2g") in html
+    assert "adjusted " + format(petal["p_value_adjusted"], ".2g") in html
+
+
+def test_overview_chart_plots_the_adjusted_p_value_against_the_threshold(iris_model):
+    from mlregistry import overview
+
+    version = _production(iris_model)
+    _serve(version, _rows(2, 300, shift={"petal_length": 1.0}))
+    [report] = drift.drift_check(as_of=AS_OF)
+
+    series, threshold = overview.drift_series(model=iris_model)
+
+    assert threshold == 0.05
+    by_name = {f["feature"]: f for f in report.features}
+    for name in NAMES:
+        assert series[name] == [(AS_OF, by_name[name]["p_value_adjusted"])]
