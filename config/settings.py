@@ -284,6 +284,23 @@ LOGGING = {
         "django.request": {"level": "ERROR"},
     },
 }
+# LOG_FILE: the same lines also go to this file, shared by every process (web workers, Celery
+# children). LOG_FILE_MAX_BYTES=0 (default): the file is reopened when an external logrotate
+# renames it; > 0: the app rotates it at that size, keeping LOG_FILE_BACKUP_COUNT old files,
+# under a file lock so several processes never rotate at once (config/logging.py).
+LOG_FILE = env_str("LOG_FILE", "")
+LOG_FILE_MAX_BYTES = env_int("LOG_FILE_MAX_BYTES", 0, minimum=0)
+LOG_FILE_BACKUP_COUNT = env_int("LOG_FILE_BACKUP_COUNT", 5, minimum=1)
+if LOG_FILE:
+    from config.logging import log_file_handler
+
+    LOGGING["handlers"]["file"] = log_file_handler(
+        path=LOG_FILE,
+        max_bytes=LOG_FILE_MAX_BYTES,
+        backup_count=LOG_FILE_BACKUP_COUNT,
+        formatter=LOGGING["handlers"]["stdout"]["formatter"],
+    )
+    LOGGING["root"]["handlers"].append("file")
 
 # --- Model-quality loop: drift, datasets, training --------- --------------------------------
 # Drift: served rows of the last DRIFT_WINDOW_HOURS against the version's reference sample.

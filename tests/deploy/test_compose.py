@@ -101,11 +101,31 @@ def test_every_long_running_service_has_a_health_check(service):
     assert SERVICES[service]["healthcheck"]["test"]
 
 
+_DOCKER_SIZE = re.compile(r"^([1-9][0-9]*)([kmg])$")
+_SIZE_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3}
+
+
 @pytest.mark.parametrize("service", list(SERVICES), ids=lambda name: f"service-{name}")
 def test_every_service_rotates_its_logs(service):
     logging = SERVICES[service]["logging"]
     assert logging["driver"] == "json-file"
-    assert logging["options"]["max-size"] and int(logging["options"]["max-file"]) >= 1
+    options = logging["options"]
+    # Docker's own syntax: a number and a unit; a bare number is bytes and a typo is refused
+    # only when the container starts.
+    size = _DOCKER_SIZE.match(options["max-size"])
+    assert size, options["max-size"]
+    files = int(options["max-file"])
+    assert files >= 2  # the current file and at least one rotated one
+    # A bounded disk footprint per container: no more than 1 GiB of logs.
+    assert int(size.group(1)) * _SIZE_UNITS[size.group(2)] * files <= 1024**3
+    assert options.get("compress") == "true"
+
+
+def test_the_logrotate_example_reopens_instead_of_truncating():
+    conf = (ROOT / "deploy" / "logrotate.conf").read_text()
+    directives = {line.split()[0] for line in conf.splitlines() if line.strip()[:1].isalpha()}
+    assert "copytruncate" not in directives  # loses lines; the app reopens on its own
+    assert {"create", "delaycompress", "rotate"} <= directives
 
 
 def test_database_artifacts_and_backups_live_in_named_volumes():
