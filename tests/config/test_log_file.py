@@ -248,3 +248,47 @@ def test_a_bad_log_file_setting_stops_start_up(tmp_path, variables, message):
     )
     assert done.returncode != 0
     assert message in done.stderr
+
+
+def test_handler_entry_picks_external_or_in_app_rotation(tmp_path):
+    import logging
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    from config.logging import log_file_handler
+
+    external = log_file_handler(
+        path=str(tmp_path / "a.log"), max_bytes=0, backup_count=5, formatter="json"
+    )
+    in_app = log_file_handler(
+        path=str(tmp_path / "b.log"), max_bytes=1000, backup_count=3, formatter="json"
+    )
+    assert external["class"] == "logging.handlers.WatchedFileHandler"
+    assert in_app["class"] == "concurrent_log_handler.ConcurrentRotatingFileHandler"
+    assert (in_app["maxBytes"], in_app["backupCount"]) == (1000, 3)
+    assert external["filters"] == in_app["filters"] == ["request_id"]
+    with pytest.raises(ImproperlyConfigured, match="does not exist"):
+        log_file_handler(
+            path=str(tmp_path / "no" / "c.log"), max_bytes=0, backup_count=5, formatter="json"
+        )
+
+    # Both entries build the handler they name, with the arguments they give, and write whole
+    # lines. (Not through dictConfig: that would close every handler of this test process.)
+    from pydoc import locate
+
+    from pythonjsonlogger.json import JsonFormatter
+
+    from config.logging import RequestIdFilter
+
+    for entry in (external, in_app):
+        options = {k: v for k, v in entry.items() if k not in {"class", "formatter", "filters"}}
+        handler = locate(entry["class"])(**options)
+        handler.setFormatter(JsonFormatter())
+        handler.addFilter(RequestIdFilter())
+        try:
+            handler.handle(logging.makeLogRecord({"msg": "hello", "seq": 1, "levelno": 30}))
+        finally:
+            handler.close()
+    for name in ("a.log", "b.log"):
+        (record,) = _records(tmp_path / name)
+        assert (record["message"], record["seq"], record["request_id"]) == ("hello", 1, "-")
