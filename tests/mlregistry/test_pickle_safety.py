@@ -34,6 +34,20 @@ ROOT = Path(__file__).resolve().parents[2]
 IRIS_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
 
+@pytest.fixture(autouse=True)
+def _serving_state(settings):
+    """As tests/predictions does: no log flusher thread (it would write outside the test's
+    transaction), no model cached from another test."""
+    from predictions.logbuffer import prediction_log_buffer
+
+    settings.PREDICTION_LOG_FLUSH_SECONDS = 0
+    settings.PREDICTION_LOG_FLUSH_ROWS = 100_000
+    model_cache.clear()
+    prediction_log_buffer.clear()
+    yield
+    prediction_log_buffer.clear()
+
+
 class Call:
     """Pickles as `func(*args)`: the shape of every gadget (a REDUCE of a global)."""
 
@@ -344,6 +358,7 @@ def test_every_callable_that_reaches_code_or_files_is_refused_by_scan_and_loader
             artifacts._RestrictedUnpickler(io.BytesIO(data)).load()
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # scipy's lazy deprecated modules
 def test_only_listed_names_of_the_packages_top_levels_and_builtins_are_admitted():
     """Public aliases (numpy.load, numpy.savetxt, joblib.load, scipy.io.loadmat) are other
     names for the walked definitions: exact names mean none of them is admitted either."""
