@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from django.conf import settings
 
-from config.archives import ArchiveError, zip_check
+from config.archives import ArchiveError, ArchiveUnreadable, zip_check
 from config.errors import PayloadTooLarge, UnavailableError, ValidationFailed
 from mlregistry.pickle_globals import PICKLE_ALLOWED_GLOBALS
 
@@ -85,6 +85,8 @@ def _skops_zip_check(data: bytes) -> None:
     """A skops file is a zip: its members' sizes and ratios are checked before skops reads one."""
     try:
         zip_check(data, what="The skops file", field="artifact")
+    except ArchiveUnreadable as exc:
+        raise ArtifactError(f"Not a readable skops file: {exc.message}") from None
     except ArchiveError as exc:
         raise ArtifactError(exc.message) from None
 
@@ -104,9 +106,14 @@ def skops_trusted_types(data: bytes) -> list[str]:
     except Exception as exc:
         raise ArtifactError(f"Not a readable skops file: {exc.__class__.__name__}.") from None
     allowed = set(settings.SKOPS_TRUSTED_TYPES)
-    refused = sorted(
-        t for t in untrusted if t not in allowed or pickle_global_dangerous(*_split_type(t))
-    )
+    dangerous = sorted(t for t in untrusted if t in allowed and _skops_type_dangerous(t))
+    if dangerous:
+        # Not offered as types to trust: no setting admits them.
+        raise ArtifactError(
+            "The skops file contains types picklescan flags as dangerous, refused even though "
+            "SKOPS_TRUSTED_TYPES lists them: " + ", ".join(dangerous)
+        )
+    refused = sorted(t for t in untrusted if t not in allowed)
     if refused:
         raise ArtifactError(
             "The skops file contains types outside the trusted list: " + ", ".join(refused),
@@ -115,9 +122,9 @@ def skops_trusted_types(data: bytes) -> list[str]:
     return list(untrusted)
 
 
-def _split_type(qualified: str) -> tuple[str, str]:
+def _skops_type_dangerous(qualified: str) -> bool:
     module, _, name = qualified.rpartition(".")
-    return module, name
+    return pickle_global_dangerous(module, name)
 
 
 def load_skops(data: bytes) -> Any:
@@ -158,9 +165,9 @@ def pickle_global_dangerous(module: str, name: str) -> bool:
 def pickle_global_allowed(module: str, name: str) -> bool:
     """The one rule for a pickle's globals, used by the static scan and by the unpickler alike:
     exactly on the committed list (mlregistry/pickle_globals.py) and not flagged by picklescan."""
-    return pickle_global_name(
-        module, name
-    ) in PICKLE_ALLOWED_GLOBALS and not pickle_global_dangerous(module, name)
+    if pickle_global_name(module, name) not in PICKLE_ALLOWED_GLOBALS:
+        return False
+    return not pickle_global_dangerous(module, name)
 
 
 def scan_pickle(data: bytes) -> list[str]:
@@ -188,9 +195,10 @@ def scan_pickle(data: bytes) -> list[str]:
         if not pickle_global_allowed(g.module, g.name)
     )
     if refused:
+        # No untrusted_types: the admin offers those for SKOPS_TRUSTED_TYPES, which pickles
+        # never consult; the exact pickle list changes only through scripts/pickle_allowlist.py.
         raise ArtifactError(
-            "The pickle imports names outside the allow-list: " + ", ".join(refused),
-            untrusted_types=refused,
+            "The pickle imports names outside the allow-list: " + ", ".join(refused)
         )
     return imported
 
