@@ -49,6 +49,7 @@ from backups.models import (
     JobRun,
     JobRunTally,
 )
+from config.archives import ArchiveError, ArchiveLimits, tar_check
 from config.errors import ConflictError, DomainError, NotFoundError
 
 logger = logging.getLogger(__name__)
@@ -288,6 +289,17 @@ def archive_member_problem(member: tarfile.TarInfo) -> str | None:
 
 
 def _archive_check(archive: Path, expected: dict[str, dict[str, Any]]) -> list[str]:
+    # Sizes and ratios first: a small archive may inflate to fill the disk on extraction.
+    # Backups hold every artifact, so only the per-member limit and the ratio bound them.
+    try:
+        tar_check(
+            archive,
+            what=ARTIFACTS_ARCHIVE,
+            field="backup",
+            limits=ArchiveLimits.from_settings(max_total_size=None),
+        )
+    except ArchiveError as exc:
+        return [exc.message]
     problems: list[str] = []
     seen: set[str] = set()
     try:

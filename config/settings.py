@@ -205,34 +205,14 @@ SKOPS_TRUSTED_TYPES = env_list(
         "sklearn.metrics._dist_metrics.ChebyshevDistance64",
     ],
 )
-# Globals a pickle/joblib artifact may import ("pkg.*" = a package and its submodules),
-# checked statically before it is stored and again before it is loaded.
-PICKLE_ALLOWED_GLOBALS = env_list(
-    "PICKLE_ALLOWED_GLOBALS",
-    [
-        "numpy.*",
-        "scipy.*",
-        "sklearn.*",
-        "joblib.numpy_pickle.*",
-        "collections.OrderedDict",
-        "collections.defaultdict",
-        "copyreg._reconstructor",
-        "_codecs.encode",
-        "builtins.dict",
-        "builtins.list",
-        "builtins.set",
-        "builtins.frozenset",
-        "builtins.tuple",
-        "builtins.bytearray",
-        "builtins.slice",
-        "builtins.complex",
-        "builtins.object",
-        "builtins.int",
-        "builtins.float",
-        "builtins.str",
-        "builtins.bytes",
-    ],
-)
+# The globals a pickle artifact may import are not a setting: they are the exact list in
+# mlregistry/pickle_globals.py, derived by scripts/pickle_allowlist.py and reviewed in code.
+# Every archive (skops and MLflow zips, Parquet datasets, backups) is checked against these
+# before it is opened (config/archives.py); a refusal names the member.
+ARCHIVE_MAX_MEMBER_SIZE = env_int("ARCHIVE_MAX_MEMBER_SIZE", 512 * 1024 * 1024, minimum=1024)
+ARCHIVE_MAX_TOTAL_SIZE = env_int("ARCHIVE_MAX_TOTAL_SIZE", 2 * 1024 * 1024 * 1024, minimum=1024)
+ARCHIVE_MAX_RATIO = env_float("ARCHIVE_MAX_RATIO", 100.0)
+ARCHIVE_RATIO_GRACE_SIZE = env_int("ARCHIVE_RATIO_GRACE_SIZE", 1024 * 1024, minimum=0)
 REFERENCE_SAMPLE_MAX_ROWS = env_int("REFERENCE_SAMPLE_MAX_ROWS", 5000, minimum=1)
 
 # --- Celery ---

@@ -1,14 +1,19 @@
 """Reading, checking and loading model artifacts.
 
 Rules: an artifact is hashed while it streams in; a skops artifact is opened only with the
-trusted types (skops' defaults plus SKOPS_TRUSTED_TYPES); a pickle is never unpickled at upload,
-only scanned statically; every load re-hashes the exact bytes it then deserialises.
+trusted types (skops' defaults plus SKOPS_TRUSTED_TYPES), after its zip members' sizes are
+checked; a pickle is never unpickled at upload, only scanned statically, and is loaded only by an
+unpickler that imports the same exact allow-list the scan checks; every load re-hashes the exact
+bytes it then deserialises.
 """
 
 from __future__ import annotations
 
+import _compat_pickle
 import hashlib
+import importlib
 import io
+import pickle
 import platform
 import tempfile
 from dataclasses import dataclass
@@ -16,7 +21,9 @@ from typing import IO, Any
 
 from django.conf import settings
 
+from config.archives import ArchiveError, ArchiveUnreadable, zip_check
 from config.errors import PayloadTooLarge, UnavailableError, ValidationFailed
+from mlregistry.pickle_globals import PICKLE_ALLOWED_GLOBALS
 
 CHUNK_SIZE = 1024 * 1024
 
@@ -74,15 +81,38 @@ def spool_upload(source: IO[bytes], *, max_size: int | None = None) -> SpooledAr
     return SpooledArtifact(file=spooled, sha256=digest.hexdigest(), size=size)
 
 
+def _skops_zip_check(data: bytes) -> None:
+    """A skops file is a zip: its members' sizes and ratios are checked before skops reads one."""
+    try:
+        zip_check(data, what="The skops file", field="artifact")
+    except ArchiveUnreadable as exc:
+        raise ArtifactError(f"Not a readable skops file: {exc.message}") from None
+    except ArchiveError as exc:
+        raise ArtifactError(exc.message) from None
+
+
 def skops_trusted_types(data: bytes) -> list[str]:
-    """The types in this skops file that may be loaded: all of them, or ArtifactError."""
+    """The types in this skops file that may be loaded: all of them, or ArtifactError.
+
+    skops refuses every type outside its own defaults; a type it refuses is admitted only when
+    SKOPS_TRUSTED_TYPES names it exactly (a string compare: no prefixes, no wildcards) and
+    picklescan does not flag it as dangerous, whatever the setting says.
+    """
     import skops.io as sio
 
+    _skops_zip_check(data)
     try:
         untrusted = sio.get_untrusted_types(data=data)
     except Exception as exc:
         raise ArtifactError(f"Not a readable skops file: {exc.__class__.__name__}.") from None
     allowed = set(settings.SKOPS_TRUSTED_TYPES)
+    dangerous = sorted(t for t in untrusted if t in allowed and _skops_type_dangerous(t))
+    if dangerous:
+        # Not offered as types to trust: no setting admits them.
+        raise ArtifactError(
+            "The skops file contains types picklescan flags as dangerous, refused even though "
+            "SKOPS_TRUSTED_TYPES lists them: " + ", ".join(dangerous)
+        )
     refused = sorted(t for t in untrusted if t not in allowed)
     if refused:
         raise ArtifactError(
@@ -90,6 +120,11 @@ def skops_trusted_types(data: bytes) -> list[str]:
             untrusted_types=refused,
         )
     return list(untrusted)
+
+
+def _skops_type_dangerous(qualified: str) -> bool:
+    module, _, name = qualified.rpartition(".")
+    return pickle_global_dangerous(module, name)
 
 
 def load_skops(data: bytes) -> Any:
@@ -102,16 +137,37 @@ def load_skops(data: bytes) -> Any:
         raise ArtifactError(f"The skops file could not be loaded: {exc}") from None
 
 
-def _global_allowed(module: str, name: str) -> bool:
-    qualified = f"{module}.{name}"
-    for entry in settings.PICKLE_ALLOWED_GLOBALS:
-        if entry.endswith(".*"):
-            prefix = entry[:-2]
-            if module == prefix or module.startswith(prefix + "."):
-                return True
-        elif qualified == entry:
-            return True
-    return False
+# --- pickles -------------------------------------------------------------------------------
+
+
+def pickle_global_name(module: str, name: str) -> tuple[str, str]:
+    """The Python 3 name of a global as pickle protocols 0-2 spell it (`__builtin__.set`,
+    `copy_reg._reconstructor`), mapped as the stock unpickler maps it; other names unchanged."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
+def pickle_global_dangerous(module: str, name: str) -> bool:
+    """True when picklescan's own verdict on this global is "dangerous".
+
+    Uses picklescan's verdict function for one global (a private name, pinned by a test), so
+    its list of known gadgets (numpy.testing's runstring, builtins.eval, os, subprocess, ...)
+    refuses a global whatever the allow-list says.
+    """
+    from picklescan.scanner import SafetyLevel, _build_scan_result_from_raw_globals
+
+    verdicts = {(module, name), pickle_global_name(module, name)}
+    result = _build_scan_result_from_raw_globals(verdicts, "check")
+    return any(g.safety == SafetyLevel.Dangerous for g in result.globals)
+
+
+def pickle_global_allowed(module: str, name: str) -> bool:
+    """The one rule for a pickle's globals, used by the static scan and by the unpickler alike:
+    exactly on the committed list (mlregistry/pickle_globals.py) and not flagged by picklescan."""
+    if pickle_global_name(module, name) not in PICKLE_ALLOWED_GLOBALS:
+        return False
+    return not pickle_global_dangerous(module, name)
 
 
 def scan_pickle(data: bytes) -> list[str]:
@@ -134,14 +190,43 @@ def scan_pickle(data: bytes) -> list[str]:
     if not result.globals:
         raise ArtifactError("Not a pickle file, or a pickle that holds no model.")
     refused = sorted(
-        f"{g.module}.{g.name}" for g in result.globals if not _global_allowed(g.module, g.name)
+        f"{g.module}.{g.name}"
+        for g in result.globals
+        if not pickle_global_allowed(g.module, g.name)
     )
     if refused:
+        # No untrusted_types: the admin offers those for SKOPS_TRUSTED_TYPES, which pickles
+        # never consult; the exact pickle list changes only through scripts/pickle_allowlist.py.
         raise ArtifactError(
-            "The pickle imports names outside the allow-list: " + ", ".join(refused),
-            untrusted_types=refused,
+            "The pickle imports names outside the allow-list: " + ", ".join(refused)
         )
     return imported
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Imports nothing but the allow-listed globals, whatever the opcodes ask for."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if not pickle_global_allowed(module, name):
+            raise pickle.UnpicklingError(f"global {module}.{name} is not on the allow-list")
+        module, name = pickle_global_name(module, name)
+        target: Any = importlib.import_module(module)
+        for part in name.split("."):
+            target = getattr(target, part)
+        return target
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("persistent ids are not allowed")
+
+
+def load_pickle(data: bytes) -> Any:
+    """Unpickles through the restricted unpickler after the static scan; ArtifactError when
+    either refuses (the two apply the same rule, so a refusal names the global)."""
+    scan_pickle(data)
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data)).load()
+    except Exception as exc:
+        raise ArtifactError(f"The pickle could not be loaded: {exc}") from None
 
 
 def verify_sha256(data: bytes, expected: str) -> None:
@@ -154,14 +239,34 @@ def verify_sha256(data: bytes, expected: str) -> None:
 
 
 def deserialize(data: bytes, artifact_format: str) -> Any:
+    """The object in skops or pickle bytes (ArtifactError when refused); never runs the joblib
+    or stock pickle loaders, which import whatever the bytes name."""
     if artifact_format == "skops":
         return load_skops(data)
     if artifact_format == "joblib":
-        import joblib
-
-        scan_pickle(data)  # defence in depth: the bytes were scanned at upload too
-        return joblib.load(io.BytesIO(data))
+        return load_pickle(data)
     raise ArtifactError(f"Unknown artifact format {artifact_format!r}.")
+
+
+class ArtifactInvalidError(UnavailableError):
+    """A stored artifact that verified but cannot serve: refused by the loaders' rules, or not
+    an estimator with predict(). 503: the version cannot answer until it is replaced."""
+
+    error_type = "artifact_invalid"
+
+
+def deserialize_estimator(data: bytes, artifact_format: str, *, what: str) -> Any:
+    """The estimator in verified stored bytes, or ArtifactInvalidError (never a 500)."""
+    try:
+        estimator = deserialize(data, artifact_format)
+    except ArtifactError as exc:
+        raise ArtifactInvalidError(f"{what} cannot be loaded: {exc.message}") from None
+    if not callable(getattr(estimator, "predict", None)):
+        raise ArtifactInvalidError(
+            f"{what} cannot be loaded: its artifact holds a {type(estimator).__name__}, "
+            "not an estimator with predict()."
+        )
+    return estimator
 
 
 def library_versions() -> dict[str, str]:
@@ -204,4 +309,4 @@ def read_verified(name: str, sha256: str, *, what: str) -> bytes:
 def load_version_estimator(version: Any) -> Any:
     """A version's estimator, from verified bytes."""
     data = read_verified(version.artifact.name, version.artifact_sha256, what=str(version))
-    return deserialize(data, version.artifact_format)
+    return deserialize_estimator(data, version.artifact_format, what=str(version))

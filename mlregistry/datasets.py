@@ -14,6 +14,7 @@ import pandas as pd
 from django.conf import settings
 from django.db import DatabaseError, connections, transaction
 
+from config import archives
 from config.errors import ValidationFailed
 from mlregistry import artifacts
 from mlregistry.models import Dataset, DatasetSource, FileFormat, MissingPolicy
@@ -116,12 +117,37 @@ def _read_file(dataset: Dataset) -> pd.DataFrame:
     return read_table(data, dataset.file_format)
 
 
+def _read_parquet(data: bytes, nrows: int | None) -> pd.DataFrame:
+    """A Parquet file's frame, decoded batch by batch under the archive limits (a few bytes of
+    Parquet can decode to gigabytes); with `nrows`, the whole file is still checked."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    batches = []
+    kept = 0
+    try:
+        for batch in archives.parquet_batches(
+            data, what="The Parquet file", field="file", max_rows=settings.DATASET_MAX_ROWS
+        ):
+            if nrows is None or kept < nrows:
+                batches.append(batch)
+                kept += batch.num_rows
+    except archives.ArchiveUnreadable as exc:
+        raise DatasetError("file_unreadable", exc.message, fields=exc.fields) from None
+    except archives.ArchiveError as exc:
+        raise DatasetError("file_too_large", exc.message, fields=exc.fields) from None
+    if not batches:
+        return pq.read_schema(pa.BufferReader(data)).empty_table().to_pandas()
+    frame = pa.Table.from_batches(batches).to_pandas()
+    return frame.head(nrows) if nrows is not None else frame
+
+
 def read_table(data: bytes, file_format: str, *, nrows: int | None = None) -> pd.DataFrame:
-    """Parses CSV or Parquet bytes into a frame, or DatasetError naming what is wrong."""
+    """Parses CSV or Parquet bytes into a frame, or DatasetError naming what is wrong (a
+    Parquet file that would decode past the archive limits: `file_too_large`, 400)."""
     try:
         if file_format == FileFormat.PARQUET:
-            frame = pd.read_parquet(io.BytesIO(data))
-            return frame.head(nrows) if nrows is not None else frame
+            return _read_parquet(data, nrows)
         return pd.read_csv(io.BytesIO(data), nrows=nrows)
     except pd.errors.EmptyDataError:
         raise DatasetError("empty", "The dataset file holds no data.") from None

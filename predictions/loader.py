@@ -19,7 +19,7 @@ import numpy as np
 from django.conf import settings
 
 from config.errors import UnavailableError
-from mlregistry.artifacts import deserialize, read_verified
+from mlregistry.artifacts import deserialize_estimator, read_verified
 from predictions.body import RowDecoder
 from predictions.fastpath import fast_predict_for
 from predictions.metrics import MODEL_LOAD_SECONDS, MODEL_LOADS
@@ -181,10 +181,10 @@ class ModelCache:
         started = time.perf_counter()
         version = str(info["version"])
         try:
-            data = read_verified(
-                info["artifact"], info["sha256"], what=f"{model_name} v{info['version']}"
-            )
-            loaded = _prepare(info, deserialize(data, info["format"]))
+            what = f"{model_name} v{info['version']}"
+            data = read_verified(info["artifact"], info["sha256"], what=what)
+            # Refused bytes or a non-estimator raise 503 artifact_invalid and are not cached.
+            loaded = _prepare(info, deserialize_estimator(data, info["format"], what=what))
             loaded.size_bytes = len(data)
         except Exception as exc:
             MODEL_LOADS.labels(model=model_name, version=version, result="error").inc()

@@ -263,3 +263,27 @@ def test_default_trust_list_admits_forests_but_not_custom_code(iris_model):
         services.model_version_create(
             model=iris_model, artifact=io.BytesIO(sio.dumps(FunctionTransformer(double))), actor="t"
         )
+
+
+def test_skops_type_picklescan_flags_is_refused_even_when_settings_trust_it(
+    iris_model, settings, tmp_path
+):
+    from sklearn.preprocessing import FunctionTransformer
+
+    crafted = sio.dumps(FunctionTransformer(func=os.system))
+    settings.SKOPS_TRUSTED_TYPES = [*settings.SKOPS_TRUSTED_TYPES, "posix.system"]
+    with pytest.raises(artifacts.ArtifactError, match=r"dangerous.*posix\.system") as refused:
+        services.model_version_create(model=iris_model, artifact=io.BytesIO(crafted), actor="t")
+    assert refused.value.untrusted_types == []  # never offered as a type to trust
+    _assert_nothing_stored()
+
+
+def test_skops_trusted_types_are_exact_names_never_prefixes(iris_model, settings):
+    from sklearn.preprocessing import FunctionTransformer
+
+    settings.SKOPS_TRUSTED_TYPES = ["tests", "tests.mlregistry", "tests.*", "*"]
+    with pytest.raises(artifacts.ArtifactError, match="double"):
+        services.model_version_create(
+            model=iris_model, artifact=io.BytesIO(sio.dumps(FunctionTransformer(double))), actor="t"
+        )
+    _assert_nothing_stored()

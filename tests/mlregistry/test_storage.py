@@ -1,0 +1,116 @@
+"""Content-addressed files are kept only when their bytes are the content: uploading the good
+bytes again repairs a corrupted artifact or dataset file, atomically and logged."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from pathlib import Path
+
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from mlregistry import artifacts, services
+from mlregistry.datasets import dataset_frame_read
+from predictions.loader import model_cache
+from tests import factories
+
+pytestmark = pytest.mark.django_db
+
+IRIS_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+
+
+@pytest.fixture(autouse=True)
+def _serving_state(settings):
+    """As tests/predictions does: no log flusher thread (it would write outside the test's
+    transaction), no model cached from another test."""
+    from predictions.logbuffer import prediction_log_buffer
+
+    settings.PREDICTION_LOG_FLUSH_SECONDS = 0
+    settings.PREDICTION_LOG_FLUSH_ROWS = 100_000
+    model_cache.clear()
+    prediction_log_buffer.clear()
+    yield
+    prediction_log_buffer.clear()
+
+
+def _corrupt(name: str) -> Path:
+    path = Path(storages["artifacts"].path(name))
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _temporary_files() -> list[Path]:
+    return list(Path(storages["artifacts"].location).rglob(".tmp-*"))
+
+
+def test_reuploading_the_good_bytes_repairs_a_corrupted_artifact(
+    staff_api, client_api, iris_model, caplog
+):
+    version = factories.version_create(iris_model)
+    path = _corrupt(version.artifact.name)
+    url = f"/api/v1/models/iris/versions/{version.version}/predict"
+    assert client_api.post(url, {"features": IRIS_ROW}, format="json").status_code == 503
+
+    with caplog.at_level(logging.WARNING, logger="mlregistry.storage"):
+        response = staff_api.post(
+            "/api/v1/models/iris/versions/",
+            {"artifact": SimpleUploadedFile("m.skops", factories.iris_classifier_bytes())},
+            format="multipart",
+        )
+    assert response.status_code == 201, response.json()
+    assert response.json()["artifact_sha256"] == version.artifact_sha256
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == version.artifact_sha256
+    assert any("replacing it" in r.getMessage() for r in caplog.records)
+    assert client_api.post(url, {"features": IRIS_ROW}, format="json").status_code == 200
+    assert _temporary_files() == []
+
+
+def test_an_intact_file_is_kept_as_it_is(iris_model, caplog):
+    version = factories.version_create(iris_model)
+    path = Path(storages["artifacts"].path(version.artifact.name))
+    inode = path.stat().st_ino
+    with caplog.at_level(logging.WARNING, logger="mlregistry.storage"):
+        factories.version_create(iris_model)
+    assert path.stat().st_ino == inode  # not rewritten
+    assert not [r for r in caplog.records if r.name == "mlregistry.storage"]
+
+
+def test_a_confirmed_preview_repairs_the_stored_file_too(iris_model):
+    version = factories.version_create(iris_model)
+    path = _corrupt(version.artifact.name)
+    pending = services.model_version_preview(
+        model=iris_model, artifact=io.BytesIO(factories.iris_classifier_bytes()), actor="t"
+    )
+    with storages["artifacts"].open(pending.name, "rb") as parked:
+        services.model_version_create(
+            model=iris_model,
+            artifact=parked,
+            actor="t",
+            expected_sha256=pending.inspection.sha256,
+        )
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == version.artifact_sha256
+    assert artifacts.load_version_estimator(version) is not None
+
+
+def test_reuploading_a_dataset_repairs_its_corrupted_file():
+    dataset = factories.iris_dataset_create("first")
+    _corrupt(dataset.file.name)
+    with pytest.raises(Exception, match="checksum mismatch"):
+        dataset_frame_read(dataset)
+    again = factories.iris_dataset_create("second")
+    assert again.file.name == dataset.file.name
+    assert len(dataset_frame_read(dataset)) == 150
+
+
+def test_the_storage_replaces_any_name_whose_bytes_differ():
+    storage = storages["artifacts"]
+    name = storage.save("sha256/aa/x.bin", ContentFile(b"good bytes"))
+    Path(storage.path(name)).write_bytes(b"bad bytes!")
+    assert storage.save(name, ContentFile(b"good bytes")) == name
+    assert Path(storage.path(name)).read_bytes() == b"good bytes"
