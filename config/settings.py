@@ -352,6 +352,11 @@ ACCESS_POLICY_CACHE_TTL = env_int("ACCESS_POLICY_CACHE_TTL", 600, minimum=1)
 # --- HTTPS. Production (DJANGO_DEBUG=false) gets HSTS and secure cookies by default; the TLS
 # redirect stays opt-in because TLS usually ends at a proxy, and `make run` is plain http.
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+# When the proxy itself answers http with a redirect, the app never sees plain http (bar the
+# probes) and Django's "no redirect" warning is about a redirect that exists elsewhere.
+SECURE_SSL_REDIRECT_AT_PROXY = env_bool("DJANGO_SECURE_SSL_REDIRECT_AT_PROXY", False)
+if SECURE_SSL_REDIRECT_AT_PROXY:
+    SILENCED_SYSTEM_CHECKS = ["security.W008"]
 # Probes and Prometheus talk plain http inside the private network.
 SECURE_REDIRECT_EXEMPT = [r"^health", r"^metrics$"]
 if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
