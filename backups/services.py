@@ -37,7 +37,7 @@ from django.core.management.color import no_style
 from django.db import IntegrityError, connection, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.migrations.recorder import MigrationRecorder
-from django.db.models import F, Window
+from django.db.models import F, Q, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
@@ -50,6 +50,7 @@ from backups.models import (
     JobRunTally,
 )
 from config.errors import ConflictError, DomainError, NotFoundError
+from config.job_heartbeats import STALLED_JOB_KINDS, StalledJobKind, job_heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -398,18 +399,30 @@ def _slot_lock(slot: str, *, using: BaseDatabaseWrapper | None = None) -> Iterat
 def _backup_claim(*, slot: str, actor: str, now: datetime) -> Backup:
     try:
         with transaction.atomic():
-            return Backup.objects.create(slot=slot, actor=actor, started_at=now)
+            return Backup.objects.create(
+                slot=slot, actor=actor, started_at=now, heartbeat_at=timezone.now()
+            )
     except IntegrityError:
         backup = Backup.objects.get(slot=slot)
     if backup.status != BackupStatus.VERIFIED:
-        # Holding the slot lock, a row still "running" belongs to an attempt that died (a
-        # killed worker): this attempt takes the slot over rather than adding a second backup.
+        # Holding the slot lock, a row still "running" (or failed by the reaper) belongs to an
+        # attempt that died: this attempt takes the slot over rather than adding a second one.
         backup.status = BackupStatus.RUNNING
         backup.attempts += 1
         backup.error = ""
         backup.started_at = now
         backup.finished_at = None
-        backup.save(update_fields=["status", "attempts", "error", "started_at", "finished_at"])
+        backup.heartbeat_at = timezone.now()
+        backup.save(
+            update_fields=[
+                "status",
+                "attempts",
+                "error",
+                "started_at",
+                "finished_at",
+                "heartbeat_at",
+            ]
+        )
     return backup
 
 
@@ -468,7 +481,20 @@ def _backup_write(backup: Backup) -> None:
     backup.row_counts = row_counts
     backup.manifest_sha256 = _file_digest(root / name / MANIFEST_NAME)[0]
     backup.finished_at = timezone.now()
-    backup.save()
+    # Named fields: a full save would put back the heartbeat this object was loaded with.
+    backup.save(
+        update_fields=[
+            "path",
+            "database_vendor",
+            "database_size",
+            "artifacts_size",
+            "artifact_count",
+            "checksums",
+            "row_counts",
+            "manifest_sha256",
+            "finished_at",
+        ]
+    )
 
 
 def backup_create(
@@ -487,15 +513,16 @@ def backup_create(
         if backup.status == BackupStatus.VERIFIED:
             logger.info("backup slot already done", extra={"slot": slot, "backup": backup.pk})
             return backup
-        try:
-            _backup_write(backup)
-        except Exception as exc:
-            backup.status = BackupStatus.FAILED
-            backup.error = f"{type(exc).__name__}: {exc}"[:5000]
-            backup.finished_at = timezone.now()
-            backup.save(update_fields=["status", "error", "finished_at"])
-            raise
-        backup_verify(backup=backup)
+        with job_heartbeat(backup):
+            try:
+                _backup_write(backup)
+            except Exception as exc:
+                backup.status = BackupStatus.FAILED
+                backup.error = f"{type(exc).__name__}: {exc}"[:5000]
+                backup.finished_at = timezone.now()
+                backup.save(update_fields=["status", "error", "finished_at"])
+                raise
+            backup_verify(backup=backup)
     return backup
 
 
@@ -1015,3 +1042,66 @@ def retention_cleanup_run(*, now: datetime | None = None, dry_run: bool = False)
 def retention_cleanup_counts(summary: dict[str, Any]) -> dict[str, int]:
     """How many of each kind a cleanup summary holds (its lists of ids or names counted)."""
     return {key: len(value) if isinstance(value, list) else value for key, value in summary.items()}
+
+
+# --- stalled jobs ----------------------------------------------------------------------------
+
+
+def _stalled(kind: StalledJobKind, cutoff: datetime):
+    model = apps.get_model(kind.model)
+    return model._base_manager.filter(
+        Q(heartbeat_at__lt=cutoff)
+        | Q(heartbeat_at__isnull=True, **{f"{kind.started_field}__lt": cutoff}),
+        **{f"{kind.status_field}__in": kind.running},
+    )
+
+
+def stalled_jobs_reap(
+    *, actor: AbstractBaseUser | str, now: datetime | None = None, dry_run: bool = False
+) -> dict[str, list[int]]:
+    """Fails every running job (of each kind in config.job_heartbeats.STALLED_JOB_KINDS) whose
+    heartbeat is older than JOB_STALLED_AFTER_SECONDS: the worker running it is gone. Returns
+    their ids by kind (with `dry_run`, the ids it would fail, changing nothing).
+
+    Each row is failed by a conditional update, so a job whose heartbeat comes back in the
+    meantime (a worker paused, not dead) is left running.
+    """
+    now = now or timezone.now()
+    stalled_after = settings.JOB_STALLED_AFTER_SECONDS
+    cutoff = now - timedelta(seconds=stalled_after)
+    reaped: dict[str, list[int]] = {}
+    for name, kind in sorted(STALLED_JOB_KINDS.items()):
+        candidates = list(
+            _stalled(kind, cutoff).values_list("pk", "heartbeat_at", kind.started_field)
+        )
+        if dry_run:
+            reaped[name] = [pk for pk, _, _ in candidates]
+            continue
+        reaped[name] = []
+        for pk, heartbeat_at, started_at in candidates:
+            last = heartbeat_at or started_at
+            reason = (
+                f"The worker running this job stopped: no heartbeat since {last:%Y-%m-%d %H:%M:%S} "
+                f"UTC (more than {stalled_after} s before {now:%H:%M:%S}); failed by "
+                f"{_actor_name(actor)}. The next run starts afresh."
+            )
+            with transaction.atomic():
+                updated = (
+                    _stalled(kind, cutoff)
+                    .filter(pk=pk)
+                    .update(
+                        **{
+                            kind.status_field: kind.failed,
+                            kind.error_field: reason,
+                            kind.finished_field: now,
+                            **kind.extra,
+                        }
+                    )
+                )
+            if updated:
+                reaped[name].append(pk)
+                logger.error(
+                    "stalled job failed",
+                    extra={"job_kind": name, "job_id": pk, "last_heartbeat": str(last)},
+                )
+    return reaped

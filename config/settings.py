@@ -8,6 +8,7 @@ filesystem Celery transport under ./var.
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from config.env import env_bool, env_float, env_int, env_list, env_str
 
@@ -254,6 +255,25 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Time limits (seconds). A task gets SoftTimeLimitExceeded at its limit, so its job records the
+# failure; the worker kills it JOB_TIME_LIMIT_GRACE_SECONDS later. The broker's visibility
+# timeout is computed from the longest of them (config.celery), so a message is never handed
+# to a second worker while its first run may still be going.
+JOB_TIME_LIMIT_SECONDS = env_int("JOB_TIME_LIMIT_SECONDS", 1800, minimum=1)
+JOB_TIME_LIMIT_GRACE_SECONDS = env_int("JOB_TIME_LIMIT_GRACE_SECONDS", 60, minimum=1)
+BACKUP_TIME_LIMIT_SECONDS = env_int("BACKUP_TIME_LIMIT_SECONDS", 4 * 3600, minimum=1)
+TRAINING_TIME_LIMIT_SECONDS = env_int("TRAINING_TIME_LIMIT_SECONDS", 2 * 3600, minimum=1)
+CELERY_TASK_SOFT_TIME_LIMIT = JOB_TIME_LIMIT_SECONDS
+CELERY_TASK_TIME_LIMIT = JOB_TIME_LIMIT_SECONDS + JOB_TIME_LIMIT_GRACE_SECONDS
+# A running job writes its heartbeat this often; the reaper (every minute) fails a job whose
+# heartbeat is older than JOB_STALLED_AFTER_SECONDS: its worker is gone.
+JOB_HEARTBEAT_SECONDS = env_int("JOB_HEARTBEAT_SECONDS", 30, minimum=1)
+JOB_STALLED_AFTER_SECONDS = env_int("JOB_STALLED_AFTER_SECONDS", 180, minimum=2)
+if JOB_STALLED_AFTER_SECONDS <= 2 * JOB_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        "JOB_STALLED_AFTER_SECONDS must exceed two JOB_HEARTBEAT_SECONDS, or one late "
+        "heartbeat would fail a live job."
+    )
 
 # --- Logging ---
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
