@@ -458,7 +458,8 @@ PREDICTION_LOG_FLUSH_ROWS = env_int("PREDICTION_LOG_FLUSH_ROWS", 200, minimum=1)
 # Rows held in memory at most; past it rows are dropped and counted (a slow database must not
 # grow the web process without bound).
 PREDICTION_LOG_BUFFER_MAX = env_int("PREDICTION_LOG_BUFFER_MAX", 100_000, minimum=1)
-# Token -> user kept this long on the predict path (0 = off). Revoking a token drops its entry
-# at once; only another process's local-memory cache can lag, by at most this long.
+# Token -> user kept this long on the predict path (0 = off). Revoking a token or deactivating a
+# user through the product drops its entry at once; another process's local-memory cache, or a
+# change made outside the product (raw SQL, a script's update()), lags by at most this long.
 PREDICTION_AUTH_CACHE_SECONDS = env_int("PREDICTION_AUTH_CACHE_SECONDS", 30, minimum=0)
 # --- end Predictions ---
