@@ -504,6 +504,11 @@ def backup_create(
     if connection.in_atomic_block:
         # pg_dump would not see this transaction's rows; SQLite's backup would wait on it.
         raise BackupError("A backup must run outside a transaction.")
+    if not database_has_schema():
+        raise BackupError(
+            "The database has no tables: nothing to back up (run migrate, or restore_backup "
+            "PATH --yes to bring one back)."
+        )
     now = now or timezone.now()
     slot = slot or f"manual-{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     with _slot_lock(slot) as acquired:

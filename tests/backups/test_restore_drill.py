@@ -181,3 +181,15 @@ def test_restore_into_a_new_postgres_database_creates_the_schema_and_the_catalog
     registry, tmp_path, drill_database, offsite
 ):
     _drill(tmp_path, drill_database, offsite=offsite)
+
+
+def test_commands_on_a_database_without_tables_say_what_to_do(tmp_path):
+    empty = tmp_path / "new-server.sqlite3"
+    empty.touch()
+    env = {**os.environ, "DATABASE_URL": f"sqlite:///{empty}", "VAR_DIR": str(tmp_path / "var")}
+    env["BACKUP_DIR"] = str(tmp_path / "backups")
+    for command in (["backup_verify"], ["backup_create"], ["restore_backup", "1"]):
+        result = _manage(env, *command)
+        assert result.returncode == 1, result.stderr
+        assert "no tables" in result.stderr
+        assert "Traceback" not in result.stderr
