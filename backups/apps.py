@@ -11,8 +11,16 @@ class BackupsConfig(AppConfig):
         from config.metrics import SCRAPE_TIME_REGISTRY
 
         READINESS_CHECKS["backup"] = backup_readiness_check
+        _stalled_jobs_register()
         # Read at scrape time, so /metrics shows them once whether or not it runs in
         # Prometheus' multiprocess mode.
         if not getattr(BackupsConfig, "_collector_registered", False):
             SCRAPE_TIME_REGISTRY.register(JobMetricsCollector())
             BackupsConfig._collector_registered = True
+
+
+def _stalled_jobs_register() -> None:
+    from config.job_heartbeats import StalledJobKind, stalled_job_kind_register
+
+    # A slot whose row says "failed" is taken over by the next attempt of that slot.
+    stalled_job_kind_register(StalledJobKind(name="backup", model="backups.Backup"))

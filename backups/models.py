@@ -33,6 +33,9 @@ class Backup(models.Model):
     attempts = models.PositiveSmallIntegerField(default=1)
     started_at = models.DateTimeField(db_index=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Stamped while the backup runs (config.job_heartbeats): the reaper fails a running backup
+    # whose worker stopped stamping it.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     # Set by the last verification that passed; cleared when a later one fails.
     verified_at = models.DateTimeField(null=True, blank=True)
     error = models.TextField(blank=True)

@@ -37,7 +37,7 @@ from django.core.management.color import no_style
 from django.db import IntegrityError, connection, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.migrations.recorder import MigrationRecorder
-from django.db.models import F, Window
+from django.db.models import F, Q, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
@@ -51,6 +51,7 @@ from backups.models import (
 )
 from config.archives import ArchiveError, ArchiveLimits, tar_check
 from config.errors import ConflictError, DomainError, NotFoundError
+from config.job_heartbeats import STALLED_JOB_KINDS, StalledJobKind, job_heartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,41 @@ def registry_row_counts() -> dict[str, int]:
                 continue
             counts[model._meta.label_lower] = model._base_manager.count()
     return dict(sorted(counts.items()))
+
+
+def database_has_schema() -> bool:
+    """Whether migrations have created this app's tables: false for a new, empty database."""
+    return Backup._meta.db_table in connection.introspection.table_names()
+
+
+def _schema_create(migrations: list[str]) -> None:
+    """Migrates an empty database to the schema the backup was taken with (its applied
+    migrations, as far as this code knows them), so restoring replaces every table and none
+    from later migrations is left behind without its record."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    graph = executor.loader.graph
+    wanted = {tuple(name.split(".", 1)) for name in migrations} & set(graph.nodes)
+    targets = [
+        node
+        for node in wanted
+        if not any(
+            other != node and other[0] == node[0] and node in graph.forwards_plan(other)
+            for other in wanted
+        )
+    ]
+    if not targets:
+        # A manifest without its migrations (or none known here): the whole current schema.
+        targets = executor.loader.graph.leaf_nodes()
+    executor.migrate(targets)
+
+
+def _schema_complete() -> None:
+    """Applies what this code adds to a restored schema, and Django's post-migrate rows."""
+    from django.core.management import call_command
+
+    call_command("migrate", interactive=False, verbosity=0)
 
 
 # --- database dump and restore ---------------------------------------------------------
@@ -375,18 +411,30 @@ def _slot_lock(slot: str, *, using: BaseDatabaseWrapper | None = None) -> Iterat
 def _backup_claim(*, slot: str, actor: str, now: datetime) -> Backup:
     try:
         with transaction.atomic():
-            return Backup.objects.create(slot=slot, actor=actor, started_at=now)
+            return Backup.objects.create(
+                slot=slot, actor=actor, started_at=now, heartbeat_at=timezone.now()
+            )
     except IntegrityError:
         backup = Backup.objects.get(slot=slot)
     if backup.status != BackupStatus.VERIFIED:
-        # Holding the slot lock, a row still "running" belongs to an attempt that died (a
-        # killed worker): this attempt takes the slot over rather than adding a second backup.
+        # Holding the slot lock, a row still "running" (or failed by the reaper) belongs to an
+        # attempt that died: this attempt takes the slot over rather than adding a second one.
         backup.status = BackupStatus.RUNNING
         backup.attempts += 1
         backup.error = ""
         backup.started_at = now
         backup.finished_at = None
-        backup.save(update_fields=["status", "attempts", "error", "started_at", "finished_at"])
+        backup.heartbeat_at = timezone.now()
+        backup.save(
+            update_fields=[
+                "status",
+                "attempts",
+                "error",
+                "started_at",
+                "finished_at",
+                "heartbeat_at",
+            ]
+        )
     return backup
 
 
@@ -445,7 +493,20 @@ def _backup_write(backup: Backup) -> None:
     backup.row_counts = row_counts
     backup.manifest_sha256 = _file_digest(root / name / MANIFEST_NAME)[0]
     backup.finished_at = timezone.now()
-    backup.save()
+    # Named fields: a full save would put back the heartbeat this object was loaded with.
+    backup.save(
+        update_fields=[
+            "path",
+            "database_vendor",
+            "database_size",
+            "artifacts_size",
+            "artifact_count",
+            "checksums",
+            "row_counts",
+            "manifest_sha256",
+            "finished_at",
+        ]
+    )
 
 
 def backup_create(
@@ -455,6 +516,11 @@ def backup_create(
     if connection.in_atomic_block:
         # pg_dump would not see this transaction's rows; SQLite's backup would wait on it.
         raise BackupError("A backup must run outside a transaction.")
+    if not database_has_schema():
+        raise BackupError(
+            "The database has no tables: nothing to back up (run migrate, or restore_backup "
+            "PATH --yes to bring one back)."
+        )
     now = now or timezone.now()
     slot = slot or f"manual-{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     with _slot_lock(slot) as acquired:
@@ -464,15 +530,16 @@ def backup_create(
         if backup.status == BackupStatus.VERIFIED:
             logger.info("backup slot already done", extra={"slot": slot, "backup": backup.pk})
             return backup
-        try:
-            _backup_write(backup)
-        except Exception as exc:
-            backup.status = BackupStatus.FAILED
-            backup.error = f"{type(exc).__name__}: {exc}"[:5000]
-            backup.finished_at = timezone.now()
-            backup.save(update_fields=["status", "error", "finished_at"])
-            raise
-        backup_verify(backup=backup)
+        with job_heartbeat(backup):
+            try:
+                _backup_write(backup)
+            except Exception as exc:
+                backup.status = BackupStatus.FAILED
+                backup.error = f"{type(exc).__name__}: {exc}"[:5000]
+                backup.finished_at = timezone.now()
+                backup.save(update_fields=["status", "error", "finished_at"])
+                raise
+            backup_verify(backup=backup)
     return backup
 
 
@@ -534,7 +601,13 @@ def backup_verify(
 
 def backup_resolve(reference: str) -> tuple[Backup | None, Path]:
     """A backup named by id, folder or manifest path; the row too when the folder is known."""
+    has_schema = database_has_schema()
     if reference.isdigit():
+        if not has_schema:
+            raise NotFoundError(
+                f"The database has no tables yet, so no backup has the id {reference}: name "
+                "the backup's folder instead."
+            )
         backup = Backup.objects.filter(pk=int(reference)).first()
         if backup is None:
             raise NotFoundError(f"No backup with id {reference}.")
@@ -545,7 +618,7 @@ def backup_resolve(reference: str) -> tuple[Backup | None, Path]:
     if not path.is_dir():
         raise NotFoundError(f"No backup folder at {reference}.")
     backup = None
-    if path.resolve().parent == backup_root().resolve():
+    if has_schema and path.resolve().parent == backup_root().resolve():
         backup = Backup.objects.filter(path=path.name).first()
     return backup, path
 
@@ -560,6 +633,8 @@ class RestorePlan:
     current_counts: dict[str, int]
     current_artifacts: int
     current_migrations: list[str] = field(default_factory=list)
+    # False for a new database without tables: the restore creates the schema first.
+    has_schema: bool = True
 
     @property
     def backup_counts(self) -> dict[str, int]:
@@ -586,6 +661,11 @@ class RestorePlan:
 
     def schema_warnings(self) -> list[str]:
         """What differs between the backup's migrations and this database's."""
+        if not self.has_schema:
+            return [
+                "The database has no tables: the restore creates the backup's schema first "
+                "(migrate), restores into it, then applies this code's later migrations."
+            ]
         backup = set(self.manifest.get("migrations", []))
         current = set(self.current_migrations)
         warnings = []
@@ -613,19 +693,32 @@ def restore_plan(*, directory: Path, backup: Backup | None = None) -> RestorePla
     """Verifies the backup and says what a restore would replace; changes nothing."""
     manifest = backup_verify(backup=backup, path=directory)
     current_artifacts = sum(1 for _ in _artifact_files(Path(settings.MODEL_STORE_DIR)))
+    has_schema = database_has_schema()
     return RestorePlan(
-        directory, manifest, registry_row_counts(), current_artifacts, applied_migrations()
+        directory,
+        manifest,
+        registry_row_counts() if has_schema else {},
+        current_artifacts,
+        applied_migrations(),
+        has_schema=has_schema,
     )
 
 
 def backup_restore(
     *, directory: Path, actor: AbstractBaseUser | str, backup: Backup | None = None
 ) -> RestoreResult:
-    """Replaces the database and the artifacts store with a verified backup's contents."""
+    """Replaces the database and the artifacts store with a verified backup's contents.
+
+    Into a database without tables (disaster recovery) it first creates the backup's schema,
+    and afterwards applies this code's later migrations. Either way the backup catalogue keeps
+    its rows and lists the backup restored from (BackupError, BackupCorrupt otherwise).
+    """
     if connection.in_atomic_block:
         raise BackupError("A restore replaces whole tables; it cannot run inside a transaction.")
     plan = restore_plan(directory=directory, backup=backup)
     manifest = plan.manifest
+    if not plan.has_schema:
+        _schema_create(manifest.get("migrations", []))
     store = Path(settings.MODEL_STORE_DIR)
     store.parent.mkdir(parents=True, exist_ok=True)
     staging = store.parent / f".{store.name}.restore-{uuid.uuid4().hex[:8]}"
@@ -638,7 +731,9 @@ def backup_restore(
         # The backup catalogue describes files on disk, not the registry: it survives restore.
         catalogue = list(Backup.objects.values())
         _database_restore(directory / manifest["database"]["file"], manifest["database"]["vendor"])
-        _catalogue_replace(catalogue)
+        if not plan.has_schema:
+            _schema_complete()
+        _catalogue_replace(catalogue, source=_catalogue_source_row(directory, manifest))
         previous = store.parent / f".{store.name}.replaced-{uuid.uuid4().hex[:8]}"
         if store.exists():
             os.rename(store, previous)
@@ -670,14 +765,107 @@ def _verify_extracted(root: Path, expected: dict[str, dict[str, Any]]) -> tuple[
     return len(found), problems
 
 
-def _catalogue_replace(rows: list[dict[str, Any]]) -> None:
+def _catalogue_source_row(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The catalogue row of the backup being restored, as its verified files describe it.
+
+    A folder outside BACKUP_DIR (a copy brought back from off-site) is copied in first, so the
+    row names a folder that retention, verification and the next restore can find.
+    """
+    root = backup_root()
+    manifest_sha256 = _file_digest(directory / MANIFEST_NAME)[0]
+    if directory.resolve().parent != root.resolve():
+        target = root / directory.name
+        if not (
+            target.is_dir()
+            and (target / MANIFEST_NAME).is_file()
+            and _file_digest(target / MANIFEST_NAME)[0] == manifest_sha256
+        ):
+            if target.exists():
+                target = root / f"{directory.name}-restored-{uuid.uuid4().hex[:8]}"
+            root.mkdir(parents=True, exist_ok=True)
+            staging = root / f".tmp-copy-{uuid.uuid4().hex[:8]}"
+            try:
+                shutil.copytree(directory, staging)
+                os.chmod(staging, 0o700)
+                os.rename(staging, target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        directory = target
+    files = manifest["files"]
+    database_file = manifest["database"]["file"]
+    now = timezone.now()
+    created_at = datetime.fromisoformat(manifest["created_at"])
+    return {
+        "slot": manifest.get("slot") or f"restored-{directory.name}",
+        "status": BackupStatus.VERIFIED,
+        "path": directory.name,
+        "database_vendor": manifest["database"]["vendor"],
+        "database_size": files.get(database_file, {}).get("size", 0),
+        "artifacts_size": files.get(ARTIFACTS_ARCHIVE, {}).get("size", 0),
+        "artifact_count": len(manifest["artifacts"]),
+        "manifest_sha256": manifest_sha256,
+        "checksums": {name: entry["sha256"] for name, entry in files.items()},
+        "row_counts": manifest["row_counts"],
+        "started_at": created_at,
+        "verified_at": now,
+        "error": "",
+    }
+
+
+def _catalogue_replace(rows: list[dict[str, Any]], *, source: dict[str, Any]) -> None:
+    """Puts back the catalogue as it was before the restore, adds the restored database's rows
+    of other backups whose folders are here (after disaster recovery, the history), registers
+    the backup restored from under the id it had, and never lets ids go back."""
+    root = backup_root()
+    restored = {row["slot"]: row for row in Backup.objects.values()}
+    floor = max([row["id"] for row in [*rows, *restored.values()]] + [_id_sequence_value(Backup)])
+    merged = {row["slot"]: row for row in rows}
+    taken_ids = {row["id"] for row in rows}
+    for slot, row in restored.items():
+        present = slot == source["slot"] or (row["path"] and (root / row["path"]).is_dir())
+        if present and slot not in merged and row["id"] not in taken_ids:
+            merged[slot] = row
+            taken_ids.add(row["id"])
+    # The dump was taken while its own row said "running", without files: now it is known.
+    own = merged.get(source["slot"])
+    if own is not None:
+        finished_at = own["finished_at"] or source["started_at"]
+        own.update(source, actor=own["actor"], finished_at=finished_at)
+    else:
+        merged[source["slot"]] = {**source, "actor": "restore", "finished_at": source["started_at"]}
     with transaction.atomic():
         Backup.objects.all().delete()
-        Backup.objects.bulk_create(Backup(**row) for row in rows)
-        # Rows keep their ids: move the id sequence past them (a no-op on SQLite).
+        Backup.objects.bulk_create(Backup(**row) for row in merged.values() if "id" in row)
+        _id_sequence_move_past(Backup, floor)
+        Backup.objects.bulk_create(Backup(**row) for row in merged.values() if "id" not in row)
+
+
+def _id_sequence_value(model: type[Backup]) -> int:
+    """The last id PostgreSQL's sequence handed out (0 elsewhere: SQLite's AUTOINCREMENT
+    counter is restored with the file and never goes back by itself)."""
+    if connection.vendor != "postgresql":
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_get_serial_sequence(%s, 'id')", [model._meta.db_table])
+        (sequence,) = cursor.fetchone()
+        cursor.execute(f"SELECT last_value FROM {sequence}")  # noqa: S608 - a name Postgres gave
+        return int(cursor.fetchone()[0])
+
+
+def _id_sequence_move_past(model: type[Backup], floor: int) -> None:
+    """Makes the next id larger than `floor` and than every row's."""
+    if connection.vendor != "postgresql":
         with connection.cursor() as cursor:
-            for sql in connection.ops.sequence_reset_sql(no_style(), [Backup]):
+            for sql in connection.ops.sequence_reset_sql(no_style(), [model]):
                 cursor.execute(sql)
+        return
+    table = connection.ops.quote_name(model._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT setval(pg_get_serial_sequence(%s, 'id'), "  # noqa: S608 - quoted model table
+            f"GREATEST(%s, (SELECT COALESCE(MAX(id), 0) FROM {table}), 1))",
+            [model._meta.db_table, floor],
+        )
 
 
 def _routing_invalidate_all() -> None:
@@ -871,3 +1059,66 @@ def retention_cleanup_run(*, now: datetime | None = None, dry_run: bool = False)
 def retention_cleanup_counts(summary: dict[str, Any]) -> dict[str, int]:
     """How many of each kind a cleanup summary holds (its lists of ids or names counted)."""
     return {key: len(value) if isinstance(value, list) else value for key, value in summary.items()}
+
+
+# --- stalled jobs ----------------------------------------------------------------------------
+
+
+def _stalled(kind: StalledJobKind, cutoff: datetime):
+    model = apps.get_model(kind.model)
+    return model._base_manager.filter(
+        Q(heartbeat_at__lt=cutoff)
+        | Q(heartbeat_at__isnull=True, **{f"{kind.started_field}__lt": cutoff}),
+        **{f"{kind.status_field}__in": kind.running},
+    )
+
+
+def stalled_jobs_reap(
+    *, actor: AbstractBaseUser | str, now: datetime | None = None, dry_run: bool = False
+) -> dict[str, list[int]]:
+    """Fails every running job (of each kind in config.job_heartbeats.STALLED_JOB_KINDS) whose
+    heartbeat is older than JOB_STALLED_AFTER_SECONDS: the worker running it is gone. Returns
+    their ids by kind (with `dry_run`, the ids it would fail, changing nothing).
+
+    Each row is failed by a conditional update, so a job whose heartbeat comes back in the
+    meantime (a worker paused, not dead) is left running.
+    """
+    now = now or timezone.now()
+    stalled_after = settings.JOB_STALLED_AFTER_SECONDS
+    cutoff = now - timedelta(seconds=stalled_after)
+    reaped: dict[str, list[int]] = {}
+    for name, kind in sorted(STALLED_JOB_KINDS.items()):
+        candidates = list(
+            _stalled(kind, cutoff).values_list("pk", "heartbeat_at", kind.started_field)
+        )
+        if dry_run:
+            reaped[name] = [pk for pk, _, _ in candidates]
+            continue
+        reaped[name] = []
+        for pk, heartbeat_at, started_at in candidates:
+            last = heartbeat_at or started_at
+            reason = (
+                f"The worker running this job stopped: no heartbeat since {last:%Y-%m-%d %H:%M:%S} "
+                f"UTC (more than {stalled_after} s before {now:%H:%M:%S}); failed by "
+                f"{_actor_name(actor)}. The next run starts afresh."
+            )
+            with transaction.atomic():
+                updated = (
+                    _stalled(kind, cutoff)
+                    .filter(pk=pk)
+                    .update(
+                        **{
+                            kind.status_field: kind.failed,
+                            kind.error_field: reason,
+                            kind.finished_field: now,
+                            **kind.extra,
+                        }
+                    )
+                )
+            if updated:
+                reaped[name].append(pk)
+                logger.error(
+                    "stalled job failed",
+                    extra={"job_kind": name, "job_id": pk, "last_heartbeat": str(last)},
+                )
+    return reaped

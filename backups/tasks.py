@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from celery import shared_task
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from backups import services
@@ -36,7 +37,12 @@ def scheduled_slot(request) -> str:
     return f"task-{request.id}"
 
 
-@shared_task(bind=True, **RETRY)
+@shared_task(
+    bind=True,
+    soft_time_limit=settings.BACKUP_TIME_LIMIT_SECONDS,
+    time_limit=settings.BACKUP_TIME_LIMIT_SECONDS + settings.JOB_TIME_LIMIT_GRACE_SECONDS,
+    **RETRY,
+)
 def backup_create_task(self, slot: str | None = None) -> int:
     """Runs one backup for the slot (by default the hour the task was scheduled)."""
     slot = slot or scheduled_slot(self.request)
@@ -60,3 +66,18 @@ def cleanup_retention_task(self) -> dict:
         summary = services.retention_cleanup_run()
         run.update(services.retention_cleanup_counts(summary))
     return summary
+
+
+@shared_task(bind=True, **RETRY)
+def stalled_jobs_reap_task(self) -> dict[str, list[int]]:
+    """Fails running jobs whose worker stopped beating (every minute on the beat schedule).
+
+    Only the reaper's own failures are recorded as job runs: an idle minute leaves no row.
+    """
+    reaped = services.stalled_jobs_reap(actor="job:reaper", dry_run=True)
+    if not any(reaped.values()):
+        return reaped
+    with job_run("reap_stalled_jobs") as run:
+        reaped = services.stalled_jobs_reap(actor="job:reaper")
+        run.update({kind: len(ids) for kind, ids in reaped.items()})
+    return reaped

@@ -102,3 +102,33 @@ def _publish_time(headers=None, **kwargs) -> None:
 
 
 # --- end backups ---
+
+
+# --- A message is redelivered only when no worker can still be running it ---
+# With acks_late, Redis and SQS hand an unacknowledged message to another worker once the
+# transport's visibility timeout passes, even if the first worker is still running it. So the
+# timeout is derived from the longest hard time limit of any registered task, never set by hand.
+# A killed worker's job is noticed by the stalled-job reaper long before (config.job_heartbeats).
+
+# Covers a message waiting in a worker's prefetch buffer for a free process before it starts.
+VISIBILITY_TIMEOUT_MARGIN_SECONDS = 300
+
+
+def longest_task_time_limit(celery_app: Celery) -> int:
+    """The largest hard time limit (seconds) of the app's tasks, the default one included."""
+    default = celery_app.conf.task_time_limit or 0
+    limits = [task.time_limit or default for task in celery_app.tasks.values()]
+    return int(max([default, *limits]))
+
+
+def visibility_timeout(celery_app: Celery) -> int:
+    """The broker visibility timeout that outlasts every task's run."""
+    return longest_task_time_limit(celery_app) + VISIBILITY_TIMEOUT_MARGIN_SECONDS
+
+
+@app.on_after_finalize.connect(weak=False)
+def _visibility_timeout_from_time_limits(sender=None, **kwargs) -> None:
+    celery_app = sender or app
+    options = dict(celery_app.conf.broker_transport_options or {})
+    options["visibility_timeout"] = visibility_timeout(celery_app)
+    celery_app.conf.broker_transport_options = options

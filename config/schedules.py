@@ -40,3 +40,13 @@ DEFAULT_SCHEDULES.append(
         "enabled": True,
     }
 )
+
+# Fails jobs whose worker died (config.job_heartbeats), so they do not say "running" for hours.
+DEFAULT_SCHEDULES.append(
+    {
+        "name": "stalled-jobs-reaper",
+        "task": "backups.tasks.stalled_jobs_reap_task",
+        "crontab": {"minute": "*"},
+        "enabled": True,
+    }
+)

@@ -235,6 +235,25 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Time limits (seconds). A task gets SoftTimeLimitExceeded at its limit, so its job records the
+# failure; the worker kills it JOB_TIME_LIMIT_GRACE_SECONDS later. The broker's visibility
+# timeout is computed from the longest of them (config.celery), so a message is never handed
+# to a second worker while its first run may still be going.
+JOB_TIME_LIMIT_SECONDS = env_int("JOB_TIME_LIMIT_SECONDS", 1800, minimum=1)
+JOB_TIME_LIMIT_GRACE_SECONDS = env_int("JOB_TIME_LIMIT_GRACE_SECONDS", 60, minimum=1)
+BACKUP_TIME_LIMIT_SECONDS = env_int("BACKUP_TIME_LIMIT_SECONDS", 4 * 3600, minimum=1)
+TRAINING_TIME_LIMIT_SECONDS = env_int("TRAINING_TIME_LIMIT_SECONDS", 2 * 3600, minimum=1)
+CELERY_TASK_SOFT_TIME_LIMIT = JOB_TIME_LIMIT_SECONDS
+CELERY_TASK_TIME_LIMIT = JOB_TIME_LIMIT_SECONDS + JOB_TIME_LIMIT_GRACE_SECONDS
+# A running job writes its heartbeat this often; the reaper (every minute) fails a job whose
+# heartbeat is older than JOB_STALLED_AFTER_SECONDS: its worker is gone.
+JOB_HEARTBEAT_SECONDS = env_int("JOB_HEARTBEAT_SECONDS", 30, minimum=1)
+JOB_STALLED_AFTER_SECONDS = env_int("JOB_STALLED_AFTER_SECONDS", 180, minimum=2)
+if JOB_STALLED_AFTER_SECONDS <= 2 * JOB_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        "JOB_STALLED_AFTER_SECONDS must exceed two JOB_HEARTBEAT_SECONDS, or one late "
+        "heartbeat would fail a live job."
+    )
 
 # --- Logging ---
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
@@ -362,6 +381,11 @@ ACCESS_POLICY_CACHE_TTL = env_int("ACCESS_POLICY_CACHE_TTL", 600, minimum=1)
 # --- HTTPS. Production (DJANGO_DEBUG=false) gets HSTS and secure cookies by default; the TLS
 # redirect stays opt-in because TLS usually ends at a proxy, and `make run` is plain http.
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+# When the proxy itself answers http with a redirect, the app never sees plain http (bar the
+# probes) and Django's "no redirect" warning is about a redirect that exists elsewhere.
+SECURE_SSL_REDIRECT_AT_PROXY = env_bool("DJANGO_SECURE_SSL_REDIRECT_AT_PROXY", False)
+if SECURE_SSL_REDIRECT_AT_PROXY:
+    SILENCED_SYSTEM_CHECKS = ["security.W008"]
 # Probes and Prometheus talk plain http inside the private network.
 SECURE_REDIRECT_EXEMPT = [r"^health", r"^metrics$"]
 if env_bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
@@ -443,7 +467,8 @@ PREDICTION_LOG_FLUSH_ROWS = env_int("PREDICTION_LOG_FLUSH_ROWS", 200, minimum=1)
 # Rows held in memory at most; past it rows are dropped and counted (a slow database must not
 # grow the web process without bound).
 PREDICTION_LOG_BUFFER_MAX = env_int("PREDICTION_LOG_BUFFER_MAX", 100_000, minimum=1)
-# Token -> user kept this long on the predict path (0 = off). Revoking a token drops its entry
-# at once; only another process's local-memory cache can lag, by at most this long.
+# Token -> user kept this long on the predict path (0 = off). Revoking a token or deactivating a
+# user through the product drops its entry at once; another process's local-memory cache, or a
+# change made outside the product (raw SQL, a script's update()), lags by at most this long.
 PREDICTION_AUTH_CACHE_SECONDS = env_int("PREDICTION_AUTH_CACHE_SECONDS", 30, minimum=0)
 # --- end Predictions ---

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.utils import timezone
 from knox.admin import AuthTokenAdmin as KnoxAuthTokenAdmin
 from knox.models import AuthToken
 
-from mlregistry.access import api_tokens_revoke
+from mlregistry.access import api_tokens_revoke, user_deactivate
 from mlregistry.models import ApiClientPolicy
 
 
@@ -83,3 +85,21 @@ class AuthTokenAdmin(KnoxAuthTokenAdmin):
     def revoke(self, request, queryset):
         count = api_tokens_revoke(tokens=queryset.select_related("user"), actor=request.user)
         self.message_user(request, f"Revoked {count} token(s).")
+
+
+User = get_user_model()
+if admin.site.is_registered(User):
+    admin.site.unregister(User)
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):
+    """Django's user admin, with a bulk deactivation that goes through the service: a bulk
+    `update()` would leave the users' cached token authentications answering."""
+
+    actions = ["deactivate"]
+
+    @admin.action(description="Deactivate selected users", permissions=["change"])
+    def deactivate(self, request, queryset):
+        count = user_deactivate(users=queryset, actor=request.user)
+        self.message_user(request, f"Deactivated {count} user(s); their tokens stop working now.")

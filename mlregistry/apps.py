@@ -6,5 +6,14 @@ class MlregistryConfig(AppConfig):
     verbose_name = "Model registry"
 
     def ready(self) -> None:
-        # Connects the signals that keep cached access policies fresh.
-        from mlregistry import access  # noqa: F401
+        from config.job_heartbeats import StalledJobKind, stalled_job_kind_register
+        from mlregistry import access  # noqa: F401  (connects the access-policy cache signals)
+
+        # A job whose worker died would otherwise say "running" for ever.
+        stalled_job_kind_register(
+            StalledJobKind(
+                name="training",
+                model="mlregistry.TrainingJob",
+                extra={"error_type": "worker_lost"},
+            )
+        )

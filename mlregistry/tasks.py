@@ -5,12 +5,20 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from django.conf import settings
 from django.db import OperationalError
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(acks_late=True, autoretry_for=(OperationalError,), retry_backoff=30, max_retries=3)
+@shared_task(
+    acks_late=True,
+    autoretry_for=(OperationalError,),
+    retry_backoff=30,
+    max_retries=3,
+    soft_time_limit=settings.TRAINING_TIME_LIMIT_SECONDS,
+    time_limit=settings.TRAINING_TIME_LIMIT_SECONDS + settings.JOB_TIME_LIMIT_GRACE_SECONDS,
+)
 def training_job_run_task(job_id: int) -> str:
     """Runs one training job; a retry or redelivery resumes it without a second candidate."""
     from config.errors import NotFoundError

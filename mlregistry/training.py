@@ -24,6 +24,7 @@ from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 
 from config.errors import ConflictError, DomainError, NotFoundError, ValidationFailed
+from config.job_heartbeats import job_heartbeat
 from mlregistry import artifacts, datasets, estimators, selectors, services
 from mlregistry.models import (
     Dataset,
@@ -580,12 +581,17 @@ def training_job_run(*, job_id: int) -> TrainingJob:
         job.status = TrainingStatus.RUNNING
         job.attempts += 1
         job.started_at = job.started_at or timezone.now()
-        job.save(update_fields=["status", "attempts", "started_at"])
+        # With the status, or the reaper could judge this attempt by an earlier one's heartbeat.
+        job.heartbeat_at = timezone.now()
+        job.save(update_fields=["status", "attempts", "started_at", "heartbeat_at"])
     try:
-        if job.candidate_version_id is None:
-            trained = _train(TrainingJob.objects.select_related("model", "dataset").get(pk=job_id))
-            _candidate_register(job_id, trained)
-        return _decide(job_id)
+        with job_heartbeat(job):
+            if job.candidate_version_id is None:
+                trained = _train(
+                    TrainingJob.objects.select_related("model", "dataset").get(pk=job_id)
+                )
+                _candidate_register(job_id, trained)
+            return _decide(job_id)
     except OperationalError:
         raise  # transient (database away): the task retries
     except (datasets.DatasetError, TrainingFailed) as exc:

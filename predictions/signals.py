@@ -6,7 +6,10 @@ knox and the admin delete tokens and change users without calling our services.
 
 from __future__ import annotations
 
+from functools import partial
+
 from django.conf import settings
+from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from knox.models import AuthToken
@@ -14,13 +17,22 @@ from knox.models import AuthToken
 from predictions.auth import auth_cache_forget_tokens
 
 
+def _forget_now_and_on_commit(digests: list[str]) -> None:
+    # Now, and again once the change commits: a request authenticating in between still reads
+    # the row as it was (the token there, the user active) and would cache it again for
+    # PREDICTION_AUTH_CACHE_SECONDS.
+    auth_cache_forget_tokens(digests)
+    if digests:
+        transaction.on_commit(partial(auth_cache_forget_tokens, digests))
+
+
 @receiver(post_delete, sender=AuthToken, dispatch_uid="predictions-token-revoked")
 def _token_deleted(sender, instance: AuthToken, **kwargs) -> None:
-    auth_cache_forget_tokens([instance.digest])
+    _forget_now_and_on_commit([instance.digest])
 
 
 @receiver(post_save, sender=settings.AUTH_USER_MODEL, dispatch_uid="predictions-user-changed")
 def _user_changed(sender, instance, created: bool, **kwargs) -> None:
     if not created:
         digests = list(AuthToken.objects.filter(user=instance).values_list("digest", flat=True))
-        auth_cache_forget_tokens(digests)
+        _forget_now_and_on_commit(digests)

@@ -1,7 +1,9 @@
-"""Celery app for the kill test: the first backup attempt stops half-way so the test can kill it.
+"""Celery app for the kill tests: the first backup or training attempt stops half-way so the
+test can kill it.
 
 Fault injected on purpose: the worker's child process replaces one step of the backup service
-with a version that records its pid and sleeps the first time it is reached.
+and of the training service with versions that record its pid and sleep the first time one of
+them is reached.
 """
 
 import os
@@ -29,3 +31,15 @@ def _pause_first_attempt(**kwargs) -> None:
         return original(target)
 
     services._artifacts_archive_write = paused
+
+    from mlregistry import training
+
+    original_train = training._train
+
+    def paused_train(job):
+        if not marker.exists():
+            marker.write_text(str(os.getpid()))
+            time.sleep(300)
+        return original_train(job)
+
+    training._train = paused_train

@@ -18,6 +18,9 @@ from kombu import Connection
 
 from backups.models import Backup, JobRun
 from config.logging import request_id_var
+from mlregistry import training
+from mlregistry.models import RegisteredModel, TrainingJob
+from tests import factories
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
@@ -205,6 +208,102 @@ def test_a_task_killed_mid_backup_is_redelivered_and_makes_one_backup(worker, br
     assert len(worker.backups()) == 1
     folders = [p.name for p in Path(settings.BACKUP_DIR).iterdir() if not p.name.startswith(".")]
     assert folders == [backup["path"]]
+
+
+def test_a_dead_worker_s_backup_is_reaped_and_the_next_run_goes_on(worker, broker):
+    _, queue, publisher = broker
+    # Beats every second, stalled after five: the same reaper, on a test's clock.
+    worker.env.update(JOB_HEARTBEAT_SECONDS="1", JOB_STALLED_AFTER_SECONDS="5")
+    first = worker.start(app="tests.backups.slow_worker")
+    publisher.send_task(
+        "backups.tasks.backup_create_task", kwargs={"slot": "lost-worker"}, queue=queue
+    )
+    marker = Path(worker.env["KILL_TEST_MARKER"])
+    worker.wait_for(lambda: marker.exists() and marker.read_text(), "the paused attempt")
+    assert [b["status"] for b in worker.backups()] == ["running"]
+
+    # The whole worker dies (its machine is gone): nobody is left to requeue the message, and
+    # the broker keeps it unacknowledged until the visibility timeout (hours).
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    child = int(marker.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child), "the pool child outlived its worker"
+    time.sleep(6)
+
+    worker.start()
+    publisher.send_task("backups.tasks.stalled_jobs_reap_task", queue=queue)
+    (lost,) = worker.wait_for(
+        lambda: [b for b in worker.backups() if b["status"] == "failed"], "the reaper"
+    )
+    assert lost["slot"] == "lost-worker"
+    (row,) = worker._rows(Backup, "error")
+    assert "no heartbeat since" in row["error"]
+    assert worker.job_runs() == [{"job": "reap_stalled_jobs", "outcome": "success"}]
+
+    # The next scheduled run is not blocked by the dead one.
+    publisher.send_task("backups.tasks.backup_create_task", kwargs={"slot": "next"}, queue=queue)
+    (done,) = worker.wait_for(lambda: _verified(worker), "the next backup")
+    assert done["slot"] == "next"
+    assert {b["slot"]: b["status"] for b in worker.backups()} == {
+        "lost-worker": "failed",
+        "next": "verified",
+    }
+
+
+def test_a_dead_worker_s_training_job_is_reaped_and_the_next_job_runs(tmp_path, broker, registry):
+    url, queue, publisher = broker
+    model = RegisteredModel.objects.get(name="iris")
+    dataset = factories.iris_dataset_create("iris-data", actor="tests")
+
+    def job():
+        return training.training_job_create(
+            model=model,
+            dataset=dataset,
+            actor="tests",
+            estimator="LogisticRegression",
+            enqueue=False,
+        )
+
+    lost, following = job(), job()
+    # The rows exist before the worker's view of the database is taken (a copy on SQLite).
+    worker = Worker(tmp_path, url, queue)
+    worker.env.update(JOB_HEARTBEAT_SECONDS="1", JOB_STALLED_AFTER_SECONDS="5")
+    try:
+        first = worker.start(app="tests.backups.slow_worker")
+        publisher.send_task("mlregistry.tasks.training_job_run_task", args=[lost.pk], queue=queue)
+        marker = Path(worker.env["KILL_TEST_MARKER"])
+        worker.wait_for(lambda: marker.exists() and marker.read_text(), "the paused training")
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        time.sleep(6)
+
+        worker.start()
+        publisher.send_task("backups.tasks.stalled_jobs_reap_task", queue=queue)
+
+        def jobs() -> dict[int, dict]:
+            return {r["id"]: r for r in worker._rows(TrainingJob, "id", "status", "error_type")}
+
+        worker.wait_for(lambda: jobs()[lost.pk]["status"] == "failed", "the reaper")
+        assert jobs()[lost.pk]["error_type"] == "worker_lost"
+
+        publisher.send_task(
+            "mlregistry.tasks.training_job_run_task", args=[following.pk], queue=queue
+        )
+        worker.wait_for(lambda: jobs()[following.pk]["status"] == "succeeded", "the next job")
+        assert jobs()[lost.pk]["status"] == "failed"
+    finally:
+        worker.stop()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _json_or_none(line: str):

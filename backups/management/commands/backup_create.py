@@ -12,6 +12,12 @@ class Command(BaseCommand):
         parser.add_argument("--slot", help="Idempotency key: a slot already backed up is reused.")
 
     def handle(self, *args, **options):
+        if not services.database_has_schema():
+            # Before job_run: there is no table to record the run in either.
+            raise CommandError(
+                "The database has no tables: nothing to back up (run migrate, or "
+                "restore_backup PATH --yes to bring one back)."
+            )
         try:
             with job_run("backup", source="command"):
                 backup = services.backup_create(slot=options["slot"], actor="manage.py")

@@ -18,6 +18,11 @@ class Command(BaseCommand):
             if options["backup"]:
                 backup, directory = services.backup_resolve(options["backup"])
             else:
+                if not services.database_has_schema():
+                    raise CommandError(
+                        "The database has no tables, so no backup catalogue: name a backup "
+                        "folder (restore_backup PATH --yes brings a database back from one)."
+                    )
                 backup = selectors.backup_newest()
                 if backup is None:
                     raise CommandError("There is no backup to verify.")
