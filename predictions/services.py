@@ -29,7 +29,7 @@ from config.pruning import delete_in_batches
 from mlregistry.access import model_access_check
 from mlregistry.models import ModelVersion, RegisteredModel, Stage, Task
 from mlregistry.selectors import model_version_get, routing_invalidate
-from mlregistry.services import Actor
+from mlregistry.services import Actor, registered_model_lock
 from predictions import metrics
 from predictions.body import PredictBody
 from predictions.cache import cache_get, cache_set_later
@@ -474,7 +474,7 @@ def traffic_split_set(
     if total != 100:
         errors.setdefault("splits", []).append(f"weights must sum to 100, not {total}")
     with transaction.atomic():
-        locked = RegisteredModel.objects.select_for_update().get(pk=model.pk)
+        locked = registered_model_lock(model_id=model.pk)
         versions = {v.version: v for v in locked.versions.filter(version__in=numbers)}
         for index, number in enumerate(numbers):
             version = versions.get(number)
@@ -506,7 +506,7 @@ def traffic_split_set(
 def traffic_split_clear(*, model: RegisteredModel, actor: Actor) -> int:
     """Ends a model's traffic split: all its traffic goes to the production version again."""
     with transaction.atomic():
-        locked = RegisteredModel.objects.select_for_update().get(pk=model.pk)
+        locked = registered_model_lock(model_id=model.pk)
         count, _ = TrafficSplit.objects.filter(model=locked).delete()
         transaction.on_commit(partial(routing_invalidate, locked.name))
     logger.info(
@@ -517,13 +517,14 @@ def traffic_split_clear(*, model: RegisteredModel, actor: Actor) -> int:
 
 
 def traffic_split_end_for_archived(*, version: ModelVersion) -> int:
-    """Called inside the transaction that archives `version`: a split naming it ends (every
-    row of that model's split goes), so its traffic returns to the production version."""
+    """Called inside the transaction that archives or deletes `version`: a split naming it
+    ends (every row of that model's split goes), so its traffic returns to the production
+    version rather than to the other members' weights, which no longer sum to 100."""
     if not TrafficSplit.objects.filter(version=version).exists():
         return 0
     count, _ = TrafficSplit.objects.filter(model_id=version.model_id).delete()
     logger.info(
-        "traffic split ended: a version in it was archived",
+        "traffic split ended: a version in it was archived or deleted",
         extra={"model_id": version.model_id, "version": version.version},
     )
     return count
