@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -166,10 +167,14 @@ def online_metrics_get(*, version: ModelVersion) -> dict[str, Any]:
     rows = PredictionLog.objects.filter(version=version, feedback_at__isnull=False)
     if version.model.task == Task.REGRESSION:
         pairs = rows.values_list("output", "actual").order_by("-feedback_at")[:10_000]
+        # A boolean is no number here either (feedback refuses one now; older rows may hold it).
         errors = [
             abs(float(out) - float(act))
             for out, act in pairs
-            if isinstance(out, int | float) and isinstance(act, int | float)
+            if type(out) in (int, float)
+            and type(act) in (int, float)
+            and math.isfinite(out)
+            and math.isfinite(act)
         ]
         return {
             "feedback_count": rows.count(),
