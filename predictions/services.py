@@ -31,7 +31,7 @@ from config.errors import (
 from config.pruning import delete_in_batches
 from mlregistry.access import model_access_check
 from mlregistry.models import ModelVersion, RegisteredModel, Stage, Task
-from mlregistry.selectors import model_version_get, routing_invalidate
+from mlregistry.selectors import VERSION_NUMBER_MAX, model_version_get, routing_invalidate
 from mlregistry.services import Actor, registered_model_lock
 from predictions import metrics
 from predictions.body import PredictBody
@@ -591,7 +591,9 @@ def traffic_split_set(
         errors.setdefault("splits", []).append(f"weights must sum to 100, not {total}")
     with transaction.atomic():
         locked = registered_model_lock(model_id=model.pk)
-        versions = {v.version: v for v in locked.versions.filter(version__in=numbers)}
+        # An out-of-range number matches no version (an IN lookup would not check its range).
+        possible = [n for n in numbers if 1 <= n <= VERSION_NUMBER_MAX]
+        versions = {v.version: v for v in locked.versions.filter(version__in=possible)}
         for index, number in enumerate(numbers):
             version = versions.get(number)
             if version is None:

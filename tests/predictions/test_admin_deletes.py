@@ -177,3 +177,16 @@ def test_admin_pages_taking_an_id_answer_404_for_any_string(boss, iris_productio
     for url in urls:
         response = boss.post(url, {"post": "yes"})
         assert response.status_code in (302, 404), (url, response.status_code)
+
+
+@pytest.mark.parametrize(
+    "splits",
+    ["1:50, \u00b2:50", "\u0661:100", "+1:100", "99999999999:100", "9999999999:100", "1:50,2:1e2"],
+)
+def test_traffic_split_form_refuses_lookalike_numbers_without_a_500(boss, iris_production, splits):
+    from predictions.models import TrafficSplit
+
+    url = reverse("admin:predictions_modeltraffic_change", args=[iris_production.model.pk])
+    response = boss.post(url, {"splits": splits}, follow=True)
+    assert response.status_code == 200
+    assert not TrafficSplit.objects.exists()
