@@ -176,3 +176,15 @@ def test_training_job_ids_in_paths_are_404(served_models, text):
     api.force_authenticate(user)
     response = api.get(f"/api/v1/models/iris/training-jobs/{quote(text, safe='')}")
     assert response.status_code == 404, (text, response.status_code)
+
+
+def test_the_migration_reports_names_made_only_of_digits(served_models, capsys):
+    from importlib import import_module
+
+    from django.apps import apps
+
+    migration = import_module("mlregistry.migrations.0004_version_counter_numeric_names")
+    migration.report_numeric_names(apps, None)
+    legacy = served_models["legacy"]
+    assert f"'{legacy.name}' (id {legacy.pk})" in capsys.readouterr().out
+    assert RegisteredModel.objects.filter(pk=legacy.pk).exists()  # reported, kept
