@@ -141,12 +141,21 @@ _REPORTED_ROWS = 100
 def _non_finite_rows(predictions: Any, probabilities: Any) -> list[int]:
     """Indexes of the rows whose prediction, or any of whose probabilities, is not finite."""
     values = np.asarray(predictions)
+    kind = values.dtype.kind
+    # On the hot path: one sum per array settles the usual all-finite answer. A sum of finite
+    # values can overflow, so a non-finite sum only means the rows are checked one by one.
+    if not (
+        (kind == "f" and not math.isfinite(values.sum()))
+        or kind == "O"
+        or (probabilities is not None and not math.isfinite(probabilities.sum()))
+    ):
+        return []
     bad = None
-    if values.dtype.kind in "fc":
+    if kind == "f":
         bad = ~np.isfinite(values)
         if bad.ndim > 1:  # several outputs per row
             bad = bad.reshape(len(bad), -1).any(axis=1)
-    elif values.dtype.kind == "O":  # mixed labels: only a float can be NaN or infinite
+    elif kind == "O":  # mixed labels: only a float can be NaN or infinite
         bad = np.array([isinstance(v, float) and not math.isfinite(v) for v in values.reshape(-1)])
     if probabilities is not None:
         unfit = ~np.isfinite(probabilities).all(axis=1)
@@ -223,20 +232,18 @@ def _outputs(
     """One {prediction, confidence[, probabilities]} per row; ModelOutputInvalid (422) when
     the model has no finite answer for some rows (the whole request fails, naming them)."""
     x = loaded.matrix(rows)
-    # Overflow is expected for inputs far from the training data, and checked below.
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        try:
-            predictions, probabilities = _predict_arrays(loaded, x)
-        except ValueError as exc:
-            if not _NON_FINITE_INSIDE.search(str(exc)):
-                raise
-            _refuse_non_finite(_rows_without_answer(loaded, x), probabilities=None, batch=batch)
-            raise  # every row answered when retried alone: the estimator's own fault
-        _refuse_non_finite(
-            _non_finite_rows(predictions, probabilities),
-            probabilities=probabilities,
-            batch=batch,
-        )
+    # No np.errstate around this: it costs more than the check below on every request, and
+    # numpy's overflow warning is shown once per place anyway.
+    try:
+        predictions, probabilities = _predict_arrays(loaded, x)
+    except ValueError as exc:
+        if not _NON_FINITE_INSIDE.search(str(exc)):
+            raise
+        _refuse_non_finite(_rows_without_answer(loaded, x), probabilities=None, batch=batch)
+        raise  # every row answered when retried alone: the estimator's own fault
+    _refuse_non_finite(
+        _non_finite_rows(predictions, probabilities), probabilities=probabilities, batch=batch
+    )
     listed = predictions.tolist() if hasattr(predictions, "tolist") else list(predictions)
     if probabilities is None:
         return _without_probabilities(loaded, listed)

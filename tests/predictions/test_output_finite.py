@@ -17,7 +17,8 @@ from predictions.models import PredictionLog
 from tests import factories
 from tests.predictions.conftest import IRIS_ROW, promote
 
-pytestmark = pytest.mark.django_db
+# numpy warns of the overflow these inputs cause on purpose.
+pytestmark = [pytest.mark.django_db, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
 # Large but finite and inside the (unbounded) schema: the scaler and the linear model
 # overflow to infinity, and softmax or the regression's sum turns that into NaN.
@@ -120,3 +121,5 @@ def test_non_finite_rows_are_found_in_every_output_shape():
     assert find(np.array(["a", "b"]), np.array([[0.5, 0.5], [np.nan, np.nan]])) == [1]
     assert find(np.array([1, "x", float("-inf")], dtype=object), None) == [2]
     assert find(np.array([0, 1]), np.array([[0.2, 0.8], [1.0, 0.0]])) == []
+    # Finite values whose sum overflows are still finite.
+    assert find(np.array([1e308, 1e308]), None) == []
