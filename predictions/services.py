@@ -165,26 +165,33 @@ def _non_finite_rows(predictions: Any, probabilities: Any) -> list[int]:
     return np.flatnonzero(bad).tolist()
 
 
-def _refuse_non_finite(rows: list[int], *, probabilities: Any, batch: bool) -> None:
+def _refuse_non_finite(
+    rows: list[int], *, probabilities: Any, batch: bool, refused_inside: bool = False
+) -> None:
     """ModelOutputInvalid naming `rows` (those without a finite answer), if any: JSON has no
-    such numbers (they would go out as null) and one would poison a metric's sum."""
+    such numbers (they would go out as null) and one would poison a metric's sum.
+    refused_inside: a pipeline step met NaN or infinity (an overflow, or a missing value the
+    model cannot take) and scikit-learn refused to go on."""
     if not rows:
         return
     what = "prediction or probabilities" if probabilities is not None else "prediction"
     why = f"the model's {what} is not a finite number (NaN or infinity)"
+    if refused_inside:
+        why = "the model could not compute an answer: one of its steps met NaN or infinity"
     shown = rows[:_REPORTED_ROWS]
     if batch:
         fields = {f"instances[{i}]": [why] for i in shown}
         listed = ", ".join(map(str, shown[:10])) + (" …" if len(rows) > 10 else "")
         message = (
             f"The model gave no valid answer for {len(rows)} of the rows ({listed}): {why}. "
-            "Nothing was served; such inputs are usually far outside the training data."
+            "Nothing was served; such inputs are usually far outside the training data (or "
+            "missing values the model cannot take)."
         )
     else:
         fields = {"features": [why]}
         message = (
             f"The model gave no valid answer for this row: {why}. Such inputs are usually far "
-            "outside the training data."
+            "outside the training data (or missing values the model cannot take)."
         )
     raise ModelOutputInvalid(message, rows=rows, fields=fields)
 
@@ -239,7 +246,9 @@ def _outputs(
     except ValueError as exc:
         if not _NON_FINITE_INSIDE.search(str(exc)):
             raise
-        _refuse_non_finite(_rows_without_answer(loaded, x), probabilities=None, batch=batch)
+        _refuse_non_finite(
+            _rows_without_answer(loaded, x), probabilities=None, batch=batch, refused_inside=True
+        )
         raise  # every row answered when retried alone: the estimator's own fault
     _refuse_non_finite(
         _non_finite_rows(predictions, probabilities), probabilities=probabilities, batch=batch

@@ -123,3 +123,28 @@ def test_non_finite_rows_are_found_in_every_output_shape():
     assert find(np.array([0, 1]), np.array([[0.2, 0.8], [1.0, 0.0]])) == []
     # Finite values whose sum overflows are still finite.
     assert find(np.array([1e308, 1e308]), None) == []
+
+
+def test_a_missing_optional_value_the_model_cannot_take_is_422_not_500(client_api, iris_model):
+    schema = [{"name": n, "type": "float"} for n in factories.IRIS_FEATURES]
+    schema[-1]["required"] = False
+    version = services.model_version_create(
+        model=iris_model,
+        artifact=io.BytesIO(factories.iris_classifier_bytes()),
+        actor="tests",
+        input_schema=schema,
+    )
+    promote(version)
+    without = {k: v for k, v in IRIS_ROW.items() if k != "petal_width"}
+    response = _predict(client_api, {"instances": [IRIS_ROW, without]})
+    assert response.status_code == 422, response.json()
+    assert set(response.json()["error"]["fields"]) == {"instances[1]"}
+    # scikit-learn's own path refuses the NaN inside the pipeline (a ValueError, once a 500).
+    key = (version.pk, version.artifact_sha256)
+    model_cache._items[key] = replace(model_cache._items[key], fast_predict=None)
+    response = _predict(client_api, {"instances": [IRIS_ROW, without, IRIS_ROW]})
+    assert response.status_code == 422, response.json()
+    error = response.json()["error"]
+    assert set(error["fields"]) == {"instances[1]"}
+    assert "could not compute" in error["fields"]["instances[1]"][0]
+    _assert_nothing_served(0)
