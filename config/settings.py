@@ -84,8 +84,17 @@ DATABASES = {
     "default": dj_database_url.parse(DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 60))
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # A web process and a worker share the file: wait for the lock instead of failing.
-    DATABASES["default"]["OPTIONS"] = {"timeout": 20}
+    # Web workers, the Celery worker and beat write the same file. IMMEDIATE takes the write
+    # lock when a transaction starts, so a writer waits (up to `timeout` seconds) instead of
+    # failing at once with "database is locked" when a read lock could not be upgraded; WAL
+    # lets readers go on while one writes; synchronous=NORMAL is safe with WAL (a power cut
+    # can lose the last commits, never corrupt the file). A wait that still times out is an
+    # OperationalError, which config/errors.py answers with 503 and Retry-After.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True

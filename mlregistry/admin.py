@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.actions import delete_selected as django_delete_selected
+from django.contrib.admin.utils import model_ngettext
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import Count, Q
 from django.http import (
     Http404,
@@ -14,12 +17,11 @@ from django.http import (
     HttpResponseNotAllowed,
     HttpResponseRedirect,
 )
-from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.utils.html import format_html
 
-from config.errors import DomainError
+from config.errors import DomainError, NotFoundError
 from mlregistry import selectors, services
 from mlregistry.admin_quality import RegisteredModelOverviewMixin  # the overview page
 from mlregistry.forms import (
@@ -59,6 +61,73 @@ def _overview_url(model: RegisteredModel) -> str | None:
         return None
 
 
+class DeletesThroughServices:
+    """Admin deletes (the delete page, and the bulk action) call the same service as the API,
+    with its refusals (shown as messages, nothing deleted) and its on-commit invalidation of
+    what the serving path cached. Subclasses name the service in `_delete_with_service`."""
+
+    def _delete_with_service(self, request: HttpRequest, obj: Any) -> None:
+        raise NotImplementedError
+
+    def get_deleted_objects(self, objs, request):
+        to_delete, model_count, perms_needed, protected = super().get_deleted_objects(objs, request)
+        # The service deletes an object's history with it (stage transitions, which no one may
+        # delete on their own, the prediction log, drift reports): as in the API, the
+        # permission to delete the object itself is what it takes.
+        if self.has_delete_permission(request):
+            perms_needed = set()
+        return to_delete, model_count, perms_needed, protected
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        self._delete_with_service(request, obj)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except DomainError as exc:
+            # Raised inside the delete page's transaction, which rolled back (its log entry too).
+            self.message_user(request, f"Not deleted: {exc.full_message()}", messages.ERROR)
+            opts = self.model._meta
+            if isinstance(exc, NotFoundError):
+                target = reverse(f"admin:{opts.app_label}_{opts.model_name}_changelist")
+            else:
+                target = reverse(
+                    f"admin:{opts.app_label}_{opts.model_name}_change", args=[object_id]
+                )
+            return HttpResponseRedirect(target)
+
+    def delete_queryset(self, request: HttpRequest, queryset) -> int:
+        """Deletes each object through the service; a refusal is a message and the others still
+        go. Returns how many were deleted."""
+        deleted = 0
+        for obj in queryset:
+            try:
+                with transaction.atomic():
+                    self.log_deletions(request, queryset.model.objects.filter(pk=obj.pk))
+                    self._delete_with_service(request, obj)
+            except DomainError as exc:
+                message = f"{obj}: not deleted: {exc.full_message()}"
+                self.message_user(request, message, messages.ERROR)
+            else:
+                deleted += 1
+        return deleted
+
+    @admin.action(permissions=["delete"], description="Delete selected %(verbose_name_plural)s")
+    def delete_selected(self, request: HttpRequest, queryset):
+        """Django's action (its confirmation page and checks), deleting through the service."""
+        _, _, perms_needed, protected = self.get_deleted_objects(queryset, request)
+        if not request.POST.get("post") or perms_needed or protected:
+            return django_delete_selected(self, request, queryset)
+        deleted = self.delete_queryset(request, queryset)
+        if deleted:
+            self.message_user(
+                request,
+                f"Deleted {deleted} {model_ngettext(self.opts, deleted)}.",
+                messages.SUCCESS,
+            )
+        return None
+
+
 class ModelVersionInline(admin.TabularInline):
     model = ModelVersion
     extra = 0
@@ -73,13 +142,13 @@ class ModelVersionInline(admin.TabularInline):
 
 
 @admin.register(RegisteredModel)
-class RegisteredModelAdmin(RegisteredModelOverviewMixin, admin.ModelAdmin):
+class RegisteredModelAdmin(DeletesThroughServices, RegisteredModelOverviewMixin, admin.ModelAdmin):
     list_display = ("name", "task", "production_version", "version_count", "owner", "updated_at")
     list_filter = ("task",)
     search_fields = ("name", "description")
     readonly_fields = ("owner", "created_at", "updated_at")
     inlines = [ModelVersionInline]
-    actions = ["rollback_production"]
+    actions = ["rollback_production", "delete_selected"]
     # Named here so that a mixin's own change form (the overview link) cannot replace the
     # serving panel, the rollback button and the timeline; this template links the overview.
     change_form_template = "admin/mlregistry/registeredmodel/change_form.html"
@@ -108,6 +177,18 @@ class RegisteredModelAdmin(RegisteredModelOverviewMixin, admin.ModelAdmin):
         if not change:
             obj.owner = request.user
         super().save_model(request, obj, form, change)
+        if change and "name" in form.changed_data:
+            # The serving path cached the model under its old name (routing, the seeds' alias).
+            old_name = form.initial.get("name", obj.name)
+            for name in {old_name, obj.name}:
+                transaction.on_commit(
+                    lambda name=name: selectors.registered_model_caches_invalidate(
+                        name=name, model_id=obj.pk
+                    )
+                )
+
+    def _delete_with_service(self, request, obj) -> None:
+        services.registered_model_delete(model=obj, actor=request.user)
 
     def has_promote_permission(self, request) -> bool:
         return request.user.has_perm("mlregistry.promote_modelversion")
@@ -145,7 +226,9 @@ class RegisteredModelAdmin(RegisteredModelOverviewMixin, admin.ModelAdmin):
             return HttpResponseNotAllowed(["POST"])
         if not self.has_promote_permission(request):
             raise PermissionDenied
-        model = get_object_or_404(RegisteredModel, pk=object_id)
+        model = self.get_object(request, object_id)
+        if model is None:
+            raise Http404("No such registered model.")
         form = RollbackForm(request.POST)
         change_url = reverse("admin:mlregistry_registeredmodel_change", args=[model.pk])
         if not form.is_valid():
@@ -182,7 +265,7 @@ class RegisteredModelAdmin(RegisteredModelOverviewMixin, admin.ModelAdmin):
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(admin.ModelAdmin):
+class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
     list_display = (
         "__str__",
         "model",
@@ -214,7 +297,10 @@ class ModelVersionAdmin(admin.ModelAdmin):
         "updated_at",
     )
     fields = (*readonly_fields, "metrics", "metadata")
-    actions = ["promote_to_staging", "promote_to_production", "archive"]
+    actions = ["promote_to_staging", "promote_to_production", "archive", "delete_selected"]
+
+    def _delete_with_service(self, request, obj) -> None:
+        services.model_version_delete(version=obj, actor=request.user)
 
     @admin.display(description="stage", ordering="stage")
     def stage_badge(self, obj) -> str:
@@ -426,7 +512,10 @@ class ModelVersionAdmin(admin.ModelAdmin):
             raise PermissionDenied
         if stage not in STAGE_VERBS:
             raise Http404(f"No stage {stage!r}.")
-        version = get_object_or_404(ModelVersion.objects.select_related("model"), pk=object_id)
+        # get_object answers None for an id that is not a number (get_object_or_404 raised).
+        version = self.get_object(request, object_id)
+        if version is None:
+            raise Http404("No such model version.")
         production = selectors.production_version_get(model=version.model)
         form = TransitionForm(
             request.POST or None,

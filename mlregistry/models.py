@@ -1,4 +1,7 @@
+import re
+
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
@@ -27,8 +30,25 @@ class VersionSource(models.TextChoices):
     TRAINING = "training", "Training job"
 
 
+# What the seeds' /predict/{model_id} alias reads as a database id: ASCII digits only, as
+# Django's <int:...> converter reads them (never str.isdigit, which also takes '١٦' or '²').
+MODEL_ID_PATTERN = re.compile(r"[0-9]+")
+
+
+def validate_not_an_id(name: str) -> None:
+    """Refuses a model name made only of digits: /predict/{model_id} reads such a string as a
+    database id, so the name could address another model."""
+    if MODEL_ID_PATTERN.fullmatch(name):
+        raise ValidationError(
+            "A model name cannot be made only of digits (it would read as a model id); "
+            "add a letter, e.g. 'model-%(name)s'.",
+            code="numeric_name",
+            params={"name": name},
+        )
+
+
 class RegisteredModel(models.Model):
-    name = models.SlugField(max_length=100, unique=True)
+    name = models.SlugField(max_length=100, unique=True, validators=[validate_not_an_id])
     description = models.TextField(blank=True)
     task = models.CharField(max_length=20, choices=Task.choices, default=Task.CLASSIFICATION)
     tags = models.JSONField(default=list, blank=True)
@@ -37,6 +57,9 @@ class RegisteredModel(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # The highest version number ever given, deleted versions included: numbers are never
+    # reused (as MLflow), so a client pinned to /versions/3/ never reaches another model.
+    last_version_number = models.PositiveIntegerField(default=0, editable=False)
 
     class Meta:
         ordering = ["name"]

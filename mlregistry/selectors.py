@@ -18,6 +18,16 @@ def routing_cache_key(model_name: str) -> str:
     return f"routing:v1:{model_name}"
 
 
+def predict_alias_cache_key(model_id: int) -> str:
+    """Cache key of the name the seeds' /predict/{model_id} alias resolved a model id to."""
+    return f"predict-alias:v2:id:{model_id}"
+
+
+# The names made only of digits (registered before they were refused): the alias tries them
+# first. Only a delete or a rename can change this set, as no new such name is accepted.
+NUMERIC_NAMES_CACHE_KEY = "predict-alias:v2:numeric-names"
+
+
 def routing_invalidate(model_name: str) -> None:
     """Drops the routing entry; called on commit of every stage or traffic change."""
     try:
@@ -27,14 +37,34 @@ def routing_invalidate(model_name: str) -> None:
         logger.warning("could not invalidate routing cache", extra={"model": model_name})
 
 
+def registered_model_caches_invalidate(*, name: str, model_id: int) -> None:
+    """Drops everything the serving path caches about a model (routing entry, the alias's
+    id -> name entry, the set of numeric names); called on commit of a delete or a rename."""
+    try:
+        cache.delete_many(
+            [routing_cache_key(name), predict_alias_cache_key(model_id), NUMERIC_NAMES_CACHE_KEY]
+        )
+    except Exception:
+        logger.warning("could not invalidate routing cache", extra={"model": name})
+
+
 def registered_model_get(*, name: str) -> RegisteredModel:
+    """The model named `name`; NotFoundError (404) if none."""
     try:
         return RegisteredModel.objects.get(name=name)
     except RegisteredModel.DoesNotExist:
         raise NotFoundError(f"No registered model named {name!r}.") from None
 
 
+# Version numbers are PositiveIntegerField: anything beyond cannot exist (and some
+# backends raise on an out-of-range value rather than finding nothing).
+VERSION_NUMBER_MAX = 2**31 - 1
+
+
 def model_version_get(*, name: str, version: int) -> ModelVersion:
+    """Version `version` of model `name`; NotFoundError (404) if none, whatever the number."""
+    if not 1 <= version <= VERSION_NUMBER_MAX:
+        raise NotFoundError(f"Model {name!r} has no version {version}.")
     try:
         return ModelVersion.objects.select_related("model", "created_by").get(
             model__name=name, version=version

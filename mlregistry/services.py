@@ -21,9 +21,10 @@ from django.db.models import Max
 from django.utils import timezone
 from sklearn.base import is_classifier, is_regressor
 
-from config.errors import ConflictError, ForbiddenError, ValidationFailed
+from config.errors import ConflictError, ForbiddenError, NotFoundError, ValidationFailed
 from mlregistry import artifacts, reference, schema
 from mlregistry.models import (
+    MODEL_ID_PATTERN,
     ArtifactFormat,
     ModelVersion,
     RegisteredModel,
@@ -32,7 +33,11 @@ from mlregistry.models import (
     Task,
     VersionSource,
 )
-from mlregistry.selectors import previous_production_version_get, routing_invalidate
+from mlregistry.selectors import (
+    previous_production_version_get,
+    registered_model_caches_invalidate,
+    routing_invalidate,
+)
 from mlregistry.storage import get_artifact_storage
 
 logger = logging.getLogger(__name__)
@@ -55,6 +60,27 @@ def _has_perm(actor: Actor, perm: str) -> bool:
     return not isinstance(actor, str) and actor.has_perm(perm)
 
 
+def registered_model_lock(*, model_id: int) -> RegisteredModel:
+    """The model row, locked until the caller's transaction ends (call inside atomic()).
+
+    NotFoundError (404) when it is gone: a request that looked the model up and then lost the
+    race to a delete answers as if it had come a moment later, never with a 500."""
+    locked = RegisteredModel.objects.select_for_update().filter(pk=model_id).first()
+    if locked is None:
+        raise NotFoundError("This model was deleted meanwhile; nothing was changed.")
+    return locked
+
+
+def _version_reread(version: ModelVersion) -> ModelVersion:
+    """A version's row as it is now (under its model's lock); NotFoundError when deleted."""
+    current = ModelVersion.objects.filter(pk=version.pk).first()
+    if current is None:
+        raise NotFoundError(
+            f"{version.model.name} v{version.version} was deleted meanwhile; nothing was changed."
+        )
+    return current
+
+
 def registered_model_create(
     *,
     name: str,
@@ -63,7 +89,17 @@ def registered_model_create(
     description: str = "",
     tags: list[str] | None = None,
 ) -> RegisteredModel:
-    """Registers a new model name."""
+    """Registers a new model name.
+
+    A name made only of ASCII digits is refused (ValidationFailed, 400): the seeds'
+    /predict/{model_id} alias reads such a string as a database id. ConflictError (409) when
+    the name is taken."""
+    if MODEL_ID_PATTERN.fullmatch(name):
+        raise ValidationFailed(
+            f"A model name cannot be made only of digits ({name!r} would read as a model id "
+            "in /predict/{model_id}).",
+            fields={"name": ["must contain a character other than a digit"]},
+        )
     owner, _ = _actor_fields(actor)
     try:
         with transaction.atomic():
@@ -84,31 +120,45 @@ def registered_model_update(
     task: str | None = None,
     tags: list[str] | None = None,
 ) -> RegisteredModel:
-    """Changes a model's descriptive fields (never its versions' stages)."""
+    """Changes a model's descriptive fields (never its versions' stages); NotFoundError when
+    the model was deleted meanwhile."""
     changed = []
     for field, value in (("description", description), ("task", task), ("tags", tags)):
         if value is not None:
             setattr(model, field, value)
             changed.append(field)
     if changed:
-        model.save(update_fields=[*changed, "updated_at"])
+        with transaction.atomic():
+            registered_model_lock(model_id=model.pk)
+            model.save(update_fields=[*changed, "updated_at"])
+            if "task" in changed:
+                # The routing entry carries the task.
+                transaction.on_commit(partial(routing_invalidate, model.name))
     return model
 
 
 def registered_model_delete(*, model: RegisteredModel, actor: Actor) -> None:
-    """Deletes a model and its versions; refused while a version serves production traffic.
+    """Deletes a model with its versions and their history (stage transitions, prediction log,
+    drift reports, traffic split); the admin and the API both call this.
 
-    Artifact files are left for the retention sweep, which removes only unreferenced ones.
+    ConflictError (409) while a version serves production traffic; NotFoundError (404) when a
+    concurrent delete got there first. On commit, everything the serving path cached about the
+    model goes, so the next request answers 404. Artifact files are left for the retention
+    sweep, which removes only unreferenced ones.
     """
     with transaction.atomic():
-        locked = RegisteredModel.objects.select_for_update().get(pk=model.pk)
-        if locked.versions.filter(stage=Stage.PRODUCTION).exists():
+        locked = registered_model_lock(model_id=model.pk)
+        production = locked.versions.filter(stage=Stage.PRODUCTION).first()
+        if production is not None:
             raise ConflictError(
-                f"Model {model.name!r} has a production version; archive it before deleting."
+                f"Model {locked.name!r} has a production version (v{production.version}); "
+                "archive it (or roll back) before deleting the model."
             )
-        name = locked.name
+        name, model_id = locked.name, locked.pk
         locked.delete()
-        transaction.on_commit(partial(routing_invalidate, name))
+        transaction.on_commit(
+            partial(registered_model_caches_invalidate, name=name, model_id=model_id)
+        )
     logger.info("model deleted", extra={"model": name, "actor": _actor_fields(actor)[1]})
 
 
@@ -361,8 +411,14 @@ def model_version_create(
     user, actor_name = _actor_fields(actor)
     try:
         with transaction.atomic():
-            locked = RegisteredModel.objects.select_for_update().get(pk=model.pk)
-            number = (locked.versions.aggregate(n=Max("version"))["n"] or 0) + 1
+            locked = registered_model_lock(model_id=model.pk)
+            # The counter, never the highest remaining number: a deleted newest version's
+            # number is not given again. Rows from before the counter (a restore of an old
+            # backup) are covered by the max.
+            highest = locked.versions.aggregate(n=Max("version"))["n"] or 0
+            number = max(locked.last_version_number, highest) + 1
+            locked.last_version_number = number
+            locked.save(update_fields=["last_version_number"])
             version = ModelVersion.objects.create(
                 model=locked,
                 version=number,
@@ -480,8 +536,8 @@ def model_version_transition(
     try:
         with transaction.atomic():
             # Lock the parent row: locking version rows could not serialise the first promotion.
-            model = RegisteredModel.objects.select_for_update().get(pk=version.model_id)
-            current = ModelVersion.objects.get(pk=version.pk)
+            model = registered_model_lock(model_id=version.model_id)
+            current = _version_reread(version)
             if not isinstance(expected_production_pk, _Unchecked):
                 live = model.versions.filter(stage=Stage.PRODUCTION).first()
                 if (live.pk if live else None) != expected_production_pk:
@@ -544,4 +600,33 @@ def model_version_rollback(
         actor=actor,
         comment=comment or "rollback",
         expected_production_pk=expected_production_pk,
+    )
+
+
+def model_version_delete(*, version: ModelVersion, actor: Actor) -> None:
+    """Deletes a version with its history (stage transitions, prediction log, drift reports);
+    the admin and the API both call this. Its number is never given again.
+
+    ConflictError (409) while it is the production version; NotFoundError (404) when a
+    concurrent delete got there first. A traffic split naming it ends (as when it is archived).
+    On commit the model's routing entry goes, so the next request for it answers 404, exactly
+    as after a stage change. The artifact file is left for the retention sweep."""
+    from predictions.services import traffic_split_end_for_archived
+
+    with transaction.atomic():
+        model = registered_model_lock(model_id=version.model_id)
+        current = _version_reread(version)
+        if current.stage == Stage.PRODUCTION:
+            raise ConflictError(
+                f"{model.name} v{current.version} is the production version; promote another "
+                "version (or archive this one) before deleting it.",
+                fields={"version": ["is in production"]},
+            )
+        number = current.version
+        traffic_split_end_for_archived(version=current)
+        current.delete()
+        transaction.on_commit(partial(routing_invalidate, model.name))
+    logger.info(
+        "model version deleted",
+        extra={"model": model.name, "version": number, "actor": _actor_fields(actor)[1]},
     )

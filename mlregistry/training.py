@@ -260,7 +260,9 @@ def retraining_schedule_run(*, now: datetime | None = None) -> list[TrainingJob]
             continue
         seen.add(template.model_id)
         with transaction.atomic():
-            locked = TrainingJob.objects.select_for_update().get(pk=template.pk)
+            locked = TrainingJob.objects.select_for_update().filter(pk=template.pk).first()
+            if locked is None:
+                continue  # deleted since the listing: nothing to schedule
             # A retried or duplicated schedule tick finds today's run and adds none.
             if locked.scheduled_runs.filter(created_at__date=today).exists():
                 continue
@@ -453,15 +455,20 @@ def _train(job: TrainingJob) -> Trained:
     )
 
 
+def _job_locked(job_id: int, *related: str) -> TrainingJob:
+    """The job's row, locked; NotFoundError when it was deleted (with its model, say) while it
+    ran: the task then drops the message instead of failing on a missing row."""
+    job = TrainingJob.objects.select_for_update().select_related(*related).filter(pk=job_id).first()
+    if job is None:
+        raise NotFoundError(f"Training job {job_id} does not exist (deleted?).")
+    return job
+
+
 def _candidate_register(job_id: int, trained: Trained) -> TrainingJob:
     import skops.io as sio
 
     with transaction.atomic():
-        job = (
-            TrainingJob.objects.select_for_update()
-            .select_related("model", "dataset")
-            .get(pk=job_id)
-        )
+        job = _job_locked(job_id, "model", "dataset")
         if job.candidate_version_id is not None:
             return job  # a concurrent attempt registered it first
         metric = job.metric
@@ -512,10 +519,14 @@ def _candidate_register(job_id: int, trained: Trained) -> TrainingJob:
 
 def _decide(job_id: int) -> TrainingJob:
     with transaction.atomic():
-        job = TrainingJob.objects.select_for_update().select_related("model").get(pk=job_id)
+        job = _job_locked(job_id, "model")
         if job.status == TrainingStatus.SUCCEEDED:
             return job
-        candidate = ModelVersion.objects.get(pk=job.candidate_version_id)
+        candidate = ModelVersion.objects.filter(pk=job.candidate_version_id).first()
+        if candidate is None:
+            raise NotFoundError(
+                "The candidate version was deleted before the decision; nothing was promoted."
+            )
         current = selectors.production_version_get(model=job.model)
         promote = False
         if job.policy != TrainingPolicy.AUTO_PROMOTE:
@@ -558,7 +569,7 @@ def _decide(job_id: int) -> TrainingJob:
 
 def _fail(job_id: int, *, problem: str, message: str) -> TrainingJob:
     with transaction.atomic():
-        job = TrainingJob.objects.select_for_update().get(pk=job_id)
+        job = _job_locked(job_id)
         job.status = TrainingStatus.FAILED
         job.error_type = problem[:50]
         job.error = message
@@ -587,9 +598,12 @@ def training_job_run(*, job_id: int) -> TrainingJob:
     try:
         with job_heartbeat(job):
             if job.candidate_version_id is None:
-                trained = _train(
-                    TrainingJob.objects.select_related("model", "dataset").get(pk=job_id)
+                job = (
+                    TrainingJob.objects.select_related("model", "dataset").filter(pk=job_id).first()
                 )
+                if job is None:
+                    raise NotFoundError(f"Training job {job_id} does not exist (deleted?).")
+                trained = _train(job)
                 _candidate_register(job_id, trained)
             return _decide(job_id)
     except OperationalError:

@@ -142,6 +142,17 @@ class ModelVersionDetailView(GenericAPIView):
         obj = selectors.model_version_get(name=name, version=version)
         return Response(ModelVersionDetailOutput(obj).data)
 
+    write_permissions = {"DELETE": "mlregistry.delete_modelversion"}
+
+    @extend_schema(
+        responses={204: None},
+        summary="Delete a version (not the production one); its number is never reused",
+    )
+    def delete(self, request: Request, name: str, version: int) -> Response:
+        obj = selectors.model_version_get(name=name, version=version)
+        services.model_version_delete(version=obj, actor=request.user)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
 
 class ModelVersionTransitionView(GenericAPIView):
     permission_classes = [RegistryPermission]

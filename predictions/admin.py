@@ -3,6 +3,7 @@ the prediction log (read-only) and per-version online accuracy from feedback."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django import forms
@@ -18,6 +19,10 @@ from predictions import (
 )
 from predictions.models import ModelTraffic, PredictionLog, VersionQuality
 
+# ASCII digits only (str.isdigit also takes '²', which int() refuses), and no more than the
+# columns hold: anything else is a form error, never a 500.
+_SPLIT_ITEM = re.compile(r"v?([0-9]{1,10})\s*:\s*([0-9]{1,3})")
+
 
 def _parse_splits(text: str) -> list[dict[str, int]]:
     splits = []
@@ -25,10 +30,10 @@ def _parse_splits(text: str) -> list[dict[str, int]]:
         part = part.strip()
         if not part:
             continue
-        version, sep, weight = part.partition(":")
-        if not sep or not version.strip().lstrip("v").isdigit() or not weight.strip().isdigit():
+        match = _SPLIT_ITEM.fullmatch(part)
+        if match is None:
             raise forms.ValidationError(f"{part!r} is not VERSION:WEIGHT, e.g. 3:90")
-        splits.append({"version": int(version.strip().lstrip("v")), "weight": int(weight)})
+        splits.append({"version": int(match[1]), "weight": int(match[2])})
     return splits
 
 

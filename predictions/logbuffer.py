@@ -181,6 +181,23 @@ def _write_orm(rows: list[LogRow]) -> None:
     PredictionLog.objects.bulk_create(objects, batch_size=1000, ignore_conflicts=True)
 
 
+def _of_existing_versions(rows: list[LogRow]) -> list[LogRow]:
+    """The rows whose version still exists: one served just before its version's delete
+    committed must not be written after it (the log's keys are no database constraints, so
+    nothing else would stop an orphan row). One indexed query per flush."""
+    from mlregistry.models import ModelVersion
+
+    ids = {r.version_id for r in rows}
+    existing = set(ModelVersion.objects.filter(pk__in=ids).values_list("pk", flat=True))
+    if len(existing) == len(ids):
+        return rows
+    kept = [r for r in rows if r.version_id in existing]
+    logger.info(
+        "prediction log rows of deleted versions dropped", extra={"rows": len(rows) - len(kept)}
+    )
+    return kept
+
+
 class PredictionLogBuffer:
     def __init__(self) -> None:
         self._rows: list[LogRow] = []
@@ -225,6 +242,9 @@ class PredictionLogBuffer:
                 return 0
             write = _write_postgres if connection.vendor == "postgresql" else _write_orm
             try:
+                rows = _of_existing_versions(rows)
+                if not rows:
+                    return 0
                 write(rows)
             except (OperationalError, InterfaceError):
                 self._put_back(rows)

@@ -44,6 +44,11 @@ MODEL_LOAD_SECONDS = Histogram(
     ["model"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+MODEL_OUTPUT_INVALID = Counter(
+    "mlregistry_model_output_invalid_total",
+    "Rows whose model output was NaN or infinite (refused with 422, never served).",
+    ["model", "version"],
+)
 VALIDATION_FAILURES = Counter(
     "mlregistry_validation_failures_total",
     "Predict requests refused with 400 (bad JSON or features failing the input schema).",

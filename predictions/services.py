@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
+import re
 import time
 from datetime import UTC, datetime
 from functools import partial
@@ -20,6 +22,7 @@ from rest_framework.exceptions import ParseError
 
 from config.errors import (
     ConflictError,
+    DomainError,
     ForbiddenError,
     NotFoundError,
     PayloadTooLarge,
@@ -28,8 +31,8 @@ from config.errors import (
 from config.pruning import delete_in_batches
 from mlregistry.access import model_access_check
 from mlregistry.models import ModelVersion, RegisteredModel, Stage, Task
-from mlregistry.selectors import model_version_get, routing_invalidate
-from mlregistry.services import Actor
+from mlregistry.selectors import VERSION_NUMBER_MAX, model_version_get, routing_invalidate
+from mlregistry.services import Actor, registered_model_lock
 from predictions import metrics
 from predictions.body import PredictBody
 from predictions.cache import cache_get, cache_set_later
@@ -37,7 +40,7 @@ from predictions.loader import LoadedModel, model_cache
 from predictions.logbuffer import LogRow, prediction_log_buffer
 from predictions.models import PredictionLog, TrafficSplit
 from predictions.selectors import routing_entry_get, version_routing_info
-from predictions.validation import fast_numeric_rows, rows_validate
+from predictions.validation import actual_validate, fast_numeric_rows, rows_validate
 
 logger = logging.getLogger(__name__)
 
@@ -119,23 +122,141 @@ def _rows_from_payload(payload: Any) -> tuple[list[Any], bool]:
     )
 
 
-def _outputs(loaded: LoadedModel, rows: list[list[Any]]) -> list[dict[str, Any]]:
-    x = loaded.matrix(rows)
+class ModelOutputInvalid(DomainError):
+    """The model answered NaN or infinity for some rows (422): nothing of the request is
+    served, cached, logged or observed by a metric."""
+
+    status_code = 422
+    error_type = "model_output_invalid"
+
+    def __init__(self, message: str, *, rows: list[int], fields: dict[str, list[str]]):
+        super().__init__(message, fields=fields)
+        self.rows = rows
+
+
+# Rows named in a model_output_invalid error, at most (as for validation errors).
+_REPORTED_ROWS = 100
+
+
+def _non_finite_rows(predictions: Any, probabilities: Any) -> list[int]:
+    """Indexes of the rows whose prediction, or any of whose probabilities, is not finite."""
+    values = np.asarray(predictions)
+    kind = values.dtype.kind
+    # On the hot path: one sum per array settles the usual all-finite answer. A sum of finite
+    # values can overflow, so a non-finite sum only means the rows are checked one by one.
+    if not (
+        (kind == "f" and not math.isfinite(values.sum()))
+        or kind == "O"
+        or (probabilities is not None and not math.isfinite(probabilities.sum()))
+    ):
+        return []
+    bad = None
+    if kind == "f":
+        bad = ~np.isfinite(values)
+        if bad.ndim > 1:  # several outputs per row
+            bad = bad.reshape(len(bad), -1).any(axis=1)
+    elif kind == "O":  # mixed labels: only a float can be NaN or infinite
+        bad = np.array([isinstance(v, float) and not math.isfinite(v) for v in values.reshape(-1)])
+    if probabilities is not None:
+        unfit = ~np.isfinite(probabilities).all(axis=1)
+        bad = unfit if bad is None else bad | unfit
+    if bad is None or not bad.any():
+        return []
+    return np.flatnonzero(bad).tolist()
+
+
+def _refuse_non_finite(
+    rows: list[int], *, probabilities: Any, batch: bool, refused_inside: bool = False
+) -> None:
+    """ModelOutputInvalid naming `rows` (those without a finite answer), if any: JSON has no
+    such numbers (they would go out as null) and one would poison a metric's sum.
+    refused_inside: a pipeline step met NaN or infinity (an overflow, or a missing value the
+    model cannot take) and scikit-learn refused to go on."""
+    if not rows:
+        return
+    what = "prediction or probabilities" if probabilities is not None else "prediction"
+    why = f"the model's {what} is not a finite number (NaN or infinity)"
+    if refused_inside:
+        why = "the model could not compute an answer: one of its steps met NaN or infinity"
+    shown = rows[:_REPORTED_ROWS]
+    if batch:
+        fields = {f"instances[{i}]": [why] for i in shown}
+        listed = ", ".join(map(str, shown[:10])) + (" …" if len(rows) > 10 else "")
+        message = (
+            f"The model gave no valid answer for {len(rows)} of the rows ({listed}): {why}. "
+            "Nothing was served; such inputs are usually far outside the training data (or "
+            "missing values the model cannot take)."
+        )
+    else:
+        fields = {"features": [why]}
+        message = (
+            f"The model gave no valid answer for this row: {why}. Such inputs are usually far "
+            "outside the training data (or missing values the model cannot take)."
+        )
+    raise ModelOutputInvalid(message, rows=rows, fields=fields)
+
+
+def _predict_arrays(loaded: LoadedModel, x: Any) -> tuple[Any, Any]:
+    """(predictions, probabilities or None) as the estimator returns them."""
     if loaded.fast_predict is not None:
-        predictions, probabilities = loaded.fast_predict(x)
-        if probabilities is None:
-            return _without_probabilities(loaded, predictions.tolist())
-        return _with_probabilities(loaded, predictions.tolist(), probabilities)
+        return loaded.fast_predict(x)
     if loaded.predict_from_proba:
         probabilities = loaded.estimator.predict_proba(x)
         classes = loaded.estimator.classes_
         # The same expression ForestClassifier.predict evaluates, so the same answer.
-        predictions = classes.take(np.argmax(probabilities, axis=1), axis=0).tolist()
-        return _with_probabilities(loaded, predictions, probabilities)
-    predictions = loaded.estimator.predict(x).tolist()
-    if not loaded.has_proba:
-        return _without_probabilities(loaded, predictions)
-    return _with_probabilities(loaded, predictions, loaded.estimator.predict_proba(x))
+        return classes.take(np.argmax(probabilities, axis=1), axis=0), probabilities
+    predictions = loaded.estimator.predict(x)
+    return predictions, (loaded.estimator.predict_proba(x) if loaded.has_proba else None)
+
+
+# scikit-learn's refusal of a non-finite value one pipeline step produced for the next
+# (sklearn.utils.validation._assert_all_finite): the model has no answer for that row either.
+_NON_FINITE_INSIDE = re.compile(r"contains (NaN|infinity)|too large for dtype", re.IGNORECASE)
+
+
+def _rows_without_answer(loaded: LoadedModel, x: Any, offset: int = 0) -> list[int]:
+    """The rows of `x` the model answers NaN or infinity for, or refuses inside a pipeline
+    because a step overflowed: halves the rows until each refusal is one row, so a batch
+    with a few such rows costs a few calls per row, not one per row."""
+    try:
+        predictions, probabilities = _predict_arrays(loaded, x)
+    except ValueError as exc:
+        if not _NON_FINITE_INSIDE.search(str(exc)):
+            raise
+        if len(x) == 1:
+            return [offset]
+        half = len(x) // 2
+        head, tail = (x.iloc[:half], x.iloc[half:]) if hasattr(x, "iloc") else (x[:half], x[half:])
+        return _rows_without_answer(loaded, head, offset) + _rows_without_answer(
+            loaded, tail, offset + half
+        )
+    return [offset + i for i in _non_finite_rows(predictions, probabilities)]
+
+
+def _outputs(
+    loaded: LoadedModel, rows: list[list[Any]], *, batch: bool = False
+) -> list[dict[str, Any]]:
+    """One {prediction, confidence[, probabilities]} per row; ModelOutputInvalid (422) when
+    the model has no finite answer for some rows (the whole request fails, naming them)."""
+    x = loaded.matrix(rows)
+    # No np.errstate around this: it costs more than the check below on every request, and
+    # numpy's overflow warning is shown once per place anyway.
+    try:
+        predictions, probabilities = _predict_arrays(loaded, x)
+    except ValueError as exc:
+        if not _NON_FINITE_INSIDE.search(str(exc)):
+            raise
+        _refuse_non_finite(
+            _rows_without_answer(loaded, x), probabilities=None, batch=batch, refused_inside=True
+        )
+        raise  # every row answered when retried alone: the estimator's own fault
+    _refuse_non_finite(
+        _non_finite_rows(predictions, probabilities), probabilities=probabilities, batch=batch
+    )
+    listed = predictions.tolist() if hasattr(predictions, "tolist") else list(predictions)
+    if probabilities is None:
+        return _without_probabilities(loaded, listed)
+    return _with_probabilities(loaded, listed, probabilities)
 
 
 def _without_probabilities(loaded: LoadedModel, predictions: list[Any]) -> list[dict[str, Any]]:
@@ -220,7 +341,13 @@ def prediction_serve(
     version_number: int | None = None,
     client_id: str | None = None,
 ) -> dict[str, Any]:
-    """Answers a predict request (one row or a batch) and queues it for the prediction log."""
+    """Answers a predict request (one row or a batch) and queues it for the prediction log.
+
+    Errors: NotFoundError (404: model, version), ConflictError (409: no production version),
+    ValidationFailed (400: rows against the input schema), PayloadTooLarge (413),
+    ModelOutputInvalid (422: the model answered NaN or infinity for some rows; the whole
+    request fails naming them, and nothing is cached, logged or observed by a metric but
+    mlregistry_model_output_invalid_total)."""
     started = time.perf_counter()
     model_access_check(user=user, model_name=model_name)
     entry = routing_entry_get(name=model_name)
@@ -265,20 +392,26 @@ def prediction_serve(
 
     cached = False
     ttl = settings.PREDICTION_CACHE_TTL
-    if not batch and ttl > 0:
-        key = guessed[1] if guessed is not None else _result_key(info, _plain(values[0]))
-        hit = cache_get(key)
-        if hit is not None:
-            metrics.labelled(metrics.CACHE_REQUESTS, result="hit").inc()
-            outputs, cached = [hit], True
-        else:
-            metrics.labelled(metrics.CACHE_REQUESTS, result="miss").inc()
-            outputs = _outputs(loaded, values)
-            cache_set_later(key, outputs[0], ttl)
-    else:
-        outputs = _outputs(loaded, values)
-
     version_label = str(info["version"])
+    try:
+        if not batch and ttl > 0:
+            key = guessed[1] if guessed is not None else _result_key(info, _plain(values[0]))
+            hit = cache_get(key)
+            if hit is not None:
+                metrics.labelled(metrics.CACHE_REQUESTS, result="hit").inc()
+                outputs, cached = [hit], True
+            else:
+                metrics.labelled(metrics.CACHE_REQUESTS, result="miss").inc()
+                outputs = _outputs(loaded, values)
+                cache_set_later(key, outputs[0], ttl)
+        else:
+            outputs = _outputs(loaded, values, batch=batch)
+    except ModelOutputInvalid as exc:
+        metrics.labelled(metrics.MODEL_OUTPUT_INVALID, model=model_name, version=version_label).inc(
+            len(exc.rows)
+        )
+        raise
+
     metrics.labelled(
         metrics.PREDICTIONS,
         model=model_name,
@@ -408,6 +541,10 @@ def prediction_feedback_record(
 ) -> int:
     """Stores the true outcome of a served prediction; returns how many log rows it updated.
 
+    `actual` is checked against the version (predictions.validation.actual_validate): one of
+    its classes (1.0 is class 1, true is not), or a finite number for a regressor; else
+    ValidationFailed (400) listing the allowed classes.
+
     Only the client the rows were served to, or a user who may change the prediction log, may
     do so; anyone else gets the same 404 as for an unknown request id and nothing changes."""
     rows = PredictionLog.objects.filter(request_id=request_id)
@@ -437,18 +574,13 @@ def prediction_feedback_record(
     version = logged[0].version
     # A client restricted to other models learns nothing about this one: the same 404.
     model_access_check(user=actor, model_name=version.model.name)
-    if version.model.task == Task.REGRESSION:
-        if isinstance(actual, bool) or not isinstance(actual, int | float):
-            raise ValidationFailed(
-                "actual must be a number for a regression model.",
-                fields={"actual": ["must be a number"]},
-            )
-    elif version.classes is not None and actual not in version.classes:
-        raise ValidationFailed(
-            f"actual must be one of the model's classes: {version.classes}.",
-            fields={"actual": [f"must be one of {version.classes}"]},
-        )
+    actual = actual_validate(
+        actual, classes=version.classes, regression=version.model.task == Task.REGRESSION
+    )
     count = rows.update(actual=actual, feedback_at=timezone.now())
+    if not count:
+        # The rows went between the read and the write (their version was deleted).
+        raise NotFoundError(f"No logged prediction with request id {request_id!r} any more.")
     logger.info(
         "prediction feedback",
         extra={"request_id": request_id, "rows": count, "actor": getattr(actor, "username", actor)},
@@ -474,8 +606,10 @@ def traffic_split_set(
     if total != 100:
         errors.setdefault("splits", []).append(f"weights must sum to 100, not {total}")
     with transaction.atomic():
-        locked = RegisteredModel.objects.select_for_update().get(pk=model.pk)
-        versions = {v.version: v for v in locked.versions.filter(version__in=numbers)}
+        locked = registered_model_lock(model_id=model.pk)
+        # An out-of-range number matches no version (an IN lookup would not check its range).
+        possible = [n for n in numbers if 1 <= n <= VERSION_NUMBER_MAX]
+        versions = {v.version: v for v in locked.versions.filter(version__in=possible)}
         for index, number in enumerate(numbers):
             version = versions.get(number)
             if version is None:
@@ -506,7 +640,7 @@ def traffic_split_set(
 def traffic_split_clear(*, model: RegisteredModel, actor: Actor) -> int:
     """Ends a model's traffic split: all its traffic goes to the production version again."""
     with transaction.atomic():
-        locked = RegisteredModel.objects.select_for_update().get(pk=model.pk)
+        locked = registered_model_lock(model_id=model.pk)
         count, _ = TrafficSplit.objects.filter(model=locked).delete()
         transaction.on_commit(partial(routing_invalidate, locked.name))
     logger.info(
@@ -517,13 +651,14 @@ def traffic_split_clear(*, model: RegisteredModel, actor: Actor) -> int:
 
 
 def traffic_split_end_for_archived(*, version: ModelVersion) -> int:
-    """Called inside the transaction that archives `version`: a split naming it ends (every
-    row of that model's split goes), so its traffic returns to the production version."""
+    """Called inside the transaction that archives or deletes `version`: a split naming it
+    ends (every row of that model's split goes), so its traffic returns to the production
+    version rather than to the other members' weights, which no longer sum to 100."""
     if not TrafficSplit.objects.filter(version=version).exists():
         return 0
     count, _ = TrafficSplit.objects.filter(model_id=version.model_id).delete()
     logger.info(
-        "traffic split ended: a version in it was archived",
+        "traffic split ended: a version in it was archived or deleted",
         extra={"model_id": version.model_id, "version": version.version},
     )
     return count

@@ -138,3 +138,52 @@ def rows_validate(
             fields=errors,
         )
     return out
+
+
+# --- Feedback: the true outcome against what the version can answer ---------------------
+
+
+def _same_class(value: Any, label: Any) -> bool:
+    """The typing rules of input features: an equal number is the same class (1.0 is class 1),
+    a boolean is not a number (true is not class 1), a string matches only itself."""
+    value_type, label_type = type(value), type(label)
+    if value_type is bool or label_type is bool:
+        return value_type is label_type and value == label
+    if label_type in _NUMBER_TYPES:
+        return value_type in _NUMBER_TYPES and math.isfinite(value) and value == label
+    return value_type is label_type and value == label
+
+
+def actual_refusal(actual: Any, *, classes: list[Any] | None, regression: bool) -> str | None:
+    """Why `actual` cannot be the outcome of a prediction of this version, or None if it can.
+
+    A regressor's outcome is a finite number (not a boolean); a classifier's is one of its
+    classes under _same_class; a classifier that recorded no classes takes a string, a
+    boolean or a finite number."""
+    if regression:
+        if type(actual) not in _NUMBER_TYPES or not math.isfinite(actual):
+            return "must be a finite number"
+        return None
+    if classes is not None:
+        if not any(_same_class(actual, label) for label in classes):
+            return f"must be one of the model's classes {classes}"
+        return None
+    if type(actual) in _NUMBER_TYPES and not math.isfinite(actual):
+        return "must be a finite number"
+    if type(actual) not in (*_NUMBER_TYPES, bool, str):
+        return "must be a class label (a string, a number or a boolean)"
+    return None
+
+
+def actual_validate(actual: Any, *, classes: list[Any] | None, regression: bool) -> Any:
+    """The outcome to store for `actual`: the version's own class label when it names one (so
+    1.0 is stored as the class 1 it equals, and accuracy compares like with like), else
+    `actual`. ValidationFailed (400, field `actual`, listing the allowed classes) when
+    actual_refusal refuses it."""
+    why = actual_refusal(actual, classes=classes, regression=regression)
+    if why is not None:
+        kind = "regression model" if regression else "model"
+        raise ValidationFailed(f"actual {why} for this {kind}.", fields={"actual": [why]})
+    if classes is not None and not regression:
+        return next(label for label in classes if _same_class(actual, label))
+    return actual

@@ -3,7 +3,6 @@ splits and feedback. Views parse, call one service, render."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from django.conf import settings
@@ -16,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.errors import DomainError, NotFoundError
+from config.errors import DomainError
 from config.throttling import ScopeRateThrottle
 from mlregistry.access import access_cache_key
 from mlregistry.models import RegisteredModel
@@ -30,7 +29,7 @@ from predictions.auth import (
     token_user_pk,
 )
 from predictions.body import PredictBody, read_body
-from predictions.cache import cache_get, cache_prefetch, cache_prefetch_clear, cache_set
+from predictions.cache import cache_prefetch, cache_prefetch_clear
 from predictions.rendering import JSONFirstContentNegotiation, ORJSONParser, ORJSONRenderer
 from predictions.serializers import (
     FeedbackInput,
@@ -171,35 +170,16 @@ def _is_json(content_type: str) -> bool:
     return content_type == "application/json" or content_type.endswith("+json")
 
 
-_SLUG = re.compile(r"^[-a-zA-Z0-9_]{1,100}$")
-
-
-def _model_name_for(model_id: str) -> str:
-    """The seeds addressed models by id or by name; ids never change name, so cache it."""
-    if not model_id.isdigit():
-        if not _SLUG.match(model_id):
-            raise NotFoundError(f"No registered model named {model_id!r}.")
-        return model_id
-    key = f"predict-alias:v1:{model_id}"
-    name = cache_get(key)
-    if name is None:
-        name = (
-            RegisteredModel.objects.filter(pk=int(model_id)).values_list("name", flat=True).first()
-        )
-        if name is None:
-            raise NotFoundError(f"No registered model with id {model_id}.")
-        cache_set(key, name, 300)
-    return name
-
-
 class PredictAliasView(_PredictBase):
     @extend_schema(
         request=_PREDICT_BODY,
         responses=PredictionOutput,
         summary="Seeds' alias of /models/{name}/predict (model id or name in the path)",
+        description="Deprecated. An exact model name wins; a string of ASCII digits that names "
+        "no model is a model id; anything else that is no model name answers 404.",
     )
     def post(self, request: Request, model_id: str) -> Response:
-        return self._serve(request, _model_name_for(model_id))
+        return self._serve(request, selectors.predict_alias_resolve(model_id=model_id))
 
 
 class TrafficSplitView(APIView):

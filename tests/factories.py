@@ -18,6 +18,7 @@ REGISTRY_PERMS = [
     "delete_registeredmodel",
     "add_modelversion",
     "change_modelversion",
+    "delete_modelversion",
     "promote_modelversion",
 ]
 

@@ -5,7 +5,7 @@ import skops.io as sio
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
-from config.errors import ValidationFailed
+from config.errors import NotFoundError, ValidationFailed
 from mlregistry import services, training
 from mlregistry.models import (
     ModelVersion,
@@ -357,3 +357,25 @@ def test_operators_run_jobs_from_the_command_line(iris_model, capsys):
         call_command("training_job_run", "999")
     with pytest.raises(CommandError, match="--scheduled"):
         call_command("training_job_run")
+
+
+def test_a_candidate_deleted_before_the_decision_fails_the_job_cleanly(iris_model):
+    champion_create(iris_model, LogisticRegression(max_iter=500))
+    job = training.training_job_create(
+        model=iris_model, dataset=iris_dataset(), actor="tests", enqueue=False
+    )
+    registered = training._candidate_register(job.pk, training._train(job))
+    services.model_version_delete(version=registered.candidate_version, actor="tests")
+    with pytest.raises(NotFoundError, match="candidate version was deleted"):
+        training._decide(job.pk)
+
+
+def test_a_job_deleted_while_it_ran_drops_its_message(iris_model):
+    job = training.training_job_create(
+        model=iris_model, dataset=iris_dataset(), actor="tests", enqueue=False
+    )
+    TrainingJob.objects.filter(pk=job.pk).delete()
+    with pytest.raises(NotFoundError):
+        training._fail(job.pk, problem="x", message="y")
+    with pytest.raises(NotFoundError):
+        training._candidate_register(job.pk, None)

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('mlregistry', '0003_api_client_policy'),
+        ('mlregistry', '0004_version_counter_numeric_names'),
     ]
 
     operations = [
