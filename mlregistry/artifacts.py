@@ -2,9 +2,9 @@
 
 Rules: an artifact is hashed while it streams in; a skops artifact is opened only with the
 trusted types (skops' defaults plus SKOPS_TRUSTED_TYPES), after its zip members' sizes are
-checked; a pickle is never unpickled at upload, only scanned statically, and is loaded only by an
-unpickler that imports the same exact allow-list the scan checks; every load re-hashes the exact
-bytes it then deserialises.
+checked; a pickle is scanned statically and then opened, at upload as at every load, only by an
+unpickler that imports the same exact allow-list the scan checks (so an upload is checked as the
+estimator it will serve); every load re-hashes the exact bytes it then deserialises.
 """
 
 from __future__ import annotations

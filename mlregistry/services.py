@@ -179,8 +179,11 @@ def _inspect(
                 "Uploading joblib/pickle artifacts needs the 'mlregistry.upload_pickle' "
                 "permission: loading a pickle runs code. Use skops instead."
             )
-        imported = artifacts.scan_pickle(data)  # never unpickled here
-        return None, {"pickle_scan": {"imports": imported, "scanner": "picklescan"}}
+        imported = artifacts.scan_pickle(data)
+        # Opened through the restricted unpickler, which imports only what the scan allowed:
+        # the upload is then checked as the estimator it will serve, like a skops file.
+        estimator = artifacts.load_pickle(data)
+        return estimator, {"pickle_scan": {"imports": imported, "scanner": "picklescan"}}
     raise ValidationFailed(
         f"Unknown artifact format {artifact_format!r}.",
         fields={"artifact_format": [f"must be one of {', '.join(ArtifactFormat.values)}"]},
@@ -234,7 +237,9 @@ def _inspection_warnings(inspection: VersionInspection, model: RegisteredModel) 
     if inspection.reference_sample is None:
         notes.append("No reference sample: drift checks cannot run for this version.")
     if inspection.artifact_format == ArtifactFormat.JOBLIB:
-        notes.append("A pickle runs code when it is loaded; it was only scanned, never opened.")
+        notes.append(
+            "A pickle opens only through an exact allow-list of globals; skops is the safer format."
+        )
     current = model.versions.filter(stage=Stage.PRODUCTION).only("input_schema").first()
     if current is not None and [f["name"] for f in current.input_schema] != names:
         notes.append(
@@ -266,8 +271,8 @@ def model_version_inspect(
         features = schema.infer_schema(estimator) if estimator is not None else None
         if features is None:
             raise schema.SchemaError(
-                "No input_schema given and none can be inferred from this artifact "
-                "(pickles are never opened at upload): supply input_schema.",
+                "No input_schema given and none can be inferred from this artifact: "
+                "supply input_schema.",
                 fields={"input_schema": ["required for this artifact"]},
             )
     sample, stats = reference.prepare_reference_sample(reference_sample, features)

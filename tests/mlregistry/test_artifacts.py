@@ -6,6 +6,7 @@ import pickle
 from pathlib import Path
 
 import joblib
+import numpy as np
 import pytest
 import skops.io as sio
 from django.core.files.storage import storages
@@ -163,15 +164,31 @@ def test_plain_pickle_of_a_model_is_accepted_with_permission_and_loads(iris_mode
     assert (loaded.predict(x.to_numpy()) == model.predict(x.to_numpy())).all()
 
 
-def test_joblib_upload_needs_a_schema(iris_model):
+def test_joblib_upload_is_checked_as_the_estimator_it_will_serve(iris_model):
+    """A permitted pickle opens through the restricted unpickler at upload: its schema and
+    classes are read from the estimator, as for skops."""
     from sklearn.linear_model import LogisticRegression
 
     x, y = factories.iris_frame()
     uploader = factories.staff_create("pickler", extra_perms=["upload_pickle"])
-    blob = pickle.dumps(LogisticRegression(max_iter=500).fit(x.to_numpy(), y))
-    with pytest.raises(services.schema.SchemaError):
+    blob = pickle.dumps(LogisticRegression(max_iter=500).fit(x, y))
+    version = services.model_version_create(
+        model=iris_model, artifact=io.BytesIO(blob), actor=uploader, artifact_format="joblib"
+    )
+    assert [f["name"] for f in version.input_schema] == list(x.columns)
+    assert version.classes == [0, 1, 2]
+
+
+def test_joblib_upload_of_a_non_estimator_is_refused_and_stores_nothing(iris_model):
+    uploader = factories.staff_create("pickler", extra_perms=["upload_pickle"])
+    blob = pickle.dumps(np.arange(3))  # allowed globals, but no estimator
+    with pytest.raises(artifacts.ArtifactError, match="predict"):
         services.model_version_create(
-            model=iris_model, artifact=io.BytesIO(blob), actor=uploader, artifact_format="joblib"
+            model=iris_model,
+            artifact=io.BytesIO(blob),
+            actor=uploader,
+            artifact_format="joblib",
+            input_schema=[{"name": "a"}],
         )
     _assert_nothing_stored()
 
