@@ -235,7 +235,9 @@ PICKLE_ALLOWED_GLOBALS = env_list(
 REFERENCE_SAMPLE_MAX_ROWS = env_int("REFERENCE_SAMPLE_MAX_ROWS", 5000, minimum=1)
 
 # --- Celery ---
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
+# "localhost" names no server (the transport is folders under VAR_DIR); without a host kombu
+# warns "No hostname was supplied" on every connection.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://localhost//")
 CELERY_BROKER_TRANSPORT_OPTIONS = (
     {
         "data_folder_in": str(VAR_DIR / "celery" / "queue"),
@@ -261,7 +263,10 @@ LOG_FORMAT = env_str("LOG_FORMAT", "json")  # json | text
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "config.logging.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "config.logging.RequestIdFilter"},
+        "routine_tasks": {"()": "config.logging.RoutineTaskFilter"},
+    },
     "formatters": {
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
@@ -281,6 +286,11 @@ LOGGING = {
     "loggers": {
         "django.server": {"level": "WARNING"},
         "django.request": {"level": "ERROR"},
+        # Each task run gets one line from mlregistry.tasks (outcome, duration); Celery's own
+        # "received" and "succeeded" lines would say it twice more. Failures are WARNING+.
+        "celery.worker.strategy": {"level": "WARNING"},
+        "celery.app.trace": {"level": "WARNING"},
+        "celery.beat": {"filters": ["routine_tasks"]},
     },
 }
 
@@ -372,6 +382,7 @@ SPECTACULAR_SETTINGS.update(
 )
 
 LOGGING["loggers"]["mlregistry.requests"] = {"level": LOG_LEVEL}
+LOGGING["loggers"]["mlregistry.tasks"] = {"filters": ["routine_tasks"]}
 # The worker imports the deployment's own tasks (heartbeat) besides the apps' tasks modules.
 CELERY_IMPORTS = ["config.tasks"]
 # Workers log through LOGGING above (JSON lines with the request id), not Celery's own format.
