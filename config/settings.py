@@ -123,6 +123,8 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
+# ISO 8601 dates on every page (config/formats/en/formats.py).
+FORMAT_MODULE_PATH = "config.formats"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
