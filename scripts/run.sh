@@ -50,18 +50,33 @@ pids=()
 cleanup() {
   trap - INT TERM EXIT
   echo; echo "Stopping..."
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  # Each child leads its own process group (set -m below): a signal to the group reaches the
+  # worker processes the server and Celery forked, too.
+  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  for _ in $(seq 1 150); do
+    alive=
+    for pid in "${pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive=1; done
+    [[ -z "$alive" ]] && break
+    sleep 0.1
+  done
+  if [[ -n "$alive" ]]; then
+    echo "Still running after 15 s: killing what is left (Celery requeues an unfinished task)."
+    for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+  fi
   wait 2>/dev/null || true
 }
 trap cleanup INT TERM EXIT
+# Job control: each background job below gets a process group of its own, so Ctrl-C reaches
+# only this script, which then stops each group in order (and can be sure nothing is left).
+set -m
 
 # The deployment's server script (deploy/serve: granian), on localhost. Django's own access
 # line (mlregistry.requests, at LOG_LEVEL) is the request log; granian says only what is wrong.
 WEB_HOST=127.0.0.1 PORT="$PORT" WEB_CONCURRENCY="$WEB_WORKERS" WEB_THREADS="$WEB_THREADS" \
-  GRANIAN=.venv/bin/granian deploy/serve --log-level warning &
+  GRANIAN=.venv/bin/granian deploy/serve --log-level warning </dev/null &
 pids+=($!)
 .venv/bin/celery -A config --quiet worker --beat --loglevel INFO --concurrency 1 \
-  --scheduler django_celery_beat.schedulers:DatabaseScheduler &
+  --scheduler django_celery_beat.schedulers:DatabaseScheduler </dev/null &
 pids+=($!)
 
 # The banner only once the server answers: a pasted curl must not meet a closed port.

@@ -10,6 +10,7 @@ none of the harmless warnings, and Ctrl-C (SIGINT to the process group) stops ev
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -120,12 +121,12 @@ def _ready_status(port: int) -> int:
         return getattr(exc, "code", 0)
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+def _session_left(sid: int) -> str:
+    """The processes still running in session `sid` (the script and everything it started)."""
+    listing = subprocess.run(
+        ["ps", "-o", "pid=,stat=,args=", "-s", str(sid)], capture_output=True, text=True
+    ).stdout
+    return "\n".join(line for line in listing.splitlines() if " Z" not in line[:14])
 
 
 @pytest.fixture
@@ -153,8 +154,10 @@ def make_run(tmp_path):
     try:
         yield process, port, output, env
     finally:
-        if _group_alive(process.pid):
-            os.killpg(process.pid, signal.SIGKILL)
+        for pid in _session_left(process.pid).split():
+            if pid.isdigit():  # whatever outlived the test (it has failed by then)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
         process.wait(timeout=30)
 
 
@@ -203,13 +206,10 @@ def test_the_readme_runs_as_written_against_make_run(make_run, tmp_path):
     for noise in NOISE:
         assert noise not in log, noise
 
-    # Ctrl-C: SIGINT to the whole foreground group stops the script, the server and the worker.
+    # Ctrl-C: SIGINT to the foreground group (the script) stops the server and the worker.
     os.killpg(process.pid, signal.SIGINT)
     deadline = time.monotonic() + 60
-    while _group_alive(process.pid) and time.monotonic() < deadline:
-        process.poll()  # reaps the script: a zombie still counts as a member of its group
+    while (process.poll() is None or _session_left(process.pid)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = subprocess.run(
-        ["ps", "-o", "pid,stat,cmd", "-g", str(process.pid)], capture_output=True, text=True
-    ).stdout
-    assert not _group_alive(process.pid), f"outlived Ctrl-C:\n{left}\n{output.text()[-3000:]}"
+    left = _session_left(process.pid)
+    assert process.poll() is not None and not left, f"outlived Ctrl-C:\n{left}\n{output.text()}"
