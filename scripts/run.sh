@@ -41,7 +41,7 @@ grep -v '^CLIENT_TOKEN=' <<<"$bootstrap"
 if [[ -z "${REDIS_URL:-}" ]]; then
   # The embedded local-memory cache lives in one process: one web worker with threads (no more
   # than granian deems sensible for the cores: 2 x cores + 1).
-  WEB_WORKERS="${WEB_WORKERS:-1}"; WEB_THREADS="${WEB_THREADS:-$(( $(nproc) * 2 + 1 ))}"
+  WEB_WORKERS="${WEB_WORKERS:-1}"; WEB_THREADS="${WEB_THREADS:-$(( $(getconf _NPROCESSORS_ONLN) * 2 + 1 ))}"
 else
   WEB_WORKERS="${WEB_WORKERS:-2}"; WEB_THREADS="${WEB_THREADS:-1}"
 fi
