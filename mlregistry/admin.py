@@ -478,9 +478,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
                 self.message_user(request, f"Refused: {exc.full_message()}", messages.ERROR)
             else:
                 self.message_user(request, f"{version} is now in {stage}.")
-            return HttpResponseRedirect(
-                reverse("admin:mlregistry_modelversion_change", args=[version.pk])
-            )
+            return HttpResponseRedirect(change_url)
         replaced = production if stage == Stage.PRODUCTION and production != version else None
         return self._render(
             request,
