@@ -5,31 +5,38 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install run test lint format bench migrate worker clean
+.PHONY: install install-dev run test lint format bench migrate worker clean
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+# `make run` needs only the runtime packages; the test tools (playwright, schemathesis,
+# hypothesis, ...) come with the first `make test` or `make lint`.
+$(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -r requirements-dev.txt
+	$(PIP) install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PIP) install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
 install: $(VENV)/.installed
 
+install-dev: $(VENV)/.installed-dev
+
 run: install
 	./scripts/run.sh
 
-test: install
+test: install-dev
 	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=90 $(PYTEST_ARGS)
 
-lint: install
+lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-format: install
+format: install-dev
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: install
+bench: install-dev
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 migrate: install
@@ -40,5 +47,5 @@ clean:
 
 # A longer fuzzing run than the suite's (FUZZ_EXAMPLES per operation and role).
 .PHONY: fuzz
-fuzz: install
+fuzz: install-dev
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} $(PY) -m pytest -q tests/fuzz $(PYTEST_ARGS)

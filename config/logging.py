@@ -61,3 +61,18 @@ def log_file_handler(
         "backupCount": backup_count,
         **common,
     }
+
+
+# Tasks beat sends every minute only to prove that beat, broker and a worker are alive.
+ROUTINE_TASKS = ("config.tasks.worker_heartbeat_task", "worker-heartbeat")
+
+
+class RoutineTaskFilter(logging.Filter):
+    """Drops INFO and DEBUG lines about the routine liveness tasks: at one or two lines a minute
+    they would bury the lines that mean something. Their warnings and errors still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        message = record.getMessage()
+        return not any(name in message for name in ROUTINE_TASKS)

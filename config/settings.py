@@ -133,6 +133,8 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
+# ISO 8601 dates on every page (config/formats/en/formats.py).
+FORMAT_MODULE_PATH = "config.formats"
 USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
@@ -225,7 +227,9 @@ ARCHIVE_RATIO_GRACE_SIZE = env_int("ARCHIVE_RATIO_GRACE_SIZE", 1024 * 1024, mini
 REFERENCE_SAMPLE_MAX_ROWS = env_int("REFERENCE_SAMPLE_MAX_ROWS", 5000, minimum=1)
 
 # --- Celery ---
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
+# "localhost" names no server (the transport is folders under VAR_DIR); without a host kombu
+# warns "No hostname was supplied" on every connection.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://localhost//")
 CELERY_BROKER_TRANSPORT_OPTIONS = (
     {
         "data_folder_in": str(VAR_DIR / "celery" / "queue"),
@@ -270,7 +274,10 @@ LOG_FORMAT = env_str("LOG_FORMAT", "json")  # json | text
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "config.logging.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "config.logging.RequestIdFilter"},
+        "routine_tasks": {"()": "config.logging.RoutineTaskFilter"},
+    },
     "formatters": {
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
@@ -290,6 +297,11 @@ LOGGING = {
     "loggers": {
         "django.server": {"level": "WARNING"},
         "django.request": {"level": "ERROR"},
+        # Each task run gets one line from mlregistry.tasks (outcome, duration); Celery's own
+        # "received" and "succeeded" lines would say it twice more. Failures are WARNING+.
+        "celery.worker.strategy": {"level": "WARNING"},
+        "celery.app.trace": {"level": "WARNING"},
+        "celery.beat": {"filters": ["routine_tasks"]},
     },
 }
 # LOG_FILE: the same lines also go to this file, shared by every process (web workers, Celery
@@ -415,6 +427,7 @@ SPECTACULAR_SETTINGS.update(
 )
 
 LOGGING["loggers"]["mlregistry.requests"] = {"level": LOG_LEVEL}
+LOGGING["loggers"]["mlregistry.tasks"] = {"filters": ["routine_tasks"]}
 # The worker imports the deployment's own tasks (heartbeat) besides the apps' tasks modules.
 CELERY_IMPORTS = ["config.tasks"]
 # Workers log through LOGGING above (JSON lines with the request id), not Celery's own format.

@@ -31,6 +31,7 @@ from mlregistry.forms import (
     TransitionForm,
 )
 from mlregistry.models import ModelVersion, RegisteredModel, Stage, StageTransition
+from mlregistry.templatetags.registry_admin import json_html, metrics_html
 
 # Previews a user has open, in their session: token -> what the confirmation will register.
 PENDING_SESSION_KEY = "mlregistry_pending_uploads"
@@ -40,6 +41,24 @@ STAGE_VERBS = {
     Stage.PRODUCTION: "Promote to production",
     Stage.ARCHIVED: "Archive",
 }
+# The moves the admin offers from each stage. The production version is taken out of service by
+# archiving it (or by a rollback on the model page), never "promoted" down to staging.
+STAGE_MOVES: dict[str, tuple[str, ...]] = {
+    Stage.NONE: (Stage.STAGING, Stage.PRODUCTION, Stage.ARCHIVED),
+    Stage.STAGING: (Stage.PRODUCTION, Stage.ARCHIVED),
+    Stage.PRODUCTION: (Stage.ARCHIVED,),
+    Stage.ARCHIVED: (Stage.STAGING, Stage.PRODUCTION),
+}
+
+
+def _move_refusal(version: ModelVersion, stage: str) -> str | None:
+    """Why the admin does not offer moving `version` to `stage`; None when it does."""
+    if stage in STAGE_MOVES.get(version.stage, ()):
+        return None
+    return (
+        f"{version} is in {version.get_stage_display().lower()}: "
+        f"{STAGE_VERBS[stage].lower()} is not offered from there."
+    )
 
 
 def _refusal(exc: DomainError) -> dict[str, Any]:
@@ -133,9 +152,13 @@ class ModelVersionInline(admin.TabularInline):
     extra = 0
     can_delete = False
     show_change_link = True
-    fields = ("version", "stage", "artifact_format", "metrics", "created_by", "created_at")
+    fields = ("version", "stage", "artifact_format", "metrics_display", "created_by", "created_at")
     readonly_fields = fields
     ordering = ("-version",)
+
+    @admin.display(description="metrics")
+    def metrics_display(self, obj) -> str:
+        return metrics_html(obj.metrics)
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
@@ -266,10 +289,9 @@ class RegisteredModelAdmin(DeletesThroughServices, RegisteredModelOverviewMixin,
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
+    # "iris v2" names model and version in one column: two columns fewer to fit the window.
     list_display = (
-        "__str__",
-        "model",
-        "version",
+        "version_name",
         "stage_badge",
         "artifact_format",
         "metrics_summary",
@@ -290,7 +312,7 @@ class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
         "library_versions",
         "input_schema",
         "classes",
-        "params",
+        "params_display",
         "source",
         "created_by",
         "created_at",
@@ -301,6 +323,10 @@ class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
 
     def _delete_with_service(self, request, obj) -> None:
         services.model_version_delete(version=obj, actor=request.user)
+
+    @admin.display(description="version")
+    def version_name(self, obj) -> str:
+        return str(obj)
 
     @admin.display(description="stage", ordering="stage")
     def stage_badge(self, obj) -> str:
@@ -318,11 +344,12 @@ class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
 
     @admin.display(description="metrics")
     def metrics_summary(self, obj) -> str:
-        items = list((obj.metrics or {}).items())[:3]
-        return (
-            ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in items)
-            or "—"
-        )
+        return metrics_html(obj.metrics, limit=3)
+
+    @admin.display(description="params")
+    def params_display(self, obj) -> str:
+        # Rows registered before placeholders were dropped at upload still hold them.
+        return json_html(services.params_without_placeholders(obj.params or {}))
 
     # Versions are created only through the upload service (hash, checks, storage).
     def add_view(self, request, form_url="", extra_context=None):
@@ -367,7 +394,7 @@ class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
                 ),
             }
             for stage, verb in STAGE_VERBS.items()
-            if stage != version.stage
+            if stage in STAGE_MOVES.get(version.stage, ())
         ]
 
     # --- Upload: step 1 checks and previews, step 2 registers exactly the previewed bytes ---
@@ -516,6 +543,10 @@ class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
         version = self.get_object(request, object_id)
         if version is None:
             raise Http404("No such model version.")
+        change_url = reverse("admin:mlregistry_modelversion_change", args=[version.pk])
+        if (refusal := _move_refusal(version, stage)) is not None:
+            self.message_user(request, refusal, messages.ERROR)
+            return HttpResponseRedirect(change_url)
         production = selectors.production_version_get(model=version.model)
         form = TransitionForm(
             request.POST or None,
@@ -536,9 +567,7 @@ class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
                 self.message_user(request, f"Refused: {exc.full_message()}", messages.ERROR)
             else:
                 self.message_user(request, f"{version} is now in {stage}.")
-            return HttpResponseRedirect(
-                reverse("admin:mlregistry_modelversion_change", args=[version.pk])
-            )
+            return HttpResponseRedirect(change_url)
         replaced = production if stage == Stage.PRODUCTION and production != version else None
         return self._render(
             request,
@@ -554,12 +583,19 @@ class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
         )
 
     def _one_or_bulk(self, request, queryset, stage: str):
-        if queryset.count() == 1:
-            version = queryset.get()
+        selected = list(queryset.select_related("model"))
+        offered = []
+        for version in selected:
+            if (refusal := _move_refusal(version, stage)) is not None:
+                self.message_user(request, refusal, messages.WARNING)
+            else:
+                offered.append(version)
+        if len(selected) == 1 and offered:
+            version = offered[0]
             return HttpResponseRedirect(
                 reverse("admin:mlregistry_modelversion_transition", args=[version.pk, stage])
             )
-        for version in queryset.select_related("model"):
+        for version in offered:
             try:
                 services.model_version_transition(version=version, stage=stage, actor=request.user)
             except DomainError as exc:

@@ -29,6 +29,7 @@ from mlregistry.models import (
     TrainingStatus,
 )
 from mlregistry.reference import model_version_reference_attach
+from mlregistry.templatetags.registry_admin import metric
 
 
 def _form_page(model_admin, request, form, *, title: str, submit: str) -> TemplateResponse:
@@ -285,8 +286,8 @@ class TrainingJobAdmin(admin.ModelAdmin):
         "policy",
         "status",
         "decision",
-        "candidate_score",
-        "champion_score",
+        "candidate_score_display",
+        "champion_score_display",
         "created_at",
     )
     list_filter = ("status", "decision", "policy", "model")
@@ -345,6 +346,14 @@ class TrainingJobAdmin(admin.ModelAdmin):
     readonly_fields = tuple(f for _, opts in fieldsets for f in opts["fields"])
     actions = ["run_again"]
 
+    @admin.display(description="candidate score", ordering="candidate_score")
+    def candidate_score_display(self, obj) -> str:
+        return "—" if obj.candidate_score is None else metric(obj.candidate_score)
+
+    @admin.display(description="champion score", ordering="champion_score")
+    def champion_score_display(self, obj) -> str:
+        return "—" if obj.champion_score is None else metric(obj.champion_score)
+
     @admin.display(description="estimator")
     def estimator_name(self, obj) -> str:
         return obj.estimator or "clone of production"
@@ -361,7 +370,7 @@ class TrainingJobAdmin(admin.ModelAdmin):
             "",
             "<tr><th scope='row'>{}</th><td>{}</td><td>{}</td></tr>",
             (
-                (label, f"v{v.version}" if v else "—", "—" if s is None else f"{s:.4f}")
+                (label, f"v{v.version}" if v else "—", "—" if s is None else metric(s))
                 for label, v, s in rows
             ),
         )
@@ -370,7 +379,7 @@ class TrainingJobAdmin(admin.ModelAdmin):
             "<tbody>{}</tbody></table><p>margin {} · {}</p>",
             obj.metric,
             body,
-            f"{obj.margin:.4f}",
+            metric(obj.margin),
             obj.details.get("decision_reason", ""),
         )
 
@@ -378,7 +387,7 @@ class TrainingJobAdmin(admin.ModelAdmin):
     def cv_table(self, obj) -> str:
         if not obj.cv_scores:
             return "—"
-        cells = format_html_join("", "<td>{}</td>", ((f"{s:.4f}",) for s in obj.cv_scores))
+        cells = format_html_join("", "<td>{}</td>", ((metric(s),) for s in obj.cv_scores))
         heads = format_html_join(
             "", "<th scope='col'>fold {}</th>", ((i + 1,) for i in range(len(obj.cv_scores)))
         )
@@ -387,8 +396,8 @@ class TrainingJobAdmin(admin.ModelAdmin):
             "<tbody><tr>{}<td>{} ± {}</td></tr></tbody></table>",
             heads,
             cells,
-            f"{statistics.fmean(obj.cv_scores):.4f}",
-            f"{statistics.pstdev(obj.cv_scores):.4f}",
+            metric(statistics.fmean(obj.cv_scores)),
+            metric(statistics.pstdev(obj.cv_scores)),
         )
 
     @admin.display(description="scores chart")

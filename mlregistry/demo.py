@@ -11,7 +11,8 @@ DEMO_MODEL_NAME = "iris-classifier"
 
 
 def train_iris_pipeline(*, C: float = 1.0):
-    """A scaler + logistic regression pipeline fitted on iris, with its metrics."""
+    """A scaler + logistic regression pipeline fitted on iris, with its metrics. Its classes are
+    the species names (setosa, versicolor, virginica), so predictions read as answers."""
     from sklearn.datasets import load_iris
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
@@ -20,8 +21,9 @@ def train_iris_pipeline(*, C: float = 1.0):
 
     frame = load_iris(as_frame=True)
     features = frame.data.rename(columns=lambda c: c.replace(" (cm)", "").replace(" ", "_"))
+    species = frame.target_names[frame.target]
     x_train, x_test, y_train, y_test = train_test_split(
-        features, frame.target, test_size=0.3, random_state=0, stratify=frame.target
+        features, species, test_size=0.3, random_state=0, stratify=species
     )
     pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=500))
     pipeline.fit(x_train, y_train)

@@ -171,6 +171,27 @@ def _empty(axes, message: str) -> None:
     axes.set_yticks([])
 
 
+def _unit_interval_ylim(axes, values: list[float]) -> None:
+    """Scores that all lie in [0, 1] (accuracy, F1, AUC, ...) get an axis that stays in [0, 1]:
+    matplotlib's margins would otherwise draw an accuracy axis up to 1.05."""
+    if not values or min(values) < 0 or max(values) > 1:
+        return
+    low, high = min(values), max(values)
+    pad = max(0.02, (high - low) * 0.1)
+    axes.set_ylim(max(0.0, low - pad), min(1.0, high + pad))
+    for line in axes.get_lines():
+        line.set_clip_on(False)  # a point at exactly 1.0 stays whole on the top edge
+
+
+def _integer_ticks(axis, numbers: list[int]) -> None:
+    """Version numbers on an axis: only whole versions, never 1.5."""
+    distinct = sorted(set(numbers))
+    if len(distinct) <= 12:
+        axis.set_ticks(distinct)
+    else:
+        axis.get_major_locator().set_params(integer=True)
+
+
 def _timeline(model: RegisteredModel, axes) -> None:
     import matplotlib.dates as mdates
     from matplotlib.patches import Patch
@@ -185,7 +206,7 @@ def _timeline(model: RegisteredModel, axes) -> None:
         axes.barh(version, width, left=left, height=0.6, color=STAGE_COLOURS.get(stage, "#000"))
     axes.xaxis_date()
     axes.set_ylabel("version")
-    axes.set_yticks(sorted({s[0] for s in segments}))
+    _integer_ticks(axes.yaxis, [s[0] for s in segments])
     axes.figure.legend(
         handles=[Patch(color=c, label=str(s.label)) for s, c in STAGE_COLOURS.items()],
         loc="outside lower center",
@@ -200,10 +221,12 @@ def _metrics(model: RegisteredModel, axes) -> None:
     if not series:
         _empty(axes, "No metrics registered")
         return
-    for name, points in list(series.items())[:6]:
+    shown = list(series.items())[:6]
+    for name, points in shown:
         axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
     axes.set_xlabel("version")
-    axes.xaxis.get_major_locator().set_params(integer=True)
+    _integer_ticks(axes.xaxis, [p[0] for _, points in shown for p in points])
+    _unit_interval_ylim(axes, [p[1] for _, points in shown for p in points])
     axes.legend(fontsize="small")
 
 
@@ -215,6 +238,8 @@ def _online_accuracy(model: RegisteredModel, axes) -> None:
     for version, points in sorted(series.items()):
         axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"v{version}")
     axes.set_ylabel("MAE" if model.task == Task.REGRESSION else "accuracy")
+    if model.task != Task.REGRESSION:
+        _unit_interval_ylim(axes, [p[1] for points in series.values() for p in points])
     axes.legend(fontsize="small")
     axes.tick_params(axis="x", labelrotation=20)
 

@@ -461,15 +461,32 @@ def model_version_create(
     return version
 
 
+# scikit-learn marks a parameter nobody set, whose default is changing or going away, with these
+# strings ("penalty": "deprecated"); they say nothing about the fitted model.
+SKLEARN_PARAM_PLACEHOLDERS = frozenset({"deprecated", "warn"})
+
+
+def params_without_placeholders(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` without scikit-learn's placeholder values (SKLEARN_PARAM_PLACEHOLDERS)."""
+    return {
+        key: value
+        for key, value in params.items()
+        if not (isinstance(value, str) and value in SKLEARN_PARAM_PLACEHOLDERS)
+    }
+
+
 def _safe_params(estimator: Any) -> dict[str, Any]:
-    """get_params() reduced to JSON-friendly scalars (nested estimators become their class name)."""
+    """get_params() reduced to JSON-friendly scalars (nested estimators become their class name,
+    a pipeline's steps their names), without scikit-learn's placeholder values."""
     out: dict[str, Any] = {}
     try:
-        raw = estimator.get_params(deep=True)
+        raw = params_without_placeholders(estimator.get_params(deep=True))
     except Exception:
         return out
     for key, value in raw.items():
-        if value is None or isinstance(value, bool | int | float | str):
+        if key == "steps" and isinstance(value, list | tuple):
+            out[key] = [step[0] for step in value if isinstance(step, tuple) and step]
+        elif value is None or isinstance(value, bool | int | float | str):
             out[key] = value
         elif isinstance(value, list | tuple) and all(
             isinstance(v, int | float | str) for v in value

@@ -4,11 +4,13 @@ from django.contrib import admin
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from mlregistry.templatetags.registry_admin import metric
 from predictions.models import DriftReport
 
 
-def _number(value, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
+def _number(value) -> str:
+    """Shown as every metric in the admin: 4 significant digits, the full value on hover."""
+    return "—" if value is None else metric(value)
 
 
 def _effect(entry: dict) -> str:
@@ -57,10 +59,10 @@ class DriftReportAdmin(admin.ModelAdmin):
                 (
                     f["feature"],
                     f.get("test", ""),
-                    _number(f.get("p_value"), ".3g"),
-                    _number(f.get("p_value_adjusted"), ".3g"),
+                    _number(f.get("p_value")),
+                    _number(f.get("p_value_adjusted")),
                     _effect(f),
-                    _number(f.get("min_effect_size"), "g"),
+                    _number(f.get("min_effect_size")),
                     "yes" if f.get("drift") else "no",
                 )
                 for f in obj.features

@@ -2,6 +2,7 @@
 through the same services as the API."""
 
 import io
+import re
 
 import pytest
 from django.contrib.auth.models import User
@@ -38,7 +39,8 @@ def test_changelists_and_change_pages_render(admin_client, iris_model):
         admin_client.get(reverse("admin:mlregistry_registeredmodel_changelist")).status_code == 200
     )
     page = admin_client.get(reverse("admin:mlregistry_modelversion_changelist") + "?q=iris")
-    assert page.status_code == 200 and b"accuracy=0.9" in page.content
+    assert page.status_code == 200
+    assert b'accuracy=<span class="mlr-metric" title="0.9">0.9</span>' in page.content
     assert (
         admin_client.get(
             reverse("admin:mlregistry_modelversion_change", args=[version.pk])
@@ -103,9 +105,14 @@ def test_staging_archive_and_rollback_actions(admin_client, iris_model):
 
 def test_refused_transition_is_reported_not_raised(admin_client, iris_model):
     version = factories.version_create(iris_model)
-    _confirm(admin_client, version, Stage.ARCHIVED)
-    response = _confirm(admin_client, version, Stage.ARCHIVED)
-    assert b"already in stage" in response.content
+    url = reverse("admin:mlregistry_modelversion_transition", args=[version.pk, "archived"])
+    page = admin_client.get(url)  # the confirmation page, opened before someone else archives
+    services.model_version_transition(version=version, stage=Stage.ARCHIVED, actor="tests")
+    expected = page.context["form"].initial["expected_production"]
+    response = admin_client.post(
+        url, {"expected_production": "" if expected is None else expected}, follow=True
+    )
+    assert _messages(response) == ["iris v1 is in archived: archive is not offered from there."]
 
 
 def test_actions_need_the_promote_permission(client, iris_model):
@@ -455,7 +462,7 @@ def test_changelist_archive_of_several_versions_applies_to_each(staff_client, ir
     )
     messages = _messages(response)
     assert "iris v1 is now in archived." in messages
-    assert any("already in stage" in m for m in messages)
+    assert "iris v2 is in archived: archive is not offered from there." in messages
 
 
 def _model_url(model) -> str:
@@ -586,3 +593,56 @@ def test_staging_action_on_one_version_asks_for_confirmation(staff_client, iris_
         {"action": "promote_to_staging", "_selected_action": [v1.pk]},
     )
     assert response["Location"] == _transition_url(v1, Stage.STAGING)
+
+
+def test_stage_moves_offered_fit_the_current_stage(staff_client, iris_model):
+    """The production version offers only Archive (rollback lives on the model page); a
+    staging version no "promote to staging"; an archived one may come back."""
+    expected = {
+        Stage.NONE: ["staging", "production", "archived"],
+        Stage.STAGING: ["production", "archived"],
+        Stage.PRODUCTION: ["archived"],
+        Stage.ARCHIVED: ["staging", "production"],
+    }
+    for stage, moves in expected.items():
+        version = factories.version_create(iris_model)
+        if stage != Stage.NONE:
+            services.model_version_transition(version=version, stage=stage, actor="tests")
+        page = staff_client.get(reverse("admin:mlregistry_modelversion_change", args=[version.pk]))
+        assert re.findall(r'data-stage="(\w+)"', page.content.decode()) == moves, stage
+
+
+def test_a_move_not_offered_is_refused_by_url_and_by_bulk_action(staff_client, iris_model):
+    version = factories.version_create(iris_model)
+    services.model_version_transition(version=version, stage=Stage.PRODUCTION, actor="tests")
+    url = reverse("admin:mlregistry_modelversion_transition", args=[version.pk, "staging"])
+    response = staff_client.post(url, {"comment": "x"}, follow=True)
+    assert "is in production: promote to staging is not offered" in " ".join(_messages(response))
+    response = _action(staff_client, "promote_to_staging", [version.pk])
+    assert "is in production: promote to staging is not offered" in " ".join(_messages(response))
+    version.refresh_from_db()
+    assert version.stage == Stage.PRODUCTION
+
+
+def test_metrics_show_four_significant_digits_with_the_full_value_on_hover(
+    staff_client, iris_model
+):
+    version = factories.version_create(iris_model, metrics={"accuracy": 0.9777777777777777})
+    for url in (
+        reverse("admin:mlregistry_modelversion_changelist"),
+        reverse("admin:mlregistry_registeredmodel_change", args=[iris_model.pk]),
+    ):
+        html = staff_client.get(url).content.decode()
+        assert '<span class="mlr-metric" title="0.9777777777777777">0.9778</span>' in html, url
+    page = staff_client.get(reverse("admin:mlregistry_modelversion_change", args=[version.pk]))
+    # Dates in one format: ISO 8601 with the UTC offset.
+    assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+0000", page.content.decode())
+
+
+def test_params_leave_out_scikit_learn_placeholders(staff_client, iris_model):
+    version = factories.version_create(iris_model)
+    assert "deprecated" not in version.params.values()
+    ModelVersion.objects.filter(pk=version.pk).update(params={"C": 1.0, "penalty": "deprecated"})
+    page = staff_client.get(reverse("admin:mlregistry_modelversion_change", args=[version.pk]))
+    html = page.content.decode()
+    assert "&quot;C&quot;: 1.0" in html and "deprecated" not in html

@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -67,6 +66,41 @@ A11Y_PROBLEMS_JS = """
 """
 
 
+# Elements wider than the window: the page must not scroll sideways, and nothing may stick out
+# of the viewport unless a scrolling container (a wide table's wrapper) holds it. With
+# `strict`, such containers must not need to scroll either (at desktop width nothing is clipped).
+OVERFLOW_JS = """
+(strict) => {
+  const width = document.documentElement.clientWidth;
+  const problems = [];
+  if (document.documentElement.scrollWidth > width + 1) {
+    problems.push('page scrolls sideways: ' + document.documentElement.scrollWidth + ' > ' + width);
+  }
+  const name = (el) => el.tagName.toLowerCase() + (el.id ? '#' + el.id : '')
+    + (typeof el.className === 'string' && el.className ? '.' + el.className.split(' ')[0] : '');
+  for (const el of document.querySelectorAll('body *')) {
+    const style = getComputedStyle(el);
+    if (style.display === 'none' || style.visibility === 'hidden') continue;
+    if (['auto', 'scroll'].includes(style.overflowX) && el.scrollWidth > el.clientWidth + 1) {
+      if (strict) problems.push(name(el) + ' scrolls: ' + el.scrollWidth + ' > ' + el.clientWidth);
+      continue;
+    }
+    const box = el.getBoundingClientRect();
+    if (box.width <= 1 || box.height <= 1) continue;
+    if (box.right > width + 1 || box.left < -1) {
+      let holder = el.parentElement;
+      while (holder && !['auto', 'scroll', 'hidden'].includes(getComputedStyle(holder).overflowX)) {
+        holder = holder.parentElement;
+      }
+      if (!holder) problems.push(name(el) + ' ends at ' + Math.round(box.right) + ' > ' + width);
+    }
+  }
+  return problems.slice(0, 12);
+}
+"""
+VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
+
+
 def _route_exists(path: str) -> bool:
     try:
         resolve(path)
@@ -97,11 +131,10 @@ def _predict_version(base_url: str, token: str, model_name: str) -> int:
 @pytest.fixture
 def browser_page():
     sync_api = pytest.importorskip("playwright.sync_api")
-    shutil.rmtree(SHOTS, ignore_errors=True)
-    SHOTS.mkdir(parents=True)
+    SHOTS.mkdir(parents=True, exist_ok=True)  # each test writes its own names
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        context = browser.new_context(viewport=VIEWPORTS["desktop"])
         page = context.new_page()
         page.set_default_timeout(20_000)
         yield page
@@ -264,3 +297,41 @@ def test_ml_team_day_in_the_admin(live_server, flow, browser_page, settings):
 
     if left_out:
         pytest.skip("every other step ran and passed; not run: " + "; ".join(left_out))
+
+
+def test_admin_pages_fit_the_window_on_desktop_and_phone(live_server, flow, browser_page):
+    """No page scrolls sideways or pushes an element out of the window at 1280x800 and
+    390x844; at desktop width no table needs its scroll bar either (nothing is clipped)."""
+    page = browser_page
+    base = live_server.url
+    model = flow["model"]
+    version = _db(lambda: ModelVersion.objects.get(model=model, version=1))
+    paths = [
+        "/",
+        "/admin/",
+        "/admin/mlregistry/registeredmodel/",
+        f"/admin/mlregistry/registeredmodel/{model.pk}/change/",
+        "/admin/mlregistry/modelversion/",
+        f"/admin/mlregistry/modelversion/{version.pk}/change/",
+        "/admin/mlregistry/modelversion/upload/",
+        "/admin/mlregistry/stagetransition/",
+    ]
+    if flow["overview"]:
+        paths.append(flow["overview"])
+    page.goto(f"{base}/admin/")
+    page.get_by_label("Username").fill("mlteam")
+    page.get_by_label("Password").fill("pw-mlteam")
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_selector("#registry-dashboard")
+    problems = {}
+    for label, viewport in VIEWPORTS.items():
+        page.set_viewport_size(viewport)
+        for path in paths:
+            page.goto(f"{base}{path}")
+            page.wait_for_load_state("networkidle")
+            found = page.evaluate(OVERFLOW_JS, label == "desktop")
+            if found:
+                problems[f"{label} {path}"] = found
+            if path == "/admin/":
+                page.screenshot(path=str(SHOTS / f"fit-{label}-dashboard.png"), full_page=True)
+    assert problems == {}

@@ -402,12 +402,13 @@ def test_admin_pages_show_raw_and_adjusted_p_values(iris_model, admin_client):
         html = page.content.decode()
         assert page.status_code == 200
         assert "adjusted p-value" in html
-        assert format(petal["p_value_adjusted"], ".3g") in html
-        assert format(petal["p_value"], ".3g") in html
+        assert format(petal["p_value_adjusted"], ".4g") in html
+        assert format(petal["p_value"], ".4g") in html
         assert "ks_statistic" in html
     html = dashboard.content.decode()
-    assert "petal_length: p " + format(petal["p_value"], ".2g") in html
-    assert "adjusted " + format(petal["p_value_adjusted"], ".2g") in html
+    assert "petal_length: p <span" in html
+    assert ">" + format(petal["p_value"], ".4g") + "</span>" in html
+    assert ">" + format(petal["p_value_adjusted"], ".4g") + "</span>" in html
 
 
 def test_overview_chart_plots_the_adjusted_p_value_against_the_threshold(iris_model):
