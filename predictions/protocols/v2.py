@@ -19,6 +19,7 @@ and readiness views use the same authentication, access policy and routing entry
 
 from __future__ import annotations
 
+import math
 import struct
 from itertools import chain
 from operator import itemgetter
@@ -161,7 +162,7 @@ def _tensors(header: dict[str, Any], binary: bytes) -> list[tuple[str, np.ndarra
                 where,
             )
         shape = _shape(tensor, where)
-        count = int(np.prod(shape))
+        count = math.prod(shape)  # Python ints: a huge shape cannot wrap around
         size = (tensor.get("parameters") or {}).get("binary_data_size")
         if size is not None:
             if type(size) is not int or size < 0 or offset + size > len(binary):

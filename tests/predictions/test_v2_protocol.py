@@ -275,6 +275,9 @@ def test_regressor_has_predict_only(client_api):
         {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 4], "data": ["a"] * 4}]},
         {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 4], "data": [[1, 2], [3]]}]},
         {"inputs": [{"name": "x", "datatype": "FP64", "shape": [-1, 4], "data": [1.0] * 4}]},
+        {"inputs": [{"name": "x", "datatype": "FP64", "shape": [2**62, 2**62, 4], "data": []}]},
+        {"inputs": [{"name": "x", "datatype": "FP64", "shape": [0, 4], "data": []}]},
+        {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 1, 4], "data": [1.0] * 4}]},
         {"inputs": _per_feature(_rows(2))[:3]},
         {"inputs": [*_per_feature(_rows(2))[:3], _per_feature(_rows(3))[3]]},
         {"inputs": [*_per_feature(_rows(1)), {**_per_feature(_rows(1))[0], "name": "extra"}]},
@@ -327,6 +330,11 @@ def test_statuses_are_the_native_ones(anon_api, client_api, iris_model):
     pinned = _infer(client_api, request_body, "/v2/models/iris/versions/1/infer")
     assert pinned.status_code == 200 and pinned.json()["model_version"] == "1"
     assert client_api.get("/v2/models/iris/ready").status_code == 409
+    # Without production, metadata describes the newest version that can serve.
+    assert client_api.get("/v2/models/iris").json()["parameters"] == {
+        "version": "1",
+        "stage": "none",
+    }
     assert client_api.get("/v2/models/iris/versions/1/ready").status_code == 200
     assert client_api.get("/v2/models/iris/versions/7/ready").status_code == 404
 
