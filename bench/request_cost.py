@@ -22,11 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
+from bench.run import v2_binary_body  # noqa: E402
 from config.wsgi import application  # noqa: E402
 
 
-def _environ(path: str, body: bytes, token: str) -> dict:
+def _environ(path: str, body: bytes, token: str, headers: dict | None = None) -> dict:
     return {
+        **(headers or {}),
         "REQUEST_METHOD": "POST" if body else "GET",
         "PATH_INFO": path,
         "SCRIPT_NAME": "",
@@ -47,7 +49,9 @@ def _environ(path: str, body: bytes, token: str) -> dict:
     }
 
 
-def _cost(path: str, bodies: list[bytes], token: str, repeat: int) -> float:
+def _cost(
+    path: str, bodies: list[bytes], token: str, repeat: int, headers: dict | None = None
+) -> float:
     """Median over 5 rounds of thread CPU microseconds per request."""
     statuses: list[str] = []
 
@@ -56,13 +60,13 @@ def _cost(path: str, bodies: list[bytes], token: str, repeat: int) -> float:
 
     upcoming = itertools.cycle(bodies)  # unique rows stay unique across rounds
     for _ in range(20):  # warm: model loaded, token's user known, pipeline connected
-        b"".join(application(_environ(path, next(upcoming), token), start_response))
+        b"".join(application(_environ(path, next(upcoming), token, headers), start_response))
     rounds = []
     for _ in range(5):
         statuses.clear()
         started = time.thread_time()
         for _ in range(repeat):
-            b"".join(application(_environ(path, next(upcoming), token), start_response))
+            b"".join(application(_environ(path, next(upcoming), token, headers), start_response))
         rounds.append((time.thread_time() - started) / repeat * 1e6)
         bad = [s for s in statuses if not s.startswith("200")]
         if bad:
@@ -84,6 +88,11 @@ def main() -> None:
         size: [json.dumps({"instances": [row() for _ in range(size)]}).encode() for _ in range(3)]
         for size in (100, 1000)
     }
+    v2 = [v2_binary_body(features, 1000, seed) for seed in range(3)]
+    mlflow = [
+        json.dumps({"dataframe_split": {"columns": features, "data": [list(row().values())]}})
+        for _ in range(3000)
+    ]
     result = {
         "model": model,
         "health_us": _cost("/health", [b""], token, 400),
@@ -91,6 +100,19 @@ def main() -> None:
         "single_cached_us": _cost(path, same, token, 400),
         "batch100_us": _cost(path, batches[100], token, 40),
         "batch1000_us": _cost(path, batches[1000], token, 8),
+        "v2_binary1000_us": _cost(
+            f"/v2/models/{model}/infer",
+            [body for body, _ in v2],
+            token,
+            8,
+            {
+                "CONTENT_TYPE": "application/octet-stream",
+                "HTTP_INFERENCE_HEADER_CONTENT_LENGTH": str(v2[0][1]),
+            },
+        ),
+        "mlflow_single_us": _cost(
+            f"/api/v1/models/{model}/invocations", [b.encode() for b in mlflow], token, 400
+        ),
     }
     print(json.dumps(result))
 

@@ -11,7 +11,9 @@ server settings), in-process scikit-learn, and the CPU one request costs the web
 
 Options: --duration SECONDS (per cell, default 5), --concurrency 1,16,64, --workers N,
 --server granian|gunicorn, --worker-class sync|gthread (gunicorn), --threads N (per process),
---models bench-lr,bench-rf, --json PATH. wrk comes from Debian (`apt-get install
+--models bench-lr,bench-rf, --json PATH, --protocols-only (only the native, MLflow-format and
+V2 cells, which are compared: single rows native vs MLflow dataframe_split, and 1,000-row
+batches native JSON vs V2 binary FP64). wrk comes from Debian (`apt-get install
 -y wrk`); if it is missing and can't be installed, a Python load generator is used instead and
 the table says so (its own CPU use makes the figures lower).
 """
@@ -49,9 +51,13 @@ end
 function init(args)
   math.randomseed(os.time() * 1000 + id * 7919)
   wrk.method = "POST"
-  wrk.headers["Content-Type"] = "application/json"
+  wrk.headers["Content-Type"] = "__CONTENT_TYPE__"
   wrk.headers["Authorization"] = "Bearer __TOKEN__"
-  wrk.body = [==[__BODY__]==]
+__HEADERS__
+  -- Read from a file: a Lua long string would turn a binary body's CR LF into LF.
+  local file = io.open("__BODY_FILE__", "rb")
+  wrk.body = file:read("*a")
+  file:close()
 end
 """
 
@@ -68,9 +74,9 @@ function init(args)
   for n = 1, __POOL__ do
     local parts = {}
     for i = 0, 19 do
-      parts[#parts + 1] = string.format('"f%d":%.9f', i, math.random() * 6 - 3)
+      parts[#parts + 1] = __ITEM__
     end
-    pool[n] = wrk.format(nil, nil, nil, '{"features":{' .. table.concat(parts, ",") .. '}}')
+    pool[n] = wrk.format(nil, nil, nil, '__PREFIX__' .. table.concat(parts, ",") .. '__SUFFIX__')
   end
 end
 function request()
@@ -92,6 +98,22 @@ end
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
+# How a unique random row of the 20 features f0..f19 is written, per request format: (a Lua
+# expression of one feature's text given its index i, the request's prefix, its suffix).
+_COLUMNS = ",".join(f'"f{i}"' for i in range(20))
+ROW_FORMATS = {
+    "native": (
+        """string.format('"f%d":%.9f', i, math.random() * 6 - 3)""",
+        '{"features":{',
+        "}}",
+    ),
+    "mlflow": (
+        "string.format('%.9f', math.random() * 6 - 3)",
+        f'{{"dataframe_split":{{"columns":[{_COLUMNS}],"data":[[',
+        "]]}}",
+    ),
+}
+
 
 def ensure_wrk() -> str | None:
     found = shutil.which("wrk")
@@ -103,14 +125,41 @@ def ensure_wrk() -> str | None:
     return shutil.which("wrk")
 
 
-def run_wrk(wrk, url, *, token, body, random_rows, concurrency, duration, workdir) -> dict:
+def run_wrk(
+    wrk,
+    url,
+    *,
+    token,
+    body,
+    random_rows,
+    concurrency,
+    duration,
+    workdir,
+    content_type="application/json",
+    headers=None,
+    row_format="native",
+) -> dict:
     script = workdir / "bench.lua"
+    body_file = workdir / "body.bin"
+    body_file.write_bytes(body.encode() if isinstance(body, str) else (body or b""))
     threads = max(1, min(concurrency, 2))
     # Unique rows for up to 5,000 requests/s per thread (far above what this machine serves).
     pool = str(5000 * duration)
+    item, prefix, suffix = ROW_FORMATS[row_format]
+    extra = "\n".join(f'  wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
     script.write_text(
-        LUA.replace("__TOKEN__", token).replace("__BODY__", body or "")
-        + (LUA_RANDOM_ROWS.replace("__POOL__", pool) if random_rows else "")
+        LUA.replace("__TOKEN__", token)
+        .replace("__BODY_FILE__", str(body_file))
+        .replace("__CONTENT_TYPE__", content_type)
+        .replace("__HEADERS__", extra)
+        + (
+            LUA_RANDOM_ROWS.replace("__POOL__", pool)
+            .replace("__ITEM__", item)
+            .replace("__PREFIX__", prefix)
+            .replace("__SUFFIX__", suffix)
+            if random_rows
+            else ""
+        )
     )
     out = subprocess.run(
         [
@@ -146,7 +195,19 @@ def run_wrk(wrk, url, *, token, body, random_rows, concurrency, duration, workdi
     }
 
 
-def run_python_load(url, *, token, body, random_rows, concurrency, duration, workdir) -> dict:
+def run_python_load(
+    url,
+    *,
+    token,
+    body,
+    random_rows,
+    concurrency,
+    duration,
+    workdir,
+    content_type="application/json",
+    headers=None,
+    row_format="native",
+) -> dict:
     """Fallback when wrk is unavailable: keep-alive HTTP/1.1 clients in threads."""
     import http.client
     import random
@@ -167,13 +228,20 @@ def run_python_load(url, *, token, body, random_rows, concurrency, duration, wor
             if random_rows:
                 row = {f"f{i}": rng.uniform(-3, 3) for i in range(20)}
                 payload = json.dumps({"features": row})
+                if row_format == "mlflow":
+                    split = {"columns": list(row), "data": [list(row.values())]}
+                    payload = json.dumps({"dataframe_split": split})
             started = time.perf_counter()
             try:
                 conn.request(
                     "POST",
                     parts.path,
                     payload,
-                    {"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+                    {
+                        "Content-Type": content_type,
+                        "Authorization": f"Bearer {token}",
+                        **(headers or {}),
+                    },
                 )
                 response = conn.getresponse()
                 response.read()
@@ -295,6 +363,31 @@ def rows_body(features, count: int, seed: int) -> str:
     return json.dumps({"instances": rows})
 
 
+def v2_binary_body(features, count: int, seed: int) -> tuple[bytes, int]:
+    """(body, JSON header length) of an Open Inference Protocol request: one [count, F] FP64
+    tensor as binary tensor data, every output asked for in binary (tritonclient's default)."""
+    import random
+    import struct
+
+    rng = random.Random(seed)
+    values = [round(rng.uniform(-3, 3), 6) for _ in range(count * len(features))]
+    data = struct.pack(f"<{len(values)}d", *values)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input-0",
+                    "shape": [count, len(features)],
+                    "datatype": "FP64",
+                    "parameters": {"binary_data_size": len(data)},
+                }
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
+    return header + data, len(header)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=5)
@@ -305,6 +398,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="per worker process")
     parser.add_argument("--models", default="bench-lr,bench-rf")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "latest.json"))
+    parser.add_argument(
+        "--protocols-only",
+        action="store_true",
+        help="only the native, MLflow and V2 cells compared with each other (no yardsticks)",
+    )
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
@@ -352,7 +450,7 @@ def main() -> None:
     token, features = setup["token"], setup["features"]
     models = [m for m in args.models.split(",") if m]
     costs = {}
-    for model in models:
+    for model in [] if args.protocols_only else models:
         measured = subprocess.run(
             [sys.executable, str(ROOT / "bench" / "request_cost.py"), token, model, *features],
             cwd=ROOT,
@@ -364,7 +462,9 @@ def main() -> None:
         costs[model] = json.loads(measured.stdout.strip().splitlines()[-1])
     results: list[dict] = []
 
-    def cell(target, model, scenario, url, *, body=None, random_rows=False, rows=1, levels=levels):
+    def cell(
+        target, model, scenario, url, *, body=None, random_rows=False, rows=1, levels=levels, **kw
+    ):
         for concurrency in levels:
             figures = load(
                 url,
@@ -374,6 +474,7 @@ def main() -> None:
                 concurrency=concurrency,
                 duration=args.duration,
                 workdir=workdir,
+                **kw,
             )
             figures.update(
                 target=target,
@@ -394,7 +495,7 @@ def main() -> None:
         port = free_port()
         servers.append(serve("config.wsgi:application", port, env, args))
         product_base = f"http://127.0.0.1:{port}"
-        for model in models:
+        for model in [] if args.protocols_only else models:
             ref_env = {
                 **env,
                 "DJANGO_SETTINGS_MODULE": "bench.reference_app",
@@ -427,6 +528,18 @@ def main() -> None:
                     random_rows=True,
                     levels=[concurrency],
                 )
+                # The same rows in MLflow's dataframe_split, right after the native cell.
+                cell(
+                    "MLflow /invocations",
+                    model,
+                    "single, uncached (unique rows)",
+                    f"{product_base}/api/v1/models/{model}/invocations",
+                    random_rows=True,
+                    levels=[concurrency],
+                    row_format="mlflow",
+                )
+                if args.protocols_only:
+                    continue
                 cell(
                     "minimal Django view",
                     model,
@@ -444,8 +557,19 @@ def main() -> None:
                         body="{}",
                         levels=[concurrency],
                     )
-            cell("product", model, "single, cache hit", url, body=rows_body(features, 1, 1))
-            for size in (100, 1000):
+            v2_body, v2_header = v2_binary_body(features, 1000, 1000)
+            if args.protocols_only:
+                cell(
+                    "product",
+                    model,
+                    "batch of 1000",
+                    url,
+                    body=rows_body(features, 1000, 1000),
+                    rows=1000,
+                )
+            else:
+                cell("product", model, "single, cache hit", url, body=rows_body(features, 1, 1))
+            for size in () if args.protocols_only else (100, 1000):
                 cell(
                     "product",
                     model,
@@ -454,6 +578,17 @@ def main() -> None:
                     body=rows_body(features, size, size),
                     rows=size,
                 )
+            # Right after the native batch of 1,000: the same rows as binary FP64 tensors.
+            cell(
+                "V2 /infer binary",
+                model,
+                "batch of 1000",
+                f"{product_base}/v2/models/{model}/infer",
+                body=v2_body,
+                rows=1000,
+                content_type="application/octet-stream",
+                headers={"Inference-Header-Content-Length": str(v2_header)},
+            )
         metrics = urllib.request.urlopen(f"{product_base}/metrics", timeout=10).read()
         load_seconds = re.findall(
             rb'mlregistry_model_load_seconds_(sum|count)\{model="([^"]+)"\} ([\d.e+-]+)', metrics
@@ -537,7 +672,9 @@ def print_table(report: dict) -> None:
             f"{cost['single_cached_us'] / 1000:.2f} ms, batch of 100 "
             f"{cost['batch100_us'] / 1000:.2f} ms, batch of 1,000 "
             f"{cost['batch1000_us'] / 1000:.2f} ms ({1e9 / cost['batch1000_us']:,.0f} rows/s "
-            f"per core); GET /health {cost['health_us'] / 1000:.2f} ms"
+            f"per core); GET /health {cost['health_us'] / 1000:.2f} ms; MLflow single "
+            f"{cost['mlflow_single_us'] / 1000:.2f} ms, V2 binary batch of 1,000 "
+            f"{cost['v2_binary1000_us'] / 1000:.2f} ms"
         )
     by_key = {(r["target"], r["model"], r["scenario"], r["c"]): r for r in report["results"]}
     print()
@@ -549,6 +686,19 @@ def print_table(report: dict) -> None:
                 print(
                     f"  {name} c={c}: product uncached / minimal view = "
                     f"{ours['rps'] / ref['rps']:.2f}x"
+                )
+            mlflow = by_key.get(("MLflow /invocations", name, "single, uncached (unique rows)", c))
+            if ours and mlflow and ours["rps"]:
+                print(
+                    f"  {name} c={c}: MLflow single / native single = "
+                    f"{mlflow['rps'] / ours['rps']:.2f}x (target: within 15%)"
+                )
+            native = by_key.get(("product", name, "batch of 1000", c))
+            v2 = by_key.get(("V2 /infer binary", name, "batch of 1000", c))
+            if native and v2 and native["rows_per_s"]:
+                print(
+                    f"  {name} c={c}: V2 binary FP64 / native JSON, 1,000-row batches = "
+                    f"{v2['rows_per_s'] / native['rows_per_s']:.2f}x rows/s (target: >= 1.5x)"
                 )
 
 

@@ -1,6 +1,8 @@
 from django.urls import path
 
+from config import health
 from predictions import drift_views, views
+from predictions.protocols import mlflow, v2
 
 
 def predict_routes(prefix: str) -> list:
@@ -19,6 +21,35 @@ def predict_routes(prefix: str) -> list:
             views.PredictAliasView.as_view(),
             name="predict-alias",
         ),
+        # MLflow's scoring protocol (predictions/protocols/mlflow.py)
+        path(
+            f"{prefix}models/<slug:name>/invocations",
+            mlflow.InvocationsView.as_view(),
+            name="mlflow-invocations",
+        ),
+        path(
+            f"{prefix}models/<slug:name>/versions/<int:version>/invocations",
+            mlflow.InvocationsVersionView.as_view(),
+            name="mlflow-invocations-version",
+        ),
+    ]
+
+
+def v2_routes() -> list:
+    """The Open Inference Protocol's routes, under /v2/ as it defines (config/urls.py), infer
+    first for the same reason as predict_routes."""
+    model = "v2/models/<slug:name>"
+    version = f"{model}/versions/<int:version>"
+    return [
+        path(f"{model}/infer", v2.InferView.as_view(), name="v2-infer"),
+        path(f"{version}/infer", v2.InferVersionView.as_view(), name="v2-infer-version"),
+        path("v2/health/live", health.live, name="v2-health-live"),
+        path("v2/health/ready", health.ready, name="v2-health-ready"),
+        path("v2", v2.ServerMetadataView.as_view(), name="v2-server-metadata"),
+        path(model, v2.ModelMetadataView.as_view(), name="v2-model-metadata"),
+        path(version, v2.ModelMetadataView.as_view(), name="v2-model-version-metadata"),
+        path(f"{model}/ready", v2.ModelReadyView.as_view(), name="v2-model-ready"),
+        path(f"{version}/ready", v2.ModelReadyView.as_view(), name="v2-model-version-ready"),
     ]
 
 
