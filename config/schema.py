@@ -111,10 +111,10 @@ def _error_response(status: int) -> dict[str, Any]:
     }
 
 
-def _with_headers(status: str, response: dict[str, Any]) -> None:
+def _with_headers(path: str, status: str, response: dict[str, Any]) -> None:
     headers = response.setdefault("headers", {})
     headers["X-Request-ID"] = {"$ref": "#/components/headers/X-Request-ID"}
-    if status in {"429", "503"}:
+    if status in {"429", "503"} and path.startswith("/api/"):
         headers["Retry-After"] = {"$ref": "#/components/headers/Retry-After"}
 
 
@@ -238,7 +238,7 @@ def postprocess_schema(result: dict[str, Any], generator, request, public) -> di
                     # keeping any examples they carry.
                     content = response.setdefault("content", {}).setdefault("application/json", {})
                     content["schema"] = _ERROR_REF
-                _with_headers(status, response)
+                _with_headers(path, status, response)
             operation["responses"] = dict(sorted(responses.items()))
     result["paths"] = dict(sorted(paths.items()))
     return result

@@ -18,7 +18,9 @@ from django.http import FileResponse, HttpRequest, HttpResponse, StreamingHttpRe
 from django.utils.http import parse_etags
 
 from config.errors import error_body
+from mlregistry.artifacts import ArtifactMissingError
 from mlregistry.models import ArtifactFormat, ModelVersion
+from mlregistry.storage import get_artifact_storage
 
 CHUNK_SIZE = 256 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
@@ -61,39 +63,32 @@ def _chunks(file: IO[bytes], start: int, length: int) -> Iterator[bytes]:
 
 def artifact_response(request: HttpRequest, version: ModelVersion) -> HttpResponse:
     """The version's stored bytes: 200 (whole), 206 (one range), 304 (If-None-Match matched)
-    or 416. The client checks the bytes against the ETag (their SHA-256) before loading."""
+    or 416; 503 when the file is missing from the store. Lengths are those of the stored file,
+    never the registered size: a damaged file then fails the client's SHA-256 check at once
+    instead of leaving it waiting for bytes that never come."""
     etag = f'"{version.artifact_sha256}"'
-    size = version.artifact_size
-    common = {
-        "ETag": etag,
-        "Accept-Ranges": "bytes",
-        "Cache-Control": "private, no-transform",
-    }
+    common = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, no-transform"}
     if etag in parse_etags(request.headers.get("If-None-Match", "")):
-        response = HttpResponse(status=304)
-        for key, value in common.items():
-            response[key] = value
-        return response
-
+        return _with(HttpResponse(status=304), common)
+    try:
+        file = get_artifact_storage().open(version.artifact.name, "rb")
+    except FileNotFoundError:
+        raise ArtifactMissingError(
+            f"{version} could not be sent: its file is missing from the store."
+        ) from None
+    size = file.size
     wanted = None
     range_header = request.headers.get("Range")
     if_range = request.headers.get("If-Range")
     if range_header and (if_range is None or if_range.strip() == etag):
         wanted = byte_range(range_header, size)
     if wanted is False:
-        response = HttpResponse(
-            content_type="application/json",
-            status=416,
-            content=json.dumps(
-                error_body("range_not_satisfiable", f"The artifact has {size} bytes.")
-            ),
-        )
+        file.close()
+        body = error_body("range_not_satisfiable", f"The artifact has {size} bytes.")
+        response = HttpResponse(json.dumps(body), content_type="application/json", status=416)
         response["Content-Range"] = f"bytes */{size}"
-        for key, value in common.items():
-            response[key] = value
-        return response
+        return _with(response, common)
 
-    file = version.artifact.storage.open(version.artifact.name, "rb")
     suffix = _SUFFIX.get(version.artifact_format, "bin")
     filename = f"{version.model.name}-v{version.version}.{suffix}"
     if wanted is None:
@@ -101,16 +96,18 @@ def artifact_response(request: HttpRequest, version: ModelVersion) -> HttpRespon
             file, as_attachment=True, filename=filename, content_type="application/octet-stream"
         )
         response["Content-Length"] = str(size)
-    else:
-        start, end = wanted
-        response = StreamingHttpResponse(
-            _chunks(file, start, end - start + 1),
-            status=206,
-            content_type="application/octet-stream",
-        )
-        response["Content-Range"] = f"bytes {start}-{end}/{size}"
-        response["Content-Length"] = str(end - start + 1)
-        response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    for key, value in common.items():
+        return _with(response, common)
+    start, end = wanted
+    response = StreamingHttpResponse(
+        _chunks(file, start, end - start + 1), status=206, content_type="application/octet-stream"
+    )
+    response["Content-Range"] = f"bytes {start}-{end}/{size}"
+    response["Content-Length"] = str(end - start + 1)
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return _with(response, common)
+
+
+def _with(response: HttpResponse, headers: dict[str, str]) -> HttpResponse:
+    for key, value in headers.items():
         response[key] = value
     return response
