@@ -40,12 +40,11 @@ def byte_range(header: str, size: int) -> tuple[int, int] | bool | None:
             return False
         return max(size - length, 0), size - 1
     start = int(first)
-    end = int(last) if last else size - 1
-    if end < start:
+    if last and int(last) < start:
         return None  # syntactically invalid: ignored, as RFC 9110 says
     if start >= size:
         return False
-    return start, min(end, size - 1)
+    return start, min(int(last) if last else size - 1, size - 1)
 
 
 def _chunks(file: IO[bytes], start: int, length: int) -> Iterator[bytes]:

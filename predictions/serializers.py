@@ -50,14 +50,14 @@ class FeatureRowField(serializers.JSONField):
     pass
 
 
-class PredictSingleRequest(serializers.Serializer):
+class PredictSingle(serializers.Serializer):
     features = FeatureRowField()
     client_id = serializers.CharField(
         required=False, help_text="sticky A/B routing key (the X-Client-Id header wins)"
     )
 
 
-class PredictBatchRequest(serializers.Serializer):
+class PredictBatch(serializers.Serializer):
     instances = serializers.ListField(
         child=FeatureRowField(),
         min_length=1,

@@ -42,17 +42,17 @@ from predictions.serializers import (
     BatchPredictResponse,
     FeedbackInput,
     FeedbackOutput,
-    PredictBatchRequest,
+    PredictBatch,
     PredictResponse,
-    PredictSingleRequest,
+    PredictSingle,
     TrafficSplitInput,
     TrafficSplitListOutput,
     TrafficSplitOutput,
 )
 
 _PREDICT_REQUEST = PolymorphicProxySerializer(
-    component_name="PredictRequest",
-    serializers=[PredictSingleRequest, PredictBatchRequest],
+    component_name="Predict",
+    serializers=[PredictSingle, PredictBatch],
     resource_type_field_name=None,
 )
 _PREDICT_RESPONSE = PolymorphicProxySerializer(
