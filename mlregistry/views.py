@@ -278,6 +278,7 @@ class ModelVersionArtifactView(GenericAPIView):
                 OpenApiTypes.BINARY, description="The requested byte range."
             ),
             304: OpenApiResponse(description="Not modified: the ETag matched If-None-Match."),
+            **error_responses(403),
             416: OpenApiResponse(
                 OpenApiTypes.OBJECT, description="The range starts past the artifact's end."
             ),
