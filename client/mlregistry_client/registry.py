@@ -128,7 +128,11 @@ class Registry:
             kwargs["content"] = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
             kwargs["headers"] = {**_JSON, **kwargs.get("headers", {})}
         response = self._request(method, path, **kwargs)
-        return None if response.status_code == 204 or not response.content else response.json()
+        return (
+            None
+            if response.status_code == 204 or not response.content
+            else orjson.loads(response.content)
+        )
 
     # --- models and versions ----------------------------------------------------------------
 
@@ -252,7 +256,7 @@ class Registry:
                 "POST", f"models/{_path(name)}/versions/", data=fields, files=files
             )
 
-        return ModelVersion.from_dict(self._send(build).json())
+        return ModelVersion.from_dict(orjson.loads(self._send(build).content))
 
     # --- predictions ------------------------------------------------------------------------
 
@@ -306,7 +310,7 @@ class Registry:
             body = records_json(columns, [X[:, i] for i in range(X.shape[1])])
         else:
             body = orjson.dumps({"instances": list(X)}, option=orjson.OPT_SERIALIZE_NUMPY)
-        data = self._request("POST", path, content=body, headers=headers).json()
+        data = orjson.loads(self._request("POST", path, content=body, headers=headers).content)
         if "predictions" not in data:
             return Prediction.from_dict(data)
         if frame is not None:
@@ -414,37 +418,34 @@ def _is_dataframe(value: Any) -> bool:
     return type(value).__name__ == "DataFrame" and hasattr(value, "columns")
 
 
-def _json_texts(values: np.ndarray) -> np.ndarray:
-    """Each value of one column as JSON text, vectorised for numbers and booleans: numpy casts
-    floats to their shortest round-trip text in C, so no precision is lost."""
-    kind = values.dtype.kind
-    if kind == "b":
-        return np.where(values, "true", "false")
-    if kind in "iu":
-        return values.astype(str)
-    if kind == "f":
-        return np.where(np.isfinite(values), values.astype(str), "null")
-    # Strings, categories, dates: one orjson call per value, only for such columns.
-    texts = [
-        "null"
-        if v is None or (isinstance(v, float) and v != v)
-        else orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY).decode()
-        for v in values.tolist()
-    ]
-    return np.array(texts, dtype=str)
+def _json_default(value: Any) -> Any:
+    """What orjson cannot write itself: missing values, numpy scalars, pandas timestamps."""
+    if value is None or value != value:
+        return None
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def records_json(columns: list[str], arrays: list[np.ndarray]) -> bytes:
-    """``{"instances": [{col: value, ...}, ...]}`` from column arrays, built column by column
-    with numpy's string ufuncs (no Python loop over rows or cells for numeric columns)."""
-    rows: np.ndarray | str = ""
-    for index, (column, values) in enumerate(zip(columns, arrays, strict=True)):
-        key = ("{" if index == 0 else ",") + orjson.dumps(column).decode() + ":"
-        rows = np.strings.add(np.strings.add(rows, key), _json_texts(np.asarray(values)))
-    if isinstance(rows, str):
+    """``{"instances": [{col: value, ...}, ...]}`` from column arrays, exactly (orjson writes
+    floats in their shortest round-trip form; NaN and missing values become null).
+
+    Each column becomes a Python list in C (``tolist``) and rows are zipped from those lists in
+    C: no Python code runs per cell. Measured on 1,000 x 20 floats (bench/client_overhead.py),
+    this is faster than numpy's string ufuncs and than ``DataFrame.to_dict("records")``, and
+    unlike ``DataFrame.to_json`` it loses no digits."""
+    if not columns:
         raise ValueError("X has no columns.")
-    rows = np.strings.add(rows, "}")
-    return b'{"instances":[' + ",".join(rows.tolist()).encode() + b"]}"
+    lists = [np.asarray(values).tolist() for values in arrays]
+    rows = [dict(zip(columns, row, strict=True)) for row in zip(*lists, strict=True)]
+    return orjson.dumps(
+        {"instances": rows},
+        default=_json_default,
+        option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS,
+    )
 
 
 def _predictions_frame(data: dict[str, Any], index: Any) -> Any:
