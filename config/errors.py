@@ -63,6 +63,7 @@ class ForbiddenError(DomainError):
 class UnavailableError(DomainError):
     status_code = 503
     error_type = "unavailable"
+    retry_after = 30  # seconds: a dependency outage is answered with when to come back
 
 
 def error_body(
@@ -118,8 +119,11 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     request = context.get("request")
     request_id = getattr(request, "request_id", None)
     if isinstance(exc, DomainError):
+        retry_after = getattr(exc, "retry_after", None)
         return Response(
-            error_body(exc.error_type, exc.message, exc.fields, request_id), status=exc.status_code
+            error_body(exc.error_type, exc.message, exc.fields, request_id),
+            status=exc.status_code,
+            headers={"Retry-After": str(retry_after)} if retry_after is not None else None,
         )
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound(str(exc) or "Not found.")

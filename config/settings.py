@@ -171,11 +171,8 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
-        "rest_framework.parsers.MultiPartParser",
-        "rest_framework.parsers.FormParser",
-    ],
+    # JSON only; the views that take files (version upload, datasets) name their own parsers.
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "config.errors.api_exception_handler",
@@ -196,6 +193,22 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Error envelope, X-Request-ID / Retry-After, common statuses, health and metrics.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "config.schema.postprocess_schema",
+    ],
+    "TAGS": [
+        {"name": "models", "description": "Registered models"},
+        {"name": "versions", "description": "Model versions: upload, stages, artifacts"},
+        {"name": "predict", "description": "Predictions (production, pinned version, split)"},
+        {"name": "traffic", "description": "A/B traffic splits"},
+        {"name": "feedback", "description": "True outcomes of served predictions"},
+        {"name": "datasets", "description": "Training datasets"},
+        {"name": "training", "description": "Training jobs"},
+        {"name": "drift", "description": "Drift reports"},
+        {"name": "operations", "description": "Health, readiness and metrics"},
+    ],
 }
 
 # --- Registry ---

@@ -109,6 +109,7 @@ class ModelVersion(models.Model):
         permissions = [
             ("promote_modelversion", "Can change the stage of a model version"),
             ("upload_pickle", "Can upload joblib/pickle artifacts (they run code when loaded)"),
+            ("download_modelversion", "Can download model artifacts through the API"),
         ]
 
     def __str__(self) -> str:

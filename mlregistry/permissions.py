@@ -22,3 +22,16 @@ class RegistryPermission(BasePermission):
             return True  # reads, and methods the view lacks (answered 405, not 403)
         perm = getattr(view, "write_permissions", {}).get(request.method)
         return bool(user.is_staff and perm and user.has_perm(perm))
+
+
+class ArtifactDownloadPermission(BasePermission):
+    """Artifact bytes are the model itself: staff, or a user granted download_modelversion."""
+
+    message = "Downloading artifacts needs a staff account or the download_modelversion permission."
+
+    def has_permission(self, request, view) -> bool:
+        user = request.user
+        if not (user and user.is_authenticated):
+            return False
+        model_access_check(user=user, model_name=view.kwargs["name"])
+        return bool(user.is_staff or user.has_perm("mlregistry.download_modelversion"))

@@ -5,11 +5,69 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from mlregistry.models import ArtifactFormat, ModelVersion, RegisteredModel, Stage, Task
 
+_SCALAR = {
+    "anyOf": [{"type": "number"}, {"type": "integer"}, {"type": "string"}, {"type": "boolean"}]
+}
+_FEATURE = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "type": {"type": "string", "enum": ["float", "integer", "boolean", "string"]},
+        "required": {"type": "boolean"},
+        "min": {"type": "number", "nullable": True},
+        "max": {"type": "number", "nullable": True},
+        "description": {"type": "string"},
+    },
+    "required": ["name", "type", "required"],
+}
 
+
+@extend_schema_field(
+    {
+        "type": "array",
+        "items": _FEATURE,
+        "description": "ordered features a request row must carry (mlregistry/schema.py)",
+    }
+)
+class InputSchemaField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field(
+    {"type": "object", "additionalProperties": {"type": "number"}, "description": "name -> value"}
+)
+class MetricsField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field({"type": "object", "additionalProperties": {}})
+class JSONObjectField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field({"type": "object", "additionalProperties": {"type": "string"}})
+class LibraryVersionsField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field(
+    {"type": "array", "items": _SCALAR, "nullable": True, "description": "a classifier's labels"}
+)
+class ClassesField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field({"type": "array", "items": {"type": "string"}})
+class TagsField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field({"type": "string", "description": "JSON text (a multipart form field)"})
 class JSONStringField(serializers.JSONField):
     """Accepts a JSON value, or (multipart forms) a string holding JSON."""
 
@@ -53,6 +111,7 @@ class ProductionVersionOutput(serializers.Serializer):
 class RegisteredModelOutput(serializers.ModelSerializer):
     # null when the user was deleted (or, for created_by, a job made it): the schema says so.
     owner = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    tags = TagsField(read_only=True)
     production_version = serializers.SerializerMethodField()
     latest_version = serializers.SerializerMethodField()
 
@@ -126,6 +185,12 @@ class StageTransitionOutput(serializers.Serializer):
 
 class ModelVersionOutput(serializers.ModelSerializer):
     name = serializers.CharField(source="model.name")
+    input_schema = InputSchemaField(read_only=True)
+    classes = ClassesField(read_only=True)
+    metrics = MetricsField(read_only=True)
+    params = JSONObjectField(read_only=True)
+    metadata = JSONObjectField(read_only=True)
+    library_versions = LibraryVersionsField(read_only=True)
     created_by = serializers.SlugRelatedField(
         slug_field="username", read_only=True, allow_null=True
     )
@@ -159,6 +224,17 @@ class ModelVersionDetailOutput(ModelVersionOutput):
     class Meta(ModelVersionOutput.Meta):
         fields = [*ModelVersionOutput.Meta.fields, "transitions", "online_metrics"]
 
+    @extend_schema_field(
+        {
+            "type": "object",
+            "properties": {
+                "feedback_count": {"type": "integer"},
+                "accuracy": {"type": "number", "nullable": True},
+                "mae": {"type": "number", "nullable": True},
+            },
+            "required": ["feedback_count"],
+        }
+    )
     def get_online_metrics(self, obj: ModelVersion) -> dict[str, Any]:
         """Accuracy (or MAE) from clients' feedback on served predictions."""
         from predictions.selectors import online_metrics_get

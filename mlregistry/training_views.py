@@ -5,11 +5,12 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import GenericAPIView
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.errors import NotFoundError
+from config.schema import error_responses
 from mlregistry import selectors, training
 from mlregistry.estimators import ESTIMATORS
 from mlregistry.models import (
@@ -63,17 +64,25 @@ class DatasetListView(GenericAPIView):
     permission_classes = [RegistryPermission]
     write_permissions = {"POST": "mlregistry.add_dataset"}
     serializer_class = DatasetOutput
-    parser_classes = [JSONParser, MultiPartParser, FormParser]
+    # One media type per operation: a generated client cannot pick between several bodies.
+    parser_classes = [MultiPartParser]
     queryset = Dataset.objects.select_related("created_by").order_by("name")
 
-    @extend_schema(responses=DatasetOutput(many=True), summary="List datasets")
+    @extend_schema(
+        operation_id="list_datasets",
+        tags=["datasets"],
+        responses=DatasetOutput(many=True),
+        summary="List datasets",
+    )
     def get(self, request: Request) -> Response:
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(DatasetOutput(page, many=True).data)
 
     @extend_schema(
-        request={"multipart/form-data": DatasetInput, "application/json": DatasetInput},
-        responses={201: DatasetOutput},
+        operation_id="create_dataset",
+        tags=["datasets"],
+        request={"multipart/form-data": DatasetInput},
+        responses={201: DatasetOutput, **error_responses(409)},
         summary="Create a dataset: an uploaded CSV/Parquet file, or an SQL query",
     )
     def post(self, request: Request) -> Response:
@@ -155,13 +164,20 @@ class TrainingJobListView(GenericAPIView):
     write_permissions = {"POST": "mlregistry.add_trainingjob"}
     serializer_class = TrainingJobOutput
 
-    @extend_schema(responses=TrainingJobOutput(many=True), summary="List a model's training jobs")
+    @extend_schema(
+        operation_id="list_training_jobs",
+        tags=["training"],
+        responses=TrainingJobOutput(many=True),
+        summary="List a model's training jobs",
+    )
     def get(self, request: Request, name: str) -> Response:
         selectors.registered_model_get(name=name)
         page = self.paginate_queryset(_jobs(name).order_by("-created_at", "-id"))
         return self.get_paginated_response(TrainingJobOutput(page, many=True).data)
 
     @extend_schema(
+        operation_id="create_training_job",
+        tags=["training"],
         request=TrainingJobInput,
         responses={202: TrainingJobOutput},
         summary="Start a training job (a worker runs it; poll the job for its decision)",
@@ -178,7 +194,11 @@ class TrainingJobDetailView(GenericAPIView):
     permission_classes = [RegistryPermission]
     serializer_class = TrainingJobOutput
 
-    @extend_schema(summary="Get one training job with its scores and decision")
+    @extend_schema(
+        operation_id="get_training_job",
+        tags=["training"],
+        summary="Get one training job with its scores and decision",
+    )
     def get(self, request: Request, name: str, job_id: int) -> Response:
         job = _jobs(name).filter(pk=job_id).first()
         if job is None:

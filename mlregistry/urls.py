@@ -13,6 +13,11 @@ urlpatterns = [
         name="version-detail",
     ),
     path(
+        "models/<slug:name>/versions/<int:version>/artifact",
+        views.ModelVersionArtifactView.as_view(),
+        name="version-artifact",
+    ),
+    path(
         "models/<slug:name>/versions/<int:version>/transition",
         views.ModelVersionTransitionView.as_view(),
         name="version-transition",

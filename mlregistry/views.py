@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import json
+
 from django.conf import settings
 from django.db.models import Prefetch
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.generics import GenericAPIView
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.errors import PayloadTooLarge
+from config.schema import error_responses
 from mlregistry import selectors, services
 from mlregistry.access import api_client_allowed_models
+from mlregistry.downloads import artifact_response
 from mlregistry.models import ModelVersion, RegisteredModel
-from mlregistry.permissions import RegistryPermission
+from mlregistry.permissions import ArtifactDownloadPermission, RegistryPermission
 from mlregistry.serializers import (
     ModelVersionDetailOutput,
     ModelVersionOutput,
@@ -47,15 +53,23 @@ class RegisteredModelListView(GenericAPIView):
         queryset = _models_queryset()
         return queryset if allowed is None else queryset.filter(name__in=allowed)
 
-    @extend_schema(responses=RegisteredModelOutput(many=True), summary="List registered models")
+    @extend_schema(
+        operation_id="list_models",
+        tags=["models"],
+        responses=RegisteredModelOutput(many=True),
+        summary="List registered models",
+    )
     def get(self, request: Request) -> Response:
         page = self.paginate_queryset(self.get_queryset())
         return self.get_paginated_response(RegisteredModelOutput(page, many=True).data)
 
     @extend_schema(
+        operation_id="create_model",
+        tags=["models"],
         request=RegisteredModelInput,
-        responses={201: RegisteredModelOutput},
+        responses={201: RegisteredModelOutput, **error_responses(409)},
         summary="Register a model",
+        description="409 when a model of that name exists.",
     )
     def post(self, request: Request) -> Response:
         data = RegisteredModelInput(data=request.data)
@@ -75,11 +89,13 @@ class RegisteredModelDetailView(GenericAPIView):
     def _model(self, name: str) -> RegisteredModel:
         return selectors.registered_model_get(name=name)
 
-    @extend_schema(summary="Get a registered model")
+    @extend_schema(operation_id="get_model", tags=["models"], summary="Get a registered model")
     def get(self, request: Request, name: str) -> Response:
         return Response(RegisteredModelOutput(self._model(name)).data)
 
     @extend_schema(
+        operation_id="update_model",
+        tags=["models"],
         request=RegisteredModelUpdateInput,
         responses=RegisteredModelOutput,
         summary="Update a model",
@@ -92,7 +108,13 @@ class RegisteredModelDetailView(GenericAPIView):
         )
         return Response(RegisteredModelOutput(model).data)
 
-    @extend_schema(responses={204: None}, summary="Delete a model and its versions")
+    @extend_schema(
+        operation_id="delete_model",
+        tags=["models"],
+        responses={204: None, **error_responses(409)},
+        summary="Delete a model and its versions",
+        description="409 while a version is in production.",
+    )
     def delete(self, request: Request, name: str) -> Response:
         services.registered_model_delete(model=self._model(name), actor=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -102,18 +124,28 @@ class ModelVersionListView(GenericAPIView):
     permission_classes = [RegistryPermission]
     write_permissions = {"POST": "mlregistry.add_modelversion"}
     serializer_class = ModelVersionOutput
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [MultiPartParser]  # the artifact is a file: nothing else can carry it
 
-    @extend_schema(responses=ModelVersionOutput(many=True), summary="List a model's versions")
+    @extend_schema(
+        operation_id="list_versions",
+        tags=["versions"],
+        responses=ModelVersionOutput(many=True),
+        summary="List a model's versions",
+    )
     def get(self, request: Request, name: str) -> Response:
         model = selectors.registered_model_get(name=name)
         page = self.paginate_queryset(selectors.model_versions_list(model=model))
         return self.get_paginated_response(ModelVersionOutput(page, many=True).data)
 
     @extend_schema(
+        operation_id="create_version",
+        tags=["versions"],
         request={"multipart/form-data": ModelVersionUploadInput},
         responses={201: ModelVersionOutput},
         summary="Upload a new version (multipart: artifact + JSON fields)",
+        description="The JSON fields (input_schema, metrics, params, metadata, "
+        "reference_sample) are form fields holding JSON. With expected_sha256 the upload is "
+        "refused (400) unless the received bytes have that SHA-256.",
     )
     def post(self, request: Request, name: str) -> Response:
         # Refuse an oversize body before it is parsed (and spooled) at all.
@@ -137,7 +169,11 @@ class ModelVersionDetailView(GenericAPIView):
     permission_classes = [RegistryPermission]
     serializer_class = ModelVersionDetailOutput
 
-    @extend_schema(summary="Get one version, with its stage history")
+    @extend_schema(
+        operation_id="get_version",
+        tags=["versions"],
+        summary="Get one version, with its stage history",
+    )
     def get(self, request: Request, name: str, version: int) -> Response:
         obj = selectors.model_version_get(name=name, version=version)
         return Response(ModelVersionDetailOutput(obj).data)
@@ -160,7 +196,13 @@ class ModelVersionTransitionView(GenericAPIView):
     serializer_class = ModelVersionOutput
 
     @extend_schema(
-        request=TransitionInput, responses=ModelVersionOutput, summary="Change a version's stage"
+        operation_id="transition_version",
+        tags=["versions"],
+        request=TransitionInput,
+        responses={200: ModelVersionOutput, **error_responses(409)},
+        summary="Change a version's stage",
+        description="Promoting to production archives the previous production version. 409 "
+        "when the move is not allowed from the version's current stage.",
     )
     def post(self, request: Request, name: str, version: int) -> Response:
         data = TransitionInput(data=request.data)
@@ -178,9 +220,12 @@ class ModelRollbackView(GenericAPIView):
     serializer_class = ModelVersionOutput
 
     @extend_schema(
+        operation_id="rollback_model",
+        tags=["models"],
         request=RollbackInput,
-        responses=ModelVersionOutput,
+        responses={200: ModelVersionOutput, **error_responses(409)},
         summary="Put the previous production version back into production",
+        description="409 when there is no previous production version to go back to.",
     )
     def post(self, request: Request, name: str) -> Response:
         data = RollbackInput(data=request.data)
@@ -190,3 +235,65 @@ class ModelRollbackView(GenericAPIView):
             model=model, actor=request.user, **data.validated_data
         )
         return Response(ModelVersionOutput(obj).data)
+
+
+class BinaryRenderer(BaseRenderer):
+    """Lets a client ask for the artifact with `Accept: application/octet-stream` (DRF refuses
+    an Accept no renderer offers); an error reaching it is still the JSON error body."""
+
+    media_type = "application/octet-stream"
+    format = "bin"
+    charset = None
+
+    def render(self, data, accepted_media_type=None, renderer_context=None) -> bytes:
+        return data if isinstance(data, bytes) else json.dumps(data).encode()
+
+
+_BINARY = "application/octet-stream"
+
+
+class ModelVersionArtifactView(GenericAPIView):
+    permission_classes = [ArtifactDownloadPermission]
+    renderer_classes = [JSONRenderer, BinaryRenderer]
+    serializer_class = None
+
+    @extend_schema(
+        operation_id="download_artifact",
+        tags=["versions"],
+        summary="Download a version's artifact (staff or download_modelversion)",
+        description="Streamed bytes, ETag = the artifact's SHA-256 (check it before loading). "
+        "One `Range: bytes=first-last` range is served as 206; `If-None-Match` with the ETag "
+        "gives 304.",
+        parameters=[
+            OpenApiParameter("Range", str, OpenApiParameter.HEADER, description="bytes=first-last"),
+            OpenApiParameter("If-Range", str, OpenApiParameter.HEADER, description="an ETag"),
+            OpenApiParameter("If-None-Match", str, OpenApiParameter.HEADER),
+            OpenApiParameter(
+                "ETag",
+                str,
+                OpenApiParameter.HEADER,
+                response=[200, 206, 304],
+                description="the artifact's SHA-256, quoted",
+            ),
+            OpenApiParameter(
+                "Content-Range",
+                str,
+                OpenApiParameter.HEADER,
+                response=[206, 416],
+                description="bytes first-last/size (206) or bytes */size (416)",
+            ),
+        ],
+        responses={
+            (200, _BINARY): OpenApiResponse(OpenApiTypes.BINARY, description="The whole artifact."),
+            (206, _BINARY): OpenApiResponse(
+                OpenApiTypes.BINARY, description="The requested byte range."
+            ),
+            304: OpenApiResponse(description="Not modified: the ETag matched If-None-Match."),
+            **error_responses(403),
+            416: OpenApiResponse(
+                OpenApiTypes.OBJECT, description="The range starts past the artifact's end."
+            ),
+        },
+    )
+    def get(self, request: Request, name: str, version: int):
+        return artifact_response(request, selectors.model_version_get(name=name, version=version))

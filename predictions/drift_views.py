@@ -80,6 +80,8 @@ class ModelDriftListView(GenericAPIView):
     serializer_class = DriftReportOutput
 
     @extend_schema(
+        operation_id="list_drift_reports",
+        tags=["drift"],
         parameters=[OpenApiParameter("version", int, description="only this version's reports")],
         responses=DriftReportOutput(many=True),
         summary="A model's drift reports, newest first",

@@ -3,6 +3,7 @@ against the version's schema in predictions.validation, not here)."""
 
 from __future__ import annotations
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 
@@ -26,25 +27,87 @@ class TrafficSplitListOutput(serializers.Serializer):
     splits = TrafficSplitOutput(many=True)
 
 
+# The predict body and answers are decoded and rendered without DRF serializers (body.py,
+# services.prediction_serve): the classes below only document them, as named components.
+SCALAR_SCHEMA = {
+    "anyOf": [{"type": "number"}, {"type": "integer"}, {"type": "string"}, {"type": "boolean"}]
+}
+
+
+@extend_schema_field({**SCALAR_SCHEMA, "description": "a class label, or a regressor's number"})
+class PredictionValueField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "description": "one row: feature name -> value, as the version's input_schema says",
+        "additionalProperties": {**SCALAR_SCHEMA, "nullable": True},
+    }
+)
+class FeatureRowField(serializers.JSONField):
+    pass
+
+
+class PredictSingle(serializers.Serializer):
+    features = FeatureRowField()
+    client_id = serializers.CharField(
+        required=False, help_text="sticky A/B routing key (the X-Client-Id header wins)"
+    )
+
+
+class PredictBatch(serializers.Serializer):
+    instances = serializers.ListField(
+        child=FeatureRowField(),
+        min_length=1,
+        help_text="rows, at most PREDICTION_MAX_BATCH_ROWS (413 beyond)",
+    )
+    client_id = serializers.CharField(
+        required=False, help_text="sticky A/B routing key (the X-Client-Id header wins)"
+    )
+
+
+class PredictionItem(serializers.Serializer):
+    """One row's answer."""
+
+    prediction = PredictionValueField()
+    confidence = serializers.FloatField(
+        allow_null=True, help_text="highest class probability; null without predict_proba"
+    )
+    probabilities = serializers.DictField(
+        child=serializers.FloatField(),
+        allow_null=True,
+        required=False,
+        help_text="class label -> probability; null for a classifier without predict_proba, "
+        "absent for a regressor",
+    )
+
+
+class _Served(serializers.Serializer):
+    model = serializers.CharField()
+    model_version = serializers.IntegerField()
+    stage = serializers.CharField()
+    cached = serializers.BooleanField()
+    request_id = serializers.CharField(help_text="feedback goes to /predictions/{request_id}")
+    timestamp = serializers.DateTimeField()
+
+
+class PredictResponse(PredictionItem, _Served):
+    """The answer to a single-row request (`features`)."""
+
+
+class BatchPredictResponse(_Served):
+    """The answer to a batch (`instances`): one item per row, in order."""
+
+    predictions = PredictionItem(many=True)
+
+
 class FeedbackOutput(serializers.Serializer):
     request_id = serializers.CharField()
     rows = serializers.IntegerField(help_text="prediction-log rows that received the outcome")
 
 
 class FeedbackInput(serializers.Serializer):
-    actual = serializers.JSONField()
+    actual = PredictionValueField(help_text="the true label (classification) or value")
     row_index = serializers.IntegerField(min_value=0, required=False, allow_null=True)
-
-
-class PredictionOutput(serializers.Serializer):
-    """Documents the single-row response (rendered from a dict, not through this class)."""
-
-    prediction = serializers.JSONField()
-    confidence = serializers.FloatField(allow_null=True)
-    probabilities = serializers.DictField(child=serializers.FloatField(), required=False)
-    model = serializers.CharField()
-    model_version = serializers.IntegerField()
-    stage = serializers.CharField()
-    cached = serializers.BooleanField()
-    request_id = serializers.CharField()
-    timestamp = serializers.DateTimeField()

@@ -6,7 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    PolymorphicProxySerializer,
+    extend_schema,
+)
 from rest_framework import status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.exceptions import APIException, AuthenticationFailed, UnsupportedMediaType
@@ -16,6 +21,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.errors import DomainError
+from config.schema import error_responses
 from config.throttling import ScopeRateThrottle
 from mlregistry.access import access_cache_key
 from mlregistry.models import RegisteredModel
@@ -32,24 +38,82 @@ from predictions.body import PredictBody, read_body
 from predictions.cache import cache_prefetch, cache_prefetch_clear
 from predictions.rendering import JSONFirstContentNegotiation, ORJSONParser, ORJSONRenderer
 from predictions.serializers import (
+    BatchPredictResponse,
     FeedbackInput,
     FeedbackOutput,
-    PredictionOutput,
+    PredictBatch,
+    PredictResponse,
+    PredictSingle,
     TrafficSplitInput,
     TrafficSplitListOutput,
     TrafficSplitOutput,
 )
 
-_PREDICT_BODY = {
-    "application/json": {
-        "type": "object",
-        "properties": {
-            "features": {"type": "object", "description": "one row: feature name -> value"},
-            "instances": {"type": "array", "items": {"type": "object"}, "description": "a batch"},
-            "client_id": {"type": "string", "description": "sticky A/B routing key"},
+_PREDICT_REQUEST = PolymorphicProxySerializer(
+    component_name="Predict",
+    serializers=[PredictSingle, PredictBatch],
+    resource_type_field_name=None,
+)
+_PREDICT_RESPONSE = PolymorphicProxySerializer(
+    component_name="PredictResult",
+    serializers=[PredictResponse, BatchPredictResponse],
+    resource_type_field_name=None,
+)
+_IRIS_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
+_PREDICT_EXAMPLES = [
+    OpenApiExample("single row", value={"features": _IRIS_ROW}, request_only=True),
+    OpenApiExample(
+        "batch",
+        value={"instances": [_IRIS_ROW, {**_IRIS_ROW, "petal_length": 4.7}]},
+        request_only=True,
+    ),
+    OpenApiExample(
+        "single row",
+        value={
+            "prediction": "setosa",
+            "confidence": 0.98,
+            "probabilities": {"setosa": 0.98, "versicolor": 0.02, "virginica": 0.0},
+            "model": "iris",
+            "model_version": 3,
+            "stage": "production",
+            "cached": False,
+            "request_id": "5f0c6e7a9b8d4e21a3c4b5d6e7f80912",
+            "timestamp": "2026-01-01T12:00:00+00:00",
         },
-    }
-}
+        response_only=True,
+        status_codes=["200"],
+    ),
+    OpenApiExample(
+        "batch",
+        value={
+            "predictions": [
+                {"prediction": "setosa", "confidence": 0.98, "probabilities": None},
+                {"prediction": "versicolor", "confidence": 0.71, "probabilities": None},
+            ],
+            "model": "iris",
+            "model_version": 3,
+            "stage": "production",
+            "cached": False,
+            "request_id": "5f0c6e7a9b8d4e21a3c4b5d6e7f80912",
+            "timestamp": "2026-01-01T12:00:00+00:00",
+        },
+        response_only=True,
+        status_codes=["200"],
+    ),
+    OpenApiExample(
+        "validation error",
+        value={
+            "error": {
+                "type": "validation_error",
+                "message": "Invalid input: petal_width: required feature is missing",
+                "fields": {"petal_width": ["required feature is missing"]},
+                "request_id": "5f0c6e7a9b8d4e21a3c4b5d6e7f80912",
+            }
+        },
+        response_only=True,
+        status_codes=["400"],
+    ),
+]
 _CLIENT_HEADER = OpenApiParameter(
     "X-Client-Id", str, OpenApiParameter.HEADER, description="sticky A/B routing key"
 )
@@ -145,10 +209,15 @@ class _PredictBase(APIView):
 
 class PredictView(_PredictBase):
     @extend_schema(
-        request=_PREDICT_BODY,
-        responses=PredictionOutput,
+        operation_id="predict",
+        tags=["predict"],
+        request=_PREDICT_REQUEST,
+        responses={200: _PREDICT_RESPONSE, **error_responses(400, 409)},
         parameters=[_CLIENT_HEADER],
+        examples=_PREDICT_EXAMPLES,
         summary="Predict with the production version (or the model's traffic split)",
+        description="`features` (one row) answers a PredictResponse, `instances` (a batch) a "
+        "BatchPredictResponse. 409 when the model has no production version and no split.",
     )
     def post(self, request: Request, name: str) -> Response:
         return self._serve(request, name)
@@ -158,8 +227,11 @@ class PredictVersionView(_PredictBase):
     guess_result_key = False
 
     @extend_schema(
-        request=_PREDICT_BODY,
-        responses=PredictionOutput,
+        operation_id="predict_version",
+        tags=["predict"],
+        request=_PREDICT_REQUEST,
+        responses={200: _PREDICT_RESPONSE, **error_responses(400)},
+        examples=_PREDICT_EXAMPLES,
         summary="Predict with one version (archived versions: staff only)",
     )
     def post(self, request: Request, name: str, version: int) -> Response:
@@ -172,11 +244,16 @@ def _is_json(content_type: str) -> bool:
 
 class PredictAliasView(_PredictBase):
     @extend_schema(
-        request=_PREDICT_BODY,
-        responses=PredictionOutput,
-        summary="Seeds' alias of /models/{name}/predict (model id or name in the path)",
-        description="Deprecated. An exact model name wins; a string of ASCII digits that names "
-        "no model is a model id; anything else that is no model name answers 404.",
+        operation_id="predict_legacy",
+        tags=["predict"],
+        deprecated=True,
+        request=_PREDICT_REQUEST,
+        responses={200: _PREDICT_RESPONSE, **error_responses(400, 409)},
+        parameters=[_CLIENT_HEADER],
+        examples=_PREDICT_EXAMPLES,
+        summary="Deprecated alias of /api/v1/models/{name}/predict (model id or name)",
+        description="An exact model name wins; a string of ASCII digits that names no model is a "
+        "model id; anything else that is no model name answers 404.",
     )
     def post(self, request: Request, model_id: str) -> Response:
         return self._serve(request, selectors.predict_alias_resolve(model_id=model_id))
@@ -195,6 +272,8 @@ class TrafficSplitView(APIView):
         return {"model": model.name, "splits": TrafficSplitOutput(rows, many=True).data}
 
     @extend_schema(
+        operation_id="get_traffic",
+        tags=["traffic"],
         responses=TrafficSplitListOutput,
         summary="Get a model's traffic split (empty: all traffic to production)",
     )
@@ -202,6 +281,8 @@ class TrafficSplitView(APIView):
         return Response(self._render(registered_model_get(name=name)))
 
     @extend_schema(
+        operation_id="set_traffic",
+        tags=["traffic"],
         request=TrafficSplitInput,
         responses=TrafficSplitListOutput,
         summary="Set a model's traffic split",
@@ -215,7 +296,12 @@ class TrafficSplitView(APIView):
         )
         return Response(self._render(model))
 
-    @extend_schema(responses={204: None}, summary="End a model's traffic split")
+    @extend_schema(
+        operation_id="delete_traffic",
+        tags=["traffic"],
+        responses={204: None},
+        summary="End a model's traffic split",
+    )
     def delete(self, request: Request, name: str) -> Response:
         services.traffic_split_clear(model=registered_model_get(name=name), actor=request.user)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -226,9 +312,12 @@ class FeedbackView(APIView):
     permission_classes = [IsAuthenticated]
 
     @extend_schema(
+        operation_id="record_feedback",
+        tags=["feedback"],
         request=FeedbackInput,
-        responses=FeedbackOutput,
+        responses={200: FeedbackOutput, **error_responses(409)},
         summary="Record the true outcome of a prediction",
+        description="409 when several API clients chose this X-Request-ID (staff only).",
     )
     def post(self, request: Request, request_id: str) -> Response:
         data = FeedbackInput(data=request.data)

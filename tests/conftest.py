@@ -34,6 +34,19 @@ def _isolated_storage(settings, tmp_path):
 
 
 @pytest.fixture(autouse=True)
+def _prediction_log_stays_in_its_test(settings):
+    """No background flusher unless a test asks for one: it writes on a connection of its own,
+    outside the test's transaction, so rows served in one test would land in later ones (a
+    dashboard then counted the fuzzer's predictions). Buffered rows never outlive their test."""
+    from predictions.logbuffer import prediction_log_buffer
+
+    settings.PREDICTION_LOG_FLUSH_SECONDS = 0
+    prediction_log_buffer.clear()
+    yield
+    prediction_log_buffer.clear()
+
+
+@pytest.fixture(autouse=True)
 def _clear_cache():
     cache.clear()
     yield

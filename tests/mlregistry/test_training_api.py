@@ -1,4 +1,5 @@
 import io
+import json
 
 import pytest
 from rest_framework.test import APIClient
@@ -53,12 +54,12 @@ def test_post_dataset_with_sql_query(trainer_api, settings):
         {
             "name": "from-sql",
             "target_column": "species",
-            "feature_columns": NAMES,
+            "feature_columns": json.dumps(NAMES),
             "sql_connection": "warehouse",
             "sql_query": "SELECT * FROM iris_rows",
             "missing_policy": "impute_mean",
         },
-        format="json",
+        format="multipart",
     )
     assert response.status_code == 201, response.json()
     assert response.json()["source"] == "sql"
