@@ -70,6 +70,8 @@ _DESCRIPTIONS = {
     409: "The object's current state forbids this change.",
     413: "The request body is larger than the server accepts.",
     415: "The body's media type is not one this operation accepts.",
+    422: "The model could not answer these rows (`model_output_invalid`: an output that is not "
+    "finite); `fields` names the rows. Nothing was cached or logged as served.",
     429: "Too many requests for this client and scope: wait Retry-After seconds.",
     503: "A dependency (database, cache, artifact store) is unavailable: retry after "
     "Retry-After seconds.",

@@ -25,6 +25,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.errors import ValidationFailed
+from config.schema import error_responses
 from predictions.body import parse_json
 from predictions.protocols.frame import FrameBody, ProtocolPredictView
 
@@ -207,8 +208,10 @@ class _InvocationsBase(ProtocolPredictView):
 
 class InvocationsView(_InvocationsBase):
     @extend_schema(
+        operation_id="invoke",
+        tags=["mlflow"],
         request=_REQUEST_BODY,
-        responses=_RESPONSE,
+        responses={200: _RESPONSE, **error_responses(400, 409, 422)},
         parameters=[_CLIENT_HEADER],
         summary="MLflow scoring protocol: predict with the production version (or the split)",
     )
@@ -220,8 +223,10 @@ class InvocationsVersionView(_InvocationsBase):
     guess_result_key = False  # as for the native pinned-version view
 
     @extend_schema(
+        operation_id="invoke_version",
+        tags=["mlflow"],
         request=_REQUEST_BODY,
-        responses=_RESPONSE,
+        responses={200: _RESPONSE, **error_responses(400, 409, 422)},
         summary="MLflow scoring protocol: predict with one version (archived: staff only)",
     )
     def post(self, request: Request, name: str, version: int) -> Response:
