@@ -5,11 +5,12 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import GenericAPIView
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.errors import NotFoundError
+from config.parsers import JSONParser
 from mlregistry import selectors, training
 from mlregistry.estimators import ESTIMATORS
 from mlregistry.models import (
