@@ -410,6 +410,10 @@ PREDICTION_CACHE_TTL = env_int("PREDICTION_CACHE_TTL", 60, minimum=0)
 # After a cache error, skip the cache for this many seconds instead of paying a socket timeout
 # on every request while Redis is down.
 PREDICTION_CACHE_RETRY_SECONDS = env_float("PREDICTION_CACHE_RETRY_SECONDS", 5.0)
+# During a cache outage, tokens, access policies and routing entries this process last read or
+# wrote are reused for up to this many seconds (config/cache_outage.py), instead of costing
+# database queries on every request.
+CACHE_OUTAGE_MEMO_SECONDS = env_float("CACHE_OUTAGE_MEMO_SECONDS", 10.0)
 # Result-cache writes go to Redis from a background thread, in pipelined batches, instead of
 # the request waiting for each SET (a late write only costs a later miss, never a stale answer).
 PREDICTION_CACHE_WRITE_BEHIND = env_bool("PREDICTION_CACHE_WRITE_BEHIND", True)

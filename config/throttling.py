@@ -22,6 +22,7 @@ from rest_framework.permissions import SAFE_METHODS
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 
+from config.cache_outage import cache_available, cache_failed
 from config.readahead import readahead_count
 
 logger = logging.getLogger(__name__)
@@ -71,11 +72,9 @@ class ScopeRateThrottle(BaseThrottle):
         if counter is None:
             return True
         key, limit, duration, window_end = counter
-        try:
-            count = self._count(key, duration)
-        except Exception:
+        count = self._count_guarded(key, duration)
+        if count is None:
             # Without the cache there is no shared count; keep serving rather than refuse all.
-            logger.warning("throttle counter unavailable; request allowed", exc_info=True)
             return True
         if count > limit:
             self._wait = window_end - time.time()
@@ -122,6 +121,21 @@ class ScopeRateThrottle(BaseThrottle):
                 return 1
             return cache.incr(key)
 
+    @classmethod
+    def _count_guarded(cls, key: str, duration: int) -> int | None:
+        """The counter after this request, or None while the cache is failing (skipped for the
+        retry period and logged once per period, config/cache_outage.py)."""
+        ahead = readahead_count(key)
+        if ahead is not None:
+            return ahead
+        if not cache_available():
+            return None
+        try:
+            return cls._count(key, duration)
+        except Exception as exc:
+            cache_failed("throttle", exc)
+            return None
+
     @staticmethod
     def refund_ahead(key: str) -> None:
         """Gives back the increment made ahead (if it was made) for a request whose token was
@@ -160,10 +174,13 @@ def refused_token_check(request) -> None:
     if counter is None:
         return
     key, limit, _, window_end = counter
+    if not cache_available():
+        return  # without the cache there is no shared count; the database check still runs
     try:
         count = cache.get(key) or 0
-    except Exception:
-        return  # without the cache there is no shared count; the database check still runs
+    except Exception as exc:
+        cache_failed("throttle", exc)
+        return
     if count >= limit:
         raise RefusedTokenThrottled(wait=window_end - time.time())
 
@@ -174,11 +191,8 @@ def refused_token_count(request) -> None:
     if counter is None:
         return
     key, limit, duration, window_end = counter
-    try:
-        count = ScopeRateThrottle._count(key, duration)
-    except Exception:
-        return
-    if count > limit:
+    count = ScopeRateThrottle._count_guarded(key, duration)
+    if count is not None and count > limit:
         raise RefusedTokenThrottled(wait=window_end - time.time())
 
 
