@@ -225,8 +225,9 @@ def database_down(monkeypatch, transactional_db):
     def locked(*args, **kwargs):
         raise OperationalError("database is locked")
 
-    monkeypatch.setattr(connection, "ensure_connection", locked)
-    monkeypatch.setattr(connection, "connection", None)
+    from django.db import connections
+
+    monkeypatch.setattr(connections["default"], "ensure_connection", locked)
     yield
 
 
