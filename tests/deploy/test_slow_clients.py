@@ -68,7 +68,7 @@ def server(tmp_path_factory):
     )
     try:
         _wait_ready(f"http://127.0.0.1:{port}/health", process)
-        yield port, token
+        yield port, token, env
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
@@ -98,7 +98,7 @@ def _p99(port: int, token: str, n: int = 60) -> float:
 
 
 def test_slow_bodies_with_made_up_tokens_leave_predictions_unharmed(server):
-    port, token = server
+    port, token, _ = server
     for _ in range(5):
         _predict(port, token)  # warm: model loaded, token and routing cached
     idle = _p99(port, token)
@@ -126,7 +126,7 @@ def test_slow_bodies_with_made_up_tokens_leave_predictions_unharmed(server):
 
 
 def test_a_chunked_body_is_read_by_the_real_server(server):
-    port, token = server
+    port, token, _ = server
     body = orjson.dumps({"features": ROW})
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
@@ -144,3 +144,46 @@ def test_a_chunked_body_is_read_by_the_real_server(server):
         conn.close()
     assert response.status == 200, answer
     assert answer["model"] == "iris-classifier"
+
+
+@pytest.mark.skipif(not (BIN / "gunicorn").exists(), reason="gunicorn not installed")
+def test_under_gunicorn_a_body_that_stops_arriving_is_a_408(server):
+    """deploy/gunicorn.conf.py with the app's body timeout on the socket: an authenticated
+    client that stops sending its body gets a 408 after REQUEST_BODY_TIMEOUT, not a worker
+    held until gunicorn kills it."""
+    _, token, server_env = server
+    port = _free_port()
+    # The same database as the granian server's, served by gunicorn instead.
+    env = {**server_env, "REQUEST_BODY_TIMEOUT": "1", "PORT": str(port), "WEB_CONCURRENCY": "1"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    process = subprocess.Popen(
+        [
+            str(BIN / "gunicorn"),
+            "-c",
+            str(ROOT / "deploy" / "gunicorn.conf.py"),
+            "--bind",
+            f"127.0.0.1:{port}",
+            "config.wsgi:application",
+        ],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}/health", process)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        started = time.monotonic()
+        sock.sendall(
+            b"POST /api/v1/models/iris-classifier/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + f"Authorization: Bearer {token}\r\n".encode()
+            + b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+            + b'{"features": {"sepal_length": 5.0, '
+        )
+        answer = sock.recv(200)
+        waited = time.monotonic() - started
+        sock.close()
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert waited < 8
