@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import DataError as DatabaseDataError
 from django.db import InterfaceError as DatabaseInterfaceError
 from django.db import OperationalError as DatabaseOperationalError
 from django.http import Http404, JsonResponse, UnreadablePostError
@@ -134,6 +135,12 @@ def dependency_error(exc: BaseException) -> DomainError | None:
         return UnavailableError("The cache is unavailable; try again shortly.").with_type(
             "cache_unavailable"
         )
+    if isinstance(exc, DatabaseDataError):
+        # A value the database cannot store (out of range, a character it refuses) that
+        # validation let through: the client's input, not an outage, and nothing was written.
+        return ValidationFailed(
+            f"A value cannot be stored: {str(exc).splitlines()[0] if str(exc) else 'invalid'}."
+        ).with_type("invalid_data")
     if isinstance(exc, UnreadablePostError | TimeoutError):
         return RequestTimeout("The request body did not arrive in time, or broke off.")
     return None

@@ -276,3 +276,19 @@ def test_readiness_is_503_only_when_nothing_can_be_served(request):
     request.getfixturevalue("database_down")
     response = APIClient().get("/health/ready")
     assert response.status_code == 503 and response.json()["checks"]["models"]["status"] == "down"
+
+
+def test_a_value_the_database_refuses_is_a_400_not_a_500(staff_api, iris_model, monkeypatch):
+    # Fault injected on purpose: the service hits a DataError (a value out of the column's
+    # range) that validation did not foresee.
+    from django.db import DataError
+
+    from mlregistry import views
+
+    def refuse(**kwargs):
+        raise DataError("value out of range for type integer")
+
+    monkeypatch.setattr(views.services, "registered_model_update", refuse, raising=True)
+    response = staff_api.patch("/api/v1/models/iris/", {"description": "x"}, format="json")
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_data"
