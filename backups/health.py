@@ -30,10 +30,19 @@ JOB_DURATION_METRIC = "mlregistry_job_duration_seconds"
 
 
 def backup_readiness_check() -> tuple[str, Any]:
-    """Degraded (never down) when the newest verified backup is missing or too old."""
+    """Degraded (never down) when a backup is overdue: the newest verified one is older than
+    BACKUP_STALE_AFTER_HOURS, or there is none and the install is older than that. A fresh
+    install has no backup yet and is not overdue: "ok", saying so."""
     newest = backup_newest_verified()
     if newest is None:
-        return "degraded", "no verified backup yet"
+        installed = _installed_at()
+        detail: dict[str, Any] = {"info": "no backup yet"}
+        if installed is not None:
+            detail["installed_at"] = installed.isoformat()
+            overdue = (timezone.now() - installed).total_seconds() / 3600
+            if overdue > settings.BACKUP_STALE_AFTER_HOURS:
+                return "degraded", {**detail, "reason": "no verified backup, and one is overdue"}
+        return "ok", detail
     finished = newest.finished_at or newest.started_at
     age_hours = (timezone.now() - finished).total_seconds() / 3600
     detail = {
@@ -44,6 +53,17 @@ def backup_readiness_check() -> tuple[str, Any]:
     if age_hours > settings.BACKUP_STALE_AFTER_HOURS:
         return "degraded", {**detail, "reason": "newest verified backup is too old"}
     return "ok", detail
+
+
+def _installed_at():
+    """When this database was set up: its first applied migration (the schedule's start)."""
+    from django.db.migrations.recorder import MigrationRecorder
+
+    return (
+        MigrationRecorder.Migration.objects.order_by("applied")
+        .values_list("applied", flat=True)
+        .first()
+    )
 
 
 class JobMetricsCollector(Collector):

@@ -8,10 +8,16 @@ mapped here, so views never build error bodies themselves.
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404, JsonResponse
+from django.db import DataError as DatabaseDataError
+from django.db import InterfaceError as DatabaseInterfaceError
+from django.db import OperationalError as DatabaseOperationalError
+from django.http import Http404, JsonResponse, UnreadablePostError
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
@@ -28,6 +34,11 @@ class DomainError(Exception):
         super().__init__(message)
         self.message = message
         self.fields = fields or {}
+
+    def with_type(self, error_type: str) -> DomainError:
+        """This error answered with a more specific `type` (same status)."""
+        self.error_type = error_type
+        return self
 
     def full_message(self) -> str:
         """The message with its field details, for places without a fields list (admin pages)."""
@@ -63,7 +74,86 @@ class ForbiddenError(DomainError):
 class UnavailableError(DomainError):
     status_code = 503
     error_type = "unavailable"
-    retry_after = 30  # seconds: a dependency outage is answered with when to come back
+
+
+class RequestTimeout(DomainError):
+    """The request body did not arrive in time (REQUEST_BODY_TIMEOUT), or broke off."""
+
+    status_code = 408
+    error_type = "request_timeout"
+
+
+class LengthRequired(DomainError):
+    status_code = 411
+    error_type = "length_required"
+
+
+# Seconds a client is asked to wait after a 503 for a database or cache outage: about the time
+# a failover or a restart takes, short enough that a retry soon finds the service back.
+RETRY_AFTER_SECONDS = 5
+
+logger = logging.getLogger(__name__)
+_outage_logged = {"database": 0.0, "cache": 0.0}
+
+
+def _cache_error_types() -> tuple[type[BaseException], ...]:
+    types: list[type[BaseException]] = []
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        types += [RedisConnectionError, RedisTimeoutError]
+    except ImportError:  # pragma: no cover - redis is in requirements.txt
+        pass
+    try:
+        from django_redis.exceptions import ConnectionInterrupted
+
+        types.append(ConnectionInterrupted)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+_CACHE_ERRORS = _cache_error_types()
+
+
+def dependency_error(exc: BaseException) -> DomainError | None:
+    """The API error for an exception that means a dependency or the client's connection
+    failed, not our code: a 503 for a database or cache connection failure (SQLite's "database
+    is locked" after its busy timeout included), a 408 for a body that broke off or timed out.
+    None for anything else (a real bug stays a 500).
+
+    Outages are logged once per RETRY_AFTER_SECONDS per dependency, not once per request.
+    """
+    if isinstance(exc, DatabaseOperationalError | DatabaseInterfaceError):
+        _log_outage("database", exc)
+        return UnavailableError("The database is unavailable; try again shortly.").with_type(
+            "database_unavailable"
+        )
+    if _CACHE_ERRORS and isinstance(exc, _CACHE_ERRORS):
+        _log_outage("cache", exc)
+        return UnavailableError("The cache is unavailable; try again shortly.").with_type(
+            "cache_unavailable"
+        )
+    if isinstance(exc, DatabaseDataError):
+        # A value the database cannot store (out of range, a character it refuses) that
+        # validation let through: the client's input, not an outage, and nothing was written.
+        return ValidationFailed(
+            f"A value cannot be stored: {str(exc).splitlines()[0] if str(exc) else 'invalid'}."
+        ).with_type("invalid_data")
+    if isinstance(exc, UnreadablePostError | TimeoutError):
+        return RequestTimeout("The request body did not arrive in time, or broke off.")
+    return None
+
+
+def _log_outage(name: str, exc: BaseException) -> None:
+    now = time.monotonic()
+    if now - _outage_logged[name] < RETRY_AFTER_SECONDS:
+        return
+    _outage_logged[name] = now
+    logger.warning(
+        "%s unavailable: answering 503", name, extra={"error": f"{type(exc).__name__}: {exc}"}
+    )
 
 
 def error_body(
@@ -118,12 +208,13 @@ _DRF_TYPES = {
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     request = context.get("request")
     request_id = getattr(request, "request_id", None)
+    if not isinstance(exc, DomainError | drf_exceptions.APIException):
+        exc = dependency_error(exc) or exc
     if isinstance(exc, DomainError):
-        retry_after = getattr(exc, "retry_after", None)
         return Response(
             error_body(exc.error_type, exc.message, exc.fields, request_id),
             status=exc.status_code,
-            headers={"Retry-After": str(retry_after)} if retry_after is not None else None,
+            headers=_retry_headers(exc.status_code),
         )
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound(str(exc) or "Not found.")
@@ -149,9 +240,15 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     return Response(body, status=exc.status_code, headers=headers)
 
 
+def _retry_headers(status: int) -> dict[str, str]:
+    return {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else {}
+
+
 def _json_error(request, status: int, error_type: str, message: str) -> JsonResponse:
     return JsonResponse(
-        error_body(error_type, message, None, getattr(request, "request_id", None)), status=status
+        error_body(error_type, message, None, getattr(request, "request_id", None)),
+        status=status,
+        headers=_retry_headers(status),
     )
 
 
@@ -160,6 +257,11 @@ def handler404(request, exception=None):
 
 
 def handler500(request):
+    """Django calls this inside its `except` block, so the exception is still at hand: a
+    dependency outage outside DRF's views (admin, health, metrics, middleware) is a 503 too."""
+    error = dependency_error(sys.exc_info()[1]) if sys.exc_info()[1] is not None else None
+    if error is not None:
+        return _json_error(request, error.status_code, error.error_type, error.message)
     return _json_error(request, 500, "server_error", "Internal server error.")
 
 

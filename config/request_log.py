@@ -16,8 +16,11 @@ _QUIET_PATHS = ("/health", "/metrics", "/static/")
 def _caller(request) -> str:
     # DRF copies the user it authenticated (e.g. from a bearer token) onto the Django request.
     user = getattr(request, "user", None)
-    if user is not None and user.is_authenticated:
-        return user.get_username()
+    try:
+        if user is not None and user.is_authenticated:
+            return user.get_username()
+    except Exception:  # a session user the database could not load (an outage): still log
+        return "unknown"
     return "anonymous"
 
 

@@ -156,6 +156,14 @@ STORAGES = {
 }
 
 # --- Request limits ---
+# Nesting depth a JSON body (or a JSON form field) may have: deeper is a 400 naming the field,
+# never a recursion error.
+JSON_MAX_DEPTH = env_int("JSON_MAX_DEPTH", 32, minimum=2)
+# Seconds a request body's next bytes may take to arrive (set on the socket where the server
+# exposes it, as gunicorn does; a body that stops arriving is a 408). granian 2.8 has no such
+# setting: there the token is checked before any body is read, so only authenticated callers
+# can hold a thread with a slow body.
+REQUEST_BODY_TIMEOUT = env_float("REQUEST_BODY_TIMEOUT", 10.0)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 10 * 1024 * 1024, minimum=1024)
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 MAX_ARTIFACT_SIZE = env_int("MAX_ARTIFACT_SIZE", 200 * 1024 * 1024, minimum=1024)
@@ -163,7 +171,7 @@ MAX_ARTIFACT_SIZE = env_int("MAX_ARTIFACT_SIZE", 200 * 1024 * 1024, minimum=1024
 # --- REST API ---
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "knox.auth.TokenAuthentication",
+        "config.throttling.ThrottledTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -171,8 +179,10 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    # JSON only; the views that take files (version upload, datasets) name their own parsers.
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # JSON only, through the API's one parser (depth and NUL rules, config/parsers.py); the
+    # upload views name their multipart parsers themselves.
+    "DEFAULT_PARSER_CLASSES": ["config.parsers.JSONParser"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "config.parsers.HTTPContentNegotiation",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "config.errors.api_exception_handler",
@@ -393,6 +403,8 @@ THROTTLE_RATES = {
     "write_anon": env_str("THROTTLE_WRITE_ANON_RATE", "10/min"),
     "read": env_str("THROTTLE_READ_RATE", "1200/min"),
     "read_anon": env_str("THROTTLE_READ_ANON_RATE", "60/min"),
+    # Requests with a refused bearer token, per client address on every route: token guessing.
+    "refused_token": env_str("THROTTLE_REFUSED_TOKEN_RATE", "30/min"),
 }
 REST_FRAMEWORK["NUM_PROXIES"] = NUM_PROXIES
 REST_FRAMEWORK["DEFAULT_THROTTLE_CLASSES"] = ["config.throttling.ScopeRateThrottle"]
@@ -470,6 +482,10 @@ PREDICTION_CACHE_TTL = env_int("PREDICTION_CACHE_TTL", 60, minimum=0)
 # After a cache error, skip the cache for this many seconds instead of paying a socket timeout
 # on every request while Redis is down.
 PREDICTION_CACHE_RETRY_SECONDS = env_float("PREDICTION_CACHE_RETRY_SECONDS", 5.0)
+# During a cache outage, tokens, access policies and routing entries this process last read or
+# wrote are reused for up to this many seconds (config/cache_outage.py), instead of costing
+# database queries on every request.
+CACHE_OUTAGE_MEMO_SECONDS = env_float("CACHE_OUTAGE_MEMO_SECONDS", 10.0)
 # Result-cache writes go to Redis from a background thread, in pipelined batches, instead of
 # the request waiting for each SET (a late write only costs a later miss, never a stale answer).
 PREDICTION_CACHE_WRITE_BEHIND = env_bool("PREDICTION_CACHE_WRITE_BEHIND", True)

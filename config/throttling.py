@@ -3,7 +3,8 @@
 Scopes: "predict" (predict and feedback routes), "write" (any other unsafe method) and "read";
 a view may name its own with a `throttle_scope` attribute. Authenticated callers are counted per
 user, anonymous ones per client address (proxy-aware through NUM_PROXIES, never a raw
-X-Forwarded-For) against the scope's "_anon" rate.
+X-Forwarded-For) against the scope's "_anon" rate. Requests whose bearer token is refused are
+counted per address on every route ("refused_token"), by the token authentication classes.
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ import re
 import time
 
 from django.core.cache import cache
+from drf_spectacular.contrib.knox_auth_token import KnoxTokenScheme
+from knox.auth import TokenAuthentication
+from rest_framework.exceptions import AuthenticationFailed, Throttled
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 
+from config.cache_outage import cache_available, cache_failed
 from config.readahead import readahead_count
 
 logger = logging.getLogger(__name__)
@@ -67,11 +72,9 @@ class ScopeRateThrottle(BaseThrottle):
         if counter is None:
             return True
         key, limit, duration, window_end = counter
-        try:
-            count = self._count(key, duration)
-        except Exception:
+        count = self._count_guarded(key, duration)
+        if count is None:
             # Without the cache there is no shared count; keep serving rather than refuse all.
-            logger.warning("throttle counter unavailable; request allowed", exc_info=True)
             return True
         if count > limit:
             self._wait = window_end - time.time()
@@ -118,6 +121,21 @@ class ScopeRateThrottle(BaseThrottle):
                 return 1
             return cache.incr(key)
 
+    @classmethod
+    def _count_guarded(cls, key: str, duration: int) -> int | None:
+        """The counter after this request, or None while the cache is failing (skipped for the
+        retry period and logged once per period, config/cache_outage.py)."""
+        ahead = readahead_count(key)
+        if ahead is not None:
+            return ahead
+        if not cache_available():
+            return None
+        try:
+            return cls._count(key, duration)
+        except Exception as exc:
+            cache_failed("throttle", exc)
+            return None
+
     @staticmethod
     def refund_ahead(key: str) -> None:
         """Gives back the increment made ahead (if it was made) for a request whose token was
@@ -131,3 +149,81 @@ class ScopeRateThrottle(BaseThrottle):
 
     def wait(self) -> float | None:
         return self._wait
+
+
+class RefusedTokenThrottled(Throttled):
+    """429 for a client address that sent too many refused bearer tokens (token guessing)."""
+
+    default_detail = "Too many requests with a refused token from this address."
+
+
+def _refused_token_counter(request) -> tuple[str, int, int, float] | None:
+    rate = api_settings.DEFAULT_THROTTLE_RATES.get("refused_token")
+    if not rate:
+        return None
+    limit, duration = parse_rate(rate)
+    window = int(time.time() // duration)
+    key = f"throttle:refused_token:addr:{client_address(request)}:{duration}:{window}"
+    return key, limit, duration, float((window + 1) * duration)
+
+
+def refused_token_check(request) -> None:
+    """429 when this address already used up its budget of refused tokens, before a token is
+    looked up in the database (a guess then costs no query)."""
+    counter = _refused_token_counter(request)
+    if counter is None:
+        return
+    key, limit, _, window_end = counter
+    if not cache_available():
+        return  # without the cache there is no shared count; the database check still runs
+    try:
+        count = cache.get(key) or 0
+    except Exception as exc:
+        cache_failed("throttle", exc)
+        return
+    if count >= limit:
+        raise RefusedTokenThrottled(wait=window_end - time.time())
+
+
+def refused_token_count(request) -> None:
+    """Counts a refused token against its address; 429 (instead of 401) past the budget."""
+    counter = _refused_token_counter(request)
+    if counter is None:
+        return
+    key, limit, duration, window_end = counter
+    count = ScopeRateThrottle._count_guarded(key, duration)
+    if count is not None and count > limit:
+        raise RefusedTokenThrottled(wait=window_end - time.time())
+
+
+class RefusedTokenThrottleMixin:
+    """For a token authentication class: refused tokens are counted per client address, and an
+    address past THROTTLE_REFUSED_TOKEN_RATE gets 429 without its token being looked up.
+
+    DRF's throttles run after authentication, so they never see a request whose token was
+    refused; without this, guessing tokens would be unthrottled.
+    """
+
+    def authenticate(self, request):
+        self._request = request
+        try:
+            return super().authenticate(request)
+        except AuthenticationFailed:
+            refused_token_count(request)
+            raise
+
+    def authenticate_credentials(self, token):
+        request = getattr(self, "_request", None)
+        if request is not None:
+            refused_token_check(request)
+        return super().authenticate_credentials(token)
+
+
+class ThrottledTokenAuthentication(RefusedTokenThrottleMixin, TokenAuthentication):
+    """knox's bearer token authentication with refused tokens throttled per address."""
+
+
+class ThrottledTokenScheme(KnoxTokenScheme):
+    """Documents ThrottledTokenAuthentication: knox's bearer token, as before."""
+
+    target_class = "config.throttling.ThrottledTokenAuthentication"

@@ -34,6 +34,7 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("health", health.live, name="health"),
     path("health/ready", health.ready, name="health-ready"),
+    path("health/deep", health.deep, name="health-deep"),
     # /metrics restricted to METRICS_ALLOWED_IPS or METRICS_TOKEN
     path("metrics", metrics_view, name="prometheus-django-metrics"),
 ]

@@ -11,6 +11,10 @@ threads = int(os.environ.get("WEB_THREADS", "1"))
 timeout = int(os.environ.get("WEB_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("WEB_GRACEFUL_TIMEOUT", "30"))
 keepalive = 5
+# Slow clients: the app checks the bearer token before reading a body, and sets
+# REQUEST_BODY_TIMEOUT (default 10 s) on the client socket while a body is read
+# (config/limits.py), so a body that stops arriving is a 408 long before `timeout` kills the
+# worker.
 # Recycling workers now and then bounds slow memory growth (e.g. fragmentation from model loads).
 max_requests = int(os.environ.get("WEB_MAX_REQUESTS", "5000"))
 max_requests_jitter = max_requests // 10

@@ -23,6 +23,7 @@ from django.dispatch import receiver
 from django.utils import timezone
 from knox.models import AuthToken
 
+from config.cache_outage import guarded_get, guarded_set, memo_forget, memo_put
 from config.errors import NotFoundError
 from config.pruning import delete_in_batches
 from config.readahead import MISSING, readahead_take
@@ -44,11 +45,10 @@ def api_client_allowed_models(*, user: Any) -> frozenset[str] | None:
     key = access_cache_key(user.pk)
     cached = readahead_take(key)  # the predict views read it with the token, in one trip
     if cached is MISSING:
-        try:
-            cached = cache.get(key)
-        except Exception:
-            logger.warning("access policy cache unavailable; reading the database", exc_info=True)
-            cached = None
+        # During a cache outage: the process's short memo, one log line per retry period.
+        cached = guarded_get(key)
+    else:
+        memo_put(key, cached)
     if cached is None:
         policy = ApiClientPolicy.objects.filter(user_id=user.pk).first()
         cached = (
@@ -56,10 +56,7 @@ def api_client_allowed_models(*, user: Any) -> frozenset[str] | None:
             if policy is None
             else sorted(policy.allowed_models.values_list("name", flat=True))
         )
-        try:
-            cache.set(key, cached, settings.ACCESS_POLICY_CACHE_TTL)
-        except Exception:
-            logger.warning("access policy not cached", exc_info=True)
+        guarded_set(key, cached, settings.ACCESS_POLICY_CACHE_TTL)
     return None if cached == _UNRESTRICTED else frozenset(cached)
 
 
@@ -75,6 +72,7 @@ def access_policy_invalidate(*, user_ids: Iterable[Any]) -> None:
     """Forgets the cached answers for these users; their next request reads the database."""
     keys = [access_cache_key(user_id) for user_id in set(user_ids)]
     if keys:
+        memo_forget(keys)
         cache.delete_many(keys)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.exceptions import ParseError
 
+from config.errors import ValidationFailed
+from config.parsers import parse_json
 from mlregistry.models import ArtifactFormat, ModelVersion, RegisteredModel, Stage, Task
 
 _SCALAR = {
@@ -69,14 +71,19 @@ class TagsField(serializers.JSONField):
 
 @extend_schema_field({"type": "string", "description": "JSON text (a multipart form field)"})
 class JSONStringField(serializers.JSONField):
-    """Accepts a JSON value, or (multipart forms) a string holding JSON."""
+    """Accepts a JSON value, or (multipart forms) a string holding JSON, parsed by the API's one
+    JSON parser (its depth and NUL rules apply to it as to a JSON body)."""
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, str):
             try:
-                data = json.loads(data)
-            except ValueError:
+                data = parse_json(data)
+            except ParseError:
                 raise serializers.ValidationError("must be valid JSON") from None
+            except ValidationFailed as exc:
+                raise serializers.ValidationError(
+                    [f"{where}: {' '.join(why)}" for where, why in exc.fields.items()]
+                ) from None
         return super().to_internal_value(data)
 
 

@@ -8,10 +8,10 @@ class PredictionsConfig(AppConfig):
     verbose_name = "Predictions"
 
     def ready(self) -> None:
-        from config.health import READINESS_CHECKS
+        from config.health import DEEP_CHECKS, READINESS_CHECKS
         from predictions import health, signals  # noqa: F401 - connects the receivers
 
-        health.register(READINESS_CHECKS)
+        health.register(READINESS_CHECKS, DEEP_CHECKS)
         # Rows are checked against the schema by name, then passed as a float array (much
         # cheaper than a DataFrame); scikit-learn would warn on every call that the array has
         # no column names.

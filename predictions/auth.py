@@ -17,9 +17,9 @@ from typing import Any
 from django.conf import settings
 from django.utils import timezone
 from drf_spectacular.contrib.knox_auth_token import KnoxTokenScheme
-from knox.auth import TokenAuthentication
 from knox.crypto import hash_token
 
+from config.throttling import ThrottledTokenAuthentication
 from predictions.cache import cache_delete_many, cache_get, cache_set
 
 
@@ -62,7 +62,10 @@ def auth_cache_key_for_request(request) -> str | None:
         return None
 
 
-class CachedTokenAuthentication(TokenAuthentication):
+class CachedTokenAuthentication(ThrottledTokenAuthentication):
+    """A token found in the cache is accepted without a query; one that is not is looked up
+    (after the refused-token budget of its address is checked, config/throttling.py)."""
+
     def authenticate_credentials(self, token: bytes):
         ttl = settings.PREDICTION_AUTH_CACHE_SECONDS
         if ttl <= 0:

@@ -11,46 +11,19 @@ before; the typed decoder only ever *accepts* what the general path would accept
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import numpy as np
-import orjson
 from django.conf import settings
-from rest_framework.exceptions import ParseError
 
-from config.errors import PayloadTooLarge
+# The API's one body reader and JSON parser (depth, NUL, size and time limits).
+from config.parsers import parse_json, read_body
+
+__all__ = ["PredictBody", "RowDecoder", "TypedRows", "parse_json", "read_body"]
 
 _UNPARSED: Any = object()
-
-
-def read_body(stream: Any) -> bytes:
-    """The request body, or 413 past DATA_UPLOAD_MAX_MEMORY_SIZE (read straight from the WSGI
-    stream, so Django's own check of the declared length is not enough)."""
-    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-    size = -1 if limit is None else limit + 1
-    raw = stream.read(size) if stream is not None else b""
-    if limit is not None and len(raw) > limit:
-        raise PayloadTooLarge(
-            f"The request body is larger than {limit} bytes (DATA_UPLOAD_MAX_MEMORY_SIZE)."
-        )
-    return raw
-
-
-def parse_json(raw: bytes) -> Any:
-    """JSON -> Python objects; ParseError (400) when it is not JSON."""
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        pass
-    # NaN and Infinity are not JSON, so orjson refuses them; parse them anyway so that
-    # validation can name the field that holds one instead of answering "malformed JSON".
-    try:
-        return json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise ParseError(f"Malformed JSON: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -92,9 +65,14 @@ class RowDecoder:
         self._decoder = msgspec.json.Decoder(body)
 
     def decode(self, raw: bytes) -> TypedRows | None:
+        if b"\\u0000" in raw:
+            return None  # the general path names the field that holds the NUL
         try:
             body = self._decoder.decode(raw)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            # RecursionError: an ignored key nested past msgspec's limit.
+            return None
+        if body.client_id is not None and not isinstance(body.client_id, str | int | float):
             return None
         if body.instances is not msgspec.UNSET:
             rows = body.instances

@@ -3,8 +3,9 @@
 Redis being down or slow must not fail a prediction, so every call here catches the error,
 counts it in mlregistry_cache_requests_total{result="error"}, logs (at most once per
 PREDICTION_CACHE_RETRY_SECONDS) and then skips the cache for that long instead of paying a
-socket timeout on every request. This is local to the predict path on purpose: elsewhere a
-cache error should still be loud (no global DJANGO_REDIS_IGNORE_EXCEPTIONS).
+socket timeout on every request; tokens, access policies and routing then come from a short
+per-process memo (config/cache_outage.py). This is local to the serving path on purpose:
+elsewhere a cache error should still be loud (no global DJANGO_REDIS_IGNORE_EXCEPTIONS).
 """
 
 from __future__ import annotations
@@ -24,13 +25,20 @@ from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
 
+from config.cache_outage import (
+    cache_available,
+    cache_failed,
+    failure_hooks,
+    guarded_delete_many,
+    guarded_get,
+    guarded_set,
+    memo_put,
+)
+from config.cache_outage import cache_reset as cache_reset  # re-exported for tests
 from config.readahead import MISSING, readahead_clear, readahead_set, readahead_take
 from predictions.metrics import CACHE_REQUESTS
 
 logger = logging.getLogger(__name__)
-
-_lock = threading.Lock()
-_state = {"skip_until": 0.0, "errors_since_log": 0}
 
 
 def cache_is_process_local() -> bool:
@@ -38,33 +46,16 @@ def cache_is_process_local() -> bool:
     return isinstance(caches["default"], LocMemCache)
 
 
-def cache_available() -> bool:
-    return time.monotonic() >= _state["skip_until"]
-
-
-def cache_reset() -> None:
-    """Forgets a previous failure (tests, and a readiness probe that found the cache healthy)."""
-    with _lock:
-        _state["skip_until"] = 0.0
-        _state["errors_since_log"] = 0
-
-
 def _failed(operation: str, exc: Exception) -> None:
+    cache_failed(operation, exc)
+
+
+def _count_failure(operation: str) -> None:
     CACHE_REQUESTS.labels(result="error").inc()
-    now = time.monotonic()
-    with _lock:
-        _state["errors_since_log"] += 1
-        already_skipping = now < _state["skip_until"]
-        _state["skip_until"] = now + settings.PREDICTION_CACHE_RETRY_SECONDS
-        count = _state["errors_since_log"]
-        if already_skipping:
-            return
-        _state["errors_since_log"] = 0
-    logger.warning(
-        "cache unavailable, serving uncached for %.1fs",
-        settings.PREDICTION_CACHE_RETRY_SECONDS,
-        extra={"operation": operation, "error": f"{type(exc).__name__}: {exc}", "errors": count},
-    )
+
+
+# Every failed cache call in this process is counted, whichever module made it.
+failure_hooks.append(_count_failure)
 
 
 def cache_prefetch(
@@ -204,36 +195,21 @@ def cache_prefetch_clear() -> None:
 
 
 def cache_get(key: str) -> Any:
-    """The cached value, or None on a miss or when the cache is failing."""
+    """The cached value, or None on a miss; from the outage memo while the cache is failing."""
     ahead = readahead_take(key)
     if ahead is not MISSING:
+        memo_put(key, ahead)
         return ahead
-    if not cache_available():
-        return None
-    try:
-        return caches["default"].get(key)
-    except Exception as exc:
-        _failed("get", exc)
-        return None
+    return guarded_get(key)
 
 
 def cache_set(key: str, value: Any, timeout: float) -> bool:
-    if not cache_available():
-        return False
-    try:
-        caches["default"].set(key, value, timeout)
-    except Exception as exc:
-        _failed("set", exc)
-        return False
-    return True
+    return guarded_set(key, value, timeout)
 
 
 def cache_delete_many(keys: list[str]) -> None:
     # Not skipped while the cache is failing: a revocation must reach it the moment it can.
-    try:
-        caches["default"].delete_many(keys)
-    except Exception as exc:
-        _failed("delete", exc)
+    guarded_delete_many(keys)
 
 
 class _WriteBehind:

@@ -141,6 +141,9 @@ class ModelCache:
         self._items: OrderedDict[tuple[int, str], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[tuple[int, str], threading.Lock] = {}
+        # (version id, sha256) -> why its last load in this process failed, for readiness;
+        # forgotten when a load of it succeeds. Bounded by the versions ever routed to.
+        self.failures: dict[tuple[int, str], str] = {}
 
     def peek(self, version_id: int, sha256: str) -> LoadedModel | None:
         """The loaded model if this process has it (never loads)."""
@@ -158,7 +161,12 @@ class ModelCache:
             with self._lock:
                 loaded = self._items.get(key)
             if loaded is None:
-                loaded = self._load(info, model_name=model_name)
+                try:
+                    loaded = self._load(info, model_name=model_name)
+                except UnavailableError as exc:
+                    self.failures[key] = exc.message
+                    raise
+                self.failures.pop(key, None)
                 with self._lock:
                     self._items[key] = loaded
                     self._evict()
@@ -209,6 +217,7 @@ class ModelCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self.failures.clear()
 
     def __len__(self) -> int:
         return len(self._items)

@@ -1,23 +1,15 @@
-"""orjson parser and renderer for the predict endpoints (several times faster than the
-stdlib json module on the rows a batch carries)."""
+"""orjson renderer for the predict endpoints (several times faster than the stdlib json module
+on the rows a batch carries); the parser is the API's one JSON parser (config/parsers.py)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
-from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.parsers import BaseParser
 from rest_framework.renderers import BaseRenderer
 
-from predictions.body import parse_json, read_body
+from config.parsers import HTTPContentNegotiation
+from config.parsers import JSONParser as ORJSONParser
 
-
-class ORJSONParser(BaseParser):
-    media_type = "application/json"
-
-    def parse(self, stream, media_type=None, parser_context=None) -> Any:
-        return parse_json(read_body(stream))
+__all__ = ["JSONFirstContentNegotiation", "ORJSONParser", "ORJSONRenderer"]
 
 
 class ORJSONRenderer(BaseRenderer):
@@ -31,11 +23,12 @@ class ORJSONRenderer(BaseRenderer):
         return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
 
 
-class JSONFirstContentNegotiation(DefaultContentNegotiation):
+class JSONFirstContentNegotiation(HTTPContentNegotiation):
     """DRF's negotiation, with the answer for what clients almost always send given without
-    parsing the Accept header (~40 us of a ~1 ms predict request): no Accept, `*/*` or
-    `application/json`, no `?format=`, and a JSON renderer first. DRF picks that renderer with
-    its own media type for each of these; anything else is negotiated by DRF (406 included)."""
+        parsing the Accept header (~40 us of a ~1 ms predict request): no Accept, `*/*` or
+        `application/json`, no `?format=`, and a JSON renderer first. DRF picks that renderer with
+        its own media type for each of these; anything else is negotiated as HTTP says (406
+    included; config/parsers.py)."""
 
     _PLAIN = frozenset(("*/*", "application/json"))
 

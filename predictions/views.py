@@ -14,15 +14,16 @@ from drf_spectacular.utils import (
 )
 from rest_framework import status
 from rest_framework.authentication import SessionAuthentication
-from rest_framework.exceptions import APIException, AuthenticationFailed, UnsupportedMediaType
+from rest_framework.exceptions import APIException, AuthenticationFailed
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.errors import DomainError
+from config.parsers import content_type_check
 from config.schema import error_responses
-from config.throttling import ScopeRateThrottle
+from config.throttling import RefusedTokenThrottled, ScopeRateThrottle
 from mlregistry.access import access_cache_key
 from mlregistry.models import RegisteredModel
 from mlregistry.permissions import RegistryPermission
@@ -138,6 +139,7 @@ class _PredictBase(APIView):
         keys: list[str] = []
         increments: list[tuple[str, int]] = []
         token_key = auth_cache_key_for_request(request)
+        user_pk = None
         if token_key and settings.PREDICTION_AUTH_CACHE_SECONDS > 0:
             keys.append(token_key)
             user_pk = token_user_pk(token_key)
@@ -151,7 +153,10 @@ class _PredictBase(APIView):
         if name:
             keys.append(routing_cache_key(name))
             shared |= {keys[-1]}
-            if self.guess_result_key and token_key:
+            # The body is read ahead only for a token this process has verified before: a
+            # made-up token must never make the server wait for a body (a slow client sending
+            # one would hold this thread); it gets its 401 first.
+            if self.guess_result_key and user_pk is not None:
                 guess = None
                 body = self._body_ahead(request)
                 if body is not None:
@@ -161,7 +166,7 @@ class _PredictBase(APIView):
         cache_prefetch(keys, increments, shared=shared)
         try:
             super().initial(request, *args, **kwargs)
-        except AuthenticationFailed:
+        except (AuthenticationFailed, RefusedTokenThrottled):
             # The token was refused (revoked, expired, its user deactivated) after its former
             # user's counter was incremented ahead: give the count back and stop reading ahead
             # for it, so requests with a revoked token cannot use up that user's budget.
@@ -181,8 +186,7 @@ class _PredictBase(APIView):
         if body is None:
             if getattr(self, "_body_error", None) is not None:
                 raise self._body_error
-            if not _is_json(request.content_type):
-                raise UnsupportedMediaType(request.content_type)
+            content_type_check(request.content_type, accepted=("application/json",))
             body = self._predict_body = PredictBody(read_body(request.stream))
         return body
 
@@ -236,10 +240,6 @@ class PredictVersionView(_PredictBase):
     )
     def post(self, request: Request, name: str, version: int) -> Response:
         return self._serve(request, name, version)
-
-
-def _is_json(content_type: str) -> bool:
-    return content_type == "application/json" or content_type.endswith("+json")
 
 
 class PredictAliasView(_PredictBase):

@@ -35,9 +35,10 @@ def test_readiness_names_a_failing_database(client, monkeypatch):
 
     monkeypatch.setitem(health.READINESS_CHECKS, "database", broken)
     response = client.get("/health/ready")
-    assert response.status_code == 503
+    # Degraded, not down: predictions still answer from what this process holds.
+    assert response.status_code == 200
     assert response.json()["checks"]["database"] == {
-        "status": "down",
+        "status": "degraded",
         "ms": response.json()["checks"]["database"]["ms"],
         "detail": "OSError: connection refused",
     }

@@ -16,7 +16,7 @@ def test_readiness_names_each_check(client):
     assert body["checks"]["cache"]["status"] == "ok"
 
 
-def test_a_failing_optional_check_degrades_and_a_required_one_takes_it_down(client, monkeypatch):
+def test_a_failing_check_degrades_and_only_a_down_one_takes_it_down(client, monkeypatch):
     # Faults injected on purpose: checks that fail, registered the way other apps register.
     def broken():
         raise RuntimeError("boom")
@@ -28,7 +28,12 @@ def test_a_failing_optional_check_degrades_and_a_required_one_takes_it_down(clie
 
     monkeypatch.setitem(health.READINESS_CHECKS, "database", broken)
     response = client.get("/health/ready")
+    assert response.status_code == 200 and response.json()["status"] == "degraded"
+
+    monkeypatch.setitem(health.READINESS_CHECKS, "serving", lambda: ("down", "cannot serve"))
+    response = client.get("/health/ready")
     assert response.status_code == 503 and response.json()["status"] == "down"
+    assert response["Retry-After"]
 
 
 def test_readiness_is_get_only(client):

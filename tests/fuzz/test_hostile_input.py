@@ -137,3 +137,65 @@ def test_a_joblib_upload_without_the_pickle_permission_is_refused(staff_api, iri
     assert response.status_code == 403
     assert not ModelVersion.objects.exists()
     assert io.BytesIO(payload).read(1) == b"\x80"  # it really was a pickle
+
+
+HOSTILE_JSON_BODIES = {
+    "deep nesting": "[" * 1000 + "]" * 1000,
+    "deep object": '{"a": ' * 500 + "1" + "}" * 500,
+    "nul in a string": '{"name": "a\\u0000b", "description": "\\u0000", "actual": "\\u0000"}',
+    "nul in a key": '{"k\\u0000": 1, "features": {"x\\u0000": 1}}',
+    "not json": "{'single': quotes}",
+    "huge number": '{"version": 1e999999, "weight": 123456789012345678901234567890}',
+    "wrong types": '{"name": [], "splits": "x", "features": 3, "actual": {}}',
+}
+
+
+# Refused by the parser whatever the operation (other bodies may be valid for some).
+ALWAYS_REFUSED = {"deep nesting", "deep object", "nul in a string", "nul in a key", "not json"}
+UPLOAD_PATHS = {"/api/v1/models/{name}/versions/", "/api/v1/datasets/"}
+
+
+def _schema_operations(client) -> list[tuple[str, str, dict]]:
+    schema = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    return [
+        (method, path, operation)
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+        if method in {"post", "put", "patch"}
+    ]
+
+
+def _fill(path: str) -> str:
+    for name, value in {
+        "{name}": "iris",
+        "{version}": "1",
+        "{model_id}": "iris",
+        "{request_id}": "no-such-request",
+        "{alias}": "champion",
+        "{id}": "1",
+    }.items():
+        path = path.replace(name, value)
+    return path
+
+
+def test_every_operation_answers_hostile_json_with_a_4xx(staff_api, iris_model, settings):
+    """Every operation with a body in the schema, not just predict: hostile JSON is a clear
+    4xx, never a 500, and JSON-only operations advertise only JSON."""
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {}}
+    version = factories.version_create(iris_model)
+    ModelVersion.objects.filter(pk=version.pk).update(stage="production")
+    operations = _schema_operations(staff_api)
+    assert len(operations) >= 10
+    for method, path, operation in operations:
+        content = operation.get("requestBody", {}).get("content", {})
+        if "multipart/form-data" in content or "application/x-www-form-urlencoded" in content:
+            # Upload endpoints keep multipart; a JSON-only one must not advertise it.
+            assert path in UPLOAD_PATHS, path
+        url = _fill(path)
+        for kind, raw in HOSTILE_JSON_BODIES.items():
+            for content_type in ("application/json", "application/json; charset=UTF-8"):
+                response = getattr(staff_api, method)(url, raw, content_type=content_type)
+                assert response.status_code < 500, (method, path, kind, response.content)
+                if kind in ALWAYS_REFUSED or response.status_code >= 400:
+                    assert 400 <= response.status_code < 500, (method, path, kind)
+                    assert "error" in response.json(), (method, path, kind)

@@ -120,8 +120,16 @@ def test_tampered_artifact_is_refused_with_503(client_api, iris_production):
     response = _predict(client_api)
     assert response.status_code == 503
     assert response.json()["error"]["type"] == "artifact_integrity_error"
+    # One broken model does not take the process out of rotation: readiness reports it.
     ready = client_api.get("/health/ready")
-    assert ready.status_code == 503 and ready.json()["checks"]["models"]["status"] == "down"
+    assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+    models = ready.json()["checks"]["models"]
+    assert models["status"] == "degraded"
+    assert models["detail"]["production"]["iris"]["state"] == "failed"
+    # The operators' deep check loads it again, and fails.
+    deep = client_api.get("/health/deep")
+    assert deep.status_code == 503
+    assert deep.json()["checks"]["models"]["detail"]["production"]["iris"]["state"] == "failed"
 
 
 def test_missing_artifact_is_503_not_500(client_api, iris_production):
@@ -133,11 +141,22 @@ def test_missing_artifact_is_503_not_500(client_api, iris_production):
     )
 
 
-def test_readiness_loads_every_production_model(client_api, iris_production):
+def test_readiness_never_loads_a_model_and_the_deep_check_does(client_api, iris_production):
+    model_cache.clear()
     body = client_api.get("/health/ready").json()
     assert body["checks"]["models"]["status"] == "ok"
+    assert body["checks"]["models"]["detail"]["production"]["iris"]["state"] == "not_loaded"
     assert body["checks"]["prediction_cache"]["status"] == "ok"
-    assert len(model_cache) == 1  # warmed before the first request
+    assert len(model_cache) == 0
+    assert client_api.get("/health/deep").json()["checks"]["models"]["status"] == "ok"
+    assert len(model_cache) == 1
+    body = client_api.get("/health/ready").json()
+    assert body["checks"]["models"]["detail"]["production"]["iris"]["state"] == "loaded"
+
+
+def test_the_deep_check_is_not_open_to_everyone(anon_api, iris_production, settings):
+    settings.METRICS_ALLOWED_IPS = []
+    assert anon_api.get("/health/deep").status_code == 403
 
 
 @pytest.mark.skipif(not os.environ.get("REDIS_URL"), reason="needs Redis (REDIS_URL)")

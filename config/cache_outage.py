@@ -1,0 +1,135 @@
+"""The shared cache when it fails: one circuit breaker and one short memo per process.
+
+When a cache call fails (Redis down or slow), the cache is skipped for
+PREDICTION_CACHE_RETRY_SECONDS instead of paying a socket timeout on every call, and the outage
+is logged once per retry period (no traceback per request). Meanwhile the values the serving
+path needs on every request (tokens and access policies: keys starting with MEMO_PREFIXES)
+come from a per-process memo of what was last read or written, each kept at most
+CACHE_OUTAGE_MEMO_SECONDS; routing has its own memo (predictions/selectors.py, with the
+shorter PREDICTION_ROUTING_LOCAL_TTL, as a promotion must be seen soon). A prediction then
+costs no database query during an outage in steady state.
+
+The memo trades freshness for availability the way a local-memory cache does: an invalidation
+made by another process during the outage reaches this one within CACHE_OUTAGE_MEMO_SECONDS;
+one made by this process drops the entry at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import caches
+
+logger = logging.getLogger(__name__)
+
+# Keys every predict request reads: the token's user and the caller's access policy.
+MEMO_PREFIXES = ("auth:", "access:")
+_MEMO_MAX = 10_000
+
+_lock = threading.Lock()
+_state = {"skip_until": 0.0, "errors_since_log": 0}
+_memo: dict[str, tuple[float, Any]] = {}
+
+# Called with the operation's name on every failure (predictions counts them in a metric).
+failure_hooks: list[Callable[[str], None]] = []
+
+
+def cache_available() -> bool:
+    """False while the cache is being skipped after a failure."""
+    return time.monotonic() >= _state["skip_until"]
+
+
+def cache_reset() -> None:
+    """Forgets a previous failure and the memo (tests)."""
+    with _lock:
+        _state["skip_until"] = 0.0
+        _state["errors_since_log"] = 0
+        _memo.clear()
+
+
+def cache_failed(operation: str, exc: BaseException) -> None:
+    """Records a failed cache call: skip the cache for the retry period, log once per period."""
+    for hook in failure_hooks:
+        hook(operation)
+    now = time.monotonic()
+    with _lock:
+        _state["errors_since_log"] += 1
+        already_skipping = now < _state["skip_until"]
+        _state["skip_until"] = now + settings.PREDICTION_CACHE_RETRY_SECONDS
+        count = _state["errors_since_log"]
+        if already_skipping:
+            return
+        _state["errors_since_log"] = 0
+    logger.warning(
+        "cache unavailable, serving uncached for %.1fs",
+        settings.PREDICTION_CACHE_RETRY_SECONDS,
+        extra={"operation": operation, "error": f"{type(exc).__name__}: {exc}", "errors": count},
+    )
+
+
+def memo_put(key: str, value: Any, timeout: float | None = None) -> None:
+    """Remembers a value read from or written to the cache, if the serving path needs it."""
+    if value is None or not key.startswith(MEMO_PREFIXES):
+        return
+    seconds = settings.CACHE_OUTAGE_MEMO_SECONDS
+    if timeout is not None:
+        seconds = min(seconds, timeout)
+    if len(_memo) >= _MEMO_MAX:
+        _memo.clear()
+    _memo[key] = (time.monotonic() + seconds, value)
+
+
+def memo_get(key: str) -> Any:
+    """The remembered value of `key` if still fresh, else None."""
+    entry = _memo.get(key)
+    if entry is None:
+        return None
+    if entry[0] < time.monotonic():
+        _memo.pop(key, None)
+        return None
+    return entry[1]
+
+
+def memo_forget(keys: Iterable[str]) -> None:
+    for key in keys:
+        _memo.pop(key, None)
+
+
+def guarded_get(key: str) -> Any:
+    """The cached value, or None on a miss; from the memo while the cache is failing."""
+    if not cache_available():
+        return memo_get(key)
+    try:
+        value = caches["default"].get(key)
+    except Exception as exc:
+        cache_failed("get", exc)
+        return memo_get(key)
+    memo_put(key, value)
+    return value
+
+
+def guarded_set(key: str, value: Any, timeout: float) -> bool:
+    """Writes to the cache (and the memo); False when the cache is failing."""
+    memo_put(key, value, timeout)
+    if not cache_available():
+        return False
+    try:
+        caches["default"].set(key, value, timeout)
+    except Exception as exc:
+        cache_failed("set", exc)
+        return False
+    return True
+
+
+def guarded_delete_many(keys: list[str]) -> None:
+    """Deletes keys; not skipped while failing: an invalidation must reach it when it can."""
+    memo_forget(keys)
+    try:
+        caches["default"].delete_many(keys)
+    except Exception as exc:
+        cache_failed("delete", exc)
