@@ -8,6 +8,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.generics import GenericAPIView
 from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -17,6 +18,8 @@ from mlregistry.access import api_client_allowed_models
 from mlregistry.models import ModelVersion, RegisteredModel
 from mlregistry.permissions import RegistryPermission
 from mlregistry.serializers import (
+    AuditEventOutput,
+    AuditEventQueryInput,
     ModelVersionDetailOutput,
     ModelVersionOutput,
     ModelVersionUploadInput,
@@ -190,3 +193,27 @@ class ModelRollbackView(GenericAPIView):
             model=model, actor=request.user, **data.validated_data
         )
         return Response(ModelVersionOutput(obj).data)
+
+
+class AuditEventListView(GenericAPIView):
+    """The audit trail of every state change, for staff (401 without credentials, 403 for a
+    client that is not staff)."""
+
+    permission_classes = [IsAdminUser]
+    serializer_class = AuditEventOutput
+
+    @extend_schema(
+        operation_id="list_audit_events",
+        tags=["audit"],
+        parameters=[AuditEventQueryInput],
+        responses=AuditEventOutput(many=True),
+        summary="List audit events (staff only)",
+    )
+    def get(self, request: Request) -> Response:
+        """Newest first, paginated; a malformed filter (e.g. `since` not ISO 8601) is a 400
+        naming it."""
+        query = AuditEventQueryInput(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        events = selectors.audit_events_list(**query.validated_data)
+        page = self.paginate_queryset(events)
+        return self.get_paginated_response(AuditEventOutput(page, many=True).data)
