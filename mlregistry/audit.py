@@ -21,6 +21,9 @@ Actor = AbstractBaseUser | str
 _NO_REQUEST_ID = request_id_var.get()
 
 
+_TIMESTAMP_FIELDS = frozenset({"created_at", "updated_at"})
+
+
 def _json_value(value: Any) -> Any:
     # Dates, decimals and UUIDs as DjangoJSONEncoder writes them, so the diff is plain JSON.
     return json.loads(json.dumps(value, cls=DjangoJSONEncoder))
@@ -29,14 +32,17 @@ def _json_value(value: Any) -> Any:
 def _field_names(obj: models.Model, fields: Iterable[str] | None) -> list[str]:
     if fields is not None:
         return list(fields)
+    # The event's own time says when; the row's timestamps would only repeat it.
     return [
-        f.name for f in obj._meta.concrete_fields if not f.primary_key and f.name != "updated_at"
+        f.name
+        for f in obj._meta.concrete_fields
+        if not f.primary_key and f.name not in _TIMESTAMP_FIELDS
     ]
 
 
 def fields_snapshot(obj: models.Model, fields: Iterable[str] | None = None) -> dict[str, Any]:
     """`{field: JSON value}` of `obj` as it is in memory; a foreign key gives its id. Without
-    `fields`, every concrete field but the primary key and `updated_at`."""
+    `fields`, every concrete field but the primary key and the row's timestamps."""
     snapshot = {}
     for name in _field_names(obj, fields):
         field = obj._meta.get_field(name)
