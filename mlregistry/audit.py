@@ -96,9 +96,15 @@ def audit_record(
     "transition", ...) to `obj`, with `changes` as `{field: [old, new]}`.
 
     Must run inside the calling service's `transaction.atomic()` on the database the audit rows
-    are written to (RuntimeError otherwise): a row written outside it would outlive a change
-    that rolls back. Call it before a delete, while `obj` still has its primary key."""
+    are written to, which must be `obj`'s (RuntimeError otherwise): a row written outside that
+    transaction would outlive a change that rolls back. Call it before a delete, while `obj`
+    still has its primary key."""
     using = router.db_for_write(AuditEvent)
+    if obj._state.db not in (None, using):
+        raise RuntimeError(
+            f"audit_record(): {obj._meta.label} lives on {obj._state.db!r}, the audit trail on "
+            f"{using!r}; one transaction cannot hold both."
+        )
     if not transaction.get_connection(using).in_atomic_block:
         raise RuntimeError(
             "audit_record() must be called inside the service's transaction.atomic() "

@@ -270,6 +270,12 @@ def test_audit_record_refuses_to_run_outside_a_transaction(iris_model):
     assert not AuditEvent.objects.filter(verb="update").exists()
 
 
+def test_audit_record_refuses_an_object_of_another_database(iris_model):
+    iris_model._state.db = "elsewhere"
+    with pytest.raises(RuntimeError, match="one transaction cannot hold both"):
+        audit_record(actor="tests", verb="update", obj=iris_model)
+
+
 def test_a_transition_that_rolls_back_leaves_no_audit_row(iris_model, monkeypatch):
     version = factories.version_create(iris_model)
     before = AuditEvent.objects.count()
