@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -27,6 +27,7 @@ from config.cache_outage import guarded_get, guarded_set, memo_forget, memo_put
 from config.errors import NotFoundError
 from config.pruning import delete_in_batches
 from config.readahead import MISSING, readahead_take
+from mlregistry.audit import Actor, audit_record
 from mlregistry.models import ApiClientPolicy, RegisteredModel
 
 logger = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def _model_changed(sender, instance: RegisteredModel, **kwargs) -> None:
         _invalidate_on_commit(user_ids)
 
 
-def user_deactivate(*, users: Iterable[Any], actor: Any) -> int:
+def user_deactivate(*, users: Iterable[Any], actor: Actor) -> int:
     """Deactivates these users; returns how many were active. From the commit on, none of
     their tokens authenticates, on the predict path's token cache too.
 
@@ -130,6 +131,9 @@ def user_deactivate(*, users: Iterable[Any], actor: Any) -> int:
         for user in active:
             user.is_active = False
             user.save(update_fields=["is_active"])
+            audit_record(
+                actor=actor, verb="deactivate", obj=user, changes={"is_active": [True, False]}
+            )
     logger.info(
         "users deactivated",
         extra={
@@ -140,11 +144,44 @@ def user_deactivate(*, users: Iterable[Any], actor: Any) -> int:
     return len(active)
 
 
-def api_tokens_revoke(*, tokens: Iterable[AuthToken], actor: Any) -> int:
-    """Deletes these API tokens (knox keeps only their digests); returns how many."""
+def api_token_create(
+    *, user: Any, actor: Actor, expiry: timedelta | None = None
+) -> tuple[AuthToken, str]:
+    """Issues an API token for `user`; returns the row and the secret, which is shown once
+    (knox stores only its digest). `expiry` None: the token never expires."""
+    with transaction.atomic():
+        instance, secret = AuthToken.objects.create(user=user, expiry=expiry)
+        audit_record(
+            actor=actor,
+            verb="create",
+            obj=instance,
+            changes={
+                "user": [None, user.get_username()],
+                "expiry": [None, instance.expiry.isoformat() if instance.expiry else None],
+            },
+        )
+    return instance, secret
+
+
+def api_tokens_revoke(*, tokens: Iterable[AuthToken], actor: Actor) -> int:
+    """Deletes these API tokens (knox keeps only their digests); returns how many went (a token
+    already gone counts for nothing and leaves no audit row)."""
     tokens = list(tokens)
     with transaction.atomic():
-        count, _ = AuthToken.objects.filter(pk__in=[t.pk for t in tokens]).delete()
+        live = list(
+            AuthToken.objects.select_for_update()
+            .filter(pk__in=[t.pk for t in tokens])
+            .select_related("user")
+            .order_by("pk")
+        )
+        for token in live:
+            audit_record(
+                actor=actor,
+                verb="revoke",
+                obj=token,
+                changes={"user": [token.user.get_username(), None]},
+            )
+        count, _ = AuthToken.objects.filter(pk__in=[t.pk for t in live]).delete()
     logger.info(
         "api tokens revoked",
         extra={
@@ -154,6 +191,57 @@ def api_tokens_revoke(*, tokens: Iterable[AuthToken], actor: Any) -> int:
         },
     )
     return count
+
+
+def _policy_snapshot(policy: ApiClientPolicy | None) -> dict[str, Any]:
+    if policy is None:
+        return {}
+    return {
+        "allowed_models": sorted(policy.allowed_models.values_list("name", flat=True)),
+        "note": policy.note,
+    }
+
+
+def api_client_policy_save(
+    *, user: Any, allowed_models: Iterable[RegisteredModel], actor: Actor, note: str = ""
+) -> ApiClientPolicy:
+    """Creates or replaces `user`'s client policy: from the commit on, the client may use only
+    `allowed_models` (an empty list: none). A save that changes nothing writes nothing."""
+    with transaction.atomic():
+        policy = ApiClientPolicy.objects.select_for_update().filter(user=user).first()
+        before = _policy_snapshot(policy)
+        created = policy is None
+        if created:
+            policy = ApiClientPolicy(user=user)
+        policy.note = note
+        policy.save()
+        policy.allowed_models.set(list(allowed_models))
+        after = _policy_snapshot(policy)
+        changes = {
+            name: [before.get(name), after[name]]
+            for name in after
+            if before.get(name) != after[name] or created
+        }
+        if changes:
+            audit_record(
+                actor=actor, verb="create" if created else "update", obj=policy, changes=changes
+            )
+    return policy
+
+
+def api_client_policy_delete(*, policy: ApiClientPolicy, actor: Actor) -> None:
+    """Removes a client's policy: from the commit on, it may use every model again."""
+    with transaction.atomic():
+        locked = ApiClientPolicy.objects.select_for_update().filter(pk=policy.pk).first()
+        if locked is None:
+            return
+        audit_record(
+            actor=actor,
+            verb="delete",
+            obj=locked,
+            changes={name: [value, None] for name, value in _policy_snapshot(locked).items()},
+        )
+        locked.delete()
 
 
 def api_tokens_prune_expired(

@@ -197,18 +197,29 @@ class RegisteredModelAdmin(DeletesThroughServices, RegisteredModelOverviewMixin,
         return f"v{version.version}" if version else "—"
 
     def save_model(self, request, obj, form, change):
-        if not change:
-            obj.owner = request.user
-        super().save_model(request, obj, form, change)
-        if change and "name" in form.changed_data:
-            # The serving path cached the model under its old name (routing, the seeds' alias).
-            old_name = form.initial.get("name", obj.name)
-            for name in {old_name, obj.name}:
-                transaction.on_commit(
-                    lambda name=name: selectors.registered_model_caches_invalidate(
-                        name=name, model_id=obj.pk
-                    )
-                )
+        """Through the services, as the API: one audit row, the cache invalidations of a
+        rename or a task change, and the owner set from the acting user."""
+        data = form.cleaned_data
+        if change:
+            services.registered_model_update(
+                model=obj,
+                actor=request.user,
+                **{field: data[field] for field in form.changed_data if field in data},
+            )
+        else:
+            created = services.registered_model_create(
+                name=data["name"],
+                actor=request.user,
+                task=data.get("task") or obj.task,
+                description=data.get("description", ""),
+                tags=data.get("tags") or [],
+            )
+            # The admin goes on with `obj` (its log entry, its redirect): it is the new row.
+            obj.pk = created.pk
+            obj.owner = created.owner
+            obj.created_at, obj.updated_at = created.created_at, created.updated_at
+            obj._state.adding = False
+            obj._state.db = created._state.db
 
     def _delete_with_service(self, request, obj) -> None:
         services.registered_model_delete(model=obj, actor=request.user)
@@ -323,6 +334,19 @@ class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
 
     def _delete_with_service(self, request, obj) -> None:
         services.model_version_delete(version=obj, actor=request.user)
+
+    def save_model(self, request, obj, form, change):
+        """Only metrics and metadata are editable here; they change through the service."""
+        data = form.cleaned_data
+        services.model_version_update(
+            version=obj,
+            actor=request.user,
+            **{
+                field: data[field]
+                for field in ("metrics", "metadata")
+                if field in form.changed_data
+            },
+        )
 
     @admin.display(description="version")
     def version_name(self, obj) -> str:

@@ -9,8 +9,13 @@ from django.utils import timezone
 from knox.admin import AuthTokenAdmin as KnoxAuthTokenAdmin
 from knox.models import AuthToken
 
-from mlregistry.access import api_tokens_revoke, user_deactivate
-from mlregistry.models import ApiClientPolicy
+from mlregistry.access import (
+    api_client_policy_delete,
+    api_client_policy_save,
+    api_tokens_revoke,
+    user_deactivate,
+)
+from mlregistry.models import ApiClientPolicy, AuditEvent
 
 
 @admin.register(ApiClientPolicy)
@@ -29,6 +34,29 @@ class ApiClientPolicyAdmin(admin.ModelAdmin):
     @admin.display(description="allowed models")
     def models_summary(self, obj: ApiClientPolicy) -> str:
         return ", ".join(m.name for m in obj.allowed_models.all()) or "— (none)"
+
+    def save_model(self, request, obj, form, change):
+        """Through the service (the audit row); it saves the model list too."""
+        saved = api_client_policy_save(
+            user=form.cleaned_data["user"],
+            allowed_models=form.cleaned_data["allowed_models"],
+            note=form.cleaned_data.get("note", ""),
+            actor=request.user,
+        )
+        obj.pk, obj.updated_at = saved.pk, saved.updated_at
+        obj._state.adding = False
+
+    def save_related(self, request, form, formsets, change):
+        # save_model already set the model list; the form's save_m2m would write it again.
+        for formset in formsets:
+            self.save_formset(request, form, formset, change=change)
+
+    def delete_model(self, request, obj):
+        api_client_policy_delete(policy=obj, actor=request.user)
+
+    def delete_queryset(self, request, queryset):
+        for policy in queryset:
+            api_client_policy_delete(policy=policy, actor=request.user)
 
 
 class TokenStatusFilter(admin.SimpleListFilter):
@@ -103,3 +131,36 @@ class UserAdmin(DjangoUserAdmin):
     def deactivate(self, request, queryset):
         count = user_deactivate(users=queryset, actor=request.user)
         self.message_user(request, f"Deactivated {count} user(s); their tokens stop working now.")
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """The audit trail, read-only: rows are written only by the services, in their transaction."""
+
+    list_display = ("created_at", "actor_name", "verb", "object_type", "object_repr", "request_id")
+    list_filter = ("verb", "object_type", "actor_name", "created_at")
+    search_fields = ("actor_name", "object_repr", "object_id", "model_name", "request_id")
+    date_hierarchy = "created_at"
+    list_select_related = ("actor_user",)
+    fields = (
+        "created_at",
+        "actor_user",
+        "actor_name",
+        "verb",
+        "object_type",
+        "object_id",
+        "object_repr",
+        "model_name",
+        "changes",
+        "request_id",
+    )
+    readonly_fields = fields
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

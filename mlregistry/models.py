@@ -298,3 +298,43 @@ class ApiClientPolicy(models.Model):
 
     def __str__(self) -> str:
         return f"policy for {self.user}"
+
+
+# --- Audit trail ---------------------------------------------------------------------
+
+
+class AuditEvent(models.Model):
+    """One row per state change made through a service, written in the service's transaction
+    (mlregistry.audit.audit_record), so a change that rolls back leaves no row.
+
+    `changes` maps each changed field to `[old, new]` (JSON values; `old` is null on create,
+    `new` is null on delete). `object_id` is a string because tokens are keyed by text and a
+    deleted object's id must stay readable. `model_name` names the registered model the event
+    concerns ("" when none), so the trail of a model survives its deletion."""
+
+    actor_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor_name = models.CharField(max_length=150)
+    verb = models.CharField(max_length=40)
+    object_type = models.CharField(max_length=60)
+    object_id = models.CharField(max_length=64)
+    object_repr = models.CharField(max_length=200, blank=True)
+    model_name = models.CharField(max_length=200, blank=True)
+    changes = models.JSONField(default=dict, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["object_type", "object_id"], name="audit_object_idx"),
+            models.Index(fields=["model_name", "-created_at"], name="audit_model_idx"),
+            models.Index(fields=["actor_name", "-created_at"], name="audit_actor_idx"),
+            models.Index(fields=["verb", "-created_at"], name="audit_verb_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return (
+            f"{self.actor_name} {self.verb} {self.object_type} {self.object_repr or self.object_id}"
+        )

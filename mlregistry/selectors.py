@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from django.core.cache import cache
 from django.db.models import QuerySet
 
 from config.errors import NotFoundError
-from mlregistry.models import ModelVersion, RegisteredModel, Stage, StageTransition
+from mlregistry.models import AuditEvent, ModelVersion, RegisteredModel, Stage, StageTransition
 
 logger = logging.getLogger(__name__)
 
@@ -108,3 +109,24 @@ def model_stage_transitions_list(*, model: RegisteredModel) -> QuerySet[StageTra
         .select_related("version", "actor_user")
         .order_by("-created_at", "-id")
     )
+
+
+def audit_events_list(
+    *,
+    model: str | None = None,
+    actor: str | None = None,
+    verb: str | None = None,
+    since: datetime | None = None,
+) -> QuerySet[AuditEvent]:
+    """Audit events, newest first, narrowed by model name, actor (username or job name), verb
+    and earliest time (inclusive); each filter left None applies no restriction."""
+    events = AuditEvent.objects.all()
+    if model:
+        events = events.filter(model_name=model)
+    if actor:
+        events = events.filter(actor_name=actor)
+    if verb:
+        events = events.filter(verb=verb)
+    if since is not None:
+        events = events.filter(created_at__gte=since)
+    return events

@@ -10,7 +10,14 @@ from rest_framework.exceptions import ParseError
 
 from config.errors import ValidationFailed
 from config.parsers import parse_json
-from mlregistry.models import ArtifactFormat, ModelVersion, RegisteredModel, Stage, Task
+from mlregistry.models import (
+    ArtifactFormat,
+    AuditEvent,
+    ModelVersion,
+    RegisteredModel,
+    Stage,
+    Task,
+)
 
 _SCALAR = {
     "anyOf": [{"type": "number"}, {"type": "integer"}, {"type": "string"}, {"type": "boolean"}]
@@ -257,3 +264,38 @@ class TransitionInput(serializers.Serializer):
 
 class RollbackInput(serializers.Serializer):
     comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+
+
+class AuditEventQueryInput(serializers.Serializer):
+    """The filters of GET /api/v1/audit-events/ (query parameters)."""
+
+    model = serializers.SlugField(max_length=100, required=False, help_text="registered model name")
+    actor = serializers.CharField(
+        max_length=150, required=False, help_text="username, or a job's name"
+    )
+    verb = serializers.CharField(
+        max_length=40, required=False, help_text="create, update, delete, transition, ..."
+    )
+    since = serializers.DateTimeField(
+        required=False, help_text="ISO 8601 date-time; events at or after it"
+    )
+
+
+class AuditEventOutput(serializers.ModelSerializer):
+    actor = serializers.CharField(source="actor_name")
+    changes = serializers.JSONField(help_text="{field: [old, new]}")
+
+    class Meta:
+        model = AuditEvent
+        fields = [
+            "id",
+            "created_at",
+            "actor",
+            "verb",
+            "object_type",
+            "object_id",
+            "object_repr",
+            "model_name",
+            "changes",
+            "request_id",
+        ]

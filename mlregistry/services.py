@@ -23,6 +23,14 @@ from sklearn.base import is_classifier, is_regressor
 
 from config.errors import ConflictError, ForbiddenError, NotFoundError, ValidationFailed
 from mlregistry import artifacts, reference, schema
+from mlregistry.audit import (
+    Actor,
+    audit_record,
+    changes_diff,
+    created_changes,
+    deleted_changes,
+    fields_snapshot,
+)
 from mlregistry.models import (
     MODEL_ID_PATTERN,
     ArtifactFormat,
@@ -42,12 +50,27 @@ from mlregistry.storage import get_artifact_storage
 
 logger = logging.getLogger(__name__)
 
-# A user, or the name of the job acting ("job:retraining", "make run", ...).
-Actor = AbstractBaseUser | str
-
 
 class TransitionError(ConflictError):
     error_type = "transition_error"
+
+
+# A version's audit diff leaves out what is bulky and derived from the artifact (the schema,
+# the reference sample and its statistics); the SHA-256 names the artifact they came from.
+_VERSION_AUDITED_FIELDS = (
+    "model",
+    "version",
+    "stage",
+    "artifact",
+    "artifact_format",
+    "artifact_sha256",
+    "artifact_size",
+    "metrics",
+    "params",
+    "metadata",
+    "source",
+    "created_by",
+)
 
 
 def _actor_fields(actor: Actor) -> tuple[AbstractBaseUser | None, str]:
@@ -103,9 +126,11 @@ def registered_model_create(
     owner, _ = _actor_fields(actor)
     try:
         with transaction.atomic():
-            return RegisteredModel.objects.create(
+            model = RegisteredModel.objects.create(
                 name=name, task=task, description=description, tags=tags or [], owner=owner
             )
+            audit_record(actor=actor, verb="create", obj=model, changes=created_changes(model))
+            return model
     except IntegrityError:
         raise ConflictError(
             f"A model named {name!r} already exists.", fields={"name": ["already exists"]}
@@ -116,24 +141,54 @@ def registered_model_update(
     *,
     model: RegisteredModel,
     actor: Actor,
+    name: str | None = None,
     description: str | None = None,
     task: str | None = None,
     tags: list[str] | None = None,
 ) -> RegisteredModel:
-    """Changes a model's descriptive fields (never its versions' stages); NotFoundError when
-    the model was deleted meanwhile."""
-    changed = []
-    for field, value in (("description", description), ("task", task), ("tags", tags)):
-        if value is not None:
-            setattr(model, field, value)
-            changed.append(field)
-    if changed:
+    """Changes a model's name or descriptive fields (never its versions' stages); a call that
+    changes nothing writes nothing. NotFoundError (404) when the model was deleted meanwhile;
+    ValidationFailed (400) for an all-digit name and ConflictError (409) for a taken one, as at
+    creation."""
+    if name is not None and MODEL_ID_PATTERN.fullmatch(name):
+        raise ValidationFailed(
+            f"A model name cannot be made only of digits ({name!r} would read as a model id "
+            "in /predict/{model_id}).",
+            fields={"name": ["must contain a character other than a digit"]},
+        )
+    wanted = {"name": name, "description": description, "task": task, "tags": tags}
+    try:
         with transaction.atomic():
-            registered_model_lock(model_id=model.pk)
-            model.save(update_fields=[*changed, "updated_at"])
-            if "task" in changed:
-                # The routing entry carries the task.
-                transaction.on_commit(partial(routing_invalidate, model.name))
+            locked = registered_model_lock(model_id=model.pk)
+            fields = [f for f, value in wanted.items() if value is not None]
+            before = fields_snapshot(locked, fields)
+            for field in fields:
+                setattr(locked, field, wanted[field])
+            changes = changes_diff(before, fields_snapshot(locked, fields))
+            if changes:
+                locked.save(update_fields=[*changes, "updated_at"])
+                audit_record(actor=actor, verb="update", obj=locked, changes=changes)
+                if "name" in changes:
+                    # The serving path cached the model under its old name (routing, the
+                    # seeds' alias) as well as under the new one.
+                    for cached_name in changes["name"]:
+                        transaction.on_commit(
+                            partial(
+                                registered_model_caches_invalidate,
+                                name=cached_name,
+                                model_id=locked.pk,
+                            )
+                        )
+                elif "task" in changes:
+                    # The routing entry carries the task.
+                    transaction.on_commit(partial(routing_invalidate, locked.name))
+    except IntegrityError:
+        raise ConflictError(
+            f"A model named {name!r} already exists.", fields={"name": ["already exists"]}
+        ) from None
+    for field in fields:
+        setattr(model, field, getattr(locked, field))
+    model.updated_at = locked.updated_at
     return model
 
 
@@ -155,6 +210,7 @@ def registered_model_delete(*, model: RegisteredModel, actor: Actor) -> None:
                 "archive it (or roll back) before deleting the model."
             )
         name, model_id = locked.name, locked.pk
+        audit_record(actor=actor, verb="delete", obj=locked, changes=deleted_changes(locked))
         locked.delete()
         transaction.on_commit(
             partial(registered_model_caches_invalidate, name=name, model_id=model_id)
@@ -443,6 +499,12 @@ def model_version_create(
                 source=source,
                 created_by=user,
             )
+            audit_record(
+                actor=actor,
+                verb="create",
+                obj=version,
+                changes=created_changes(version, _VERSION_AUDITED_FIELDS),
+            )
             # The routing entry lists the versions a client may pin: it must learn of this one.
             transaction.on_commit(partial(routing_invalidate, locked.name))
     except BaseException:
@@ -517,6 +579,15 @@ def _write_transition(
         from predictions.services import traffic_split_end_for_archived
 
         traffic_split_end_for_archived(version=version)
+    audit_record(
+        actor=actor,
+        verb="transition",
+        obj=version,
+        changes={
+            "stage": [from_stage, to_stage],
+            **({"comment": [None, comment]} if comment else {}),
+        },
+    )
     return StageTransition.objects.create(
         version=version,
         from_stage=from_stage,
@@ -625,6 +696,34 @@ def model_version_rollback(
     )
 
 
+def model_version_update(
+    *,
+    version: ModelVersion,
+    actor: Actor,
+    metrics: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> ModelVersion:
+    """Changes a version's descriptive fields (metrics, metadata); its stage, artifact and
+    number change only through their own services. A call that changes nothing writes nothing.
+    NotFoundError (404) when the version was deleted meanwhile."""
+    wanted = {"metrics": metrics, "metadata": metadata}
+    with transaction.atomic():
+        registered_model_lock(model_id=version.model_id)
+        current = _version_reread(version)
+        fields = [f for f, value in wanted.items() if value is not None]
+        before = fields_snapshot(current, fields)
+        for field in fields:
+            setattr(current, field, wanted[field])
+        changes = changes_diff(before, fields_snapshot(current, fields))
+        if changes:
+            current.save(update_fields=[*changes, "updated_at"])
+            audit_record(actor=actor, verb="update", obj=current, changes=changes)
+    for field in fields:
+        setattr(version, field, getattr(current, field))
+    version.updated_at = current.updated_at
+    return version
+
+
 def model_version_delete(*, version: ModelVersion, actor: Actor) -> None:
     """Deletes a version with its history (stage transitions, prediction log, drift reports);
     the admin and the API both call this. Its number is never given again.
@@ -646,6 +745,12 @@ def model_version_delete(*, version: ModelVersion, actor: Actor) -> None:
             )
         number = current.version
         traffic_split_end_for_archived(version=current)
+        audit_record(
+            actor=actor,
+            verb="delete",
+            obj=current,
+            changes=deleted_changes(current, _VERSION_AUDITED_FIELDS),
+        )
         current.delete()
         transaction.on_commit(partial(routing_invalidate, model.name))
     logger.info(

@@ -26,6 +26,7 @@ from django.utils import timezone
 from config.errors import ConflictError, DomainError, NotFoundError, ValidationFailed
 from config.job_heartbeats import job_heartbeat
 from mlregistry import artifacts, datasets, estimators, selectors, services
+from mlregistry.audit import audit_record, created_changes
 from mlregistry.models import (
     Dataset,
     DatasetSource,
@@ -144,7 +145,7 @@ def dataset_create(
     user, _ = services._actor_fields(actor)
     try:
         with transaction.atomic():
-            return Dataset.objects.create(
+            dataset = Dataset.objects.create(
                 name=name,
                 description=description,
                 target_column=target_column,
@@ -153,6 +154,8 @@ def dataset_create(
                 created_by=user,
                 **values,
             )
+            audit_record(actor=actor, verb="create", obj=dataset, changes=created_changes(dataset))
+            return dataset
     except IntegrityError:
         raise ConflictError(
             f"A dataset named {name!r} already exists.", fields={"name": ["already exists"]}
@@ -177,6 +180,24 @@ def _enqueue(job_id: int) -> None:
 def training_job_enqueue(*, job: TrainingJob) -> None:
     """Sends the job to a worker once the current transaction commits."""
     transaction.on_commit(partial(_enqueue, job.pk))
+
+
+# A job's audit diff holds what its creator chose; its progress and results are the job's own.
+_JOB_AUDITED_FIELDS = (
+    "model",
+    "dataset",
+    "estimator",
+    "estimator_params",
+    "policy",
+    "metric",
+    "margin",
+    "cv_folds",
+    "holdout_fraction",
+    "random_state",
+    "recurring",
+    "template",
+    "created_by",
+)
 
 
 def training_job_create(
@@ -238,6 +259,9 @@ def training_job_create(
             recurring=recurring,
             template=template,
             created_by=user,
+        )
+        audit_record(
+            actor=actor, verb="create", obj=job, changes=created_changes(job, _JOB_AUDITED_FIELDS)
         )
         if enqueue:
             training_job_enqueue(job=job)

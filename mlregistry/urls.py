@@ -3,6 +3,7 @@ from django.urls import path
 from mlregistry import training_views, views
 
 urlpatterns = [
+    path("audit-events/", views.AuditEventListView.as_view(), name="audit-event-list"),
     path("models/", views.RegisteredModelListView.as_view(), name="model-list"),
     path("models/<slug:name>/", views.RegisteredModelDetailView.as_view(), name="model-detail"),
     path("models/<slug:name>/rollback", views.ModelRollbackView.as_view(), name="model-rollback"),

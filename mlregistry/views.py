@@ -11,6 +11,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import status
 from rest_framework.generics import GenericAPIView
 from rest_framework.parsers import MultiPartParser
+from rest_framework.permissions import IsAdminUser
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -23,6 +24,8 @@ from mlregistry.downloads import artifact_response
 from mlregistry.models import ModelVersion, RegisteredModel
 from mlregistry.permissions import ArtifactDownloadPermission, RegistryPermission
 from mlregistry.serializers import (
+    AuditEventOutput,
+    AuditEventQueryInput,
     ModelVersionDetailOutput,
     ModelVersionOutput,
     ModelVersionUploadInput,
@@ -297,3 +300,27 @@ class ModelVersionArtifactView(GenericAPIView):
     )
     def get(self, request: Request, name: str, version: int):
         return artifact_response(request, selectors.model_version_get(name=name, version=version))
+
+
+class AuditEventListView(GenericAPIView):
+    """The audit trail of every state change, for staff (401 without credentials, 403 for a
+    client that is not staff)."""
+
+    permission_classes = [IsAdminUser]
+    serializer_class = AuditEventOutput
+
+    @extend_schema(
+        operation_id="list_audit_events",
+        tags=["audit"],
+        parameters=[AuditEventQueryInput],
+        responses=AuditEventOutput(many=True),
+        summary="List audit events (staff only)",
+    )
+    def get(self, request: Request) -> Response:
+        """Newest first, paginated; a malformed filter (e.g. `since` not ISO 8601) is a 400
+        naming it."""
+        query = AuditEventQueryInput(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        events = selectors.audit_events_list(**query.validated_data)
+        page = self.paginate_queryset(events)
+        return self.get_paginated_response(AuditEventOutput(page, many=True).data)

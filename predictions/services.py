@@ -30,6 +30,7 @@ from config.errors import (
 )
 from config.pruning import delete_in_batches
 from mlregistry.access import model_access_check
+from mlregistry.audit import audit_record
 from mlregistry.models import ModelVersion, RegisteredModel, Stage, Task
 from mlregistry.selectors import VERSION_NUMBER_MAX, model_version_get, routing_invalidate
 from mlregistry.services import Actor, registered_model_lock
@@ -591,6 +592,12 @@ def prediction_feedback_record(
 # --- Traffic splits -----------------------------------------------------------------------
 
 
+def _split_weights(model: RegisteredModel) -> dict[str, int]:
+    # Version numbers as strings: the audit diff is JSON, whose object keys are strings.
+    rows = TrafficSplit.objects.filter(model=model).values_list("version__version", "weight")
+    return {str(number): weight for number, weight in sorted(rows)}
+
+
 def traffic_split_set(
     *, model: RegisteredModel, splits: list[dict[str, int]], actor: Actor
 ) -> list[TrafficSplit]:
@@ -618,6 +625,7 @@ def traffic_split_set(
                 errors[f"splits[{index}].version"] = [f"v{number} is archived"]
         if errors:
             raise ValidationFailed("The traffic split is invalid.", fields=errors)
+        before = _split_weights(locked)
         TrafficSplit.objects.filter(model=locked).delete()
         created = TrafficSplit.objects.bulk_create(
             [
@@ -625,6 +633,11 @@ def traffic_split_set(
                 for s in splits
             ]
         )
+        after = {str(s["version"]): s["weight"] for s in splits}
+        if before != after:
+            audit_record(
+                actor=actor, verb="split_set", obj=locked, changes={"split": [before, after]}
+            )
         transaction.on_commit(partial(routing_invalidate, locked.name))
     logger.info(
         "traffic split set",
@@ -641,7 +654,12 @@ def traffic_split_clear(*, model: RegisteredModel, actor: Actor) -> int:
     """Ends a model's traffic split: all its traffic goes to the production version again."""
     with transaction.atomic():
         locked = registered_model_lock(model_id=model.pk)
+        before = _split_weights(locked)
         count, _ = TrafficSplit.objects.filter(model=locked).delete()
+        if count:
+            audit_record(
+                actor=actor, verb="split_clear", obj=locked, changes={"split": [before, None]}
+            )
         transaction.on_commit(partial(routing_invalidate, locked.name))
     logger.info(
         "traffic split cleared",

@@ -5,7 +5,8 @@ from django.contrib.auth.models import Group, Permission
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.db.models import Q
-from knox.models import AuthToken
+
+from mlregistry.access import api_token_create
 
 # The group `--staff` puts a user in: what the registry's write endpoints and admin pages ask for
 # (mlregistry/permissions.py: staff *and* the view's permission). Deleting and pickle uploads
@@ -65,7 +66,9 @@ class Command(BaseCommand):
                     user.save(update_fields=["is_staff"])
                 user.groups.add(maintainers_group_ensure())
             expiry = timedelta(days=expires_in_days) if expires_in_days else None
-            instance, token = AuthToken.objects.create(user=user, expiry=expiry)
+            instance, token = api_token_create(
+                user=user, expiry=expiry, actor="manage.py create_api_token"
+            )
         if created:
             kind = f"staff, in {MAINTAINERS_GROUP!r}" if staff else "not staff"
             self.stderr.write(f"Created API user {username!r} (no password, {kind}).")
