@@ -3,6 +3,7 @@ import uuid
 
 from django.contrib.messages.middleware import MessageMiddleware
 from django.contrib.messages.storage import default_storage
+from django.http import JsonResponse
 from django.utils.functional import SimpleLazyObject, empty
 
 from config.logging import request_id_var
@@ -47,3 +48,31 @@ class LazyMessageMiddleware(MessageMiddleware):
         if isinstance(messages, SimpleLazyObject) and messages._wrapped is empty:
             return response  # never used: nothing to store or to clear
         return super().process_response(request, response)
+
+
+class NulCharacterMiddleware:
+    """Refuses a NUL character in the decoded path (404: no stored name or id holds one) or in
+    a query parameter (400 naming it) before any view sees it. PostgreSQL cannot store or
+    compare a string holding NUL, so a path parameter such as a feedback request id reached the
+    database and raised ValueError (a 500); the JSON parser's NUL rule covers bodies only."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        from config.errors import _json_error, error_body
+
+        if "\x00" in request.path:
+            return _json_error(request, 404, "not_found", "No route for a path with NUL.")
+        for key, values in request.GET.lists():
+            if "\x00" in key or any("\x00" in value for value in values):
+                name = key.replace("\x00", "\\u0000")
+                why = "must not contain the NUL character (\\u0000)."
+                body = error_body(
+                    "validation_error",
+                    f"Query parameter {name} {why}",
+                    {name: [why]},
+                    getattr(request, "request_id", None),
+                )
+                return JsonResponse(body, status=400)
+        return self.get_response(request)

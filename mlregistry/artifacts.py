@@ -23,6 +23,7 @@ from django.conf import settings
 
 from config.archives import ArchiveError, ArchiveUnreadable, zip_check
 from config.errors import PayloadTooLarge, UnavailableError, ValidationFailed
+from mlregistry.artifact_structures import StructureError, check_structures
 from mlregistry.pickle_globals import PICKLE_ALLOWED_GLOBALS
 
 CHUNK_SIZE = 1024 * 1024
@@ -132,9 +133,10 @@ def load_skops(data: bytes) -> Any:
 
     trusted = skops_trusted_types(data)
     try:
-        return sio.loads(data, trusted=trusted)
+        loaded = sio.loads(data, trusted=trusted)
     except Exception as exc:
         raise ArtifactError(f"The skops file could not be loaded: {exc}") from None
+    return _well_formed(loaded)
 
 
 # --- pickles -------------------------------------------------------------------------------
@@ -224,9 +226,20 @@ def load_pickle(data: bytes) -> Any:
     either refuses (the two apply the same rule, so a refusal names the global)."""
     scan_pickle(data)
     try:
-        return _RestrictedUnpickler(io.BytesIO(data)).load()
+        loaded = _RestrictedUnpickler(io.BytesIO(data)).load()
     except Exception as exc:
         raise ArtifactError(f"The pickle could not be loaded: {exc}") from None
+    return _well_formed(loaded)
+
+
+def _well_formed(loaded: Any) -> Any:
+    """`loaded` once its native structures (trees, KD-trees, sparse matrices) are checked: their
+    compiled code trusts the indexes they hold, so crafted state would crash the worker."""
+    try:
+        check_structures(loaded)
+    except StructureError as exc:
+        raise ArtifactError(f"The artifact's estimator is malformed: {exc}") from None
+    return loaded
 
 
 def verify_sha256(data: bytes, expected: str) -> None:

@@ -1,8 +1,29 @@
-import json
+import math
+from typing import Any
 
 from django import forms
+from rest_framework.exceptions import ParseError
 
+from config.errors import ValidationFailed
+from config.parsers import parse_json
 from mlregistry.models import ArtifactFormat, RegisteredModel
+
+
+def _all_finite(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, int | float) and not isinstance(node, bool):
+            try:
+                if not math.isfinite(node):
+                    return False
+            except OverflowError:
+                return False
+    return True
 
 
 class JSONTextField(forms.CharField):
@@ -19,10 +40,18 @@ class JSONTextField(forms.CharField):
         value = super().clean(value)
         if not value:
             return None
+        # The API's one parser (depth and NUL rules): PostgreSQL refuses NUL, NaN and
+        # Infinity in JSON, and the stdlib parser accepts all three.
         try:
-            parsed = json.loads(value)
-        except ValueError as exc:
-            raise forms.ValidationError(f"Not valid JSON: {exc}") from None
+            parsed = parse_json(value)
+        except ParseError as exc:
+            raise forms.ValidationError(f"Not valid JSON: {exc.detail}") from None
+        except ValidationFailed as exc:
+            raise forms.ValidationError(exc.message) from None
+        if not _all_finite(parsed):
+            raise forms.ValidationError(
+                "Numbers must be finite and fit a float (no NaN, Infinity or 400-digit integers)."
+            )
         if not isinstance(parsed, self.expect):
             raise forms.ValidationError("Wrong JSON type for this field.")
         return parsed

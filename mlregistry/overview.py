@@ -8,6 +8,7 @@ nothing from outside.
 from __future__ import annotations
 
 import io
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
@@ -85,7 +86,14 @@ def version_metrics(*, model: RegisteredModel) -> dict[str, list[tuple[int, floa
     for version in model.versions.order_by("version").only("version", "metrics"):
         for name, value in (version.metrics or {}).items():
             if isinstance(value, int | float) and not isinstance(value, bool):
-                series[name].append((version.version, float(value)))
+                # Stored before uploads refused them, or written outside the API: a metric
+                # beyond float range or not finite cannot be charted, so it is left out.
+                try:
+                    number = float(value)
+                except OverflowError:
+                    continue
+                if math.isfinite(number):
+                    series[name].append((version.version, number))
     return dict(series)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
@@ -43,6 +44,15 @@ _FEATURE = {
         "description": "ordered features a request row must carry (mlregistry/schema.py)",
     }
 )
+def _as_finite_float(value: int | float) -> float | None:
+    """`value` as a finite float, or None (NaN, infinity, or an integer beyond float range)."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 class InputSchemaField(serializers.JSONField):
     pass
 
@@ -180,6 +190,10 @@ class ModelVersionUploadInput(serializers.Serializer):
         for key, metric in (value or {}).items():
             if isinstance(metric, bool) or not isinstance(metric, int | float):
                 raise serializers.ValidationError(f"metric {key!r} must be a number")
+            if _as_finite_float(metric) is None:
+                # An integer of 400 digits is valid JSON but no float: charts and comparisons
+                # would raise OverflowError on every page that reads it.
+                raise serializers.ValidationError(f"metric {key!r} must be a finite number")
         return value
 
     def validate_params(self, value: Any) -> Any:

@@ -102,7 +102,10 @@ class FrameBody(PredictBody):
             flat = chain.from_iterable(picked) if width > 1 else picked
             if not _NUMBER_TYPES.issuperset(map(type, flat)):
                 return None
-            return np.array(picked, dtype=np.float64).reshape(self.n_rows, width)
+            try:
+                return np.array(picked, dtype=np.float64).reshape(self.n_rows, width)
+            except OverflowError:  # an integer beyond float range: validation names it
+                return None
         table = self.table
         if self.columns is None or self.columns == names:
             order = None
@@ -119,7 +122,10 @@ class FrameBody(PredictBody):
                 return None
             if not _NUMBER_TYPES.issuperset(map(type, chain.from_iterable(table))):
                 return None
-            matrix = np.array(table, dtype=np.float64).reshape(self.n_rows, width)
+            try:
+                matrix = np.array(table, dtype=np.float64).reshape(self.n_rows, width)
+            except OverflowError:  # an integer beyond float range: validation names it
+                return None
         return matrix[:, order] if order is not None else matrix
 
 
