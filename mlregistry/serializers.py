@@ -37,13 +37,6 @@ _FEATURE = {
 }
 
 
-@extend_schema_field(
-    {
-        "type": "array",
-        "items": _FEATURE,
-        "description": "ordered features a request row must carry (mlregistry/schema.py)",
-    }
-)
 def _as_finite_float(value: int | float) -> float | None:
     """`value` as a finite float, or None (NaN, infinity, or an integer beyond float range)."""
     try:
@@ -53,6 +46,13 @@ def _as_finite_float(value: int | float) -> float | None:
     return number if math.isfinite(number) else None
 
 
+@extend_schema_field(
+    {
+        "type": "array",
+        "items": _FEATURE,
+        "description": "ordered features a request row must carry (mlregistry/schema.py)",
+    }
+)
 class InputSchemaField(serializers.JSONField):
     pass
 

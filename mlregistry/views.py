@@ -184,7 +184,9 @@ class ModelVersionDetailView(GenericAPIView):
     write_permissions = {"DELETE": "mlregistry.delete_modelversion"}
 
     @extend_schema(
-        responses={204: None},
+        operation_id="delete_version",
+        tags=["versions"],
+        responses={204: None, **error_responses(409)},
         summary="Delete a version (not the production one); its number is never reused",
     )
     def delete(self, request: Request, name: str, version: int) -> Response:
@@ -313,7 +315,7 @@ class AuditEventListView(GenericAPIView):
         operation_id="list_audit_events",
         tags=["audit"],
         parameters=[AuditEventQueryInput],
-        responses=AuditEventOutput(many=True),
+        responses={200: AuditEventOutput(many=True), **error_responses(403)},
         summary="List audit events (staff only)",
     )
     def get(self, request: Request) -> Response:

@@ -24,6 +24,7 @@ from mlregistry_client import (
     ValidationError,
 )
 
+from config.errors import RETRY_AFTER_SECONDS
 from mlregistry.models import ModelVersion as ModelVersionRow
 from mlregistry.storage import get_artifact_storage
 from predictions.loader import model_cache
@@ -203,7 +204,7 @@ def test_503_is_retried_then_raised_and_a_corrupt_artifact_is_never_loaded(live_
     with registry:
         with pytest.raises(Unavailable) as unavailable:
             registry.predict("iris-margin", IRIS_ROW)
-        assert len(sent) == 2 and unavailable.value.retry_after == 30
+        assert len(sent) == 2 and unavailable.value.retry_after == RETRY_AFTER_SECONDS
         with pytest.raises(ChecksumMismatch):
             registry.load_model("iris-margin")
 

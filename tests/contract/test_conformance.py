@@ -168,6 +168,20 @@ def test_every_operation_answers_as_documented(live_world, settings):
     assert staff.put(traffic, json={"splits": [{"version": 9, "weight": 1}]}).status_code == 400
     assert client.put(traffic, json=split).status_code == 403
     assert staff.delete(traffic).status_code == 204
+    assert staff.delete(f"{upload}1/").status_code == 409  # the production version
+    assert staff.delete(f"{upload}2/").status_code == 204
+
+    # The audit trail (staff only).
+    assert staff.get("/api/v1/audit-events/", params={"model": "contract"}).status_code == 200
+    assert staff.get("/api/v1/audit-events/", params={"since": "x"}).status_code == 400
+    assert client.get("/api/v1/audit-events/").status_code == 403
+
+    # MLflow's scoring protocol.
+    frame = {"dataframe_split": {"columns": list(IRIS_ROW), "data": [list(IRIS_ROW.values())]}}
+    assert client.post("/api/v1/models/iris/invocations", json=frame).status_code == 200
+    pinned = "/api/v1/models/iris/versions/1/invocations"
+    assert client.post(pinned, json={"dataframe_records": [IRIS_ROW]}).status_code == 200
+    assert client.post(pinned, json={"unknown": []}).status_code == 400
 
     # Datasets, training jobs, drift.
     dataset = {
