@@ -127,3 +127,19 @@ def audit_record(
         changes=changes or {},
         request_id="" if request_id == _NO_REQUEST_ID else request_id,
     )
+
+
+def fields_update(obj: models.Model, wanted: dict[str, Any], *, actor: Any) -> dict[str, list]:
+    """Sets each field of `wanted` whose value is not None on `obj` (a row the caller has
+    locked, inside its transaction), saves only what changed (with `updated_at`) and audits it
+    as one "update" event. Returns the diff, {field: [old, new]}; empty when nothing changed,
+    and then nothing is written."""
+    fields = [field for field, value in wanted.items() if value is not None]
+    before = fields_snapshot(obj, fields)
+    for field in fields:
+        setattr(obj, field, wanted[field])
+    changes = changes_diff(before, fields_snapshot(obj, fields))
+    if changes:
+        obj.save(update_fields=[*changes, "updated_at"])
+        audit_record(actor=actor, verb="update", obj=obj, changes=changes)
+    return changes

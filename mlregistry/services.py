@@ -26,10 +26,9 @@ from mlregistry import artifacts, reference, schema
 from mlregistry.audit import (
     Actor,
     audit_record,
-    changes_diff,
     created_changes,
     deleted_changes,
-    fields_snapshot,
+    fields_update,
 )
 from mlregistry.models import (
     MODEL_ID_PATTERN,
@@ -160,34 +159,28 @@ def registered_model_update(
     try:
         with transaction.atomic():
             locked = registered_model_lock(model_id=model.pk)
-            fields = [f for f, value in wanted.items() if value is not None]
-            before = fields_snapshot(locked, fields)
-            for field in fields:
-                setattr(locked, field, wanted[field])
-            changes = changes_diff(before, fields_snapshot(locked, fields))
-            if changes:
-                locked.save(update_fields=[*changes, "updated_at"])
-                audit_record(actor=actor, verb="update", obj=locked, changes=changes)
-                if "name" in changes:
-                    # The serving path cached the model under its old name (routing, the
-                    # seeds' alias) as well as under the new one.
-                    for cached_name in changes["name"]:
-                        transaction.on_commit(
-                            partial(
-                                registered_model_caches_invalidate,
-                                name=cached_name,
-                                model_id=locked.pk,
-                            )
+            changes = fields_update(locked, wanted, actor=actor)
+            if "name" in changes:
+                # The serving path cached the model under its old name (routing, the seeds'
+                # alias) as well as under the new one.
+                for cached_name in changes["name"]:
+                    transaction.on_commit(
+                        partial(
+                            registered_model_caches_invalidate,
+                            name=cached_name,
+                            model_id=locked.pk,
                         )
-                elif "task" in changes:
-                    # The routing entry carries the task.
-                    transaction.on_commit(partial(routing_invalidate, locked.name))
+                    )
+            elif "task" in changes:
+                # The routing entry carries the task.
+                transaction.on_commit(partial(routing_invalidate, locked.name))
     except IntegrityError:
         raise ConflictError(
             f"A model named {name!r} already exists.", fields={"name": ["already exists"]}
         ) from None
-    for field in fields:
-        setattr(model, field, getattr(locked, field))
+    for field, value in wanted.items():
+        if value is not None:
+            setattr(model, field, getattr(locked, field))
     model.updated_at = locked.updated_at
     return model
 
@@ -710,16 +703,10 @@ def model_version_update(
     with transaction.atomic():
         registered_model_lock(model_id=version.model_id)
         current = _version_reread(version)
-        fields = [f for f, value in wanted.items() if value is not None]
-        before = fields_snapshot(current, fields)
-        for field in fields:
-            setattr(current, field, wanted[field])
-        changes = changes_diff(before, fields_snapshot(current, fields))
-        if changes:
-            current.save(update_fields=[*changes, "updated_at"])
-            audit_record(actor=actor, verb="update", obj=current, changes=changes)
-    for field in fields:
-        setattr(version, field, getattr(current, field))
+        fields_update(current, wanted, actor=actor)
+    for field, value in wanted.items():
+        if value is not None:
+            setattr(version, field, getattr(current, field))
     version.updated_at = current.updated_at
     return version
 
