@@ -76,7 +76,7 @@ class JobRun(models.Model):
         indexes = [models.Index(fields=["job", "outcome"], name="jobrun_job_outcome")]
 
     def __str__(self) -> str:
-        return f"{self.job} {self.outcome} at {self.started_at:%Y-%m-%d %H:%M}"
+        return f"{self.job} {self.outcome} at {self.started_at:%Y-%m-%dT%H:%M:%S%z}"
 
 
 class JobRunTally(models.Model):

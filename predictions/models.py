@@ -123,7 +123,7 @@ class DriftReport(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"drift {self.version} @ {self.window_end:%Y-%m-%d %H:%M}: {self.status}"
+        return f"drift {self.version} @ {self.window_end:%Y-%m-%dT%H:%M:%S%z}: {self.status}"
 
 
 class ModelTraffic(RegisteredModel):

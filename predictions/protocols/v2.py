@@ -369,6 +369,9 @@ class _InferBase(_V2Errors, ProtocolPredictView):
         header = parse_json(raw)
         if not isinstance(header, dict):
             raise _bad("The inference request must be a JSON object.")
+        if "id" in header and not isinstance(header["id"], str):
+            # The protocol's inference request defines `id` as a string, echoed as it came.
+            raise _bad("id must be a string.", field="id")
         self._header = header
         return _frame(raw, _tensors(header, binary))
 

@@ -478,3 +478,13 @@ def test_tritonclient_sees_errors_and_refused_tokens(live_models):
 
 def test_iris_row_constant_is_the_first_feature_order():
     assert list(IRIS_ROW) == FEATURES
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("request_id", [{"a": 1}, 7, ["x"], None])
+def test_a_request_id_that_is_not_a_string_is_refused_naming_it(
+    client_api, iris_production, request_id
+):
+    response = _infer(client_api, {"id": request_id, "inputs": _per_feature(_rows(1))})
+    assert response.status_code == 400
+    assert "id" in response.json()["error"]
