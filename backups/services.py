@@ -915,7 +915,8 @@ def backup_retention_apply(
 # Content-addressed namespaces the sweep may clean, each with the rows that reference its files.
 # Anything else in the store (the admin's parked uploads under pending/) has its own expiry.
 def _referenced_store_files() -> set[str]:
-    from mlregistry.models import Dataset, ModelVersion
+    from mlregistry.models import ModelVersion
+    from quality.models import Dataset
 
     referenced = set(ModelVersion.objects.values_list("artifact", flat=True))
     referenced |= set(Dataset.objects.exclude(file="").values_list("file", flat=True))
@@ -923,7 +924,8 @@ def _referenced_store_files() -> set[str]:
 
 
 def _is_referenced(name: str) -> bool:
-    from mlregistry.models import Dataset, ModelVersion
+    from mlregistry.models import ModelVersion
+    from quality.models import Dataset
 
     return (
         ModelVersion.objects.filter(artifact=name).exists()
@@ -1031,8 +1033,8 @@ def retention_cleanup_run(*, now: datetime | None = None, dry_run: bool = False)
     """
     from mlregistry.access import api_tokens_prune_expired
     from mlregistry.services import pending_uploads_prune
-    from predictions.drift import drift_reports_prune
     from predictions.services import prediction_log_prune
+    from quality.drift import drift_reports_prune
 
     now = now or timezone.now()
 

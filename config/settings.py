@@ -38,6 +38,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "mlregistry",
     "predictions",
+    "quality",
     "backups",
 ]
 
@@ -384,7 +385,7 @@ DATASET_SQL_TIMEOUT_SECONDS = env_int("DATASET_SQL_TIMEOUT_SECONDS", 60, minimum
 # Datasets and versions both have a "source" choice field: name their enums apart in the schema.
 SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
     {
-        "DatasetSourceEnum": "mlregistry.models.DatasetSource",
+        "DatasetSourceEnum": "quality.models.DatasetSource",
         "VersionSourceEnum": "mlregistry.models.VersionSource",
     }
 )

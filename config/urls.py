@@ -14,6 +14,7 @@ from predictions.urls import predict_routes, v2_routes
 api_v1 = [
     path("", include("predictions.urls")),
     path("", include("mlregistry.urls")),
+    path("", include("quality.urls")),
     path("", include("backups.urls")),
 ]
 

@@ -23,7 +23,6 @@ from django.utils.html import format_html
 
 from config.errors import DomainError, NotFoundError
 from mlregistry import selectors, services
-from mlregistry.admin_quality import RegisteredModelOverviewMixin  # the overview page
 from mlregistry.forms import (
     ModelVersionUploadForm,
     PendingUploadForm,
@@ -32,6 +31,7 @@ from mlregistry.forms import (
 )
 from mlregistry.models import ModelVersion, RegisteredModel, Stage, StageTransition
 from mlregistry.templatetags.registry_admin import json_html, metrics_html
+from quality.admin import RegisteredModelOverviewMixin  # the overview page
 
 # Previews a user has open, in their session: token -> what the confirmation will register.
 PENDING_SESSION_KEY = "mlregistry_pending_uploads"

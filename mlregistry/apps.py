@@ -6,14 +6,4 @@ class MlregistryConfig(AppConfig):
     verbose_name = "Model registry"
 
     def ready(self) -> None:
-        from config.job_heartbeats import StalledJobKind, stalled_job_kind_register
         from mlregistry import access  # noqa: F401  (connects the access-policy cache signals)
-
-        # A job whose worker died would otherwise say "running" for ever.
-        stalled_job_kind_register(
-            StalledJobKind(
-                name="training",
-                model="mlregistry.TrainingJob",
-                extra={"error_type": "worker_lost"},
-            )
-        )

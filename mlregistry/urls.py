@@ -1,6 +1,6 @@
 from django.urls import path
 
-from mlregistry import training_views, views
+from mlregistry import views
 
 urlpatterns = [
     path("audit-events/", views.AuditEventListView.as_view(), name="audit-event-list"),
@@ -22,20 +22,5 @@ urlpatterns = [
         "models/<slug:name>/versions/<int:version>/transition",
         views.ModelVersionTransitionView.as_view(),
         name="version-transition",
-    ),
-]
-
-# --- Model-quality loop: datasets and training jobs ---
-urlpatterns += [
-    path("datasets/", training_views.DatasetListView.as_view(), name="dataset-list"),
-    path(
-        "models/<slug:name>/training-jobs",
-        training_views.TrainingJobListView.as_view(),
-        name="training-job-list",
-    ),
-    path(
-        "models/<slug:name>/training-jobs/<int:job_id>",
-        training_views.TrainingJobDetailView.as_view(),
-        name="training-job-detail",
     ),
 ]

@@ -85,47 +85,6 @@ class TrafficSplit(models.Model):
         return f"{self.model_id}: v{self.version_id} {self.weight}%"
 
 
-# --- Model-quality loop: drift reports ----------------------------------------------
-
-
-class DriftStatus(models.TextChoices):
-    OK = "ok", "No drift"
-    DRIFT = "drift", "Drift detected"
-    NO_REFERENCE = "no_reference", "No reference sample"
-    INSUFFICIENT_DATA = "insufficient_data", "Too few served rows"
-
-
-class DriftReport(models.Model):
-    """One comparison of a version's served features (in a window) with its reference sample."""
-
-    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="+")
-    version = models.ForeignKey(
-        ModelVersion, on_delete=models.CASCADE, related_name="drift_reports"
-    )
-    status = models.CharField(max_length=20, choices=DriftStatus.choices)
-    window_start = models.DateTimeField()
-    window_end = models.DateTimeField()
-    reference_size = models.PositiveIntegerField(default=0)
-    sample_size = models.PositiveIntegerField(default=0)
-    threshold = models.FloatField()
-    # [{"feature", "test", "statistic", "p_value", "p_value_adjusted", "effect_size_measure",
-    #   "effect_size", "min_effect_size", "drift"}] in input-schema order (predictions.drift).
-    # `threshold` applies to the adjusted p-value.
-    features = models.JSONField(default=list)
-    drifted_features = models.JSONField(default=list)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-
-    class Meta:
-        ordering = ["-window_end", "-id"]
-        constraints = [
-            # A retried or repeated check of the same window updates its report.
-            models.UniqueConstraint(fields=["version", "window_end"], name="unique_drift_window")
-        ]
-
-    def __str__(self) -> str:
-        return f"drift {self.version} @ {self.window_end:%Y-%m-%dT%H:%M:%S%z}: {self.status}"
-
-
 class ModelTraffic(RegisteredModel):
     """A registered model seen from the serving side (its traffic split)."""
 

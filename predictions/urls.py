@@ -1,7 +1,7 @@
 from django.urls import path
 
 from config import health
-from predictions import drift_views, views
+from predictions import views
 from predictions.protocols import mlflow, v2
 
 
@@ -60,9 +60,4 @@ urlpatterns = [
         views.FeedbackView.as_view(),
         name="prediction-feedback",
     ),
-]
-
-# --- Model-quality loop ---
-urlpatterns += [
-    path("models/<slug:name>/drift", drift_views.ModelDriftListView.as_view(), name="model-drift"),
 ]

@@ -57,7 +57,7 @@ def _model_kinds():
         StandardScaler,
     )
 
-    from mlregistry.estimators import ESTIMATORS
+    from quality.estimators import ESTIMATORS
 
     iris = load_iris(as_frame=True)
     diabetes = load_diabetes(as_frame=True)

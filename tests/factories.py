@@ -97,7 +97,7 @@ def iris_dataset_create(
     name: str = "iris-data", *, frame=None, actor: User | str = "tests", **kwargs
 ):
     """A CSV dataset of iris (features + `species` target), through the dataset service."""
-    from mlregistry import training
+    from quality import training
 
     if frame is None:
         x, y = iris_frame()

@@ -26,7 +26,8 @@ def main(kind: str, path: str) -> None:
     import skops.io  # noqa: F401
 
     from backups import services as backups
-    from mlregistry import artifacts, datasets
+    from mlregistry import artifacts
+    from quality import datasets
 
     readers = {
         "skops": lambda: artifacts.load_skops(Path(path).read_bytes()),

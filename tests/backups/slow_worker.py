@@ -32,7 +32,7 @@ def _pause_first_attempt(**kwargs) -> None:
 
     services._artifacts_archive_write = paused
 
-    from mlregistry import training
+    from quality import training
 
     original_train = training._train
 

@@ -17,7 +17,8 @@ from knox.models import AuthToken
 from backups import services, tasks
 from backups.models import Backup, JobRun, JobRunTally
 from mlregistry.models import ModelVersion
-from predictions.models import DriftReport, DriftStatus, PredictionLog
+from predictions.models import PredictionLog
+from quality.models import DriftReport, DriftStatus
 from tests import factories
 
 pytestmark = pytest.mark.django_db(transaction=True)

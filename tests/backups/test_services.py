@@ -383,7 +383,7 @@ def test_sweep_keeps_dataset_files_and_parked_uploads(registry):
     swept namespaces go."""
     import io
 
-    from mlregistry import training
+    from quality import training
 
     dataset = training.dataset_create(
         name="flowers",

@@ -17,8 +17,8 @@ from backups.models import Backup, BackupStatus, JobRun
 from config import celery as celery_config
 from config.job_heartbeats import STALLED_JOB_KINDS, StalledJobKind, job_heartbeat
 from config.schedules import DEFAULT_SCHEDULES
-from mlregistry import training
-from mlregistry.models import TrainingJob, TrainingStatus
+from quality import training
+from quality.models import TrainingJob, TrainingStatus
 from tests import factories
 
 pytestmark = pytest.mark.django_db(transaction=True)

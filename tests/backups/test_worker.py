@@ -18,8 +18,9 @@ from kombu import Connection
 
 from backups.models import Backup, JobRun
 from config.logging import request_id_var
-from mlregistry import training
-from mlregistry.models import RegisteredModel, TrainingJob
+from mlregistry.models import RegisteredModel
+from quality import training
+from quality.models import TrainingJob
 from tests import factories
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]

@@ -19,9 +19,11 @@ from rest_framework.test import APIClient
 
 from backups import services as backups
 from config.archives import ArchiveError, ArchiveLimits, ArchiveUnreadable, tar_check, zip_check
-from mlregistry import artifacts, training
-from mlregistry.datasets import DatasetError
-from mlregistry.models import Dataset, ModelVersion
+from mlregistry import artifacts
+from mlregistry.models import ModelVersion
+from quality import training
+from quality.datasets import DatasetError
+from quality.models import Dataset
 from tests import bombs, factories
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,7 +150,7 @@ def test_parquet_bomb_stored_behind_the_upload_is_refused_when_read(bomb_files):
         file=name, file_sha256=hashlib.sha256(data).hexdigest()
     )
     dataset.refresh_from_db()
-    from mlregistry.datasets import dataset_load
+    from quality.datasets import dataset_load
 
     with pytest.raises(DatasetError) as refused:
         dataset_load(dataset)
@@ -174,7 +176,7 @@ def test_a_normal_parquet_dataset_still_reads_whole(db):
         file=_small_parquet(),
         file_format="parquet",
     )
-    from mlregistry.datasets import dataset_frame_read
+    from quality.datasets import dataset_frame_read
 
     assert dataset_frame_read(dataset)["x"].tolist() == [1.0, 2.0, 3.0]
 

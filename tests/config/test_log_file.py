@@ -88,7 +88,7 @@ def test_the_file_gets_the_same_json_lines_as_stdout(tmp_path):
         "from config.logging import request_id_var; request_id_var.set('req-7'); "
         "log = logging.getLogger('mlregistry.requests'); "
         "log.info('GET / 200', extra={'status': 200, 'path': '/'}); "
-        "logging.getLogger('predictions.drift').warning('drift checked \\u00e9')"
+        "logging.getLogger('quality.drift').warning('drift checked \\u00e9')"
     )
     done = subprocess.run(
         [sys.executable, "-c", code],

@@ -12,7 +12,7 @@ from django.utils import timezone
 from knox.models import AuthToken
 
 from config.logging import request_id_var
-from mlregistry import access, services, training
+from mlregistry import access, services
 from mlregistry.audit import audit_record
 from mlregistry.models import (
     ApiClientPolicy,
@@ -22,6 +22,7 @@ from mlregistry.models import (
     StageTransition,
 )
 from predictions import services as prediction_services
+from quality import training
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -221,7 +222,7 @@ def test_tokens_users_and_client_policies_are_audited(staff_user, iris_model):
 def test_datasets_and_training_jobs_are_audited(iris_model):
     with _Audit() as audit:
         dataset = factories.iris_dataset_create(actor="tests")
-    assert (audit.one.verb, audit.one.object_type) == ("create", "mlregistry.dataset")
+    assert (audit.one.verb, audit.one.object_type) == ("create", "quality.dataset")
     assert audit.one.changes["name"] == [None, "iris-data"]
     with _Audit() as audit:
         training.training_job_create(
@@ -233,7 +234,7 @@ def test_datasets_and_training_jobs_are_audited(iris_model):
         )
     assert (audit.one.verb, audit.one.object_type, audit.one.model_name) == (
         "create",
-        "mlregistry.trainingjob",
+        "quality.trainingjob",
         "iris",
     )
     assert audit.one.changes["estimator"] == [None, "LogisticRegression"]

@@ -14,8 +14,8 @@ from django.core.files.storage import storages
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from mlregistry import artifacts, services
-from mlregistry.datasets import dataset_frame_read
 from predictions.loader import model_cache
+from quality.datasets import dataset_frame_read
 from tests import factories
 
 pytestmark = pytest.mark.django_db

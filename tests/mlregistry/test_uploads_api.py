@@ -149,7 +149,7 @@ def test_expected_sha256_guards_the_upload_in_transit(staff_api, iris_model):
 
 def test_a_stored_metric_beyond_float_range_is_left_out_of_the_charts(iris_model):
     """Written before uploads refused it (or outside the API): the overview still renders."""
-    from mlregistry import overview
+    from quality import overview
 
     version = factories.version_create(iris_model)
     ModelVersion.objects.filter(pk=version.pk).update(metrics={"accuracy": 10**400, "f1": 0.5})
