@@ -7,10 +7,10 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from config import health
 from config.admin_login import ThrottledAdminLoginForm
 from config.metrics import metrics_view
-from predictions.urls import predict_routes, v2_routes
+from config.routes import TOP_LEVEL_ROUTES
 
-# The predict routes come first and at the top level (predictions.urls.predict_routes): URL
-# resolution tries each pattern in turn, and every include is a level of its own.
+# The predict routes come first and at the top level (config.routes, filled by the predictions
+# app): URL resolution tries each pattern in turn, and every include is a level of its own.
 api_v1 = [
     path("", include("predictions.urls")),
     path("", include("mlregistry.urls")),
@@ -27,8 +27,7 @@ def landing(request):
 
 urlpatterns = [
     path("", landing, name="landing"),
-    *predict_routes("api/v1/"),
-    *v2_routes(),
+    *TOP_LEVEL_ROUTES,
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

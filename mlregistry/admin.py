@@ -31,7 +31,6 @@ from mlregistry.forms import (
 )
 from mlregistry.models import ModelVersion, RegisteredModel, Stage, StageTransition
 from mlregistry.templatetags.registry_admin import json_html, metrics_html
-from quality.admin import RegisteredModelOverviewMixin  # the overview page
 
 # Previews a user has open, in their session: token -> what the confirmation will register.
 PENDING_SESSION_KEY = "mlregistry_pending_uploads"
@@ -73,7 +72,7 @@ def _refusal(exc: DomainError) -> dict[str, Any]:
 
 
 def _overview_url(model: RegisteredModel) -> str | None:
-    """The model overview page, when the app that draws it is installed."""
+    """The model overview page, when the app that draws it (quality) is installed."""
     try:
         return reverse("admin:mlregistry_registeredmodel_overview", args=[model.pk])
     except NoReverseMatch:
@@ -165,7 +164,7 @@ class ModelVersionInline(admin.TabularInline):
 
 
 @admin.register(RegisteredModel)
-class RegisteredModelAdmin(DeletesThroughServices, RegisteredModelOverviewMixin, admin.ModelAdmin):
+class RegisteredModelAdmin(DeletesThroughServices, admin.ModelAdmin):
     list_display = ("name", "task", "production_version", "version_count", "owner", "updated_at")
     list_filter = ("task",)
     search_fields = ("name", "description")

@@ -11,6 +11,7 @@ from rest_framework.exceptions import ParseError
 
 from config.errors import ValidationFailed
 from config.parsers import parse_json
+from mlregistry import hooks
 from mlregistry.models import (
     ArtifactFormat,
     AuditEvent,
@@ -265,9 +266,7 @@ class ModelVersionDetailOutput(ModelVersionOutput):
     )
     def get_online_metrics(self, obj: ModelVersion) -> dict[str, Any]:
         """Accuracy (or MAE) from clients' feedback on served predictions."""
-        from predictions.selectors import online_metrics_get
-
-        return online_metrics_get(version=obj)
+        return hooks.online_metrics_get(version=obj)
 
 
 class TransitionInput(serializers.Serializer):

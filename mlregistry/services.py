@@ -30,6 +30,7 @@ from mlregistry.audit import (
     deleted_changes,
     fields_update,
 )
+from mlregistry.hooks import version_leaving_service
 from mlregistry.models import (
     MODEL_ID_PATTERN,
     ArtifactFormat,
@@ -569,9 +570,7 @@ def _write_transition(
     if to_stage == Stage.ARCHIVED:
         # An archived version must not keep receiving split traffic: the split ends in the
         # same transaction (the caller's on_commit invalidation covers the routing entry).
-        from predictions.services import traffic_split_end_for_archived
-
-        traffic_split_end_for_archived(version=version)
+        version_leaving_service.send(sender=ModelVersion, version=version)
     audit_record(
         actor=actor,
         verb="transition",
@@ -719,8 +718,6 @@ def model_version_delete(*, version: ModelVersion, actor: Actor) -> None:
     concurrent delete got there first. A traffic split naming it ends (as when it is archived).
     On commit the model's routing entry goes, so the next request for it answers 404, exactly
     as after a stage change. The artifact file is left for the retention sweep."""
-    from predictions.services import traffic_split_end_for_archived
-
     with transaction.atomic():
         model = registered_model_lock(model_id=version.model_id)
         current = _version_reread(version)
@@ -731,7 +728,7 @@ def model_version_delete(*, version: ModelVersion, actor: Actor) -> None:
                 fields={"version": ["is in production"]},
             )
         number = current.version
-        traffic_split_end_for_archived(version=current)
+        version_leaving_service.send(sender=ModelVersion, version=current)
         audit_record(
             actor=actor,
             verb="delete",

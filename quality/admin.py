@@ -15,6 +15,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from config.errors import DomainError
+from mlregistry import admin as registry_admin
 from mlregistry.forms import JSONTextField
 from mlregistry.models import ModelVersion, RegisteredModel
 from mlregistry.reference import model_version_reference_attach
@@ -172,6 +173,17 @@ class RegisteredModelOverviewMixin:
 
 def _connection_choices():
     return [("", "—")] + [(name, name) for name in sorted(settings.DATASET_DATABASES)]
+
+
+# The overview page hangs off the registry's own model admin, extended here and registered in
+# its place: the registry does not import this app (quality comes after mlregistry in
+# INSTALLED_APPS, so the admin autodiscovery has registered the registry's admin already).
+admin.site.unregister(RegisteredModel)
+
+
+@admin.register(RegisteredModel)
+class RegisteredModelAdmin(RegisteredModelOverviewMixin, registry_admin.RegisteredModelAdmin):
+    pass
 
 
 class DatasetCreateForm(forms.Form):

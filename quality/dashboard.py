@@ -1,5 +1,5 @@
-"""Reads behind the admin's landing page. Other apps' tables (backups, drift reports) are read
-through the app registry, so the dashboard works whichever of them is installed and migrated."""
+"""Reads behind the registry and quality panels of the admin's landing page (the backups panel
+is the backups app's own: backups.templatetags.backups_admin)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.apps import apps
-from django.db import DatabaseError
-from django.db.models import Count, Model, Prefetch, QuerySet
+from django.db.models import Count, Prefetch, QuerySet
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from mlregistry.models import ModelVersion, RegisteredModel, Stage, StageTransition
+from quality.models import DriftReport, DriftStatus
 
 logger = logging.getLogger(__name__)
 
@@ -79,106 +78,29 @@ def prediction_volume(*, hours: int = 24, now: datetime | None = None) -> Predic
     return PredictionVolume(total=sum(per_model.values()), per_model=per_model, hourly=hourly)
 
 
-def _optional_model(app_label: str, model_name: str) -> type[Model] | None:
-    try:
-        return apps.get_model(app_label, model_name)
-    except LookupError:
-        return None
-
-
-def _field_names(model: type[Model]) -> set[str]:
-    return {f.name for f in model._meta.get_fields()}
-
-
-def _first_field(names: set[str], *candidates: str) -> str | None:
-    return next((c for c in candidates if c in names), None)
-
-
-def _backup_summary(row: Model, when_field: str | None) -> dict[str, Any]:
-    status = getattr(row, "status", None)
-    if hasattr(row, "get_status_display"):
-        status = row.get_status_display()
-    verified = getattr(row, "verified", None)
-    if verified is None and getattr(row, "verified_at", None) is not None:
-        verified = True
-    return {
-        "when": getattr(row, when_field) if when_field else None,
-        "label": str(row),
-        "status": status,
-        "verified": verified,
-    }
-
-
-def last_backup() -> dict[str, Any] | None:
-    """The newest backup as {"when", "label", "status", "verified", "last_verified"}; None when
-    there is none or the backups app has no Backup model yet. `last_verified` is the newest
-    verified one when the newest is not (running, failed), so the page shows what restore has."""
-    backup = _optional_model("backups", "Backup")
-    if backup is None:
-        return None
-    names = _field_names(backup)
-    # started_at before finished_at: a running backup has no finish time yet.
-    when_field = _first_field(names, "created_at", "started_at", "finished_at")
-    order = f"-{when_field}" if when_field else "-pk"
-    try:
-        row = backup.objects.order_by(order).first()
-        verified_row = None
-        if row is not None and "verified_at" in names and row.verified_at is None:
-            verified_row = (
-                backup.objects.filter(verified_at__isnull=False).order_by("-verified_at").first()
-            )
-    except DatabaseError:  # the table is not migrated yet
-        logger.warning("backups table is not readable", exc_info=True)
-        return None
-    if row is None:
-        return None
-    summary = _backup_summary(row, when_field)
-    summary["last_verified"] = _backup_summary(verified_row, when_field) if verified_row else None
-    return summary
-
-
-# Where DriftReport may live; the first app that has one is read.
-DRIFT_APPS = ("quality", "predictions", "drift", "mlregistry")
-
-
-def drift_alerts(*, limit: int = 5) -> list[dict[str, Any]] | None:
-    """The newest drift reports that flagged drift; None when the drift app is not installed."""
-    report = next(
-        (m for label in DRIFT_APPS if (m := _optional_model(label, "DriftReport")) is not None),
-        None,
+def drift_alerts(*, limit: int = 5) -> list[dict[str, Any]]:
+    """The newest drift reports that flagged drift, newest first, as
+    {"when", "label", "version", "features"} (features: see _drifted_feature_tests)."""
+    rows = (
+        DriftReport.objects.filter(status=DriftStatus.DRIFT)
+        .select_related("version__model")
+        .order_by("-created_at", "-id")[:limit]
     )
-    if report is None:
-        return None
-    names = _field_names(report)
-    flag = _first_field(names, "drift_detected", "drifted", "is_drift", "alert")
-    when_field = _first_field(names, "created_at", "computed_at", "finished_at")
-    try:
-        rows = report.objects.all()
-        if flag:
-            rows = rows.filter(**{flag: True})
-        elif "status" in names:
-            rows = rows.filter(status__in=["drift", "alert", "drifted", "warning"])
-        if "version" in names:
-            rows = rows.select_related("version__model")
-        rows = list(rows.order_by(f"-{when_field}" if when_field else "-pk")[:limit])
-    except DatabaseError:
-        logger.warning("drift reports are not readable", exc_info=True)
-        return None
     return [
         {
-            "when": getattr(row, when_field) if when_field else None,
+            "when": row.created_at,
             "label": str(row),
-            "version": getattr(row, "version", None),
+            "version": row.version,
             "features": _drifted_feature_tests(row),
         }
         for row in rows
     ]
 
 
-def _drifted_feature_tests(row: Any) -> list[dict[str, Any]]:
+def _drifted_feature_tests(row: DriftReport) -> list[dict[str, Any]]:
     """The flagged features of a report that keeps per-feature tests (name, raw and adjusted
     p-value): a raw p-value alone overstates the evidence when many features are tested."""
-    entries = getattr(row, "features", None)
+    entries = row.features
     if not isinstance(entries, list):
         return []
     return [
@@ -190,7 +112,3 @@ def _drifted_feature_tests(row: Any) -> list[dict[str, Any]]:
         for entry in entries
         if isinstance(entry, dict) and entry.get("drift")
     ]
-
-
-def backups_installed() -> bool:
-    return _optional_model("backups", "Backup") is not None

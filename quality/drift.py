@@ -32,6 +32,7 @@ from django.utils import timezone
 from config.pruning import delete_in_batches
 from mlregistry.models import ModelVersion, RegisteredModel, Stage
 from predictions.models import PredictionLog
+from predictions.services import prediction_log_flush
 from quality.models import DriftReport, DriftStatus
 
 logger = logging.getLogger(__name__)
@@ -51,20 +52,6 @@ OTHER_CATEGORIES = "(other)"
 # Added to every category's count on both sides before PSI's logarithm, so an empty bin (a
 # category one side never saw) weighs in as a large but finite term.
 PSI_PSEUDOCOUNT = 0.5
-
-
-def prediction_log_flush_if_available() -> bool:
-    """Writes out buffered prediction-log rows so a check counts everything already served.
-
-    The buffer belongs to the predict path (predictions.services.prediction_log_flush); where
-    it does not exist, every served row is already in the table and there is nothing to flush.
-    """
-    try:
-        from predictions.services import prediction_log_flush  # type: ignore[attr-defined]
-    except ImportError:
-        return False
-    prediction_log_flush()
-    return True
 
 
 def _numbers(values: Iterable[Any]) -> np.ndarray:
@@ -316,7 +303,8 @@ def drift_check(
 ) -> list[DriftReport]:
     """Flushes the prediction-log buffer, then reports on every production version (or
     `model`'s) for the window ending at `as_of` (default: now)."""
-    prediction_log_flush_if_available()
+    # Rows still buffered in this process count too.
+    prediction_log_flush()
     window_end = as_of or timezone.now()
     versions = ModelVersion.objects.filter(stage=Stage.PRODUCTION).select_related("model")
     if model is not None:

@@ -8,24 +8,9 @@ from django import template
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from quality import dashboard
-
 register = template.Library()
 
 METRIC_DIGITS = 4
-
-
-@register.simple_tag
-def registry_dashboard() -> dict[str, Any]:
-    """Everything the admin landing page shows, read once per page."""
-    return {
-        "models": dashboard.dashboard_models(),
-        "transitions": dashboard.dashboard_recent_transitions(limit=8),
-        "backup": dashboard.last_backup(),
-        "backups_installed": dashboard.backups_installed(),
-        "drift": dashboard.drift_alerts(),
-        "volume": dashboard.prediction_volume(hours=24),
-    }
 
 
 @register.filter

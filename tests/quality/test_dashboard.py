@@ -4,10 +4,13 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
+from backups.models import Backup, BackupStatus
+from backups.templatetags.backups_admin import backup_dashboard
 from mlregistry import services
-from mlregistry.models import Stage, StageTransition
+from mlregistry.models import Stage
 from predictions.models import PredictionLog
 from quality import dashboard
+from quality.models import DriftReport, DriftStatus
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -51,27 +54,6 @@ def test_dashboard_models_carry_their_production_version(iris_model):
     assert [v.version for v in rows["iris"].production] == [1]
     assert rows["iris"].version_count == 2
     assert rows["empty"].production == []
-
-
-def test_missing_backup_and_drift_apps_read_as_not_set_up():
-    # Until the backups/drift branches land, their models are absent: the dashboard says so.
-    if dashboard.backups_installed():
-        pytest.skip("the backups app's Backup model is installed")
-    assert dashboard.last_backup() is None
-    if dashboard.drift_alerts() is not None:
-        pytest.skip("a DriftReport model is installed")
-    assert dashboard.drift_alerts() is None
-
-
-def test_last_backup_reads_any_model_with_a_timestamp(monkeypatch, iris_model):
-    # Stand-in on purpose: StageTransition plays the Backup model, which another branch builds.
-    v1 = factories.version_create(iris_model)
-    services.model_version_transition(version=v1, stage=Stage.STAGING, actor="tests")
-    monkeypatch.setattr(dashboard, "_optional_model", lambda app, name: StageTransition)
-    backup = dashboard.last_backup()
-    assert backup["label"] == str(StageTransition.objects.get())
-    assert backup["when"] is not None
-    assert backup["verified"] is None
 
 
 def test_admin_index_shows_the_dashboard(client, staff_user, iris_model):
@@ -118,120 +100,71 @@ def test_pending_uploads_prune_without_any_upload_is_a_no_op():
     assert services.pending_uploads_prune() == 0
 
 
-@pytest.fixture
-def stand_in_tables():
-    """Real tables shaped like what the backups and drift branches may build, in an isolated
-    app registry; the dashboard is pointed at them because those models are not merged yet."""
-    from django.db import connection, models
-    from django.test.utils import isolate_apps
-
-    with isolate_apps("backups", "predictions"):
-
-        class Backup(models.Model):
-            created_at = models.DateTimeField()
-            status = models.CharField(max_length=20, choices=[("ok", "Succeeded")])
-            verified_at = models.DateTimeField(null=True)
-
-            class Meta:
-                app_label = "backups"
-                db_table = "test_standin_backup"
-
-            def __str__(self) -> str:
-                return f"backup of {self.created_at:%Y-%m-%d %H:%M}"
-
-        class DriftReport(models.Model):
-            created_at = models.DateTimeField()
-            drift_detected = models.BooleanField(default=False)
-            feature = models.CharField(max_length=50)
-
-            class Meta:
-                app_label = "predictions"
-                db_table = "test_standin_driftreport"
-
-            def __str__(self) -> str:
-                return f"drift in {self.feature}"
-
-        class StatusDriftReport(models.Model):
-            created_at = models.DateTimeField()
-            status = models.CharField(max_length=20)
-
-            class Meta:
-                app_label = "predictions"
-                db_table = "test_standin_statusdrift"
-
-            def __str__(self) -> str:
-                return self.status
-
-        created = [Backup, DriftReport, StatusDriftReport]
-        with connection.schema_editor() as editor:
-            for model in created:
-                editor.create_model(model)
-        try:
-            yield {m.__name__: m for m in created}
-        finally:
-            with connection.schema_editor() as editor:
-                for model in created:
-                    editor.delete_model(model)
+def _backup(slot: str, *, started_at, status: str, verified: bool = False) -> Backup:
+    return Backup.objects.create(
+        slot=slot,
+        status=status,
+        actor="tests",
+        started_at=started_at,
+        verified_at=started_at if verified else None,
+    )
 
 
-@pytest.mark.django_db(transaction=True)
-def test_last_backup_reads_status_and_verification(monkeypatch, stand_in_tables):
-    backup = stand_in_tables["Backup"]
-    monkeypatch.setattr(dashboard, "_optional_model", lambda app, name: backup)
-    assert dashboard.last_backup() is None
+def test_backup_panel_reads_status_and_verification():
+    assert backup_dashboard() is None
     now = timezone.now()
-    backup.objects.create(created_at=now - timedelta(days=2), status="ok")
-    backup.objects.create(created_at=now, status="ok", verified_at=now)
-    newest = dashboard.last_backup()
+    _backup("a", started_at=now - timedelta(days=2), status=BackupStatus.VERIFIED, verified=True)
+    _backup("b", started_at=now, status=BackupStatus.VERIFIED, verified=True)
+    newest = backup_dashboard()
     assert newest["when"] == now
-    assert (newest["status"], newest["verified"]) == ("Succeeded", True)
+    assert (newest["status"], newest["verified"]) == ("Verified", True)
+    assert newest["label"] == str(Backup.objects.get(slot="b"))
     assert newest["last_verified"] is None
 
 
-@pytest.mark.django_db(transaction=True)
-def test_last_backup_also_names_the_newest_verified_one_while_another_runs(
-    monkeypatch, stand_in_tables
-):
-    backup = stand_in_tables["Backup"]
-    monkeypatch.setattr(dashboard, "_optional_model", lambda app, name: backup)
+def test_backup_panel_also_names_the_newest_verified_one_while_another_runs():
     now = timezone.now()
-    backup.objects.create(created_at=now - timedelta(days=1), status="ok", verified_at=now)
-    backup.objects.create(created_at=now, status="ok")
-    newest = dashboard.last_backup()
-    assert newest["verified"] is None
+    _backup("a", started_at=now - timedelta(days=1), status=BackupStatus.VERIFIED, verified=True)
+    _backup("b", started_at=now, status=BackupStatus.RUNNING)
+    newest = backup_dashboard()
+    assert (newest["status"], newest["verified"]) == ("Running", False)
     assert newest["last_verified"]["when"] == now - timedelta(days=1)
 
 
-@pytest.mark.django_db(transaction=True)
-def test_drift_alerts_list_only_reports_that_found_drift(monkeypatch, stand_in_tables):
-    report = stand_in_tables["DriftReport"]
-    monkeypatch.setattr(dashboard, "_optional_model", lambda app, name: report)
-    now = timezone.now()
-    report.objects.create(created_at=now, drift_detected=False, feature="sepal_width")
-    report.objects.create(created_at=now, drift_detected=True, feature="petal_length")
-    assert [a["label"] for a in dashboard.drift_alerts()] == ["drift in petal_length"]
+def _report(version, *, status: str, features: list, ago: timedelta = timedelta(0)):
+    now = timezone.now() - ago
+    return DriftReport.objects.create(
+        model=version.model,
+        version=version,
+        status=status,
+        window_start=now - timedelta(days=1),
+        window_end=now,
+        threshold=0.05,
+        features=features,
+    )
 
 
-@pytest.mark.django_db(transaction=True)
-def test_drift_alerts_fall_back_to_a_status_field(monkeypatch, stand_in_tables):
-    report = stand_in_tables["StatusDriftReport"]
-    monkeypatch.setattr(dashboard, "_optional_model", lambda app, name: report)
-    report.objects.create(created_at=timezone.now(), status="ok")
-    report.objects.create(created_at=timezone.now(), status="drift")
-    assert len(dashboard.drift_alerts()) == 1
+def test_drift_alerts_list_only_reports_that_found_drift_newest_first(iris_model):
+    version = factories.version_create(iris_model)
+    petal = {"feature": "petal_length", "p_value": 1e-6, "p_value_adjusted": 4e-6, "drift": True}
+    sepal = {"feature": "sepal_width", "p_value": 0.4, "p_value_adjusted": 1.0, "drift": False}
+    _report(version, status=DriftStatus.OK, features=[sepal])
+    older = _report(version, status=DriftStatus.DRIFT, features=[petal], ago=timedelta(hours=2))
+    newer = _report(version, status=DriftStatus.DRIFT, features=[sepal, petal])
+    DriftReport.objects.filter(pk=older.pk).update(created_at=timezone.now() - timedelta(hours=2))
+    alerts = dashboard.drift_alerts()
+    assert [a["label"] for a in alerts] == [str(newer), str(older)]
+    assert alerts[0]["features"] == [
+        {"feature": "petal_length", "p_value": 1e-6, "p_value_adjusted": 4e-6}
+    ]
+    assert alerts[0]["version"] == version
 
 
-@pytest.mark.django_db(transaction=True)
-def test_unmigrated_tables_read_as_missing(monkeypatch, stand_in_tables):
-    from django.db import connection
+def test_drift_alerts_are_empty_without_drift():
+    assert dashboard.drift_alerts() == []
 
-    backup = stand_in_tables["Backup"]
-    with connection.schema_editor() as editor:
-        editor.delete_model(backup)
-    try:
-        monkeypatch.setattr(dashboard, "_optional_model", lambda app, name: backup)
-        assert dashboard.last_backup() is None
-        assert dashboard.drift_alerts() is None
-    finally:
-        with connection.schema_editor() as editor:
-            editor.create_model(backup)
+
+def test_admin_index_says_when_no_backup_was_made(admin_client):
+    html = admin_client.get(reverse("admin:index")).content.decode()
+    assert "No backup has been made yet." in html
+    assert "No drift detected." in html
