@@ -214,7 +214,7 @@ class DatasetCreateForm(forms.Form):
 
 
 @admin.register(Dataset)
-class DatasetAdmin(admin.ModelAdmin):
+class DatasetAdmin(registry_admin.DeletesThroughServices, admin.ModelAdmin):
     list_display = ("name", "source", "target_column", "missing_policy", "created_by", "created_at")
     list_filter = ("source",)
     search_fields = ("name", "description")
@@ -234,8 +234,13 @@ class DatasetAdmin(admin.ModelAdmin):
         "created_at",
     )
 
+    actions = ["delete_selected"]
+
     def has_change_permission(self, request, obj=None) -> bool:
         return False  # jobs record what they trained on: a dataset does not change under them
+
+    def _delete_with_service(self, request: HttpRequest, obj: Dataset) -> None:
+        training.dataset_delete(dataset=obj, actor=request.user)
 
     def add_view(self, request, form_url="", extra_context=None):
         if not self.has_add_permission(request):
@@ -292,7 +297,7 @@ class TrainingJobCreateForm(forms.Form):
 
 
 @admin.register(TrainingJob)
-class TrainingJobAdmin(admin.ModelAdmin):
+class TrainingJobAdmin(registry_admin.DeletesThroughServices, admin.ModelAdmin):
     list_display = (
         "id",
         "model",
@@ -359,7 +364,7 @@ class TrainingJobAdmin(admin.ModelAdmin):
         ),
     )
     readonly_fields = tuple(f for _, opts in fieldsets for f in opts["fields"])
-    actions = ["run_again"]
+    actions = ["run_again", "delete_selected"]
 
     @admin.display(description="candidate score", ordering="candidate_score")
     def candidate_score_display(self, obj) -> str:
@@ -444,6 +449,9 @@ class TrainingJobAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False  # a job's record is its audit trail
+
+    def _delete_with_service(self, request: HttpRequest, obj: TrainingJob) -> None:
+        training.training_job_delete(job=obj, actor=request.user)
 
     def add_view(self, request, form_url="", extra_context=None):
         if not self.has_add_permission(request):

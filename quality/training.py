@@ -26,7 +26,7 @@ from django.utils import timezone
 from config.errors import ConflictError, DomainError, NotFoundError, ValidationFailed
 from config.job_heartbeats import job_heartbeat
 from mlregistry import artifacts, selectors, services
-from mlregistry.audit import audit_record, created_changes
+from mlregistry.audit import audit_record, created_changes, deleted_changes
 from mlregistry.models import ModelVersion, RegisteredModel, Stage, Task, VersionSource
 from mlregistry.storage import get_artifact_storage
 from quality import datasets, estimators
@@ -264,6 +264,54 @@ def training_job_create(
             training_job_enqueue(job=job)
     logger.info("training job created", extra={"job": job.pk, "model": model.name})
     return job
+
+
+def training_job_delete(*, job: TrainingJob, actor: services.Actor) -> None:
+    """Deletes a training job's record; the version it registered stays (it is the registry's).
+
+    ConflictError (409) while the job runs: its worker would register a candidate with no job
+    to record the decision. NotFoundError (404) when a concurrent delete got there first. A
+    queued job's message finds no job and is dropped (training_job_run_task)."""
+    with transaction.atomic():
+        current = TrainingJob.objects.select_for_update().filter(pk=job.pk).first()
+        if current is None:
+            raise NotFoundError(f"Training job #{job.pk} was already deleted.")
+        if current.status == TrainingStatus.RUNNING:
+            raise ConflictError(
+                f"Training job #{current.pk} is running; wait for it to finish (or for the "
+                "stalled-job reaper to fail it) before deleting it.",
+                fields={"status": ["is running"]},
+            )
+        audit_record(
+            actor=actor,
+            verb="delete",
+            obj=current,
+            changes=deleted_changes(current, _JOB_AUDITED_FIELDS),
+        )
+        current.delete()
+    logger.info("training job deleted", extra={"job": job.pk})
+
+
+def dataset_delete(*, dataset: Dataset, actor: services.Actor) -> None:
+    """Deletes a dataset; its file is left for the retention sweep (unreferenced files go).
+
+    ConflictError (409) while a training job names it: jobs record what they trained on.
+    NotFoundError (404) when a concurrent delete got there first."""
+    with transaction.atomic():
+        current = Dataset.objects.select_for_update().filter(pk=dataset.pk).first()
+        if current is None:
+            raise NotFoundError(f"Dataset {dataset.name} was already deleted.")
+        jobs = list(current.training_jobs.order_by("pk").values_list("pk", flat=True)[:6])
+        if jobs:
+            listed = ", ".join(f"#{pk}" for pk in jobs[:5]) + (", ..." if len(jobs) > 5 else "")
+            raise ConflictError(
+                f"Dataset {current.name} is what training jobs {listed} trained on; delete "
+                "those jobs first.",
+                fields={"dataset": ["used by training jobs"]},
+            )
+        audit_record(actor=actor, verb="delete", obj=current, changes=deleted_changes(current))
+        current.delete()
+    logger.info("dataset deleted", extra={"dataset": dataset.name})
 
 
 def retraining_schedule_run(*, now: datetime | None = None) -> list[TrainingJob]:
