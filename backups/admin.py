@@ -103,3 +103,6 @@ class JobRunAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False
+
+
+from backups import schedules_admin  # noqa: E402, F401  (the audited beat schedule admin)
