@@ -1,6 +1,7 @@
 from django.contrib import admin
+from django.http import HttpResponsePermanentRedirect
 from django.shortcuts import render
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.decorators.http import require_GET
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -25,9 +26,23 @@ def landing(request):
     return render(request, "landing.html", {"base": request.build_absolute_uri("/").rstrip("/")})
 
 
+def moved_admin_redirect(request, model: str, rest: str):
+    """Admin pages of models that moved to the quality app: their old addresses (bookmarks,
+    links in old messages) lead to the new ones, query string kept."""
+    query = request.META.get("QUERY_STRING", "")
+    return HttpResponsePermanentRedirect(
+        f"/admin/quality/{model}/{rest}" + (f"?{query}" if query else "")
+    )
+
+
 urlpatterns = [
     path("", landing, name="landing"),
     *TOP_LEVEL_ROUTES,
+    # Admin pages of the models the quality app took over from mlregistry and predictions.
+    re_path(
+        r"^admin/mlregistry/(?P<model>dataset|trainingjob)/(?P<rest>.*)$", moved_admin_redirect
+    ),
+    re_path(r"^admin/predictions/(?P<model>driftreport)/(?P<rest>.*)$", moved_admin_redirect),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -81,3 +81,20 @@ def test_deleting_twice_is_not_found(iris_model):
     training.dataset_delete(dataset=dataset, actor="tests")
     with pytest.raises(NotFoundError):
         training.dataset_delete(dataset=dataset, actor="tests")
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("/admin/mlregistry/dataset/", "/admin/quality/dataset/"),
+        ("/admin/mlregistry/trainingjob/7/change/?x=1", "/admin/quality/trainingjob/7/change/?x=1"),
+        ("/admin/predictions/driftreport/3/change/", "/admin/quality/driftreport/3/change/"),
+    ],
+)
+def test_old_admin_addresses_of_moved_models_redirect(boss, old, new):
+    response = boss.get(old)
+    assert (response.status_code, response["Location"]) == (301, new)
+
+
+def test_the_registry_admin_is_not_redirected(boss):
+    assert boss.get("/admin/mlregistry/registeredmodel/").status_code == 200
