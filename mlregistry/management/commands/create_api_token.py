@@ -12,7 +12,7 @@ from mlregistry.access import api_token_create
 # (mlregistry/permissions.py: staff *and* the view's permission). Deleting and pickle uploads
 # are left out on purpose: a superuser grants those to a person, not to a script's token.
 MAINTAINERS_GROUP = "registry maintainers"
-MAINTAINER_APPS = ("mlregistry", "predictions")
+MAINTAINER_APPS = ("mlregistry", "predictions", "quality")
 
 
 def maintainers_group_ensure() -> Group:
