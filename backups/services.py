@@ -60,7 +60,14 @@ MANIFEST_NAME = "manifest.json"
 ARTIFACTS_ARCHIVE = "artifacts.tar.gz"
 DATABASE_FILES = {"postgresql": "database.dump", "sqlite": "database.sqlite3"}
 # Apps whose row counts go into the manifest and are compared after a restore.
-COUNTED_APPS = ("auth", "mlregistry", "predictions")
+COUNTED_APPS = ("auth", "mlregistry", "predictions", "quality")
+# Models that changed app (same table, same rows): a backup taken before the move counts them
+# under their old label.
+MOVED_MODEL_LABELS = {
+    "mlregistry.dataset": "quality.dataset",
+    "mlregistry.trainingjob": "quality.trainingjob",
+    "predictions.driftreport": "quality.driftreport",
+}
 CHUNK_SIZE = 1024 * 1024
 
 
@@ -743,9 +750,13 @@ def backup_restore(
         shutil.rmtree(staging, ignore_errors=True)
     _routing_invalidate_all()
     counts = registry_row_counts()
+    expected_counts = {
+        MOVED_MODEL_LABELS.get(label, label): expected
+        for label, expected in manifest["row_counts"].items()
+    }
     mismatches = [
         f"{label}: {counts.get(label, 0)} rows, the backup had {expected}"
-        for label, expected in manifest["row_counts"].items()
+        for label, expected in expected_counts.items()
         if counts.get(label, 0) != expected
     ]
     logger.warning(

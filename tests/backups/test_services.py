@@ -536,3 +536,20 @@ def test_an_identical_upload_in_flight_keeps_its_orphaned_file_from_the_sweep(re
 
     assert services.artifacts_sweep() == []
     assert root_path(name).exists()
+
+
+def test_restoring_a_backup_taken_before_the_quality_app_counts_its_rows_as_moved(registry):
+    from quality.models import Dataset
+
+    factories.iris_dataset_create()
+    backup = services.backup_create(actor="tests")
+    directory = services.backup_directory(backup)
+    manifest_path = directory / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["row_counts"]["quality.dataset"] == 1
+    # As such a backup's manifest counts them: under the app the model used to live in.
+    manifest["row_counts"]["mlregistry.dataset"] = manifest["row_counts"].pop("quality.dataset")
+    manifest_path.write_text(json.dumps(manifest))
+    result = services.backup_restore(directory=directory, backup=None, actor="tests")
+    assert result.mismatches == []
+    assert Dataset.objects.count() == 1
