@@ -87,6 +87,12 @@ def readahead_register(
     _ordered[:] = sorted(_providers.values(), key=lambda item: item[0])
 
 
+def readahead_unregister(name: str) -> None:
+    """Removes the provider `name`, if registered (tests)."""
+    _providers.pop(name, None)
+    _ordered[:] = sorted(_providers.values(), key=lambda item: item[0])
+
+
 def readahead_providers() -> list[str]:
     """The registered providers' names, in the order they run."""
     return [name for name, _ in sorted(_providers.items(), key=lambda item: item[1][0])]
