@@ -34,12 +34,12 @@ Adding a target (for example an alias: POST /models/{name}/aliases/{alias}/predi
 
 Public surface (nothing outside this package imports its other names)
 ---------------------------------------------------------------------
-`serve`, `Served`, `ModelOutputInvalid`, `non_finite_rows`, `ServingView`; `Target`,
-`ProductionTarget`, `VersionTarget`; `RoutingEntry`, `VersionInfo`, `version_info`,
-`routing_entry_get`, `routing_entry_from_db`, `routing_fallback_clear`; `result_cache_key`; the Redis pipeline
-(`RedisPipeline`, `CommandBatch`) and the result-cache writer (`WriteBehind`,
-`write_behind_use`, `cache_writes_flush`, `pinned_connection`, `SharedDecodes`) for tests and
-operations.
+Serving: `serve`, `Served`, `ModelOutputInvalid`, `non_finite_rows`, `ServingView`.
+Targets: `Target`, `ProductionTarget`, `VersionTarget`.
+Routing: `RoutingEntry`, `VersionInfo`, `version_info`, `routing_entry_get`,
+`routing_entry_from_db`, `routing_fallback_clear`, `result_cache_key`.
+Machinery, for tests and operations: `RedisPipeline`, `CommandBatch`, `WriteBehind`,
+`write_behind_use`, `cache_writes_flush`, `pinned_connection`, `SharedDecodes`.
 """
 
 from predictions.serving.core import (
