@@ -52,6 +52,8 @@ class Served:
     result cache."""
 
     __slots__ = (
+        "_confidences",
+        "_predictions",
         "_rows",
         "batch",
         "cached",
@@ -88,25 +90,33 @@ class Served:
         self.request_id = request_id
         self.timestamp = timestamp
         self._rows = rows
+        self._predictions: list[Any] | None = None
+        self._confidences: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def predictions(self) -> list[Any]:
         """The predictions as JSON values, one per row."""
-        labels = self.labels
-        return labels.tolist() if hasattr(labels, "tolist") else list(labels)
+        if self._predictions is None:
+            labels = self.labels
+            self._predictions = labels.tolist() if hasattr(labels, "tolist") else list(labels)
+        return self._predictions
 
     def confidences(self) -> list[float] | None:
         """Each row's highest probability, or None without probabilities."""
         if self.probabilities is None:
             return None
-        return self.probabilities.max(axis=1).tolist()
+        if self._confidences is None:
+            self._confidences = self.probabilities.max(axis=1).tolist()
+        return self._confidences
 
     def rows(self) -> list[dict[str, Any]]:
         """One {prediction, confidence[, probabilities]} per row, as the native API answers."""
         if self._rows is None:
-            self._rows = _native_rows(self.predictions(), self.probabilities, self.class_labels)
+            self._rows = _native_rows(
+                self.predictions(), self.probabilities, self.class_labels, self.confidences()
+            )
         return self._rows
 
     def native(self) -> dict[str, Any]:
@@ -127,12 +137,16 @@ class Served:
 
 
 def _native_rows(
-    predictions: list[Any], probabilities: np.ndarray | None, labels: list[str] | None
+    predictions: list[Any],
+    probabilities: np.ndarray | None,
+    labels: list[str] | None,
+    confidences: list[float] | None = None,
 ) -> list[dict[str, Any]]:
     if probabilities is None:
         extra = {"probabilities": None} if labels else {}
         return [{"prediction": p, "confidence": None, **extra} for p in predictions]
-    confidences = probabilities.max(axis=1).tolist()
+    if confidences is None:
+        confidences = probabilities.max(axis=1).tolist()
     return [
         {"prediction": p, "confidence": c, "probabilities": dict(zip(labels, probs, strict=True))}
         for p, c, probs in zip(predictions, confidences, probabilities.tolist(), strict=True)
