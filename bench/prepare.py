@@ -33,7 +33,7 @@ from sklearn.preprocessing import StandardScaler  # noqa: E402
 from mlregistry import services  # noqa: E402
 from mlregistry.models import RegisteredModel, Stage  # noqa: E402
 from predictions.loader import ModelCache  # noqa: E402
-from predictions.selectors import version_routing_info  # noqa: E402
+from predictions.serving import version_info  # noqa: E402
 
 FEATURES = [f"f{i}" for i in range(20)]
 MODELS = {"bench-lr": "logistic regression pipeline", "bench-rf": "random forest, 100 trees"}
@@ -103,7 +103,7 @@ def main():
         cold = []
         for _ in range(3):
             started = time.perf_counter()
-            ModelCache()._load(version_routing_info(version), model_name=name)
+            ModelCache()._load(version_info(version), model_name=name)
             cold.append(time.perf_counter() - started)
         result["models"][name] = {
             "description": MODELS[name],

@@ -13,6 +13,7 @@ import functools
 import logging
 import re
 import time
+from typing import NamedTuple
 
 from django.core.cache import cache
 from drf_spectacular.contrib.knox_auth_token import KnoxTokenScheme
@@ -23,7 +24,12 @@ from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle
 
 from config.cache_outage import cache_available, cache_failed
-from config.readahead import readahead_count
+from config.readahead import (
+    ORDER_THROTTLE,
+    ReadAheadPlan,
+    readahead_count,
+    readahead_register,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +59,16 @@ def client_address(request) -> str:
     return BaseThrottle().get_ident(request) or "unknown"
 
 
+class WindowCounter(NamedTuple):
+    """One fixed-window counter: its cache `key`, the `limit` of requests in a window of
+    `duration` seconds, and when that window ends (epoch seconds)."""
+
+    key: str
+    limit: int
+    duration: int
+    window_end: float
+
+
 class ScopeRateThrottle(BaseThrottle):
     """Fixed-window counter per scope and client.
 
@@ -71,25 +87,24 @@ class ScopeRateThrottle(BaseThrottle):
             counter = self.counter(request, view, ident=f"addr:{client_address(request)}")
         if counter is None:
             return True
-        key, limit, duration, window_end = counter
-        count = self._count_guarded(key, duration)
+        count = self._count_guarded(counter.key, counter.duration)
         if count is None:
             # Without the cache there is no shared count; keep serving rather than refuse all.
             return True
-        if count > limit:
-            self._wait = window_end - time.time()
+        if count > counter.limit:
+            self._wait = counter.window_end - time.time()
             return False
         return True
 
     @staticmethod
-    def counter(request, view, *, ident: str) -> tuple[str, int, int, float] | None:
-        """(counter key, limit, window seconds, window end) of this request for the caller
-        `ident` ("user:<pk>" or "addr:<address>"), or None when its scope is unthrottled.
+    def counter(request, view, *, ident: str) -> WindowCounter | None:
+        """The counter of this request for the caller `ident` ("user:<pk>" or
+        "addr:<address>"), or None when its scope is unthrottled.
 
-        The predict views call it before authentication, with the user the token is known to
-        belong to, so the increment travels in the same cache round trip as the token lookup.
+        The read-ahead asks before authentication, with the user the token is known to belong
+        to, so the increment travels in the same cache round trip as the token lookup.
         """
-        # The predict views ask before authentication and the throttle asks again after it:
+        # The read-ahead asks before authentication and the throttle asks again after it:
         # the answer for the same caller is kept on the view (one instance per request).
         kept = getattr(view, "_throttle_counter", None)
         if kept is not None and kept[0] == ident:
@@ -102,7 +117,7 @@ class ScopeRateThrottle(BaseThrottle):
             limit, duration = parse_rate(rate)
             window = int(time.time() // duration)
             key = f"throttle:{rate_name}:{ident}:{duration}:{window}"
-            counter = key, limit, duration, float((window + 1) * duration)
+            counter = WindowCounter(key, limit, duration, float((window + 1) * duration))
         if view is not None:
             view._throttle_counter = (ident, counter)
         return counter
@@ -151,20 +166,38 @@ class ScopeRateThrottle(BaseThrottle):
         return self._wait
 
 
+def _read_ahead(plan: ReadAheadPlan) -> None:
+    """The caller's counter travels with the token lookup when its user is known ahead."""
+    if plan.user_pk is None:
+        return
+    counter = ScopeRateThrottle.counter(plan.request, plan.view, ident=f"user:{plan.user_pk}")
+    if counter is not None:
+        plan.increment(counter.key, counter.duration)
+
+
+def _refund_ahead(plan: ReadAheadPlan) -> None:
+    for key, _ in plan.increments:
+        if key.startswith("throttle:"):
+            ScopeRateThrottle.refund_ahead(key)
+
+
+readahead_register("throttle", _read_ahead, order=ORDER_THROTTLE, on_refused=_refund_ahead)
+
+
 class RefusedTokenThrottled(Throttled):
     """429 for a client address that sent too many refused bearer tokens (token guessing)."""
 
     default_detail = "Too many requests with a refused token from this address."
 
 
-def _refused_token_counter(request) -> tuple[str, int, int, float] | None:
+def _refused_token_counter(request) -> WindowCounter | None:
     rate = api_settings.DEFAULT_THROTTLE_RATES.get("refused_token")
     if not rate:
         return None
     limit, duration = parse_rate(rate)
     window = int(time.time() // duration)
     key = f"throttle:refused_token:addr:{client_address(request)}:{duration}:{window}"
-    return key, limit, duration, float((window + 1) * duration)
+    return WindowCounter(key, limit, duration, float((window + 1) * duration))
 
 
 def refused_token_check(request) -> None:
@@ -173,16 +206,15 @@ def refused_token_check(request) -> None:
     counter = _refused_token_counter(request)
     if counter is None:
         return
-    key, limit, _, window_end = counter
     if not cache_available():
         return  # without the cache there is no shared count; the database check still runs
     try:
-        count = cache.get(key) or 0
+        count = cache.get(counter.key) or 0
     except Exception as exc:
         cache_failed("throttle", exc)
         return
-    if count >= limit:
-        raise RefusedTokenThrottled(wait=window_end - time.time())
+    if count >= counter.limit:
+        raise RefusedTokenThrottled(wait=counter.window_end - time.time())
 
 
 def refused_token_count(request) -> None:
@@ -190,10 +222,9 @@ def refused_token_count(request) -> None:
     counter = _refused_token_counter(request)
     if counter is None:
         return
-    key, limit, duration, window_end = counter
-    count = ScopeRateThrottle._count_guarded(key, duration)
-    if count is not None and count > limit:
-        raise RefusedTokenThrottled(wait=window_end - time.time())
+    count = ScopeRateThrottle._count_guarded(counter.key, counter.duration)
+    if count is not None and count > counter.limit:
+        raise RefusedTokenThrottled(wait=counter.window_end - time.time())
 
 
 class RefusedTokenThrottleMixin:

@@ -26,7 +26,13 @@ from knox.models import AuthToken
 from config.cache_outage import guarded_get, guarded_set, memo_forget, memo_put
 from config.errors import NotFoundError
 from config.pruning import delete_in_batches
-from config.readahead import MISSING, readahead_take
+from config.readahead import (
+    MISSING,
+    ORDER_ACCESS_POLICY,
+    ReadAheadPlan,
+    readahead_register,
+    readahead_take,
+)
 from mlregistry.audit import Actor, audit_record
 from mlregistry.models import ApiClientPolicy, RegisteredModel
 
@@ -44,7 +50,7 @@ def api_client_allowed_models(*, user: Any) -> frozenset[str] | None:
     if user is None or not getattr(user, "is_authenticated", False):
         return None
     key = access_cache_key(user.pk)
-    cached = readahead_take(key)  # the predict views read it with the token, in one trip
+    cached = readahead_take(key)  # read with the token, in one trip (_read_ahead below)
     if cached is MISSING:
         # During a cache outage: the process's short memo, one log line per retry period.
         cached = guarded_get(key)
@@ -59,6 +65,15 @@ def api_client_allowed_models(*, user: Any) -> frozenset[str] | None:
         )
         guarded_set(key, cached, settings.ACCESS_POLICY_CACHE_TTL)
     return None if cached == _UNRESTRICTED else frozenset(cached)
+
+
+def _read_ahead(plan: ReadAheadPlan) -> None:
+    # Only ever read here (a new answer is written whole), so one decoded value may be shared.
+    if plan.user_pk is not None:
+        plan.read(access_cache_key(plan.user_pk), shared=True)
+
+
+readahead_register("access_policy", _read_ahead, order=ORDER_ACCESS_POLICY)
 
 
 def model_access_check(*, user: Any, model_name: str) -> None:

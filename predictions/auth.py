@@ -19,6 +19,7 @@ from django.utils import timezone
 from drf_spectacular.contrib.knox_auth_token import KnoxTokenScheme
 from knox.crypto import hash_token
 
+from config.readahead import ORDER_AUTHENTICATION, ReadAheadPlan, readahead_register
 from config.throttling import ThrottledTokenAuthentication
 from predictions.cache import cache_delete_many, cache_get, cache_set
 
@@ -62,6 +63,28 @@ def auth_cache_key_for_request(request) -> str | None:
         return None
 
 
+def _read_ahead(plan: ReadAheadPlan) -> None:
+    """The token's cache entry, and whose request this is (for the access policy and the
+    throttle counter read after it) when this process verified the token before."""
+    if settings.PREDICTION_AUTH_CACHE_SECONDS <= 0:
+        return
+    key = auth_cache_key_for_request(plan.request)
+    if key is not None:
+        plan.read(key, shared=True)  # copied before it becomes request.user (_own_copy)
+        plan.user_pk = token_user_pk(key)
+
+
+def _refused(plan: ReadAheadPlan) -> None:
+    # Stop reading ahead for a token that was refused: requests with a revoked token must not
+    # keep counting against its former user's budget.
+    key = auth_cache_key_for_request(plan.request)
+    if key is not None:
+        token_user_forget(key)
+
+
+readahead_register("authentication", _read_ahead, order=ORDER_AUTHENTICATION, on_refused=_refused)
+
+
 class CachedTokenAuthentication(ThrottledTokenAuthentication):
     """A token found in the cache is accepted without a query; one that is not is looked up
     (after the refused-token budget of its address is checked, config/throttling.py)."""
@@ -80,7 +103,7 @@ class CachedTokenAuthentication(ThrottledTokenAuthentication):
             if user.is_active and (auth_token.expiry is None or auth_token.expiry > timezone.now()):
                 _remember(key, user.pk)
                 # The user is copied: the read-ahead hands the same decoded objects to every
-                # request with this token (predictions.cache._SharedDecodes), and a request may
+                # request with this token (predictions.serving), and a request may
                 # change its user (Django caches permissions on it). The token is only read.
                 return _own_copy(user), auth_token
         user, auth_token = super().authenticate_credentials(token)

@@ -17,7 +17,7 @@ from django.db import DatabaseError
 from mlregistry.models import ModelVersion, Stage
 from predictions.cache import cache_available
 from predictions.loader import model_cache
-from predictions.selectors import version_routing_info
+from predictions.serving import version_info
 
 
 def _production_versions() -> list[ModelVersion]:
@@ -66,7 +66,7 @@ def check_production_models_deep() -> tuple[str, Any]:
     failed = 0
     for version in _production_versions():
         try:
-            model_cache.get(version_routing_info(version), model_name=version.model.name)
+            model_cache.get(version_info(version), model_name=version.model.name)
             models[version.model.name] = {"version": version.version, "state": "loaded"}
         except Exception as exc:
             failed += 1

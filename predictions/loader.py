@@ -13,7 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from django.conf import settings
@@ -23,6 +23,9 @@ from mlregistry.artifacts import deserialize_estimator, read_verified
 from predictions.body import RowDecoder
 from predictions.fastpath import fast_predict_for
 from predictions.metrics import MODEL_LOAD_SECONDS, MODEL_LOADS
+
+if TYPE_CHECKING:
+    from predictions.serving import VersionInfo
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +91,8 @@ def compile_features(schema: list[dict[str, Any]]) -> tuple[Feature, ...]:
     )
 
 
-def _prepare(info: dict[str, Any], estimator: Any) -> LoadedModel:
-    features = compile_features(info["schema"])
+def _prepare(info: VersionInfo, estimator: Any) -> LoadedModel:
+    features = compile_features(info.schema)
     classes = getattr(estimator, "classes_", None)
     numeric = all(f.type in NUMERIC_TYPES for f in features)
     if numeric and getattr(estimator, "feature_names_in_", None) is not None:
@@ -102,8 +105,8 @@ def _prepare(info: dict[str, Any], estimator: Any) -> LoadedModel:
     has_proba = classes is not None and callable(getattr(estimator, "predict_proba", None))
     all_required_floats = numeric and all(f.type == "float" and f.required for f in features)
     return LoadedModel(
-        version_id=info["id"],
-        sha256=info["sha256"],
+        version_id=info.id,
+        sha256=info.sha256,
         estimator=estimator,
         features=features,
         names=frozenset(f.name for f in features),
@@ -149,8 +152,8 @@ class ModelCache:
         """The loaded model if this process has it (never loads)."""
         return self._items.get((version_id, sha256))
 
-    def get(self, info: dict[str, Any], *, model_name: str) -> LoadedModel:
-        key = (info["id"], info["sha256"])
+    def get(self, info: VersionInfo, *, model_name: str) -> LoadedModel:
+        key = (info.id, info.sha256)
         with self._lock:
             loaded = self._items.get(key)
             if loaded is not None:
@@ -185,24 +188,24 @@ class ModelCache:
             _, dropped = self._items.popitem(last=False)
             total -= dropped.size_bytes
 
-    def _load(self, info: dict[str, Any], *, model_name: str) -> LoadedModel:
+    def _load(self, info: VersionInfo, *, model_name: str) -> LoadedModel:
         started = time.perf_counter()
-        version = str(info["version"])
+        version = str(info.version)
         try:
-            what = f"{model_name} v{info['version']}"
-            data = read_verified(info["artifact"], info["sha256"], what=what)
+            what = f"{model_name} v{info.version}"
+            data = read_verified(info.artifact, info.sha256, what=what)
             # Refused bytes or a non-estimator raise 503 artifact_invalid and are not cached.
-            loaded = _prepare(info, deserialize_estimator(data, info["format"], what=what))
+            loaded = _prepare(info, deserialize_estimator(data, info.format, what=what))
             loaded.size_bytes = len(data)
         except Exception as exc:
             MODEL_LOADS.labels(model=model_name, version=version, result="error").inc()
             logger.exception(
-                "model load failed", extra={"model": model_name, "version": info["version"]}
+                "model load failed", extra={"model": model_name, "version": info.version}
             )
             if isinstance(exc, UnavailableError):
                 raise
             raise UnavailableError(
-                f"{model_name} v{info['version']} could not be loaded ({type(exc).__name__})."
+                f"{model_name} v{info.version} could not be loaded ({type(exc).__name__})."
             ) from exc
         _freeze_after_load()
         seconds = time.perf_counter() - started
@@ -210,7 +213,7 @@ class ModelCache:
         MODEL_LOAD_SECONDS.labels(model=model_name).observe(seconds)
         logger.info(
             "model loaded",
-            extra={"model": model_name, "version": info["version"], "seconds": round(seconds, 3)},
+            extra={"model": model_name, "version": info.version, "seconds": round(seconds, 3)},
         )
         return loaded
 

@@ -8,8 +8,9 @@ from operator import itemgetter
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 
-from config.errors import ValidationFailed
+from config.errors import PayloadTooLarge, ValidationFailed
 from predictions.loader import Feature
 
 _NUMBER_TYPES = frozenset({float, int})
@@ -94,6 +95,49 @@ def _row_errors(
             if name not in names:
                 errors[prefix + str(name)] = ["unknown feature"]
     return values, errors
+
+
+def payload_rows(payload: Any) -> tuple[list[Any], bool]:
+    """(rows, batch) of a native predict body (`{"features": {...}}` or `{"instances":
+    [...]}`); ValidationFailed (400) or PayloadTooLarge (413, past PREDICTION_MAX_BATCH_ROWS)
+    naming the field."""
+    if not isinstance(payload, dict):
+        raise ValidationFailed(
+            "The body must be a JSON object with `features` or `instances`.",
+            fields={"non_field_errors": ["expected a JSON object"]},
+        )
+    if "instances" in payload:
+        rows = payload["instances"]
+        if not isinstance(rows, list) or not rows:
+            raise ValidationFailed(
+                "`instances` must be a non-empty list of feature objects.",
+                fields={"instances": ["must be a non-empty list of objects"]},
+            )
+        limit = settings.PREDICTION_MAX_BATCH_ROWS
+        if len(rows) > limit:
+            raise PayloadTooLarge(
+                f"A batch may hold at most {limit} rows (PREDICTION_MAX_BATCH_ROWS); "
+                f"this one has {len(rows)}.",
+                fields={"instances": [f"at most {limit} rows"]},
+            )
+        return rows, True
+    if "features" in payload:
+        return [payload["features"]], False
+    raise ValidationFailed(
+        "The body needs `features` (one row) or `instances` (a batch).",
+        fields={"features": ["required (or instances)"]},
+    )
+
+
+def in_range(bounds: Any, matrix: np.ndarray) -> bool:
+    """Whether every value of a float matrix (rows in schema order) is finite and within the
+    schema's bounds (`bounds.lows`, `bounds.highs`: one float per feature, infinite when
+    unbounded), as validation would find it."""
+    return bool(
+        np.isfinite(matrix).all()
+        and not (matrix < bounds.lows).any()
+        and not (matrix > bounds.highs).any()
+    )
 
 
 def fast_numeric_rows(

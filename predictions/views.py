@@ -1,11 +1,10 @@
 """Predictions API: predict (production / split, pinned version, the seeds' alias), traffic
-splits and feedback. Views parse, call one service, render."""
+splits and feedback. Views parse, call one service (or predictions.serving), render."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from drf_spectacular.utils import (
     OpenApiExample,
     OpenApiParameter,
@@ -13,31 +12,16 @@ from drf_spectacular.utils import (
     extend_schema,
 )
 from rest_framework import status
-from rest_framework.authentication import SessionAuthentication
-from rest_framework.exceptions import APIException, AuthenticationFailed
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from config.errors import DomainError
-from config.parsers import content_type_check
 from config.schema import error_responses
-from config.throttling import RefusedTokenThrottled, ScopeRateThrottle
-from mlregistry.access import access_cache_key
 from mlregistry.models import RegisteredModel
 from mlregistry.permissions import RegistryPermission
-from mlregistry.selectors import registered_model_get, routing_cache_key
+from mlregistry.selectors import registered_model_get
 from predictions import selectors, services
-from predictions.auth import (
-    CachedTokenAuthentication,
-    auth_cache_key_for_request,
-    token_user_forget,
-    token_user_pk,
-)
-from predictions.body import PredictBody, read_body
-from predictions.cache import cache_prefetch, cache_prefetch_clear
-from predictions.rendering import JSONFirstContentNegotiation, ORJSONParser, ORJSONRenderer
 from predictions.serializers import (
     BatchPredictResponse,
     FeedbackInput,
@@ -49,6 +33,7 @@ from predictions.serializers import (
     TrafficSplitListOutput,
     TrafficSplitOutput,
 )
+from predictions.serving import ServingView
 
 _PREDICT_REQUEST = PolymorphicProxySerializer(
     component_name="Predict",
@@ -120,98 +105,7 @@ _CLIENT_HEADER = OpenApiParameter(
 )
 
 
-class _PredictBase(APIView):
-    authentication_classes = [CachedTokenAuthentication, SessionAuthentication]
-    permission_classes = [IsAuthenticated]
-    parser_classes = [ORJSONParser]
-    renderer_classes = [ORJSONRenderer]
-    content_negotiation_class = JSONFirstContentNegotiation
-    throttle_scope = "predict"  # what config.throttling.request_scope finds from the path
-
-    # Pinned versions skip the result-key guess (it follows production routing only).
-    guess_result_key = True
-
-    def initial(self, request: Request, *args, **kwargs) -> None:
-        # One cache round trip for the token, the routing entry, the caller's access policy,
-        # its throttle counter and (when this process can guess it) the result, before
-        # authentication reads the first of them (config/readahead.py). Nothing fetched here is
-        # served unless authentication, the access check and routing then agree.
-        keys: list[str] = []
-        increments: list[tuple[str, int]] = []
-        token_key = auth_cache_key_for_request(request)
-        user_pk = None
-        if token_key and settings.PREDICTION_AUTH_CACHE_SECONDS > 0:
-            keys.append(token_key)
-            user_pk = token_user_pk(token_key)
-            if user_pk is not None:
-                keys.append(access_cache_key(user_pk))
-                counter = ScopeRateThrottle.counter(request, self, ident=f"user:{user_pk}")
-                if counter is not None:
-                    increments.append((counter[0], counter[2]))
-        shared = frozenset(keys)  # the token, access policy and routing entry are only read
-        name = kwargs.get("name")
-        if name:
-            keys.append(routing_cache_key(name))
-            shared |= {keys[-1]}
-            # The body is read ahead only for a token this process has verified before: a
-            # made-up token must never make the server wait for a body (a slow client sending
-            # one would hold this thread); it gets its 401 first.
-            if self.guess_result_key and user_pk is not None:
-                guess = None
-                body = self._body_ahead(request)
-                if body is not None:
-                    guess = services.result_cache_key_guess(model_name=name, body=body)
-                if guess:
-                    keys.append(guess)
-        cache_prefetch(keys, increments, shared=shared)
-        try:
-            super().initial(request, *args, **kwargs)
-        except (AuthenticationFailed, RefusedTokenThrottled):
-            # The token was refused (revoked, expired, its user deactivated) after its former
-            # user's counter was incremented ahead: give the count back and stop reading ahead
-            # for it, so requests with a revoked token cannot use up that user's budget.
-            if increments:
-                token_user_forget(token_key)
-                ScopeRateThrottle.refund_ahead(increments[0][0])
-            raise
-
-    def finalize_response(self, request, response, *args, **kwargs):
-        cache_prefetch_clear()
-        return super().finalize_response(request, response, *args, **kwargs)
-
-    def _body(self, request: Request) -> PredictBody:
-        # The body is read raw, not through DRF's parser: the service decodes plainly valid
-        # rows straight into a matrix with the routed version's schema (predictions/body.py).
-        body = getattr(self, "_predict_body", None)
-        if body is None:
-            if getattr(self, "_body_error", None) is not None:
-                raise self._body_error
-            content_type_check(request.content_type, accepted=("application/json",))
-            body = self._predict_body = PredictBody(read_body(request.stream))
-        return body
-
-    def _body_ahead(self, request: Request) -> PredictBody | None:
-        """The body for the result-key guess, read before authentication: any error waits for
-        _serve (a bad token is a 401 whatever the body)."""
-        try:
-            return self._body(request)
-        except (APIException, DomainError) as exc:
-            self._body_error = exc
-            return None
-
-    def _serve(self, request: Request, name: str, version: int | None = None) -> Response:
-        result = services.prediction_serve(
-            user=request.user,
-            model_name=name,
-            body=self._body(request),
-            request_id=request.request_id,
-            version_number=version,
-            client_id=request.headers.get("X-Client-Id") or None,
-        )
-        return Response(result)
-
-
-class PredictView(_PredictBase):
+class PredictView(ServingView):
     @extend_schema(
         operation_id="predict",
         tags=["predict"],
@@ -224,12 +118,10 @@ class PredictView(_PredictBase):
         "BatchPredictResponse. 409 when the model has no production version and no split.",
     )
     def post(self, request: Request, name: str) -> Response:
-        return self._serve(request, name)
+        return Response(self.served(request, self.target(name=name)).native())
 
 
-class PredictVersionView(_PredictBase):
-    guess_result_key = False
-
+class PredictVersionView(ServingView):
     @extend_schema(
         operation_id="predict_version",
         tags=["predict"],
@@ -239,10 +131,13 @@ class PredictVersionView(_PredictBase):
         summary="Predict with one version (archived versions: staff only)",
     )
     def post(self, request: Request, name: str, version: int) -> Response:
-        return self._serve(request, name, version)
+        return Response(self.served(request, self.target(name=name, version=version)).native())
 
 
-class PredictAliasView(_PredictBase):
+class PredictAliasView(ServingView):
+    def planned_target(self, kwargs: dict[str, Any]) -> None:
+        return None  # the model id is resolved only after authentication
+
     @extend_schema(
         operation_id="predict_legacy",
         tags=["predict"],
@@ -256,7 +151,8 @@ class PredictAliasView(_PredictBase):
         "model id; anything else that is no model name answers 404.",
     )
     def post(self, request: Request, model_id: str) -> Response:
-        return self._serve(request, selectors.predict_alias_resolve(model_id=model_id))
+        name = selectors.predict_alias_resolve(model_id=model_id)
+        return Response(self.served(request, self.target(name=name)).native())
 
 
 class TrafficSplitView(APIView):

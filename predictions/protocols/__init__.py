@@ -3,5 +3,5 @@
 Each protocol (MLflow's scoring protocol in mlflow.py, the Open Inference Protocol V2 in v2.py)
 only decodes a request into rows (frame.FrameBody) and encodes the answer: authentication,
 access policy, throttle, routing, splits, validation, the result cache, the prediction log and
-the metrics are the native predict endpoint's own (predictions.views / services.prediction_serve).
+the metrics are the native predict endpoint's own (predictions.serving).
 """

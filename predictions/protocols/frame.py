@@ -1,7 +1,7 @@
 """A protocol request decoded into rows, served by the native predict path.
 
 `FrameBody` is a `PredictBody` whose rows come from a protocol's decoding instead of the native
-JSON: `services.prediction_serve` reads it exactly as it reads a native body. Plainly numeric
+JSON: `predictions.serving.serve` reads it exactly as it reads a native body. Plainly numeric
 rows of a required-float schema go in as one float64 matrix (`typed`); anything else becomes
 native `{"features": ...}` / `{"instances": [...]}` rows (`parsed`), which validation checks
 field by field, so errors name the same fields and statuses as on the native endpoint.
@@ -19,9 +19,8 @@ from django.conf import settings
 from rest_framework.request import Request
 
 from config.errors import ValidationFailed
-from predictions import services
-from predictions.body import PredictBody, RowDecoder, TypedRows, read_body
-from predictions.views import _PredictBase
+from predictions.body import PredictBody, RowDecoder, TypedRows
+from predictions.serving import ServingView
 
 _NUMBER_TYPES = frozenset({float, int})
 _NUMERIC_KINDS = frozenset("fiu")
@@ -129,32 +128,11 @@ class FrameBody(PredictBody):
         return matrix[:, order] if order is not None else matrix
 
 
-class ProtocolPredictView(_PredictBase):
-    """The native predict view (its read-ahead, authentication, access check, throttle and
-    serving) with a protocol's body decoding; subclasses encode `served()`'s rows."""
+class ProtocolPredictView(ServingView):
+    """A predict view (the seam's read-ahead, authentication, access check, throttle and
+    serving) with a protocol's body decoding; subclasses implement `decode` and render what
+    `served()` answers."""
 
     def decode(self, request: Request, raw: bytes) -> FrameBody:
         """The request body as rows; raise DomainError / APIException for a bad body."""
         raise NotImplementedError
-
-    def _body(self, request: Request) -> PredictBody:
-        body = getattr(self, "_predict_body", None)
-        if body is None:
-            if getattr(self, "_body_error", None) is not None:
-                raise self._body_error
-            body = self._predict_body = self.decode(request, read_body(request.stream))
-        return body
-
-    def served(
-        self, request: Request, name: str, version: int | None
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """(the native answer, its rows as the native batch lists them) for this request."""
-        result = services.prediction_serve(
-            user=request.user,
-            model_name=name,
-            body=self._body(request),
-            request_id=request.request_id,
-            version_number=version,
-            client_id=request.headers.get("X-Client-Id") or None,
-        )
-        return result, (result.get("predictions", [result]))

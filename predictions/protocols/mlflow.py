@@ -201,9 +201,9 @@ class _InvocationsBase(ProtocolPredictView):
             response.data["message"] = error.get("message", "")
         return response
 
-    def _invoke(self, request: Request, name: str, version: int | None) -> Response:
-        _, outputs = self.served(request, name, version)
-        return Response({"predictions": [row["prediction"] for row in outputs]})
+    def _invoke(self, request: Request, **target: Any) -> Response:
+        served = self.served(request, self.target(**target))
+        return Response({"predictions": served.predictions()})
 
 
 class InvocationsView(_InvocationsBase):
@@ -216,12 +216,10 @@ class InvocationsView(_InvocationsBase):
         summary="MLflow scoring protocol: predict with the production version (or the split)",
     )
     def post(self, request: Request, name: str) -> Response:
-        return self._invoke(request, name, None)
+        return self._invoke(request, name=name)
 
 
 class InvocationsVersionView(_InvocationsBase):
-    guess_result_key = False  # as for the native pinned-version view
-
     @extend_schema(
         operation_id="invoke_version",
         tags=["mlflow"],
@@ -230,4 +228,4 @@ class InvocationsVersionView(_InvocationsBase):
         summary="MLflow scoring protocol: predict with one version (archived: staff only)",
     )
     def post(self, request: Request, name: str, version: int) -> Response:
-        return self._invoke(request, name, version)
+        return self._invoke(request, name=name, version=version)

@@ -14,8 +14,7 @@ from rest_framework.exceptions import ParseError
 from config.errors import PayloadTooLarge, ValidationFailed
 from predictions.body import RowDecoder, parse_json
 from predictions.loader import compile_features
-from predictions.services import _in_range, _rows_from_payload
-from predictions.validation import fast_numeric_rows, rows_validate
+from predictions.validation import fast_numeric_rows, in_range, payload_rows, rows_validate
 
 SCHEMA = compile_features(
     [
@@ -136,7 +135,7 @@ top_level = st.fixed_dictionaries(
 def _general(raw: bytes):
     """What the general path makes of a body: (values, batch) or the error it answers with."""
     try:
-        rows, batch = _rows_from_payload(parse_json(raw))
+        rows, batch = payload_rows(parse_json(raw))
         return rows_validate(rows, FLOATS_ONLY, float_names, batch=batch), batch
     except (ValidationFailed, PayloadTooLarge, ParseError) as error:
         return error
@@ -148,7 +147,7 @@ def test_the_typed_decoder_only_accepts_what_the_general_path_accepts(body):
     raw = json.dumps(body, allow_nan=True).encode()  # NaN/Infinity tokens included on purpose
     typed = DECODER.decode(raw)
     general = _general(raw)
-    if typed is None or not _in_range(BOUNDS, typed.matrix):
+    if typed is None or not in_range(BOUNDS, typed.matrix):
         return  # the service falls back to the general path: same answer by construction
     assert not isinstance(general, Exception), (raw, general)
     values, batch = general

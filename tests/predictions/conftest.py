@@ -8,7 +8,7 @@ from mlregistry.artifacts import load_skops
 from predictions.cache import cache_reset
 from predictions.loader import model_cache
 from predictions.logbuffer import prediction_log_buffer
-from predictions.selectors import routing_fallback_clear
+from predictions.serving import routing_fallback_clear
 from tests import factories
 
 IRIS_ROW = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}

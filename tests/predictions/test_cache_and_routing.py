@@ -8,7 +8,7 @@ from mlregistry.storage import get_artifact_storage
 from predictions.cache import cache_available, cache_get
 from predictions.loader import model_cache
 from predictions.metrics import CACHE_REQUESTS
-from predictions.selectors import routing_entry_get
+from predictions.serving import routing_entry_get
 from tests.predictions.conftest import IRIS_ROW, OTHER_ROW, iris_version, promote
 
 pytestmark = pytest.mark.django_db
@@ -49,21 +49,21 @@ def test_promotion_during_a_redis_outage_is_seen_within_the_local_ttl(
 
 def test_routing_entry_is_cached_until_a_stage_change(iris_production, iris_model):
     entry = routing_entry_get(name="iris")
-    assert entry["production"] == iris_production.pk and entry["split"] == []
+    assert entry.production == iris_production.pk and entry.split == ()
     assert cache_get("routing:v1:iris") == entry
     promote(iris_version(iris_model, c=0.01))
     assert cache_get("routing:v1:iris") is None
     fresh = routing_entry_get(name="iris")
-    assert fresh["versions"][fresh["production"]]["version"] == 2
+    assert fresh.versions[fresh.production].version == 2
 
 
 def test_a_stale_write_racing_a_promotion_is_corrected(iris_production, iris_model, monkeypatch):
     # Simulates the race on purpose: the promotion commits (and invalidates) between this
     # process's database read and its cache write.
-    from predictions import selectors
+    from predictions.serving import routing as routing_module
 
     newer = iris_version(iris_model, c=0.01)
-    real = selectors.routing_entry_from_db
+    real = routing_module.routing_entry_from_db
     calls = []
 
     def racing(*, name):
@@ -73,10 +73,10 @@ def test_a_stale_write_racing_a_promotion_is_corrected(iris_production, iris_mod
         calls.append(name)
         return entry
 
-    monkeypatch.setattr(selectors, "routing_entry_from_db", racing)
+    monkeypatch.setattr(routing_module, "routing_entry_from_db", racing)
     entry = routing_entry_get(name="iris")
-    assert entry["production"] == newer.pk
-    assert cache_get("routing:v1:iris")["production"] == newer.pk
+    assert entry.production == newer.pk
+    assert cache_get("routing:v1:iris").production == newer.pk
 
 
 def test_model_cache_is_an_lru_of_the_configured_size(

@@ -216,16 +216,16 @@ def test_a_web_process_freezes_a_loaded_model_out_of_the_collectors_sight(iris_p
     too, so full collections don't scan it on every request's time."""
     import gc
 
-    from predictions.selectors import version_routing_info
+    from predictions.serving import version_info
 
     gc.freeze()  # as config/wsgi.py does at import
     try:
-        loaded = model_cache.get(version_routing_info(iris_production), model_name="iris")
+        loaded = model_cache.get(version_info(iris_production), model_name="iris")
         tracked = {id(o) for o in gc.get_objects()}
         assert id(loaded.estimator) not in tracked and id(loaded) not in tracked
     finally:
         gc.unfreeze()
     model_cache.clear()
     gc.collect()
-    unfrozen = model_cache.get(version_routing_info(iris_production), model_name="iris")
+    unfrozen = model_cache.get(version_info(iris_production), model_name="iris")
     assert id(unfrozen.estimator) in {id(o) for o in gc.get_objects()}  # a process that never froze

@@ -14,6 +14,7 @@ from predictions import services as prediction_services
 from predictions.loader import model_cache
 from predictions.logbuffer import prediction_log_buffer
 from predictions.models import PredictionLog
+from predictions.serving import non_finite_rows
 from tests import factories
 from tests.predictions.conftest import IRIS_ROW, promote
 
@@ -115,7 +116,7 @@ def test_the_general_path_refuses_what_the_fast_path_refuses(client_api, iris_pr
 
 
 def test_non_finite_rows_are_found_in_every_output_shape():
-    find = prediction_services._non_finite_rows
+    find = non_finite_rows
     assert find(np.array([1.0, np.nan, np.inf, 2.0]), None) == [1, 2]
     assert find(np.array([[1.0, 2.0], [np.nan, 1.0]]), None) == [1]  # several outputs
     assert find(np.array(["a", "b"]), np.array([[0.5, 0.5], [np.nan, np.nan]])) == [1]

@@ -1,4 +1,4 @@
-"""One Redis round trip per predict request (config/readahead.py, predictions.cache.cache_prefetch):
+"""One Redis round trip per predict request (config/readahead.py, predictions.serving):
 the token, routing entry, access policy, result and throttle counter travel in one pipeline, with
 the result-cache writes of earlier requests, and every decision is still made by its owner."""
 
@@ -15,9 +15,15 @@ from rest_framework.test import APIClient
 
 from mlregistry.access import api_tokens_revoke
 from mlregistry.models import ApiClientPolicy
-from predictions import cache as result_cache
 from predictions.auth import auth_cache_key, token_user_pk
-from predictions.cache import cache_writes_flush
+from predictions.cache import cache_reset
+from predictions.serving import (
+    SharedDecodes,
+    WriteBehind,
+    cache_writes_flush,
+    pinned_connection,
+    write_behind_use,
+)
 from tests import factories
 from tests.predictions.conftest import IRIS_ROW, OTHER_ROW, cache_goes_down
 
@@ -52,14 +58,14 @@ def round_trips(monkeypatch):
 
 @pytest.fixture
 def writer_without_thread(monkeypatch, settings):
-    """Write-behind on, with a real _WriteBehind whose background thread is never started, so a
+    """Write-behind on, with a real WriteBehind whose background thread is never started, so a
     pending write reaches Redis only by the next request's pipeline or cache_writes_flush: the
     thread's timing is taken out of the test, nothing else is replaced."""
     settings.PREDICTION_CACHE_WRITE_BEHIND = True
-    writer = result_cache._WriteBehind()
-    writer._pid = os.getpid()  # "already started in this process"
-    monkeypatch.setattr(result_cache, "_write_behind", writer)
-    return writer
+    writer = WriteBehind(start_thread=False)
+    previous = write_behind_use(writer)
+    yield writer
+    write_behind_use(previous)
 
 
 def _rates(settings, **rates):
@@ -162,7 +168,7 @@ def test_a_pending_result_write_rides_in_the_next_requests_pipeline(
 ):
     first = _predict(client_api, OTHER_ROW)
     assert first.json()["cached"] is False
-    assert len(writer_without_thread._pending) == 1 and _result_keys() == []
+    assert writer_without_thread.pending == 1 and _result_keys() == []
     round_trips.clear()
     assert _predict(client_api, IRIS_ROW).json()["cached"] is False
     assert len(round_trips) == 1  # the write travelled in this request's pipeline
@@ -177,7 +183,7 @@ def test_flushing_sends_the_pending_writes(client_api, iris_production, writer_w
     assert _predict(client_api, OTHER_ROW).json()["cached"] is False
     assert _result_keys() == []
     cache_writes_flush()
-    assert writer_without_thread._pending == [] and len(_result_keys()) == 1
+    assert writer_without_thread.pending == 0 and len(_result_keys()) == 1
     assert _predict(client_api, OTHER_ROW).json()["cached"] is True
 
 
@@ -218,12 +224,12 @@ def test_an_error_reply_closes_the_connection_and_predictions_still_answer(
     assert _predict(client_api, OTHER_ROW).status_code == 200  # a write waits for the next trip
     (counter,) = cache.keys("throttle:predict:*")
     cache.set(counter, "not a number", 60)
-    assert result_cache._pinned.conn is not None
+    assert pinned_connection() is not None
     response = _predict(client_api)
     assert response.status_code == 200 and response.json()["cached"] is False
-    assert result_cache._pinned.conn is None  # closed and given back, not kept
+    assert pinned_connection() is None  # closed and given back, not kept
     cache.delete(counter)
-    result_cache.cache_reset()
+    cache_reset()
     round_trips.clear()
     again = _predict(client_api)
     assert again.status_code == 200 and again.json()["cached"] is True
@@ -231,7 +237,7 @@ def test_an_error_reply_closes_the_connection_and_predictions_still_answer(
 
 
 def test_shared_decodes_reuse_an_object_only_for_the_same_bytes():
-    decodes = result_cache._SharedDecodes()
+    decodes = SharedDecodes()
     client = cache.client
     first = client.encode({"versions": [1, 2]})
     a = decodes.decode(client, "k", first)
