@@ -29,7 +29,13 @@ def _isolated_storage(settings, tmp_path):
             "BACKEND": "mlregistry.storage.AtomicFileSystemStorage",
             "OPTIONS": {"location": str(tmp_path / "artifacts")},
         },
+        "backups": {
+            "BACKEND": "mlregistry.storage.AtomicFileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path / "backups")},
+        },
     }
+    settings.ARTIFACT_CACHE_DIR = tmp_path / "artifact-cache"
+    settings.ARTIFACT_CACHE_MAX_BYTES = 0
     yield
 
 

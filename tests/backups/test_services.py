@@ -279,12 +279,15 @@ def test_restore_refuses_a_dump_of_another_database_engine():
         services._database_restore(Path("unused"), other)
 
 
-def test_resolve_finds_a_backup_by_id_folder_or_manifest(registry):
+def test_resolve_finds_a_backup_by_id_folder_name_or_manifest(registry):
     backup = services.backup_create(actor="tests")
     directory = services.backup_directory(backup)
-    assert services.backup_resolve(str(backup.pk)) == (backup, directory)
-    assert services.backup_resolve(str(directory)) == (backup, directory)
-    assert services.backup_resolve(str(directory / "manifest.json")) == (backup, directory)
+    location = services.backup_location(backup)
+    assert services.backup_resolve(str(backup.pk)) == (backup, location)
+    assert services.backup_resolve(str(directory)) == (backup, location)
+    assert services.backup_resolve(str(directory / "manifest.json")) == (backup, location)
+    # By folder name alone: how an operator names a backup kept in a bucket.
+    assert services.backup_resolve(backup.path) == (backup, location)
     with pytest.raises(services.NotFoundError):
         services.backup_resolve("999999")
     with pytest.raises(services.NotFoundError):
