@@ -58,6 +58,7 @@ from backups.models import (
 from config.archives import ArchiveError, ArchiveLimits, tar_check
 from config.errors import ConflictError, DomainError, NotFoundError
 from config.job_heartbeats import STALLED_JOB_KINDS, StalledJobKind, job_heartbeat
+from mlregistry.audit import audit_rows_pruned
 from mlregistry.storage import (
     get_artifact_storage,
     get_backup_storage,
@@ -156,9 +157,11 @@ class BackupLocation:
         try:
             return self.storage.path(self.name)
         except NotImplementedError:
-            bucket = getattr(self.storage, "bucket_name", "")
-            prefix = getattr(self.storage, "location", "")
-            return f"s3://{bucket}/{prefix}/{self.name}".replace("//", "/").replace(":/", "://")
+            bucket = getattr(self.storage, "bucket_name", None)
+            if bucket is None:
+                return f"{type(self.storage).__name__}:{self.name}"
+            prefix = str(getattr(self.storage, "location", "")).strip("/")
+            return f"s3://{bucket}/{prefix + '/' if prefix else ''}{self.name}"
 
 
 def backup_location(backup: Backup) -> BackupLocation:
@@ -1053,10 +1056,15 @@ def _routing_invalidate_all() -> None:
 
 
 def backup_retention_apply(
-    *, now: datetime | None = None, retention_days: int | None = None, dry_run: bool = False
+    *,
+    now: datetime | None = None,
+    retention_days: int | None = None,
+    dry_run: bool = False,
+    actor: AbstractBaseUser | str = "job:retention",
 ) -> list[int]:
-    """Deletes backups older than the retention, never the newest verified one; returns their
-    ids (with `dry_run`, the ids it would delete, deleting nothing)."""
+    """Deletes backups older than the retention (their files in the backup storage, then their
+    rows, each audited as `actor`), never the newest verified one; returns their ids (with
+    `dry_run`, the ids it would delete, deleting nothing)."""
     now = now or timezone.now()
     days = retention_days if retention_days is not None else settings.BACKUP_RETENTION_DAYS
     cutoff = now - timedelta(days=days)
@@ -1074,7 +1082,9 @@ def backup_retention_apply(
         if backup.path and "/" not in backup.path and not backup.path.startswith("."):
             storage_delete_folder(store, backup.path)
         deleted.append(backup.pk)
-        backup.delete()
+        with transaction.atomic():
+            audit_rows_pruned(actor=actor, model=Backup, ids=[backup.pk])
+            backup.delete()
     # Local spool folders of attempts that died before they were cleaned up.
     root = backup_root()
     if root.exists():
@@ -1082,59 +1092,6 @@ def backup_retention_apply(
             if path.stat().st_mtime < cutoff.timestamp():
                 shutil.rmtree(path, ignore_errors=True)
     return deleted
-
-
-# Content-addressed namespaces the sweep may clean, each with the rows that reference its files.
-# Anything else in the store (the admin's parked uploads under pending/) has its own expiry.
-def _referenced_store_files() -> set[str]:
-    from mlregistry.models import Dataset, ModelVersion
-
-    referenced = set(ModelVersion.objects.values_list("artifact", flat=True))
-    referenced |= set(Dataset.objects.exclude(file="").values_list("file", flat=True))
-    return referenced
-
-
-def _is_referenced(name: str) -> bool:
-    from mlregistry.models import Dataset, ModelVersion
-
-    return (
-        ModelVersion.objects.filter(artifact=name).exists()
-        or Dataset.objects.filter(file=name).exists()
-    )
-
-
-SWEPT_PREFIXES = ("sha256/", "datasets/")
-
-
-def artifacts_sweep(
-    *, now: datetime | None = None, min_age: timedelta | None = None, dry_run: bool = False
-) -> list[str]:
-    """Removes version artifacts and dataset files of the artifact storage that no row
-    references; never young files (uploads in flight), never files outside those namespaces.
-    Returns their names (with `dry_run`, the names it would remove, removing nothing)."""
-    now = now or timezone.now()
-    min_age = min_age or timedelta(seconds=settings.ARTIFACT_SWEEP_MIN_AGE_SECONDS)
-    referenced = _referenced_store_files()
-    newest_allowed = now - min_age
-    storage = get_artifact_storage()
-    removed = []
-    for prefix in SWEPT_PREFIXES:
-        for name in list(storage_walk(storage, prefix.rstrip("/"))):
-            if name in referenced:
-                continue
-            try:
-                if storage.get_modified_time(name) > newest_allowed:
-                    continue
-            except FileNotFoundError:
-                continue
-            # Asked again right before deleting: an upload of the same bytes may have just
-            # registered this content-addressed name.
-            if _is_referenced(name):
-                continue
-            if not dry_run:
-                storage.delete(name)
-            removed.append(name)
-    return removed
 
 
 def _newest_job_run_ids() -> set[int]:
@@ -1169,10 +1126,17 @@ def _job_run_tally_add(rows: list[tuple[str, str, float]]) -> None:
         tally.save(update_fields=["runs", "duration_seconds_sum", "duration_buckets"])
 
 
-def job_runs_prune(*, older_than: datetime, batch_size: int = 1000, dry_run: bool = False) -> int:
-    """Deletes finished job runs started before `older_than`, in batches, except the newest run
-    of each job and outcome; adds them to JobRunTally so /metrics counters never go down.
-    Returns how many went (with `dry_run`, how many would, deleting nothing)."""
+def job_runs_prune(
+    *,
+    older_than: datetime,
+    batch_size: int = 1000,
+    dry_run: bool = False,
+    actor: AbstractBaseUser | str = "job:retention",
+) -> int:
+    """Deletes finished job runs started before `older_than`, in batches audited as `actor`,
+    except the newest run of each job and outcome; adds them to JobRunTally so /metrics
+    counters never go down. Returns how many went (with `dry_run`, how many would, deleting
+    nothing)."""
     expired = JobRun.objects.filter(
         started_at__lt=older_than, outcome__in=FINISHED_OUTCOMES
     ).exclude(id__in=_newest_job_run_ids())
@@ -1191,42 +1155,26 @@ def job_runs_prune(*, older_than: datetime, batch_size: int = 1000, dry_run: boo
                 .filter(id__in=ids)
                 .values_list("id", "job", "outcome", "duration_seconds")
             )
+            if rows:
+                audit_rows_pruned(actor=actor, model=JobRun, ids=[row[0] for row in rows])
             JobRun.objects.filter(id__in=[row[0] for row in rows]).delete()
             _job_run_tally_add([row[1:] for row in rows])
         deleted += len(rows)
 
 
-def retention_cleanup_run(*, now: datetime | None = None, dry_run: bool = False) -> dict[str, Any]:
-    """The hourly cleanup: old backups, prediction logs, job runs and drift reports, expired
-    API tokens, unreferenced artifacts and parked admin uploads nobody confirmed within a day.
+def retention_cleanup_run(
+    *, now: datetime | None = None, dry_run: bool = False, actor: str = "job:retention"
+) -> dict[str, Any]:
+    """The hourly cleanup: runs every prune the apps registered with config.retention (old
+    backups and job runs here; prediction logs, drift reports, expired tokens, parked uploads
+    and unreferenced artifact files in their apps), each deletion of rows audited as `actor`.
+    Returns {prune key: how many or which}.
 
     With `dry_run` it deletes nothing and reports what it would delete.
     """
-    from mlregistry.access import api_tokens_prune_expired
-    from mlregistry.services import pending_uploads_prune
-    from predictions.drift import drift_reports_prune
-    from predictions.services import prediction_log_prune
+    from config.retention import prunes_run
 
-    now = now or timezone.now()
-
-    def days_ago(days: int) -> datetime:
-        return now - timedelta(days=days)
-
-    return {
-        "backups_deleted": backup_retention_apply(now=now, dry_run=dry_run),
-        "prediction_logs_pruned": prediction_log_prune(
-            older_than=days_ago(settings.PREDICTION_LOG_RETENTION_DAYS), dry_run=dry_run
-        ),
-        "artifacts_swept": artifacts_sweep(now=now, dry_run=dry_run),
-        "pending_uploads_pruned": pending_uploads_prune(dry_run=dry_run),
-        "job_runs_pruned": job_runs_prune(
-            older_than=days_ago(settings.JOB_RUN_RETENTION_DAYS), dry_run=dry_run
-        ),
-        "drift_reports_pruned": drift_reports_prune(
-            older_than=days_ago(settings.DRIFT_REPORT_RETENTION_DAYS), dry_run=dry_run
-        ),
-        "expired_tokens_deleted": api_tokens_prune_expired(now=now, dry_run=dry_run),
-    }
+    return prunes_run(now=now or timezone.now(), dry_run=dry_run, actor=actor)
 
 
 def retention_cleanup_counts(summary: dict[str, Any]) -> dict[str, int]:

@@ -9,7 +9,9 @@ class PredictionsConfig(AppConfig):
 
     def ready(self) -> None:
         from config.health import DEEP_CHECKS, READINESS_CHECKS
-        from predictions import health, signals  # noqa: F401 - connects the receivers
+        from predictions import health, retention, signals  # noqa: F401 - connects the receivers
+
+        retention.register()
 
         health.register(READINESS_CHECKS, DEEP_CHECKS)
         # Rows are checked against the schema by name, then passed as a float array (much

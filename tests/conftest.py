@@ -39,6 +39,17 @@ def _isolated_storage(settings, tmp_path):
     yield
 
 
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on a free loopback port, for the whole session (tests/s3.py)."""
+    pytest.importorskip("moto", reason="moto[server] (requirements-dev.txt) serves S3 in tests")
+    from tests.s3 import s3_server_start
+
+    server = s3_server_start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(autouse=True)
 def _prediction_log_stays_in_its_test(settings):
     """No background flusher unless a test asks for one: it writes on a connection of its own,

@@ -14,6 +14,7 @@ from django.db import connection, connections, transaction
 
 from backups import services
 from backups.models import Backup, BackupStatus
+from mlregistry import retention
 from mlregistry.models import ModelVersion, RegisteredModel, StageTransition
 from tests import factories
 from tests.backups.conftest import artifact_digests, production_predictions
@@ -358,7 +359,7 @@ def test_sweep_removes_only_old_unreferenced_artifacts(registry):
     young.write_bytes(b"an upload in flight")
     _age(orphan, 2)
 
-    removed = services.artifacts_sweep()
+    removed = retention.artifacts_sweep()
 
     assert removed == ["sha256/00/orphan.skops"]
     assert young.exists()
@@ -374,7 +375,7 @@ def test_sweep_collects_artifacts_of_a_deleted_model_only(registry):
         _age(path, 48)
     registry_services.registered_model_delete(model=other, actor="tests")
 
-    removed = services.artifacts_sweep()
+    removed = retention.artifacts_sweep()
 
     assert removed == [doomed.relative_to(settings.MODEL_STORE_DIR).as_posix()]
     assert ModelVersion.objects.count() == 2
@@ -406,7 +407,7 @@ def test_sweep_keeps_dataset_files_and_parked_uploads(registry):
         if path.is_file():
             _age(path, 48)
 
-    removed = services.artifacts_sweep()
+    removed = retention.artifacts_sweep()
 
     assert removed == ["datasets/00/orphan.csv"]
     assert all(path.exists() for path in kept)
@@ -537,5 +538,5 @@ def test_an_identical_upload_in_flight_keeps_its_orphaned_file_from_the_sweep(re
     # committed yet: the sweep must not take the file from under it.
     get_artifact_storage().save(name, ContentFile(factories.iris_classifier_bytes(0.1)))
 
-    assert services.artifacts_sweep() == []
+    assert retention.artifacts_sweep() == []
     assert root_path(name).exists()
