@@ -41,10 +41,15 @@ def _isolated_storage(settings, tmp_path):
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """moto's S3 server on a free loopback port, for the whole session (tests/s3.py)."""
-    pytest.importorskip("moto", reason="moto[server] (requirements-dev.txt) serves S3 in tests")
-    from tests.s3 import s3_server_start
+    """An S3-compatible server on loopback for the whole session: the one .ci/run started
+    (TEST_S3_ENDPOINT_URL), else moto's server on a free port (tests/s3.py)."""
+    from tests.s3 import S3Server, s3_server_start
 
+    if os.environ.get("TEST_S3_ENDPOINT_URL"):
+        # One started by .ci/run (python -m tests.s3): shared by the whole run.
+        yield S3Server(endpoint=os.environ["TEST_S3_ENDPOINT_URL"])
+        return
+    pytest.importorskip("moto", reason="moto[server] (requirements-dev.txt) serves S3 in tests")
     server = s3_server_start()
     yield server
     server.stop()

@@ -129,6 +129,9 @@ def s3_server_start(*, port: int | None = None, timeout: float = 30.0) -> S3Serv
 
 if __name__ == "__main__":  # pragma: no cover - operator entry point
     server = s3_server_start(port=int(sys.argv[1]) if len(sys.argv) > 1 else None)
+    # Stopped with this process (.ci/run's trap sends SIGTERM): never an orphaned server.
+    signal.signal(signal.SIGTERM, lambda *_: (server.stop(), sys.exit(0)))
+    print(f"export TEST_S3_ENDPOINT_URL={server.endpoint}")
     for key, value in server.env("mlregistry").items():
         print(f"export {key}={value}")
     sys.stdout.flush()
