@@ -3,6 +3,7 @@ storage URLs, uploads and loads through the store, the SHA-256-keyed read-throug
 presigned download URLs."""
 
 import hashlib
+import io
 import os
 import urllib.request
 import uuid
@@ -151,3 +152,24 @@ def test_a_presigned_url_downloads_the_artifact_from_the_bucket(s3_artifacts):
 @pytest.mark.django_db
 def test_a_local_store_has_no_presigned_url_the_caller_streams(settings):
     assert presigned_url("sha256/00/x.skops") is None
+
+
+@pytest.mark.django_db
+def test_parked_uploads_and_datasets_live_in_the_bucket(s3_artifacts, settings):
+    from datetime import timedelta
+
+    from mlregistry import services
+
+    model = factories.registered_model_create("iris")
+    parked = services.model_version_preview(
+        model=model, artifact=io.BytesIO(factories.iris_classifier_bytes(1.0)), actor="tests"
+    )
+    assert s3_artifacts.exists(parked.name)
+    assert services.pending_uploads_prune(older_than=timedelta(seconds=-60), dry_run=True) == 1
+    services.pending_upload_discard(name=parked.name)
+    assert not s3_artifacts.exists(parked.name)
+
+    dataset = factories.iris_dataset_create()
+    assert s3_artifacts.exists(dataset.file.name)
+    data = artifacts.read_verified(dataset.file.name, dataset.file_sha256, what="dataset")
+    assert data.startswith(b"sepal_length")
