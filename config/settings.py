@@ -169,7 +169,11 @@ STORAGES = {
         **_s3_options,
     ),
     "backups": storage_from_url(
-        BACKUP_STORAGE_URL, default_location=BACKUP_DIR, setting="BACKUP_STORAGE_URL", **_s3_options
+        BACKUP_STORAGE_URL,
+        default_location=BACKUP_DIR,
+        setting="BACKUP_STORAGE_URL",
+        private=True,
+        **_s3_options,
     ),
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }

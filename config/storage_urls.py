@@ -30,17 +30,19 @@ def storage_from_url(
     endpoint_url: str = "",
     region_name: str = "",
     presigned_expire_seconds: int = 3600,
+    private: bool = False,
 ) -> dict[str, Any]:
     """A STORAGES entry ({"BACKEND", "OPTIONS"}) for `url`; `setting` names the variable in
-    the error raised for a URL that is neither a folder nor s3://bucket[/prefix]."""
+    the error raised for a URL that is neither a folder nor s3://bucket[/prefix]; `private`
+    keeps a local folder's files to the owner (a bucket's access is its policy's business)."""
     url = url.strip()
     if not url:
-        return local_storage(default_location)
+        return local_storage(default_location, private=private)
     parts = urlsplit(url)
     if parts.scheme in ("", "file"):
         if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
             raise ImproperlyConfigured(f"{setting}: a local folder must be an absolute path.")
-        return local_storage(Path(unquote(parts.path)))
+        return local_storage(Path(unquote(parts.path)), private=private)
     if parts.scheme == "s3":
         if not parts.netloc:
             raise ImproperlyConfigured(f"{setting}: s3:// needs a bucket (s3://bucket/prefix).")
@@ -68,8 +70,13 @@ def storage_from_url(
     )
 
 
-def local_storage(location: Path) -> dict[str, Any]:
-    return {"BACKEND": LOCAL_BACKEND, "OPTIONS": {"location": str(location)}}
+def local_storage(location: Path, *, private: bool = False) -> dict[str, Any]:
+    """A local folder; `private` (backups: database dumps hold password hashes) makes its
+    files 0600 and folders 0700."""
+    options: dict[str, Any] = {"location": str(location)}
+    if private:
+        options.update(file_permissions_mode=0o600, directory_permissions_mode=0o700)
+    return {"BACKEND": LOCAL_BACKEND, "OPTIONS": options}
 
 
 def is_remote(entry: dict[str, Any]) -> bool:

@@ -219,7 +219,7 @@ class AtomicFileSystemStorage(FileSystemStorage):
     def _save(self, name, content):
         full_path = self.path(name)
         directory = os.path.dirname(full_path)
-        os.makedirs(directory, exist_ok=True)
+        self._folder_create(directory)
         if os.path.exists(full_path):
             stored = _file_sha256(full_path)
             incoming = _content_sha256(content)
@@ -242,7 +242,7 @@ class AtomicFileSystemStorage(FileSystemStorage):
                     tmp.write(chunk)
                 tmp.flush()
                 os.fsync(tmp.fileno())
-            os.chmod(tmp_path, 0o644)
+            os.chmod(tmp_path, self.file_permissions_mode or 0o644)
             os.replace(tmp_path, full_path)
             dir_fd = os.open(directory, os.O_RDONLY)
             try:
@@ -258,6 +258,18 @@ class AtomicFileSystemStorage(FileSystemStorage):
     def get_available_name(self, name, max_length=None):
         # Content-addressed: the same name means the same bytes, so never invent "name_abc123".
         return name
+
+    def _folder_create(self, directory: str) -> None:
+        mode = self.directory_permissions_mode
+        if mode is None:
+            os.makedirs(directory, exist_ok=True)
+            return
+        # As FileSystemStorage does: the umask must not narrow the mode asked for.
+        old_umask = os.umask(0o777 & ~mode)
+        try:
+            os.makedirs(directory, mode, exist_ok=True)
+        finally:
+            os.umask(old_umask)
 
 
 def _file_sha256(path: str) -> str:

@@ -4,6 +4,7 @@ import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from config.storage_urls import local_storage
 from tests import factories
 
 POSTGRES = os.environ.get("DATABASE_URL", "").startswith(("postgres", "postgresql"))
@@ -29,10 +30,7 @@ def _isolated_storage(settings, tmp_path):
             "BACKEND": "mlregistry.storage.AtomicFileSystemStorage",
             "OPTIONS": {"location": str(tmp_path / "artifacts")},
         },
-        "backups": {
-            "BACKEND": "mlregistry.storage.AtomicFileSystemStorage",
-            "OPTIONS": {"location": str(tmp_path / "backups")},
-        },
+        "backups": local_storage(tmp_path / "backups", private=True),
     }
     settings.ARTIFACT_CACHE_DIR = tmp_path / "artifact-cache"
     settings.ARTIFACT_CACHE_MAX_BYTES = 0

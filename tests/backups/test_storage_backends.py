@@ -28,7 +28,7 @@ BUCKET = "mlr-tests"
 
 def _entry(kind: str, role: str, tmp_path: Path, request) -> dict:
     if kind == "file":
-        return local_storage(tmp_path / f"{role}-store")
+        return local_storage(tmp_path / f"{role}-store", private=role == "backups")
     if kind == "memory":
         return {"BACKEND": "django.core.files.storage.InMemoryStorage"}
     server = request.getfixturevalue("s3_server")
@@ -173,3 +173,13 @@ def test_a_backup_copied_from_a_local_folder_is_stored_in_the_backup_bucket(
     assert storages["backups"].exists(f"{row.path}/manifest.json")
     assert services.backup_verify(backup=row)["artifacts"]
     assert str(services.backup_location(row)).startswith(f"s3://{BUCKET}/")
+
+
+def test_backups_in_a_local_folder_are_readable_by_their_owner_only(request):
+    """A dump holds password hashes and token digests."""
+    request.getfixturevalue("registry")
+    backup = services.backup_create(actor="tests")
+    folder = services.backup_directory(backup)
+
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert {path.stat().st_mode & 0o777 for path in folder.iterdir()} == {0o600}
