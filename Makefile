@@ -38,6 +38,7 @@ format: install-dev
 
 bench: install-dev
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/storage_load.py
 
 migrate: install
 	$(PY) manage.py migrate

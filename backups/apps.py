@@ -11,6 +11,9 @@ class BackupsConfig(AppConfig):
         from config.metrics import SCRAPE_TIME_REGISTRY
 
         READINESS_CHECKS["backup"] = backup_readiness_check
+        from backups import retention
+
+        retention.register()
         _stalled_jobs_register()
         # Read at scrape time, so /metrics shows them once whether or not it runs in
         # Prometheus' multiprocess mode.

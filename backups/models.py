@@ -19,7 +19,7 @@ class Backup(models.Model):
     status = models.CharField(
         max_length=20, choices=BackupStatus.choices, default=BackupStatus.RUNNING, db_index=True
     )
-    # Folder name under BACKUP_DIR; empty until the backup has been renamed into place.
+    # Folder name in the backup storage; empty until the backup has been stored.
     path = models.CharField(max_length=255, blank=True)
     database_vendor = models.CharField(max_length=20, blank=True)
     database_size = models.BigIntegerField(default=0)

@@ -1,10 +1,14 @@
 """Backups, their verification, restore and retention: every caller (admin, commands, Celery
 tasks) goes through these functions.
 
-A backup is a folder under BACKUP_DIR holding the database dump (pg_dump custom format on
-PostgreSQL, SQLite's online backup API on SQLite), a tar of MODEL_STORE_DIR and a
-manifest.json with the sha256 and size of every file and the registry's row counts. It is
-written under a temporary name, fsynced, renamed into place, then verified by re-reading it.
+A backup is a folder in the backup storage (storages["backups"]: BACKUP_DIR, or the bucket
+of BACKUP_STORAGE_URL) holding the database dump (pg_dump custom format on PostgreSQL,
+SQLite's online backup API on SQLite), a tar of every file in the artifact storage
+(storages["artifacts"]) and a manifest.json with the sha256 and size of every file and the
+registry's row counts. It is assembled in a local spool folder, stored file by file with the
+manifest last (a folder without its manifest is an unfinished attempt), then verified by
+re-reading it from the store. Artifacts are read from, and restored into, the artifact
+storage only through Django's storage API, so any backend pair works, in either direction.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from typing import IO, Any
 from django.apps import apps
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.files import File
+from django.core.files.storage import FileSystemStorage, Storage
 from django.core.management.color import no_style
 from django.db import IntegrityError, connection, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
@@ -52,6 +58,13 @@ from backups.models import (
 from config.archives import ArchiveError, ArchiveLimits, tar_check
 from config.errors import ConflictError, DomainError, NotFoundError
 from config.job_heartbeats import STALLED_JOB_KINDS, StalledJobKind, job_heartbeat
+from mlregistry.audit import audit_rows_pruned
+from mlregistry.storage import (
+    get_artifact_storage,
+    get_backup_storage,
+    storage_delete_folder,
+    storage_walk,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -125,13 +138,91 @@ def _slot_tag(slot: str) -> str:
 
 
 def backup_root() -> Path:
+    """The local working folder: backups are assembled here before they are stored, and on
+    SQLite the slot locks live here. Not where backups are kept (that is the backup storage)."""
     return Path(settings.BACKUP_DIR)
 
 
-def backup_directory(backup: Backup) -> Path:
+@dataclass(frozen=True)
+class BackupLocation:
+    """One backup's folder: `name` in `storage` (the backup storage, or a local folder holding
+    an off-site copy). Every file is read through the storage API."""
+
+    storage: Storage
+    name: str
+
+    def file(self, filename: str) -> str:
+        return f"{self.name}/{filename}"
+
+    def exists(self, filename: str) -> bool:
+        return self.storage.exists(self.file(filename))
+
+    def open(self, filename: str) -> IO[bytes]:
+        return self.storage.open(self.file(filename), "rb")
+
+    def __str__(self) -> str:
+        try:
+            return self.storage.path(self.name)
+        except NotImplementedError:
+            bucket = getattr(self.storage, "bucket_name", None)
+            if bucket is None:
+                return f"{type(self.storage).__name__}:{self.name}"
+            prefix = str(getattr(self.storage, "location", "")).strip("/")
+            return f"s3://{bucket}/{prefix + '/' if prefix else ''}{self.name}"
+
+
+def backup_location(backup: Backup) -> BackupLocation:
+    """Where a catalogued backup's files are, in the backup storage."""
     if not backup.path:
         raise BackupError(f"Backup {backup.pk} has no files (status {backup.status}).")
-    return backup_root() / backup.path
+    return BackupLocation(get_backup_storage(), backup.path)
+
+
+def backup_directory(backup: Backup) -> Path:
+    """A catalogued backup's folder on this machine, for a backup storage that is a local
+    folder (operators copying it off-site; tests). NotImplementedError on an object store."""
+    return Path(get_backup_storage().path(backup_location(backup).name))
+
+
+def _as_location(source: BackupLocation | Path | str) -> BackupLocation:
+    if isinstance(source, BackupLocation):
+        return source
+    path = Path(source).resolve()
+    return BackupLocation(FileSystemStorage(location=str(path.parent)), path.name)
+
+
+def _in_backup_store(location: BackupLocation) -> bool:
+    store = get_backup_storage()
+    if location.storage is store:
+        return True
+    try:
+        return Path(location.storage.path(location.name)).parent == Path(store.path("")).resolve()
+    except NotImplementedError:
+        return False
+
+
+def _location_digest(location: BackupLocation, filename: str) -> tuple[str, int]:
+    with location.open(filename) as handle:
+        return _stream_digest(handle)
+
+
+def _location_fetch(location: BackupLocation, filename: str, target: Path) -> tuple[str, int]:
+    """Copies one backup file to a local `target` (tar and pg_restore need a seekable local
+    file); returns its sha256 and size as copied."""
+    digest = hashlib.sha256()
+    size = 0
+    with location.open(filename) as source, open(target, "wb") as out:
+        while chunk := source.read(CHUNK_SIZE):
+            digest.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+    return digest.hexdigest(), size
+
+
+def _spool_directory(prefix: str) -> Path:
+    root = backup_root()
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=root, prefix=prefix))
 
 
 def _actor_name(actor: AbstractBaseUser | str) -> str:
@@ -298,23 +389,43 @@ def _database_restore(source: Path, vendor: str) -> None:
 
 
 def _artifact_files(root: Path) -> Iterator[tuple[str, Path]]:
+    """Files of a local folder (an extracted archive), by name relative to it."""
     if not root.exists():
         return
     for path in sorted(root.rglob("*")):
-        # Temporary files are uploads in flight; links are never followed into a backup.
+        # Links are never followed into a restore.
         if path.is_symlink() or not path.is_file() or path.name.startswith(".tmp-"):
             continue
         yield path.relative_to(root).as_posix(), path
 
 
 def _artifacts_archive_write(target: Path) -> dict[str, dict[str, Any]]:
+    """Tars every file of the artifact storage into `target`, read through the storage API."""
+    storage = get_artifact_storage()
     entries: dict[str, dict[str, Any]] = {}
     # Level 1: skops and joblib files are mostly compressed already; more would only cost time.
     with tarfile.open(target, "w:gz", compresslevel=1) as tar:
-        for name, path in _artifact_files(Path(settings.MODEL_STORE_DIR)):
-            sha256, size = _file_digest(path)
-            entries[name] = {"sha256": sha256, "size": size}
-            tar.add(path, arcname=name, recursive=False)
+        for name in storage_walk(storage):
+            # Spooled first: a tar header needs the size before the bytes, and an object store's
+            # size may change under us (a re-upload); the hash is of exactly what is archived.
+            with tempfile.TemporaryFile(dir=target.parent) as spool:
+                try:
+                    with storage.open(name, "rb") as handle:
+                        digest = hashlib.sha256()
+                        size = 0
+                        while chunk := handle.read(CHUNK_SIZE):
+                            digest.update(chunk)
+                            size += len(chunk)
+                            spool.write(chunk)
+                except FileNotFoundError:
+                    continue  # deleted (swept, discarded) since it was listed
+                spool.seek(0)
+                info = tarfile.TarInfo(name)
+                info.size = size
+                info.mode = 0o644
+                info.mtime = int(timezone.now().timestamp())
+                tar.addfile(info, spool)
+            entries[name] = {"sha256": digest.hexdigest(), "size": size}
     return entries
 
 
@@ -446,12 +557,30 @@ def _backup_claim(*, slot: str, actor: str, now: datetime) -> Backup:
 
 
 def _stale_attempts_remove(root: Path, slot: str) -> None:
-    """Folders a killed attempt of this slot left: its staging folder, or a renamed folder
+    """What a killed attempt of this slot left: its local spool folder, or a stored folder
     whose row was never updated."""
     tag = _slot_tag(slot)
-    for path in [*root.glob(f".tmp-{tag}-*"), *root.glob(f"*-{tag}")]:
+    for path in root.glob(f".tmp-{tag}-*"):
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
+    storage = get_backup_storage()
+    try:
+        folders, _ = storage.listdir("")
+    except FileNotFoundError:
+        return
+    for folder in folders:
+        if folder.endswith(f"-{tag}") and not folder.startswith("."):
+            storage_delete_folder(storage, folder)
+
+
+def _backup_store(staging: Path, name: str, filenames: list[str]) -> None:
+    """Stores the spooled files as folder `name` of the backup storage, the manifest last."""
+    storage = get_backup_storage()
+    for filename in filenames:
+        with open(staging / filename, "rb") as handle:
+            stored = storage.save(f"{name}/{filename}", File(handle, name=filename))
+        if stored != f"{name}/{filename}":
+            raise BackupError(f"The backup storage renamed {name}/{filename} to {stored}.")
 
 
 def _backup_write(backup: Backup) -> None:
@@ -459,7 +588,7 @@ def _backup_write(backup: Backup) -> None:
     root.mkdir(parents=True, exist_ok=True)
     name = f"{backup.started_at:%Y%m%dT%H%M%SZ}-{_slot_tag(backup.slot)}"
     _stale_attempts_remove(root, backup.slot)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{_slot_tag(backup.slot)}-"))
+    staging = _spool_directory(f".tmp-{_slot_tag(backup.slot)}-")
     try:
         vendor = connection.vendor
         row_counts = registry_row_counts()
@@ -468,7 +597,6 @@ def _backup_write(backup: Backup) -> None:
         artifacts = _artifacts_archive_write(staging / ARTIFACTS_ARCHIVE)
         files = {}
         for path in (database_file, staging / ARTIFACTS_ARCHIVE):
-            _fsync_path(path)
             sha256, size = _file_digest(path)
             files[path.name] = {"sha256": sha256, "size": size}
         manifest = {
@@ -483,14 +611,13 @@ def _backup_write(backup: Backup) -> None:
         }
         manifest_path = staging / MANIFEST_NAME
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        _fsync_path(manifest_path)
-        _fsync_path(staging)
-        os.chmod(staging, 0o700)
-        os.rename(staging, root / name)
-        _fsync_path(root)
+        _backup_store(staging, name, [*files, MANIFEST_NAME])
+        manifest_sha256 = _file_digest(manifest_path)[0]
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        storage_delete_folder(get_backup_storage(), name)
         raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     backup.path = name
     backup.database_vendor = vendor
     backup.database_size = files[database_file.name]["size"]
@@ -498,7 +625,7 @@ def _backup_write(backup: Backup) -> None:
     backup.artifact_count = len(artifacts)
     backup.checksums = {file_name: entry["sha256"] for file_name, entry in files.items()}
     backup.row_counts = row_counts
-    backup.manifest_sha256 = _file_digest(root / name / MANIFEST_NAME)[0]
+    backup.manifest_sha256 = manifest_sha256
     backup.finished_at = timezone.now()
     # Named fields: a full save would put back the heartbeat this object was loaded with.
     backup.save(
@@ -550,14 +677,17 @@ def backup_create(
     return backup
 
 
-def _verify_directory(directory: Path, *, manifest_sha256: str = "") -> tuple[dict, list[str]]:
-    manifest_path = directory / MANIFEST_NAME
-    if not manifest_path.is_file():
-        return {}, [f"{MANIFEST_NAME} missing in {directory}"]
-    if manifest_sha256 and _file_digest(manifest_path)[0] != manifest_sha256:
+def _verify_directory(
+    location: BackupLocation, *, manifest_sha256: str = ""
+) -> tuple[dict, list[str]]:
+    if not location.exists(MANIFEST_NAME):
+        return {}, [f"{MANIFEST_NAME} missing in {location}"]
+    with location.open(MANIFEST_NAME) as handle:
+        manifest_bytes = handle.read()
+    if manifest_sha256 and hashlib.sha256(manifest_bytes).hexdigest() != manifest_sha256:
         return {}, [f"{MANIFEST_NAME}: sha256 differs from the one recorded at backup time"]
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(manifest_bytes)
         files = manifest["files"]
         artifacts = manifest["artifacts"]
         if not manifest["database"]["vendor"]:
@@ -565,31 +695,41 @@ def _verify_directory(directory: Path, *, manifest_sha256: str = "") -> tuple[di
     except (ValueError, KeyError, TypeError) as exc:
         return {}, [f"{MANIFEST_NAME}: unreadable ({type(exc).__name__}: {exc})"]
     problems = []
-    for name, expected in sorted(files.items()):
-        path = directory / name
-        if PurePosixPath(name).name != name or not path.is_file():
-            problems.append(f"{name}: missing")
-            continue
-        sha256, size = _file_digest(path)
-        if size != expected["size"]:
-            problems.append(f"{name}: size {size} != {expected['size']}")
-        if sha256 != expected["sha256"]:
-            problems.append(f"{name}: sha256 mismatch")
-    if ARTIFACTS_ARCHIVE in files and not problems:
-        problems += _archive_check(directory / ARTIFACTS_ARCHIVE, artifacts)
+    spool = _spool_directory(".tmp-verify-")
+    try:
+        for name, expected in sorted(files.items()):
+            if (
+                PurePosixPath(name).name != name
+                or name.startswith(".")
+                or not location.exists(name)
+            ):
+                problems.append(f"{name}: missing")
+                continue
+            if name == ARTIFACTS_ARCHIVE:
+                sha256, size = _location_fetch(location, name, spool / name)
+            else:
+                sha256, size = _location_digest(location, name)
+            if size != expected["size"]:
+                problems.append(f"{name}: size {size} != {expected['size']}")
+            if sha256 != expected["sha256"]:
+                problems.append(f"{name}: sha256 mismatch")
+        if ARTIFACTS_ARCHIVE in files and not problems:
+            problems += _archive_check(spool / ARTIFACTS_ARCHIVE, artifacts)
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
     return manifest, problems
 
 
 def backup_verify(
-    *, backup: Backup | None = None, path: Path | str | None = None
+    *, backup: Backup | None = None, path: BackupLocation | Path | str | None = None
 ) -> dict[str, Any]:
-    """Re-reads every checksum of a backup (the row's folder, else `path`); returns its
-    manifest or raises BackupCorrupt."""
+    """Re-reads every checksum of a backup (the row's folder in the backup storage, else
+    `path`: a location, or a local folder); returns its manifest or raises BackupCorrupt."""
     if backup is None and path is None:
         raise BackupError("Name a backup or a path to verify.")
-    directory = backup_directory(backup) if backup is not None else Path(path)
+    location = backup_location(backup) if backup is not None else _as_location(path)
     manifest, problems = _verify_directory(
-        directory, manifest_sha256=backup.manifest_sha256 if backup is not None else ""
+        location, manifest_sha256=backup.manifest_sha256 if backup is not None else ""
     )
     if backup is not None:
         backup.status = BackupStatus.CORRUPT if problems else BackupStatus.VERIFIED
@@ -598,16 +738,17 @@ def backup_verify(
         backup.error = "\n".join(problems)[:5000]
         backup.save(update_fields=["status", "verified_at", "error"])
     if problems:
-        logger.error("backup verification failed", extra={"path": str(directory)})
+        logger.error("backup verification failed", extra={"path": str(location)})
         raise BackupCorrupt(
-            f"Backup {directory.name} failed verification: {len(problems)} problem(s).",
+            f"Backup {location.name} failed verification: {len(problems)} problem(s).",
             problems=problems,
         )
     return manifest
 
 
-def backup_resolve(reference: str) -> tuple[Backup | None, Path]:
-    """A backup named by id, folder or manifest path; the row too when the folder is known."""
+def backup_resolve(reference: str) -> tuple[Backup | None, BackupLocation]:
+    """A backup named by id, by folder name in the backup storage, or by a local folder or
+    manifest path (an off-site copy); the row too when the catalogue knows the folder."""
     has_schema = database_has_schema()
     if reference.isdigit():
         if not has_schema:
@@ -618,16 +759,23 @@ def backup_resolve(reference: str) -> tuple[Backup | None, Path]:
         backup = Backup.objects.filter(pk=int(reference)).first()
         if backup is None:
             raise NotFoundError(f"No backup with id {reference}.")
-        return backup, backup_directory(backup)
+        return backup, backup_location(backup)
     path = Path(reference)
     if path.name == MANIFEST_NAME:
         path = path.parent
-    if not path.is_dir():
+    stored = BackupLocation(get_backup_storage(), path.name)
+    if path.is_dir():
+        location = _as_location(path)
+        if _in_backup_store(location):
+            location = stored
+    elif reference == path.name and not path.name.startswith(".") and stored.exists(MANIFEST_NAME):
+        location = stored
+    else:
         raise NotFoundError(f"No backup folder at {reference}.")
     backup = None
-    if has_schema and path.resolve().parent == backup_root().resolve():
-        backup = Backup.objects.filter(path=path.name).first()
-    return backup, path
+    if has_schema and location.storage is stored.storage:
+        backup = Backup.objects.filter(path=location.name).first()
+    return backup, location
 
 
 # --- restore -------------------------------------------------------------------------------------
@@ -635,7 +783,7 @@ def backup_resolve(reference: str) -> tuple[Backup | None, Path]:
 
 @dataclass
 class RestorePlan:
-    directory: Path
+    directory: BackupLocation
     manifest: dict[str, Any]
     current_counts: dict[str, int]
     current_artifacts: int
@@ -655,7 +803,7 @@ class RestorePlan:
         lines = [
             f"Backup {self.directory.name} ({self.manifest['database']['vendor']}, "
             f"taken {self.manifest['created_at']}): checksums verified.",
-            f"Artifacts: {self.current_artifacts} file(s) in {settings.MODEL_STORE_DIR} "
+            f"Artifacts: {self.current_artifacts} file(s) in the artifact storage "
             f"replaced by {len(self.manifest['artifacts'])} from the backup.",
             "Tables (now -> after restore):",
         ]
@@ -696,13 +844,14 @@ class RestoreResult:
     mismatches: list[str] = field(default_factory=list)
 
 
-def restore_plan(*, directory: Path, backup: Backup | None = None) -> RestorePlan:
+def restore_plan(*, directory: BackupLocation | Path, backup: Backup | None = None) -> RestorePlan:
     """Verifies the backup and says what a restore would replace; changes nothing."""
-    manifest = backup_verify(backup=backup, path=directory)
-    current_artifacts = sum(1 for _ in _artifact_files(Path(settings.MODEL_STORE_DIR)))
+    location = _as_location(directory)
+    manifest = backup_verify(path=location) if backup is None else backup_verify(backup=backup)
+    current_artifacts = sum(1 for _ in storage_walk(get_artifact_storage()))
     has_schema = database_has_schema()
     return RestorePlan(
-        directory,
+        location,
         manifest,
         registry_row_counts() if has_schema else {},
         current_artifacts,
@@ -712,40 +861,47 @@ def restore_plan(*, directory: Path, backup: Backup | None = None) -> RestorePla
 
 
 def backup_restore(
-    *, directory: Path, actor: AbstractBaseUser | str, backup: Backup | None = None
+    *, directory: BackupLocation | Path, actor: AbstractBaseUser | str, backup: Backup | None = None
 ) -> RestoreResult:
-    """Replaces the database and the artifacts store with a verified backup's contents.
+    """Replaces the database and the artifact storage's files with a verified backup's contents.
 
     Into a database without tables (disaster recovery) it first creates the backup's schema,
     and afterwards applies this code's later migrations. Either way the backup catalogue keeps
-    its rows and lists the backup restored from (BackupError, BackupCorrupt otherwise).
+    its rows and lists the backup restored from (BackupError, BackupCorrupt otherwise). The
+    artifacts go into whatever storage is configured now, whichever the backup came from.
     """
     if connection.in_atomic_block:
         raise BackupError("A restore replaces whole tables; it cannot run inside a transaction.")
     plan = restore_plan(directory=directory, backup=backup)
+    location = plan.directory
     manifest = plan.manifest
     if not plan.has_schema:
         _schema_create(manifest.get("migrations", []))
-    store = Path(settings.MODEL_STORE_DIR)
-    store.parent.mkdir(parents=True, exist_ok=True)
-    staging = store.parent / f".{store.name}.restore-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    staging = _spool_directory(".tmp-restore-")
     try:
-        _artifacts_extract(directory / ARTIFACTS_ARCHIVE, staging)
-        _, problems = _verify_extracted(staging, manifest["artifacts"])
+        database_file = manifest["database"]["file"]
+        for filename in (database_file, ARTIFACTS_ARCHIVE):
+            sha256, _ = _location_fetch(location, filename, staging / filename)
+            if sha256 != manifest["files"][filename]["sha256"]:
+                raise BackupCorrupt(
+                    "The backup changed while it was restored.", problems=[f"{filename}: sha256"]
+                )
+        extracted = staging / "artifacts"
+        extracted.mkdir()
+        _artifacts_extract(staging / ARTIFACTS_ARCHIVE, extracted)
+        _, problems = _verify_extracted(extracted, manifest["artifacts"])
         if problems:
             raise BackupCorrupt("Extracted artifacts do not match the manifest.", problems=problems)
-        # The backup catalogue describes files on disk, not the registry: it survives restore.
+        # Files first: content-addressed names only add, so the current database keeps working
+        # until its rows are replaced; files the backup lacks go after the database.
+        _artifacts_store(extracted)
+        # The backup catalogue describes the backup storage, not the registry: it survives.
         catalogue = list(Backup.objects.values())
-        _database_restore(directory / manifest["database"]["file"], manifest["database"]["vendor"])
+        _database_restore(staging / database_file, manifest["database"]["vendor"])
         if not plan.has_schema:
             _schema_complete()
-        _catalogue_replace(catalogue, source=_catalogue_source_row(directory, manifest))
-        previous = store.parent / f".{store.name}.replaced-{uuid.uuid4().hex[:8]}"
-        if store.exists():
-            os.rename(store, previous)
-        os.rename(staging, store)
-        shutil.rmtree(previous, ignore_errors=True)
+        _catalogue_replace(catalogue, source=_catalogue_source_row(location, manifest))
+        _artifacts_remove_others(set(manifest["artifacts"]))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _routing_invalidate_all()
@@ -761,9 +917,27 @@ def backup_restore(
     ]
     logger.warning(
         "backup restored",
-        extra={"backup": directory.name, "actor": _actor_name(actor), "mismatches": mismatches},
+        extra={"backup": location.name, "actor": _actor_name(actor), "mismatches": mismatches},
     )
     return RestoreResult(manifest=manifest, row_counts=counts, mismatches=mismatches)
+
+
+def _artifacts_store(root: Path) -> None:
+    """Writes every extracted file into the artifact storage under its name."""
+    storage = get_artifact_storage()
+    for name, path in _artifact_files(root):
+        with open(path, "rb") as handle:
+            stored = storage.save(name, File(handle, name=PurePosixPath(name).name))
+        if stored != name:
+            raise BackupError(f"The artifact storage renamed {name} to {stored}.")
+
+
+def _artifacts_remove_others(keep: set[str]) -> None:
+    """Deletes the artifact storage's files the restored backup does not hold."""
+    storage = get_artifact_storage()
+    for name in list(storage_walk(storage)):
+        if name not in keep:
+            storage.delete(name)
 
 
 def _verify_extracted(root: Path, expected: dict[str, dict[str, Any]]) -> tuple[int, list[str]]:
@@ -776,40 +950,40 @@ def _verify_extracted(root: Path, expected: dict[str, dict[str, Any]]) -> tuple[
     return len(found), problems
 
 
-def _catalogue_source_row(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def _catalogue_source_row(location: BackupLocation, manifest: dict[str, Any]) -> dict[str, Any]:
     """The catalogue row of the backup being restored, as its verified files describe it.
 
-    A folder outside BACKUP_DIR (a copy brought back from off-site) is copied in first, so the
-    row names a folder that retention, verification and the next restore can find.
+    A folder outside the backup storage (a copy brought back from off-site) is copied in
+    first, so the row names a folder that retention, verification and the next restore find.
     """
-    root = backup_root()
-    manifest_sha256 = _file_digest(directory / MANIFEST_NAME)[0]
-    if directory.resolve().parent != root.resolve():
-        target = root / directory.name
-        if not (
-            target.is_dir()
-            and (target / MANIFEST_NAME).is_file()
-            and _file_digest(target / MANIFEST_NAME)[0] == manifest_sha256
-        ):
-            if target.exists():
-                target = root / f"{directory.name}-restored-{uuid.uuid4().hex[:8]}"
-            root.mkdir(parents=True, exist_ok=True)
-            staging = root / f".tmp-copy-{uuid.uuid4().hex[:8]}"
+    store = get_backup_storage()
+    with location.open(MANIFEST_NAME) as handle:
+        manifest_sha256 = hashlib.sha256(handle.read()).hexdigest()
+    name = location.name
+    if not _in_backup_store(location):
+        target = BackupLocation(store, name)
+        same = target.exists(MANIFEST_NAME) and (
+            _location_digest(target, MANIFEST_NAME)[0] == manifest_sha256
+        )
+        if not same:
+            if target.exists(MANIFEST_NAME) or any(storage_walk(store, name)):
+                name = f"{location.name}-restored-{uuid.uuid4().hex[:8]}"
+            spool = _spool_directory(".tmp-copy-")
             try:
-                shutil.copytree(directory, staging)
-                os.chmod(staging, 0o700)
-                os.rename(staging, target)
+                filenames = [*manifest["files"], MANIFEST_NAME]
+                for filename in filenames:
+                    _location_fetch(location, filename, spool / filename)
+                _backup_store(spool, name, filenames)
             finally:
-                shutil.rmtree(staging, ignore_errors=True)
-        directory = target
+                shutil.rmtree(spool, ignore_errors=True)
     files = manifest["files"]
     database_file = manifest["database"]["file"]
     now = timezone.now()
     created_at = datetime.fromisoformat(manifest["created_at"])
     return {
-        "slot": manifest.get("slot") or f"restored-{directory.name}",
+        "slot": manifest.get("slot") or f"restored-{name}",
         "status": BackupStatus.VERIFIED,
-        "path": directory.name,
+        "path": name,
         "database_vendor": manifest["database"]["vendor"],
         "database_size": files.get(database_file, {}).get("size", 0),
         "artifacts_size": files.get(ARTIFACTS_ARCHIVE, {}).get("size", 0),
@@ -827,13 +1001,15 @@ def _catalogue_replace(rows: list[dict[str, Any]], *, source: dict[str, Any]) ->
     """Puts back the catalogue as it was before the restore, adds the restored database's rows
     of other backups whose folders are here (after disaster recovery, the history), registers
     the backup restored from under the id it had, and never lets ids go back."""
-    root = backup_root()
+    store = get_backup_storage()
     restored = {row["slot"]: row for row in Backup.objects.values()}
     floor = max([row["id"] for row in [*rows, *restored.values()]] + [_id_sequence_value(Backup)])
     merged = {row["slot"]: row for row in rows}
     taken_ids = {row["id"] for row in rows}
     for slot, row in restored.items():
-        present = slot == source["slot"] or (row["path"] and (root / row["path"]).is_dir())
+        present = slot == source["slot"] or (
+            row["path"] and BackupLocation(store, row["path"]).exists(MANIFEST_NAME)
+        )
         if present and slot not in merged and row["id"] not in taken_ids:
             merged[slot] = row
             taken_ids.add(row["id"])
@@ -891,10 +1067,15 @@ def _routing_invalidate_all() -> None:
 
 
 def backup_retention_apply(
-    *, now: datetime | None = None, retention_days: int | None = None, dry_run: bool = False
+    *,
+    now: datetime | None = None,
+    retention_days: int | None = None,
+    dry_run: bool = False,
+    actor: AbstractBaseUser | str = "job:retention",
 ) -> list[int]:
-    """Deletes backups older than the retention, never the newest verified one; returns their
-    ids (with `dry_run`, the ids it would delete, deleting nothing)."""
+    """Deletes backups older than the retention (their files in the backup storage, then their
+    rows, each audited as `actor`), never the newest verified one; returns their ids (with
+    `dry_run`, the ids it would delete, deleting nothing)."""
     now = now or timezone.now()
     days = retention_days if retention_days is not None else settings.BACKUP_RETENTION_DAYS
     cutoff = now - timedelta(days=days)
@@ -907,74 +1088,21 @@ def backup_retention_apply(
     if dry_run:
         return list(expired.values_list("pk", flat=True))
     deleted = []
-    root = backup_root().resolve()
+    store = get_backup_storage()
     for backup in expired:
-        if backup.path:
-            directory = (root / backup.path).resolve()
-            if directory.parent == root:
-                shutil.rmtree(directory, ignore_errors=True)
+        if backup.path and "/" not in backup.path and not backup.path.startswith("."):
+            storage_delete_folder(store, backup.path)
         deleted.append(backup.pk)
-        backup.delete()
-    # Folders of attempts that died before their row recorded them.
+        with transaction.atomic():
+            audit_rows_pruned(actor=actor, model=Backup, ids=[backup.pk])
+            backup.delete()
+    # Local spool folders of attempts that died before they were cleaned up.
+    root = backup_root()
     if root.exists():
         for path in root.glob(".tmp-*"):
             if path.stat().st_mtime < cutoff.timestamp():
                 shutil.rmtree(path, ignore_errors=True)
     return deleted
-
-
-# Content-addressed namespaces the sweep may clean, each with the rows that reference its files.
-# Anything else in the store (the admin's parked uploads under pending/) has its own expiry.
-def _referenced_store_files() -> set[str]:
-    from mlregistry.models import ModelVersion
-    from quality.models import Dataset
-
-    referenced = set(ModelVersion.objects.values_list("artifact", flat=True))
-    referenced |= set(Dataset.objects.exclude(file="").values_list("file", flat=True))
-    return referenced
-
-
-def _is_referenced(name: str) -> bool:
-    from mlregistry.models import ModelVersion
-    from quality.models import Dataset
-
-    return (
-        ModelVersion.objects.filter(artifact=name).exists()
-        or Dataset.objects.filter(file=name).exists()
-    )
-
-
-SWEPT_PREFIXES = ("sha256/", "datasets/")
-
-
-def artifacts_sweep(
-    *, now: datetime | None = None, min_age: timedelta | None = None, dry_run: bool = False
-) -> list[str]:
-    """Removes version artifacts and dataset files that no row references; never young files
-    (uploads in flight), never files outside those namespaces. Returns their names (with
-    `dry_run`, the names it would remove, removing nothing)."""
-    now = now or timezone.now()
-    min_age = min_age or timedelta(seconds=settings.ARTIFACT_SWEEP_MIN_AGE_SECONDS)
-    referenced = _referenced_store_files()
-    newest_allowed = (now - min_age).timestamp()
-    root = Path(settings.MODEL_STORE_DIR)
-    removed = []
-    for path in sorted(root.rglob("*")) if root.exists() else []:
-        if path.is_symlink() or not path.is_file():
-            continue
-        name = path.relative_to(root).as_posix()
-        if not name.startswith(SWEPT_PREFIXES):
-            continue
-        if name in referenced or path.stat().st_mtime > newest_allowed:
-            continue
-        # Asked again right before unlinking: an upload of the same bytes may have just
-        # registered this content-addressed name.
-        if _is_referenced(name):
-            continue
-        if not dry_run:
-            path.unlink()
-        removed.append(name)
-    return removed
 
 
 def _newest_job_run_ids() -> set[int]:
@@ -1009,10 +1137,17 @@ def _job_run_tally_add(rows: list[tuple[str, str, float]]) -> None:
         tally.save(update_fields=["runs", "duration_seconds_sum", "duration_buckets"])
 
 
-def job_runs_prune(*, older_than: datetime, batch_size: int = 1000, dry_run: bool = False) -> int:
-    """Deletes finished job runs started before `older_than`, in batches, except the newest run
-    of each job and outcome; adds them to JobRunTally so /metrics counters never go down.
-    Returns how many went (with `dry_run`, how many would, deleting nothing)."""
+def job_runs_prune(
+    *,
+    older_than: datetime,
+    batch_size: int = 1000,
+    dry_run: bool = False,
+    actor: AbstractBaseUser | str = "job:retention",
+) -> int:
+    """Deletes finished job runs started before `older_than`, in batches audited as `actor`,
+    except the newest run of each job and outcome; adds them to JobRunTally so /metrics
+    counters never go down. Returns how many went (with `dry_run`, how many would, deleting
+    nothing)."""
     expired = JobRun.objects.filter(
         started_at__lt=older_than, outcome__in=FINISHED_OUTCOMES
     ).exclude(id__in=_newest_job_run_ids())
@@ -1031,42 +1166,26 @@ def job_runs_prune(*, older_than: datetime, batch_size: int = 1000, dry_run: boo
                 .filter(id__in=ids)
                 .values_list("id", "job", "outcome", "duration_seconds")
             )
+            if rows:
+                audit_rows_pruned(actor=actor, model=JobRun, ids=[row[0] for row in rows])
             JobRun.objects.filter(id__in=[row[0] for row in rows]).delete()
             _job_run_tally_add([row[1:] for row in rows])
         deleted += len(rows)
 
 
-def retention_cleanup_run(*, now: datetime | None = None, dry_run: bool = False) -> dict[str, Any]:
-    """The hourly cleanup: old backups, prediction logs, job runs and drift reports, expired
-    API tokens, unreferenced artifacts and parked admin uploads nobody confirmed within a day.
+def retention_cleanup_run(
+    *, now: datetime | None = None, dry_run: bool = False, actor: str = "job:retention"
+) -> dict[str, Any]:
+    """The hourly cleanup: runs every prune the apps registered with config.retention (old
+    backups and job runs here; prediction logs, drift reports, expired tokens, parked uploads
+    and unreferenced artifact files in their apps), each deletion of rows audited as `actor`.
+    Returns {prune key: how many or which}.
 
     With `dry_run` it deletes nothing and reports what it would delete.
     """
-    from mlregistry.access import api_tokens_prune_expired
-    from mlregistry.services import pending_uploads_prune
-    from predictions.services import prediction_log_prune
-    from quality.drift import drift_reports_prune
+    from config.retention import prunes_run
 
-    now = now or timezone.now()
-
-    def days_ago(days: int) -> datetime:
-        return now - timedelta(days=days)
-
-    return {
-        "backups_deleted": backup_retention_apply(now=now, dry_run=dry_run),
-        "prediction_logs_pruned": prediction_log_prune(
-            older_than=days_ago(settings.PREDICTION_LOG_RETENTION_DAYS), dry_run=dry_run
-        ),
-        "artifacts_swept": artifacts_sweep(now=now, dry_run=dry_run),
-        "pending_uploads_pruned": pending_uploads_prune(dry_run=dry_run),
-        "job_runs_pruned": job_runs_prune(
-            older_than=days_ago(settings.JOB_RUN_RETENTION_DAYS), dry_run=dry_run
-        ),
-        "drift_reports_pruned": drift_reports_prune(
-            older_than=days_ago(settings.DRIFT_REPORT_RETENTION_DAYS), dry_run=dry_run
-        ),
-        "expired_tokens_deleted": api_tokens_prune_expired(now=now, dry_run=dry_run),
-    }
+    return prunes_run(now=now or timezone.now(), dry_run=dry_run, actor=actor)
 
 
 def retention_cleanup_counts(summary: dict[str, Any]) -> dict[str, int]:

@@ -11,6 +11,8 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from config.env import env_bool, env_float, env_int, env_list, env_str
+from config.storage_urls import is_remote as storage_is_remote
+from config.storage_urls import storage_from_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
@@ -143,19 +145,48 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 LOGIN_URL = "admin:login"
 
-# --- Storage: artifacts live in MODEL_STORE_DIR, content-addressed -------------------------
+# --- Storage: artifacts (content-addressed) and backups, each a folder or an S3 bucket -------
+# Every read and write goes through storages["artifacts"] / storages["backups"], so these URLs
+# are the whole switch (config/storage_urls.py: empty = the folder, s3://bucket/prefix).
 MODEL_STORE_DIR = Path(env_str("MODEL_STORE_DIR", str(VAR_DIR / "artifacts")))
 BACKUP_DIR = Path(env_str("BACKUP_DIR", str(VAR_DIR / "backups")))
+ARTIFACT_STORAGE_URL = env_str("ARTIFACT_STORAGE_URL", "")
+BACKUP_STORAGE_URL = env_str("BACKUP_STORAGE_URL", "")
+AWS_S3_ENDPOINT_URL = env_str("AWS_S3_ENDPOINT_URL", "")
+AWS_S3_REGION_NAME = env_str("AWS_S3_REGION_NAME", env_str("AWS_DEFAULT_REGION", ""))
+# Lifetime of a presigned download URL (mlregistry.storage.presigned_url).
+STORAGE_PRESIGNED_URL_SECONDS = env_int("STORAGE_PRESIGNED_URL_SECONDS", 3600, minimum=60)
+_s3_options = {
+    "endpoint_url": AWS_S3_ENDPOINT_URL,
+    "region_name": AWS_S3_REGION_NAME,
+    "presigned_expire_seconds": STORAGE_PRESIGNED_URL_SECONDS,
+}
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "artifacts": {
-        "BACKEND": env_str(
-            "ARTIFACT_STORAGE_BACKEND", "mlregistry.storage.AtomicFileSystemStorage"
-        ),
-        "OPTIONS": {"location": str(MODEL_STORE_DIR)},
-    },
+    "artifacts": storage_from_url(
+        ARTIFACT_STORAGE_URL,
+        default_location=MODEL_STORE_DIR,
+        setting="ARTIFACT_STORAGE_URL",
+        **_s3_options,
+    ),
+    "backups": storage_from_url(
+        BACKUP_STORAGE_URL,
+        default_location=BACKUP_DIR,
+        setting="BACKUP_STORAGE_URL",
+        private=True,
+        **_s3_options,
+    ),
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
+# Local read-through cache of verified artifact bytes, keyed by SHA-256 (never stale), for a
+# store off this machine: a replica's cold load reads the disk, not the network. Bytes; 0 = off.
+# On by default (2 GiB) only when ARTIFACT_STORAGE_URL is remote; the local folder needs none.
+ARTIFACT_CACHE_DIR = Path(env_str("ARTIFACT_CACHE_DIR", str(VAR_DIR / "artifact-cache")))
+ARTIFACT_CACHE_MAX_BYTES = env_int(
+    "ARTIFACT_CACHE_MAX_BYTES",
+    2 * 1024**3 if storage_is_remote(STORAGES["artifacts"]) else 0,
+    minimum=0,
+)
 
 # --- Request limits ---
 # Nesting depth a JSON body (or a JSON form field) may have: deeper is a 400 naming the field,

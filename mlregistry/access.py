@@ -33,7 +33,7 @@ from config.readahead import (
     readahead_register,
     readahead_take,
 )
-from mlregistry.audit import Actor, audit_record
+from mlregistry.audit import Actor, audit_record, prune_auditor
 from mlregistry.models import ApiClientPolicy, RegisteredModel
 
 logger = logging.getLogger(__name__)
@@ -260,10 +260,15 @@ def api_client_policy_delete(*, policy: ApiClientPolicy, actor: Actor) -> None:
 
 
 def api_tokens_prune_expired(
-    *, now: datetime | None = None, batch_size: int = 1000, dry_run: bool = False
+    *,
+    now: datetime | None = None,
+    batch_size: int = 1000,
+    dry_run: bool = False,
+    actor: Actor = "job:retention",
 ) -> int:
-    """Deletes API tokens whose expiry has passed (they authenticate nobody), in batches;
-    returns how many went (with `dry_run`, how many would, deleting nothing).
+    """Deletes API tokens whose expiry has passed (they authenticate nobody), in batches
+    audited as `actor`; returns how many went (with `dry_run`, how many would, deleting
+    nothing).
 
     The deletes go through the ORM, so predictions' post_delete receiver drops each token's
     cached authentication as a revocation does.
@@ -271,4 +276,4 @@ def api_tokens_prune_expired(
     expired = AuthToken.objects.filter(expiry__lt=now or timezone.now())
     if dry_run:
         return expired.count()
-    return delete_in_batches(expired, batch_size=batch_size)
+    return delete_in_batches(expired, batch_size=batch_size, audit=prune_auditor(actor))

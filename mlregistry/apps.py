@@ -6,4 +6,9 @@ class MlregistryConfig(AppConfig):
     verbose_name = "Model registry"
 
     def ready(self) -> None:
-        from mlregistry import access  # noqa: F401  (connects the access-policy cache signals)
+        from mlregistry import (
+            access,  # noqa: F401  (connects the access-policy cache signals)
+            retention,
+        )
+
+        retention.register()

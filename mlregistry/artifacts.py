@@ -304,19 +304,21 @@ class ArtifactMissingError(ArtifactIntegrityError):
 
 
 def read_verified(name: str, sha256: str, *, what: str) -> bytes:
-    """A stored file's bytes, read once and checked against the SHA-256 recorded for them;
-    callers deserialise exactly these bytes."""
-    from mlregistry.storage import get_artifact_storage
+    """A stored file's bytes, streamed from the store (or the local read-through cache) and
+    checked against the SHA-256 recorded for them; callers deserialise exactly these bytes."""
+    from mlregistry.storage import ArtifactChecksumError, artifact_read
 
     try:
-        with get_artifact_storage().open(name, "rb") as handle:
-            data = handle.read()
+        return artifact_read(name, sha256)
     except FileNotFoundError:
         raise ArtifactMissingError(
             f"{what} could not be loaded: its file is missing from the store."
         ) from None
-    verify_sha256(data, sha256)
-    return data
+    except ArtifactChecksumError as exc:
+        raise ArtifactIntegrityError(
+            f"Artifact checksum mismatch (expected sha256 {sha256[:12]}…, got {exc.actual[:12]}…); "
+            "refusing to load it."
+        ) from None
 
 
 def load_version_estimator(version: Any) -> Any:

@@ -143,3 +143,38 @@ def fields_update(obj: models.Model, wanted: dict[str, Any], *, actor: Any) -> d
         obj.save(update_fields=[*changes, "updated_at"])
         audit_record(actor=actor, verb="update", obj=obj, changes=changes)
     return changes
+
+
+def audit_rows_pruned(*, actor: Actor, model: type[models.Model], ids: list[Any]) -> AuditEvent:
+    """Writes one "prune" AuditEvent for the retention job deleting rows `ids` of `model`, in
+    the deleting transaction (RuntimeError outside one). One event per batch, not per row: a
+    prune may delete millions of prediction-log rows. `changes` holds {"rows": [n, 0]} and
+    the id range; the ids themselves, up to 1,000, in "ids"."""
+    using = router.db_for_write(AuditEvent)
+    if not transaction.get_connection(using).in_atomic_block:
+        raise RuntimeError("audit_rows_pruned() must run inside the deleting transaction.")
+    user, actor_name = (None, actor) if isinstance(actor, str) else (actor, actor.get_username())
+    ordered = sorted(ids)
+    changes: dict[str, list[Any]] = {"rows": [len(ordered), 0]}
+    if len(ordered) <= 1000:
+        changes["ids"] = [_json_value(ordered), None]
+    request_id = request_id_var.get()
+    return AuditEvent.objects.using(using).create(
+        actor_user=user,
+        actor_name=actor_name,
+        verb="prune",
+        object_type=f"{model._meta.app_label}.{model._meta.model_name}",
+        object_id=f"{ordered[0]}..{ordered[-1]}"[:64] if ordered else "",
+        object_repr=f"{len(ordered)} {model._meta.verbose_name_plural}"[:200],
+        changes=changes,
+        request_id="" if request_id == _NO_REQUEST_ID else request_id,
+    )
+
+
+def prune_auditor(actor: Actor):
+    """`delete_in_batches(..., audit=prune_auditor(actor))`: each batch audited as `actor`."""
+
+    def audit(model: type[models.Model], ids: list[Any]) -> None:
+        audit_rows_pruned(actor=actor, model=model, ids=ids)
+
+    return audit

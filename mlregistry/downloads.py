@@ -1,5 +1,9 @@
 """Artifact downloads: streamed from the storage API, with ETag = SHA-256 and single byte ranges.
 
+Streamed on S3 too, not redirected to a presigned URL: the store's endpoint is often not
+reachable by API clients (an internal MinIO), and the web process keeps the permission check.
+Links handed out elsewhere (batch-job outputs) use mlregistry.storage.presigned_url.
+
 Django's FileResponse streams but ignores Range. RFC 9110 lets a server answer a range request
 with the whole representation, so only the case that matters for resuming a large download is
 served partially: one `bytes=` range (first-last, first-, or -suffix). Several ranges, a

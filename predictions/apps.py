@@ -10,8 +10,10 @@ class PredictionsConfig(AppConfig):
     def ready(self) -> None:
         from config.health import DEEP_CHECKS, READINESS_CHECKS
         from config.routes import top_level_routes_register
-        from predictions import health, signals  # noqa: F401 - connects the receivers
+        from predictions import health, retention, signals  # noqa: F401 - connects the receivers
         from predictions.urls import predict_routes, v2_routes
+
+        retention.register()
 
         health.register(READINESS_CHECKS, DEEP_CHECKS)
         top_level_routes_register([*predict_routes("api/v1/"), *v2_routes()])

@@ -18,7 +18,7 @@ from config.errors import (
 )
 from config.pruning import delete_in_batches
 from mlregistry.access import model_access_check
-from mlregistry.audit import audit_record
+from mlregistry.audit import audit_record, prune_auditor
 from mlregistry.models import ModelVersion, RegisteredModel, Stage, Task
 from mlregistry.selectors import VERSION_NUMBER_MAX, routing_invalidate
 from mlregistry.services import Actor, registered_model_lock
@@ -38,14 +38,18 @@ def prediction_log_flush() -> int:
 
 
 def prediction_log_prune(
-    *, older_than: datetime, batch_size: int = 5000, dry_run: bool = False
+    *,
+    older_than: datetime,
+    batch_size: int = 5000,
+    dry_run: bool = False,
+    actor: Actor = "job:retention",
 ) -> int:
-    """Deletes prediction-log rows created before `older_than`, in batches; returns how many
-    went (with `dry_run`, how many would, deleting nothing)."""
+    """Deletes prediction-log rows created before `older_than`, in batches, each audited as
+    `actor`; returns how many went (with `dry_run`, how many would, deleting nothing)."""
     expired = PredictionLog.objects.filter(created_at__lt=older_than)
     if dry_run:
         return expired.count()
-    return delete_in_batches(expired, batch_size=batch_size)
+    return delete_in_batches(expired, batch_size=batch_size, audit=prune_auditor(actor))
 
 
 # --- Feedback -----------------------------------------------------------------------------

@@ -7,6 +7,9 @@ class QualityConfig(AppConfig):
 
     def ready(self) -> None:
         from config.job_heartbeats import StalledJobKind, stalled_job_kind_register
+        from quality import retention
+
+        retention.register()
 
         # A job whose worker died would otherwise say "running" for ever.
         stalled_job_kind_register(

@@ -30,6 +30,7 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from config.pruning import delete_in_batches
+from mlregistry.audit import Actor, prune_auditor
 from mlregistry.models import ModelVersion, RegisteredModel, Stage
 from predictions.models import PredictionLog
 from predictions.services import prediction_log_flush
@@ -328,17 +329,21 @@ def _newest_report_ids(reports: QuerySet[DriftReport]) -> set[int]:
 
 
 def drift_reports_prune(
-    *, older_than: datetime, batch_size: int = 1000, dry_run: bool = False
+    *,
+    older_than: datetime,
+    batch_size: int = 1000,
+    dry_run: bool = False,
+    actor: Actor = "job:retention",
 ) -> int:
-    """Deletes drift reports written before `older_than`, in batches, except each version's
-    newest report and newest tested one (what the admin and /metrics show); returns how many
-    went (with `dry_run`, how many would, deleting nothing)."""
+    """Deletes drift reports written before `older_than`, in batches audited as `actor`,
+    except each version's newest report and newest tested one (what the admin and /metrics
+    show); returns how many went (with `dry_run`, how many would, deleting nothing)."""
     keep = _newest_report_ids(DriftReport.objects.all())
     keep |= _newest_report_ids(DriftReport.objects.filter(status__in=TESTED_STATUSES))
     expired = DriftReport.objects.filter(created_at__lt=older_than).exclude(id__in=keep)
     if dry_run:
         return expired.count()
-    return delete_in_batches(expired, batch_size=batch_size)
+    return delete_in_batches(expired, batch_size=batch_size, audit=prune_auditor(actor))
 
 
 def drift_reports_list(

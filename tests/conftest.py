@@ -4,6 +4,7 @@ import pytest
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from config.storage_urls import local_storage
 from tests import factories
 
 POSTGRES = os.environ.get("DATABASE_URL", "").startswith(("postgres", "postgresql"))
@@ -29,8 +30,27 @@ def _isolated_storage(settings, tmp_path):
             "BACKEND": "mlregistry.storage.AtomicFileSystemStorage",
             "OPTIONS": {"location": str(tmp_path / "artifacts")},
         },
+        "backups": local_storage(tmp_path / "backups", private=True),
     }
+    settings.ARTIFACT_CACHE_DIR = tmp_path / "artifact-cache"
+    settings.ARTIFACT_CACHE_MAX_BYTES = 0
     yield
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3-compatible server on loopback for the whole session: the one .ci/run started
+    (TEST_S3_ENDPOINT_URL), else moto's server on a free port (tests/s3.py)."""
+    from tests.s3 import S3Server, s3_server_start
+
+    if os.environ.get("TEST_S3_ENDPOINT_URL"):
+        # One started by .ci/run (python -m tests.s3): shared by the whole run.
+        yield S3Server(endpoint=os.environ["TEST_S3_ENDPOINT_URL"])
+        return
+    pytest.importorskip("moto", reason="moto[server] (requirements-dev.txt) serves S3 in tests")
+    server = s3_server_start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -273,3 +273,57 @@ def test_cleanup_dry_run_reports_what_it_would_delete_and_deletes_nothing(operat
     assert services.backup_directory(operational_rows["old_backup"]).is_dir()
     assert not JobRun.objects.filter(job="cleanup_retention").exists()
     assert not JobRunTally.objects.exists()
+
+
+def test_every_app_registers_its_prunes_and_the_cleanup_runs_exactly_those():
+    from config.retention import prunes
+
+    keys = [prune.key for prune in prunes()]
+    assert set(keys) == set(EXPECTED_COUNTS)
+    # Rows first, files after: a sweep in the same run collects what the row prunes freed.
+    assert keys[0] == "backups_deleted"
+    assert keys[-1] == "artifacts_swept"
+    assert all(prune.label for prune in prunes())
+
+
+def test_a_prune_registered_by_an_app_runs_with_the_cleanup(operational_rows, monkeypatch):
+    from config import retention
+
+    monkeypatch.setattr(retention, "_PRUNES", dict(retention._PRUNES))
+    calls = []
+
+    def extra(*, now, dry_run, actor):
+        calls.append((dry_run, actor))
+        return 3
+
+    retention.prune_register("extra_pruned", extra, label="extras")
+    summary = services.retention_cleanup_run(dry_run=True, actor="job:test")
+
+    assert summary["extra_pruned"] == 3
+    assert calls == [(True, "job:test")]
+
+
+def test_each_prune_that_deletes_rows_is_audited_as_the_job(operational_rows):
+    from mlregistry.models import AuditEvent
+
+    services.retention_cleanup_run(actor="job:retention")
+
+    events = AuditEvent.objects.filter(verb="prune")
+    assert {event.actor_name for event in events} == {"job:retention"}
+    assert {event.object_type for event in events} == {
+        "backups.backup",
+        "backups.jobrun",
+        "predictions.driftreport",
+        "predictions.predictionlog",
+        "knox.authtoken",
+    }
+    backup_event = events.get(object_type="backups.backup")
+    assert (
+        backup_event.object_id
+        == f"{operational_rows['old_backup'].pk}..{operational_rows['old_backup'].pk}"
+    )
+    assert all(event.changes["rows"] == [1, 0] for event in events)
+    # A dry run audits nothing: it deletes nothing.
+    AuditEvent.objects.all().delete()
+    services.retention_cleanup_run(dry_run=True)
+    assert not AuditEvent.objects.filter(verb="prune").exists()

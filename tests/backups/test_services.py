@@ -14,6 +14,7 @@ from django.db import connection, connections, transaction
 
 from backups import services
 from backups.models import Backup, BackupStatus
+from mlregistry import retention
 from mlregistry.models import ModelVersion, RegisteredModel, StageTransition
 from tests import factories
 from tests.backups.conftest import artifact_digests, production_predictions
@@ -279,12 +280,15 @@ def test_restore_refuses_a_dump_of_another_database_engine():
         services._database_restore(Path("unused"), other)
 
 
-def test_resolve_finds_a_backup_by_id_folder_or_manifest(registry):
+def test_resolve_finds_a_backup_by_id_folder_name_or_manifest(registry):
     backup = services.backup_create(actor="tests")
     directory = services.backup_directory(backup)
-    assert services.backup_resolve(str(backup.pk)) == (backup, directory)
-    assert services.backup_resolve(str(directory)) == (backup, directory)
-    assert services.backup_resolve(str(directory / "manifest.json")) == (backup, directory)
+    location = services.backup_location(backup)
+    assert services.backup_resolve(str(backup.pk)) == (backup, location)
+    assert services.backup_resolve(str(directory)) == (backup, location)
+    assert services.backup_resolve(str(directory / "manifest.json")) == (backup, location)
+    # By folder name alone: how an operator names a backup kept in a bucket.
+    assert services.backup_resolve(backup.path) == (backup, location)
     with pytest.raises(services.NotFoundError):
         services.backup_resolve("999999")
     with pytest.raises(services.NotFoundError):
@@ -355,7 +359,7 @@ def test_sweep_removes_only_old_unreferenced_artifacts(registry):
     young.write_bytes(b"an upload in flight")
     _age(orphan, 2)
 
-    removed = services.artifacts_sweep()
+    removed = retention.artifacts_sweep()
 
     assert removed == ["sha256/00/orphan.skops"]
     assert young.exists()
@@ -371,7 +375,7 @@ def test_sweep_collects_artifacts_of_a_deleted_model_only(registry):
         _age(path, 48)
     registry_services.registered_model_delete(model=other, actor="tests")
 
-    removed = services.artifacts_sweep()
+    removed = retention.artifacts_sweep()
 
     assert removed == [doomed.relative_to(settings.MODEL_STORE_DIR).as_posix()]
     assert ModelVersion.objects.count() == 2
@@ -403,7 +407,7 @@ def test_sweep_keeps_dataset_files_and_parked_uploads(registry):
         if path.is_file():
             _age(path, 48)
 
-    removed = services.artifacts_sweep()
+    removed = retention.artifacts_sweep()
 
     assert removed == ["datasets/00/orphan.csv"]
     assert all(path.exists() for path in kept)
@@ -534,7 +538,7 @@ def test_an_identical_upload_in_flight_keeps_its_orphaned_file_from_the_sweep(re
     # committed yet: the sweep must not take the file from under it.
     get_artifact_storage().save(name, ContentFile(factories.iris_classifier_bytes(0.1)))
 
-    assert services.artifacts_sweep() == []
+    assert retention.artifacts_sweep() == []
     assert root_path(name).exists()
 
 

@@ -14,7 +14,13 @@ APP_SERVICES = ("migrate", "web", "worker", "beat")
 LONG_RUNNING = [name for name, s in SERVICES.items() if s.get("restart") != "no"]
 
 # Read by libraries rather than by our code.
-READ_BY_LIBRARIES = {"PROMETHEUS_MULTIPROC_DIR"}
+READ_BY_LIBRARIES = {
+    "PROMETHEUS_MULTIPROC_DIR",
+    # boto3's standard credential chain (django-storages' S3 backend)
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+}
 
 _ENV_READ = re.compile(
     r"""(?:env_(?:str|bool|int|float|list)|os\.environ\.get|os\.getenv)\(\s*["']([A-Z0-9_]+)["']"""
@@ -32,7 +38,28 @@ def _variables_the_code_reads() -> set[str]:
 
 
 def test_the_stack_has_every_service():
-    assert set(SERVICES) >= {"web", "worker", "beat", "postgres", "redis", "prometheus", "grafana"}
+    assert set(SERVICES) >= {
+        "web",
+        "worker",
+        "beat",
+        "postgres",
+        "redis",
+        "s3",
+        "prometheus",
+        "grafana",
+    }
+
+
+def test_artifacts_and_backups_live_in_the_s3_service_buckets():
+    buckets = SERVICES["s3-buckets"]["command"][0]
+    for service in APP_SERVICES:
+        env = SERVICES[service]["environment"]
+        assert env["AWS_S3_ENDPOINT_URL"].endswith("http://s3:9000}")
+        for variable in ("ARTIFACT_STORAGE_URL", "BACKUP_STORAGE_URL"):
+            bucket = env[variable].split("s3://", 1)[1].split("/", 1)[0]
+            assert f"store/{bucket}" in buckets
+    for service in ("migrate", "web", "worker", "beat"):
+        assert "s3-buckets" in SERVICES[service]["depends_on"]
 
 
 @pytest.mark.parametrize("service", APP_SERVICES)

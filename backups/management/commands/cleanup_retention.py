@@ -2,24 +2,14 @@ from django.core.management.base import BaseCommand
 
 from backups import services
 from backups.jobs import job_run
-
-# What each count of the cleanup summary is, in the order the cleanup runs.
-LABELS = {
-    "backups_deleted": "backups",
-    "prediction_logs_pruned": "prediction logs",
-    "artifacts_swept": "unreferenced artifact files",
-    "pending_uploads_pruned": "parked uploads",
-    "job_runs_pruned": "job runs",
-    "drift_reports_pruned": "drift reports",
-    "expired_tokens_deleted": "expired API tokens",
-}
+from config.retention import prunes
 
 
 class Command(BaseCommand):
     help = (
-        "Deletes backups past BACKUP_RETENTION_DAYS (never the newest verified one), prediction "
-        "logs, job runs and drift reports past their retention (never the newest job run or "
-        "drift report), expired API tokens, unreferenced artifact files and stale parked "
+        "Runs every retention prune the apps register: backups past BACKUP_RETENTION_DAYS "
+        "(never the newest verified one), prediction logs, job runs and drift reports past "
+        "their retention, expired API tokens, unreferenced artifact files and stale parked "
         "uploads. --dry-run says what it would delete and deletes nothing."
     )
 
@@ -35,8 +25,11 @@ class Command(BaseCommand):
             self.stdout.write("Dry run: nothing deleted. Would delete:")
         else:
             with job_run("cleanup_retention", source="command") as run:
-                counts = services.retention_cleanup_counts(services.retention_cleanup_run())
+                counts = services.retention_cleanup_counts(
+                    services.retention_cleanup_run(actor="manage.py")
+                )
                 run.update(counts)
             self.stdout.write("Deleted:")
+        labels = {prune.key: prune.label for prune in prunes()}
         for key, count in counts.items():
-            self.stdout.write(f"  {LABELS.get(key, key)}: {count}")
+            self.stdout.write(f"  {labels.get(key, key)}: {count}")

@@ -1,0 +1,78 @@
+"""What the registry's retention prunes (registered with config.retention by MlregistryConfig):
+expired API tokens, parked admin uploads nobody confirmed, and files of the artifact storage
+that no row references."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from config.retention import prune_register, store_namespace_register, store_namespaces
+from mlregistry.audit import Actor
+from mlregistry.storage import get_artifact_storage, storage_walk
+
+
+def artifacts_sweep(
+    *, now: datetime | None = None, min_age: timedelta | None = None, dry_run: bool = False
+) -> list[str]:
+    """Deletes files of the artifact storage, under the namespaces apps register (version
+    artifacts here, dataset files in quality), that no row references; never files younger than
+    ARTIFACT_SWEEP_MIN_AGE_SECONDS (uploads in flight), never files elsewhere. Returns their
+    names (with `dry_run`, the names it would delete, deleting nothing). Works on any storage
+    backend: it only lists, dates and deletes through the storage API."""
+    now = now or timezone.now()
+    min_age = min_age or timedelta(seconds=settings.ARTIFACT_SWEEP_MIN_AGE_SECONDS)
+    newest_allowed = now - min_age
+    storage = get_artifact_storage()
+    removed = []
+    for namespace in store_namespaces():
+        names = list(storage_walk(storage, namespace.prefix.rstrip("/")))
+        referenced = namespace.referenced(names)
+        for name in names:
+            if name in referenced:
+                continue
+            try:
+                if storage.get_modified_time(name) > newest_allowed:
+                    continue
+            except FileNotFoundError:
+                continue
+            # Asked again right before deleting: an upload of the same bytes may have just
+            # registered this content-addressed name.
+            if namespace.referenced([name]):
+                continue
+            if not dry_run:
+                storage.delete(name)
+            removed.append(name)
+    return removed
+
+
+def _versions_referencing(names: list[str]) -> set[str]:
+    from mlregistry.models import ModelVersion
+
+    return set(ModelVersion.objects.filter(artifact__in=names).values_list("artifact", flat=True))
+
+
+def _tokens(*, now: datetime, dry_run: bool, actor: Actor) -> int:
+    from mlregistry.access import api_tokens_prune_expired
+
+    return api_tokens_prune_expired(now=now, dry_run=dry_run, actor=actor)
+
+
+def _pending_uploads(*, now: datetime, dry_run: bool, actor: Actor) -> int:
+    from mlregistry.services import pending_uploads_prune
+
+    return pending_uploads_prune(dry_run=dry_run)
+
+
+def _sweep(*, now: datetime, dry_run: bool, actor: Actor) -> list[str]:
+    return artifacts_sweep(now=now, dry_run=dry_run)
+
+
+def register() -> None:
+    store_namespace_register("sha256/", _versions_referencing)
+    prune_register("expired_tokens_deleted", _tokens, label="expired API tokens")
+    prune_register("pending_uploads_pruned", _pending_uploads, label="parked uploads", order=200)
+    # After every row prune, so files of rows deleted in this run go in this run.
+    prune_register("artifacts_swept", _sweep, label="unreferenced artifact files", order=300)

@@ -1,0 +1,175 @@
+"""Artifacts on S3 (moto's server on loopback, through django-storages and boto3 unmocked):
+storage URLs, uploads and loads through the store, the SHA-256-keyed read-through cache and
+presigned download URLs."""
+
+import hashlib
+import io
+import os
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.core.files.base import ContentFile
+
+from config.storage_urls import is_remote, storage_from_url
+from mlregistry import artifacts
+from mlregistry.storage import ArtifactCache, get_artifact_storage, presigned_url
+from tests import factories
+
+BUCKET = "mlr-tests"
+
+
+@pytest.fixture
+def s3_artifacts(settings, s3_server):
+    entry = s3_server.storage_entry(BUCKET, f"{uuid.uuid4().hex[:12]}/artifacts")
+    settings.STORAGES = {**settings.STORAGES, "artifacts": entry}
+    return get_artifact_storage()
+
+
+def test_storage_urls_choose_a_folder_or_a_bucket(tmp_path):
+    default = tmp_path / "store"
+    assert storage_from_url("", default_location=default, setting="X")["OPTIONS"] == {
+        "location": str(default)
+    }
+    assert storage_from_url("/srv/a", default_location=default, setting="X")["OPTIONS"] == {
+        "location": "/srv/a"
+    }
+    assert storage_from_url("file:///srv/b", default_location=default, setting="X")["OPTIONS"] == {
+        "location": "/srv/b"
+    }
+    s3 = storage_from_url(
+        "s3://bucket/some/prefix/",
+        default_location=default,
+        setting="X",
+        endpoint_url="http://127.0.0.1:9000",
+    )
+    assert s3["BACKEND"] == "mlregistry.storage.S3ArtifactStorage"
+    assert s3["OPTIONS"]["bucket_name"] == "bucket"
+    assert s3["OPTIONS"]["location"] == "some/prefix"
+    assert s3["OPTIONS"]["endpoint_url"] == "http://127.0.0.1:9000"
+    assert is_remote(s3)
+    assert not is_remote(storage_from_url("", default_location=default, setting="X"))
+
+
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("s3://", "needs a bucket"),
+        ("s3://bucket/p?x=1", "no query string"),
+        ("gs://bucket", "gs:// is not a storage"),
+        ("relative/folder", "absolute path"),
+    ],
+)
+def test_a_storage_url_that_names_no_store_is_refused_at_start_up(url, reason, tmp_path):
+    with pytest.raises(ImproperlyConfigured, match=reason) as caught:
+        storage_from_url(url, default_location=tmp_path, setting="ARTIFACT_STORAGE_URL")
+    assert "ARTIFACT_STORAGE_URL" in str(caught.value)
+
+
+@pytest.mark.django_db
+def test_an_upload_lands_in_the_bucket_and_loads_verified(s3_artifacts, s3_server):
+    model = factories.registered_model_create("iris")
+    version = factories.version_create(model, c=1.0)
+
+    listed = s3_server.client().list_objects_v2(Bucket=BUCKET, Prefix=s3_artifacts.location)
+    keys = [item["Key"] for item in listed.get("Contents", [])]
+    assert keys == [f"{s3_artifacts.location}/{version.artifact.name}"]
+    estimator = artifacts.load_version_estimator(version)
+    assert estimator.predict(factories.iris_frame()[0][:3]).tolist()
+
+
+@pytest.mark.django_db
+def test_a_changed_object_in_the_bucket_is_refused_and_not_cached(s3_artifacts, settings, tmp_path):
+    settings.ARTIFACT_CACHE_MAX_BYTES = 10 * 1024 * 1024
+    model = factories.registered_model_create("iris")
+    version = factories.version_create(model, c=1.0)
+    s3_artifacts.save(version.artifact.name, ContentFile(b"tampered"))
+
+    with pytest.raises(artifacts.ArtifactIntegrityError, match="checksum mismatch"):
+        artifacts.read_verified(version.artifact.name, version.artifact_sha256, what="v1")
+    assert not list(Path(settings.ARTIFACT_CACHE_DIR).rglob("*"))
+
+
+@pytest.mark.django_db
+def test_the_read_through_cache_serves_verified_bytes_by_sha256(s3_artifacts, settings):
+    settings.ARTIFACT_CACHE_MAX_BYTES = 10 * 1024 * 1024
+    model = factories.registered_model_create("iris")
+    version = factories.version_create(model, c=1.0)
+    name, sha256 = version.artifact.name, version.artifact_sha256
+
+    first = artifacts.read_verified(name, sha256, what="v1")
+    cached = Path(settings.ARTIFACT_CACHE_DIR) / sha256[:2] / sha256
+    assert cached.read_bytes() == first
+    # Served from the cache: the bucket is not asked again (its object may even be gone).
+    s3_artifacts.delete(name)
+    assert artifacts.read_verified(name, sha256, what="v1") == first
+
+    # A damaged entry is never served: it is dropped and the store asked again.
+    cached.write_bytes(b"bit rot")
+    with pytest.raises(artifacts.ArtifactMissingError):
+        artifacts.read_verified(name, sha256, what="v1")
+    assert not cached.exists()
+
+
+def test_the_cache_stays_within_its_bound_dropping_the_least_recently_used(tmp_path):
+    cache = ArtifactCache(tmp_path, max_bytes=250)
+    blobs = [bytes([i]) * 100 for i in range(3)]
+    digests = [hashlib.sha256(blob).hexdigest() for blob in blobs]
+    cache.put(digests[0], blobs[0])
+    cache.put(digests[1], blobs[1])
+    os.utime(cache.path(digests[1]), (1, 1))  # the oldest use
+    assert cache.get(digests[0]) == blobs[0]
+    cache.put(digests[2], blobs[2])
+
+    assert cache.get(digests[1]) is None
+    assert cache.get(digests[0]) == blobs[0]
+    assert cache.get(digests[2]) == blobs[2]
+    # Larger than the whole bound: not kept at all.
+    big = b"x" * 300
+    cache.put(hashlib.sha256(big).hexdigest(), big)
+    assert sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()) <= 250
+    with pytest.raises(ValueError):
+        cache.path("../../etc/passwd")
+
+
+@pytest.mark.django_db
+def test_a_presigned_url_downloads_the_artifact_from_the_bucket(s3_artifacts):
+    model = factories.registered_model_create("iris")
+    version = factories.version_create(model, c=1.0)
+
+    url = presigned_url(version.artifact.name, filename="iris-v1.skops", expires_seconds=120)
+
+    assert "X-Amz-Signature" in url and "X-Amz-Expires=120" in url
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body = response.read()
+        disposition = response.headers["Content-Disposition"]
+    assert hashlib.sha256(body).hexdigest() == version.artifact_sha256
+    assert disposition == 'attachment; filename="iris-v1.skops"'
+
+
+@pytest.mark.django_db
+def test_a_local_store_has_no_presigned_url_the_caller_streams(settings):
+    assert presigned_url("sha256/00/x.skops") is None
+
+
+@pytest.mark.django_db
+def test_parked_uploads_and_datasets_live_in_the_bucket(s3_artifacts, settings):
+    from datetime import timedelta
+
+    from mlregistry import services
+
+    model = factories.registered_model_create("iris")
+    parked = services.model_version_preview(
+        model=model, artifact=io.BytesIO(factories.iris_classifier_bytes(1.0)), actor="tests"
+    )
+    assert s3_artifacts.exists(parked.name)
+    assert services.pending_uploads_prune(older_than=timedelta(seconds=-60), dry_run=True) == 1
+    services.pending_upload_discard(name=parked.name)
+    assert not s3_artifacts.exists(parked.name)
+
+    dataset = factories.iris_dataset_create()
+    assert s3_artifacts.exists(dataset.file.name)
+    data = artifacts.read_verified(dataset.file.name, dataset.file_sha256, what="dataset")
+    assert data.startswith(b"sepal_length")
