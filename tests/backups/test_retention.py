@@ -313,7 +313,7 @@ def test_each_prune_that_deletes_rows_is_audited_as_the_job(operational_rows):
     assert {event.object_type for event in events} == {
         "backups.backup",
         "backups.jobrun",
-        "predictions.driftreport",
+        "quality.driftreport",
         "predictions.predictionlog",
         "knox.authtoken",
     }
