@@ -297,3 +297,25 @@ def http_json(
     except urllib.error.HTTPError as error:
         status, raw = error.code, error.read()
     return status, orjson.loads(raw) if raw else None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time `pid` has used so far (Linux /proc), 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for(predicate, *, timeout: float, every: float = 0.25, what: str = "the condition"):
+    """Polls `predicate` until it returns something true and returns that; fails the test
+    after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout}s")
+        time.sleep(every)

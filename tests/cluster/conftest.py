@@ -31,6 +31,11 @@ import pytest
 from tests import live
 
 POSTGRES_URL = os.environ.get("DATABASE_URL", "")
+# A dead worker's job is failed STALLED_AFTER seconds after its last heartbeat, by the reaper
+# that beat runs every REAPER_EVERY seconds; a job is started at most MAX_ATTEMPTS times.
+STALLED_AFTER = 4
+REAPER_EVERY = 2
+MAX_ATTEMPTS = 3
 
 
 def cluster_storage_env(shared: Path) -> dict[str, str]:
@@ -82,7 +87,9 @@ services.model_version_transition(version=versions[0], stage="production", actor
 factories.iris_dataset_create("iris-data", actor=staff)
 # An operator's edit in the admin: the reaper every 2 s instead of every minute, so a test
 # waits seconds, not a minute, for a dead worker's job to be failed.
-every, _ = IntervalSchedule.objects.get_or_create(every=2, period=IntervalSchedule.SECONDS)
+every, _ = IntervalSchedule.objects.get_or_create(
+    every=REAPER_EVERY, period=IntervalSchedule.SECONDS
+)
 PeriodicTask.objects.filter(name="stalled-jobs-reaper").update(interval=every, crontab=None)
 tokens = {"staff": factories.token_create(staff), "client": factories.token_create(client)}
 print(json.dumps(tokens))
@@ -220,14 +227,19 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         PREDICTION_LOG_FLUSH_SECONDS="1",
         # A dead worker's job is found in seconds (the production defaults are 30 s / 180 s).
         JOB_HEARTBEAT_SECONDS="1",
-        JOB_STALLED_AFTER_SECONDS="4",
+        JOB_STALLED_AFTER_SECONDS=str(STALLED_AFTER),
+        JOB_MAX_ATTEMPTS=str(MAX_ATTEMPTS),
         **cluster_storage_env(shared),
     )
     cluster = Cluster(root=root, db_name=db_name, env=env)
     try:
         cluster.manage("migrate", "--noinput")
         cluster.manage("setup_schedules")
-        tokens = json.loads(cluster.manage("shell", "-c", _SETUP).strip().splitlines()[-1])
+        tokens = json.loads(
+            cluster.manage("shell", "-c", _SETUP.replace("REAPER_EVERY", str(REAPER_EVERY)))
+            .strip()
+            .splitlines()[-1]
+        )
         cluster.staff, cluster.client = tokens["staff"], tokens["client"]
         for name in ("web-a", "web-b"):
             cluster.web_add(name)
