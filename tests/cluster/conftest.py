@@ -38,16 +38,13 @@ REAPER_EVERY = 2
 MAX_ATTEMPTS = 3
 
 
-def cluster_storage_env(shared: Path) -> dict[str, str]:
+def cluster_storage_env(artifacts: Path, backups: Path) -> dict[str, str]:
     """THE one place the cluster's storage is configured: every process (web, worker, beat,
-    manage.py, the restore) gets exactly these variables. Artifacts and backups on a folder
-    all processes share (as an NFS mount would be). To run the cluster on S3, return the S3
-    settings here instead (ARTIFACT_STORAGE_URL / BACKUP_STORAGE_URL and the endpoint of the
-    loopback S3 server of tests/s3.py)."""
-    return {
-        "MODEL_STORE_DIR": str(shared / "artifacts"),
-        "BACKUP_DIR": str(shared / "backups"),
-    }
+    manage.py, the restore) gets its storage from exactly these variables. Here: folders all
+    processes share (as an NFS mount would be). To run the cluster on S3, return the S3 settings
+    instead (ARTIFACT_STORAGE_URL / BACKUP_STORAGE_URL naming a bucket prefix per argument, and
+    the endpoint and credentials of the loopback S3 server of tests/s3.py)."""
+    return {"MODEL_STORE_DIR": str(artifacts), "BACKUP_DIR": str(backups)}
 
 
 def database_url(name: str) -> str:
@@ -119,6 +116,7 @@ class Cluster:
     root: Path
     db_name: str
     env: dict[str, str]
+    shared: Path
     staff: str = ""
     client: str = ""
     webs: list[Member] = field(default_factory=list)
@@ -134,11 +132,16 @@ class Cluster:
     def manage(self, *args: str, **overrides: str) -> str:
         return live.manage(self.env_for("manage", **overrides), *args)
 
-    def web_add(self, name: str, **overrides: str) -> Member:
+    def web_member(self, name: str, **overrides: str) -> Member:
+        """A web replica (not started): deploy/serve on a port of its own."""
         member = Member(name=name, start=None, log=self.root / f"{name}.log")
         member.port = live.free_port()
         env = self.env_for(name, **overrides)
         member.start = lambda: live.serve(env, member.port, workers=1, log=member.log)
+        return member
+
+    def web_add(self, name: str) -> Member:
+        member = self.web_member(name)
         self.webs.append(member)
         return member
 
@@ -229,9 +232,9 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         JOB_HEARTBEAT_SECONDS="1",
         JOB_STALLED_AFTER_SECONDS=str(STALLED_AFTER),
         JOB_MAX_ATTEMPTS=str(MAX_ATTEMPTS),
-        **cluster_storage_env(shared),
+        **cluster_storage_env(shared / "artifacts", shared / "backups"),
     )
-    cluster = Cluster(root=root, db_name=db_name, env=env)
+    cluster = Cluster(root=root, db_name=db_name, env=env, shared=shared)
     try:
         cluster.manage("migrate", "--noinput")
         cluster.manage("setup_schedules")
