@@ -25,20 +25,21 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import pytest
 import skops.io as sio
 from django.conf import settings as django_settings
 
-from mlregistry import services
-from tests import factories
-
 
 @cache
 def iris_named_classifier():
     """Logistic regression on iris with the species' names as classes."""
     from sklearn.linear_model import LogisticRegression
+
+    # Imported when used: the process helpers below serve scripts without Django set up.
+    from tests import factories
 
     x, y = factories.iris_frame()
     names = y.map({0: "setosa", 1: "versicolor", 2: "virginica"})
@@ -49,6 +50,9 @@ def iris_named_classifier():
 def iris_margin_classifier():
     """A linear SVM: string classes, no predict_proba."""
     from sklearn.svm import LinearSVC
+
+    # Imported when used: the process helpers below serve scripts without Django set up.
+    from tests import factories
 
     x, y = factories.iris_frame()
     names = y.map({0: "setosa", 1: "versicolor", 2: "virginica"})
@@ -77,6 +81,8 @@ class World:
 
 
 def _version(model, estimator, actor):
+    from mlregistry import services
+
     return services.model_version_create(
         model=model, artifact=io.BytesIO(sio.dumps(estimator)), actor=actor
     )
@@ -84,6 +90,9 @@ def _version(model, estimator, actor):
 
 @pytest.fixture
 def live_world(live_server, transactional_db, settings) -> World:
+    from mlregistry import services  # imported when used, like factories above
+    from tests import factories
+
     # Served rows are written by the request that serves them, so feedback finds them at once;
     # no rate limit unless a test sets one.
     settings.PREDICTION_LOG_FLUSH_SECONDS = 0
@@ -319,3 +328,53 @@ def wait_for(predicate, *, timeout: float, every: float = 0.25, what: str = "the
         if time.monotonic() > deadline:
             pytest.fail(f"{what} did not happen within {timeout}s")
         time.sleep(every)
+
+
+# --- Databases of their own on the test run's PostgreSQL server ------------------------------
+
+
+def database_url(name: str) -> str:
+    """DATABASE_URL (a PostgreSQL server) with its database name replaced by `name`."""
+    parts = urlsplit(os.environ["DATABASE_URL"])
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def _postgres_admin(sql: str) -> None:
+    import psycopg2
+
+    with contextlib.closing(psycopg2.connect(database_url("postgres"))) as conn:
+        conn.autocommit = True
+        with conn.cursor() as cursor:
+            cursor.execute(sql)
+
+
+def database_create(name: str) -> str:
+    """Creates the empty database `name` on DATABASE_URL's server; its URL."""
+    _postgres_admin(f'CREATE DATABASE "{name}"')
+    return database_url(name)
+
+
+def database_drop(name: str) -> None:
+    """Drops the database `name`, ending the sessions still connected to it."""
+    _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def redis_server(workdir: Path, *args: str) -> tuple[subprocess.Popen, int]:
+    """A redis-server of its own on a free loopback port (never the machine's shared one),
+    without persistence; (its process, its port). Waits until it answers."""
+    port = free_port()
+    process = spawn(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir), *args],
+        os.environ.copy(),
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
+            s.sendall(b"PING\r\n")
+            if s.recv(16).startswith(b"+PONG"):
+                return process, port
+        if time.monotonic() > deadline or process.poll() is not None:
+            stop(process)
+            raise RuntimeError(f"redis-server did not start on port {port}")
+        time.sleep(0.05)

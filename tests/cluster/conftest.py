@@ -16,21 +16,19 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import pytest
 
 from tests import live
+from tests.live import database_create, database_drop, database_url
 
-POSTGRES_URL = os.environ.get("DATABASE_URL", "")
 # A dead worker's job is failed STALLED_AFTER seconds after its last heartbeat, by the reaper
 # that beat runs every REAPER_EVERY seconds; a job is started at most MAX_ATTEMPTS times.
 STALLED_AFTER = 4
@@ -45,27 +43,6 @@ def cluster_storage_env(artifacts: Path, backups: Path) -> dict[str, str]:
     instead (ARTIFACT_STORAGE_URL / BACKUP_STORAGE_URL naming a bucket prefix per argument, and
     the endpoint and credentials of the loopback S3 server of tests/s3.py)."""
     return {"MODEL_STORE_DIR": str(artifacts), "BACKUP_DIR": str(backups)}
-
-
-def database_url(name: str) -> str:
-    """DATABASE_URL with its database name replaced by `name` (same server and user)."""
-    parts = urlsplit(POSTGRES_URL)
-    return urlunsplit(parts._replace(path=f"/{name}"))
-
-
-def database_create(name: str) -> str:
-    with contextlib.closing(psycopg2.connect(database_url("postgres"))) as conn:
-        conn.autocommit = True
-        with conn.cursor() as cursor:
-            cursor.execute(f'CREATE DATABASE "{name}"')
-    return database_url(name)
-
-
-def database_drop(name: str) -> None:
-    with contextlib.closing(psycopg2.connect(database_url("postgres"))) as conn:
-        conn.autocommit = True
-        with conn.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # Runs in `manage.py shell` against the cluster's database: who calls, what is served.
@@ -200,21 +177,16 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[Cluster]:
-    if not POSTGRES_URL.startswith(("postgres://", "postgresql://")):
+    if not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")):
         pytest.skip("the cluster shares a PostgreSQL database: set DATABASE_URL=postgres://...")
     if not live.GRANIAN.exists() or shutil.which("redis-server") is None:
         pytest.skip("the cluster needs granian and redis-server")
     root = tmp_path_factory.mktemp("cluster")
     shared = root / "shared"
     shared.mkdir()
-    redis_port = live.free_port()
-    redis = subprocess.Popen(
-        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no"],
-        cwd=root,
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
+    # The cache may evict only what has a TTL; the broker's db must never lose a key (see
+    # docs/scaling.md: one Redis for both is fine on loopback, not in production).
+    redis, redis_port = live.redis_server(root, "--maxmemory-policy", "volatile-lru")
     db_name = f"mlr_cluster_{uuid.uuid4().hex[:10]}"
     env = live.product_env(
         root,
