@@ -20,6 +20,7 @@ second process costs and gains here, not what a second machine would add.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -38,6 +39,7 @@ from run import ensure_wrk, run_wrk
 
 from tests.live import (
     ROOT,
+    children,
     database_create,
     database_drop,
     free_port,
@@ -48,6 +50,18 @@ from tests.live import (
     stop,
     wait_ready,
 )
+
+
+def _group_rss_mb(pid: int) -> int:
+    """Resident memory of `pid` and its descendants, in MB (Linux /proc)."""
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{current}/status").read_text()
+            total += int(status.split("VmRSS:")[1].split()[0])
+        todo += children(current)
+    return total // 1024
 
 
 def main() -> None:
@@ -62,6 +76,7 @@ def main() -> None:
     if wrk is None:
         raise SystemExit("wrk is needed (apt-get install -y wrk)")
 
+    load_before = os.getloadavg()[0]
     workdir = Path(tempfile.mkdtemp(prefix="cluster-scale-"))
     db_name = f"mlr_scale_{uuid.uuid4().hex[:10]}"
     redis, redis_port = redis_server(workdir)
@@ -133,6 +148,7 @@ def main() -> None:
             one = cell(1, random_rows)
             two = cell(2, random_rows)
             rows.append((label, one, two))
+        rss = [_group_rss_mb(web.pid) for web in webs]
     finally:
         for web in webs:
             stop(web)
@@ -142,9 +158,12 @@ def main() -> None:
     cores = os.cpu_count()
     print(
         f"bench-lr predict, wrk c={args.concurrency} in total, {args.duration} s per cell, "
-        f"{args.workers} granian worker(s) per replica, {cores} cores shared by everything"
+        f"{args.workers} granian worker(s) per replica, {cores} cores shared by everything; "
+        f"1-min load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+        "(other work on the machine lowers and scatters the figures)"
     )
     print(f"{'':28}{'1 replica':>12}{'2 replicas':>12}{'ratio':>8}{'p99 ms 1/2':>14}{'non-2xx':>9}")
+    print(f"resident memory per replica after the runs (MB, all its processes): {rss}")
     for label, one, two in rows:
         ratio = two["rps"] / one["rps"] if one["rps"] else 0.0
         print(

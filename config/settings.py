@@ -99,6 +99,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Behind pgbouncer in transaction mode a named cursor (QuerySet.iterator()) may meet a
+    # different server connection on its next fetch: Django then fetches in plain chunks.
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env_bool(
+        "DB_DISABLE_SERVER_SIDE_CURSORS", False
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache ---
