@@ -164,13 +164,20 @@ def _training_job(cluster: Cluster, job_id: int) -> dict:
 
 def _busy_worker(cluster: Cluster) -> tuple[Member, int]:
     """The worker whose pool process is running the job (the one using the CPU), and that
-    process's pid."""
+    process's pid. Sampled until one pool process clearly leads: on a machine busy with other
+    work a process may get only a slice of a core."""
     pools = {w.name: live.children(w.process.pid) for w in cluster.workers}
     before = {pid: live.cpu_seconds(pid) for pids in pools.values() for pid in pids}
-    time.sleep(0.4)
-    used = {pid: live.cpu_seconds(pid) - cpu for pid, cpu in before.items()}
-    busiest = max(used, key=used.get)
-    assert used[busiest] >= 0.05, used
+    deadline = time.monotonic() + 15
+    while True:
+        time.sleep(0.2)
+        used = sorted(
+            ((live.cpu_seconds(pid) - cpu, pid) for pid, cpu in before.items()), reverse=True
+        )
+        (most, busiest), (second, _) = used[0], used[1]
+        if most >= 0.1 and most >= 3 * second:
+            break
+        assert time.monotonic() < deadline, used
     worker = next(w for w in cluster.workers if busiest in pools[w.name])
     return worker, busiest
 
