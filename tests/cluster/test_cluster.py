@@ -79,6 +79,7 @@ CHANGES = [
     # requests are sent to .../aliases/<alias>/predict (the integrator adds it).
 ]  # fmt: skip
 REQUESTS_PER_CHANGE = 80
+RAPID_FLIPS, RAPID_REQUESTS = 12, 6
 
 
 def _background_load(cluster: Cluster, stop: threading.Event, errors: list) -> None:
@@ -100,7 +101,7 @@ def test_every_change_is_seen_on_the_next_request_to_either_replica(running: Clu
     rng = random.Random(19)  # noqa: S311 - test data
     repeated = _row(rng)  # half the requests repeat one row: the result cache answers those
     stale: list[tuple[str, int, int, str]] = []
-    answered = 0
+    answered, changes = 0, len(CHANGES)
     stop, background_errors = threading.Event(), []
     load = [
         threading.Thread(target=_background_load, args=(running, stop, background_errors))
@@ -124,11 +125,27 @@ def test_every_change_is_seen_on_the_next_request_to_either_replica(running: Clu
                 answered += 1
                 if body["model_version"] not in change.answers:
                     stale.append((change.name, i, body["model_version"], member.name))
+        # Rapid changes: rollbacks back and forth with few requests between them, while the
+        # other clients refill the routing entries each one drops.
+        for flip in range(RAPID_FLIPS):
+            via = running.webs[flip % 2]
+            status, body = live.http_json(
+                "POST", f"{via.url}{API}/rollback", token=running.staff, body={}
+            )
+            assert status == 200, body
+            changes += 1
+            for i in range(RAPID_REQUESTS):
+                member = running.webs[(flip + 1 + i) % 2]
+                status, answer = predict(member, running.client, repeated if i % 2 else _row(rng))
+                assert status == 200, answer
+                answered += 1
+                if answer["model_version"] != body["version"]:
+                    stale.append((f"rollback {flip}", i, answer["model_version"], member.name))
     finally:
         stop.set()
         for thread in load:
             thread.join(30)
-    assert answered >= 500 and len(CHANGES) >= 5
+    assert answered >= 500 and changes >= 5
     assert stale == [], f"{len(stale)} stale answers of {answered}: {stale[:20]}"
     assert background_errors == [], background_errors[:5]
 
