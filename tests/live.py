@@ -265,6 +265,19 @@ def stop(process: subprocess.Popen, timeout: float = 30) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+def stop_all(processes: list[subprocess.Popen], timeout: float = 30) -> None:
+    """`stop` for several processes at once: all are asked to stop first, then waited for."""
+    for process in processes:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(max(0.1, deadline - time.monotonic()))
+        stop(process, timeout=0.1)
+
+
 def kill(process: subprocess.Popen) -> None:
     """SIGKILL to the whole process group, as a lost machine or the OOM killer would."""
     with contextlib.suppress(ProcessLookupError):

@@ -81,6 +81,11 @@ class Member:
     log: Path
     process: Any = None
     port: int | None = None
+    started_at_byte: int = 0  # where this run's lines begin in the log
+
+    def launch(self) -> None:
+        self.started_at_byte = self.log_size()
+        self.process = self.start()
 
     @property
     def url(self) -> str:
@@ -88,6 +93,21 @@ class Member:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def log_size(self) -> int:
+        return self.log.stat().st_size if self.log.exists() else 0
+
+    def log_from(self, offset: int) -> str:
+        """The log from byte `offset` on (a mark taken with log_size())."""
+        if not self.log.exists():
+            return ""
+        with open(self.log, "rb") as file:
+            file.seek(offset)
+            return file.read().decode(errors="replace")
+
+    def run_log(self) -> str:
+        """The log lines of the current run only."""
+        return self.log_from(self.started_at_byte)
 
 
 @dataclass
@@ -142,25 +162,31 @@ class Cluster:
         return [*self.webs, *self.workers, *([self.beat] if self.beat else [])]
 
     def start(self, member: Member) -> None:
-        member.process = member.start()
+        member.launch()
         if member.port is not None:
             live.wait_ready(f"{member.url}/health/ready", member.process, timeout=90)
 
     def restart_dead(self) -> None:
-        """Starts again every member that is not running (after a test killed one)."""
+        """Starts again every member that is not running (after a test killed one): all at
+        once, then waits for each to be ready."""
+        started = []
         for member in self.members():
             if member.process is None or member.process.poll() is not None:
-                self.start(member)
+                member.launch()
+                started.append(member)
+        for member in started:
+            if member.port is not None:
+                live.wait_ready(f"{member.url}/health/ready", member.process, timeout=120)
         self.workers_wait_ready()
 
     def workers_wait_ready(self, timeout: float = 90) -> None:
         deadline = time.monotonic() + timeout
         for member in self.workers:
-            while "ready." not in member.log_text():
+            while "ready." not in member.run_log():
                 if member.process.poll() is not None:
-                    pytest.fail(f"{member.name} exited:\n{member.log_text()[-3000:]}")
+                    pytest.fail(f"{member.name} exited:\n{member.run_log()[-3000:]}")
                 if time.monotonic() > deadline:
-                    pytest.fail(f"{member.name} not ready:\n{member.log_text()[-3000:]}")
+                    pytest.fail(f"{member.name} not ready:\n{member.run_log()[-3000:]}")
                 time.sleep(0.2)
 
     def query(self, sql: str, params: tuple = (), *, db_name: str | None = None) -> list[tuple]:
@@ -226,9 +252,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         cluster.restart_dead()
         yield cluster
     finally:
-        for member in cluster.members():
-            if member.process is not None:
-                live.stop(member.process, timeout=15)
+        live.stop_all([m.process for m in cluster.members() if m.process is not None], 15)
         live.stop(redis, timeout=10)
         for name in [db_name, *cluster.extra_databases]:
             with contextlib.suppress(psycopg2.Error):

@@ -219,8 +219,9 @@ def _candidates(cluster: Cluster, job_id: int) -> int:
 
 def test_a_job_whose_pool_process_is_killed_is_redelivered_and_finishes_once(running: Cluster):
     """SIGKILL of the process running the task (what the OOM killer does): the worker sees it
-    lost, the message goes back to the queue at once (acks_late + reject on worker lost), the
-    other worker takes it and the job finishes with one candidate."""
+    lost, the message goes back to the queue at once (acks_late + reject on worker lost), a
+    worker takes it again and the job finishes once, with one candidate."""
+    marks = {w.name: w.log_size() for w in running.workers}
     job_id = _training_job_create(running)
     live.wait_for(lambda: _started(running, job_id, 1), timeout=60, what="the job's start")
     killed, pid = _busy_worker(running)
@@ -230,10 +231,13 @@ def test_a_job_whose_pool_process_is_killed_is_redelivered_and_finishes_once(run
     assert (job["status"], job["attempts"]) == ("succeeded", 2), job
     assert _candidates(running, job_id) == 1
     finished_by = [
-        w.name for w in running.workers if "training_job_run_task SUCCESS" in w.log_text()
+        w.name
+        for w in running.workers
+        if "training_job_run_task SUCCESS" in w.log_from(marks[w.name])
     ]
-    other = next(w.name for w in running.workers if w is not killed)
-    assert finished_by == [other], (killed.name, finished_by)
+    # Run to its end by one worker: the other one, which waits on the queue while the killed
+    # one starts a new pool process (unless a reaper task happened to hold it just then).
+    assert len(finished_by) == 1, (killed.name, finished_by)
 
 
 def test_a_job_whose_worker_keeps_dying_is_failed_not_left_running(running: Cluster):
@@ -372,6 +376,7 @@ def test_a_backup_taken_by_a_worker_restores_into_an_empty_database_and_store(
     rows = [_row(rng) for _ in range(20)]
     before = _answers(running.webs[0], running.client, rows)
 
+    marks = {w.name: w.log_size() for w in running.workers}
     slot = f"cluster-{uuid.uuid4().hex[:8]}"
     publisher = Celery("cluster-test", broker=running.env["CELERY_BROKER_URL"])
     publisher.send_task("backups.tasks.backup_create_task", kwargs={"slot": slot})
@@ -382,7 +387,9 @@ def test_a_backup_taken_by_a_worker_restores_into_an_empty_database_and_store(
         return found[0][1] if found and found[0][0] == "verified" else None
 
     folder = live.wait_for(verified, timeout=180, what="the backup")
-    taken_by = [w.name for w in running.workers if "backup_create_task SUCCESS" in w.log_text()]
+    taken_by = [
+        w.name for w in running.workers if "backup_create_task SUCCESS" in w.log_from(marks[w.name])
+    ]
     assert len(taken_by) == 1, taken_by
 
     _, restored_url = running.database_create("restored")
