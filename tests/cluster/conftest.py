@@ -6,7 +6,8 @@ dropped afterwards), one Redis (a redis-server of its own on a free port: db 0 t
 the broker) and one artifact and backup store. Each process has a VAR_DIR of its own, as if it
 ran on a machine of its own: only what the environment names is shared.
 
-Nothing here is mocked. Tests that kill a process start it again (`Cluster.restart`), so the
+Nothing here is mocked. A test that kills a process leaves it dead; the `running` fixture starts
+it again (`Cluster.restart_dead`) before the next test, so the
 one cluster serves the whole module.
 """
 
