@@ -7,8 +7,7 @@ the broker) and one artifact and backup store. Each process has a VAR_DIR of its
 ran on a machine of its own: only what the environment names is shared.
 
 Nothing here is mocked. A test that kills a process leaves it dead; the `running` fixture starts
-it again (`Cluster.restart_dead`) before the next test, so the
-one cluster serves the whole module.
+it again (`Cluster.restart_dead`) before the next test, so one cluster serves the whole module.
 """
 
 from __future__ import annotations
