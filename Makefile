@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install install-dev run test lint format bench migrate worker clean
+.PHONY: install install-dev run test test-cluster lint format bench migrate worker clean
 
 # `make run` needs only the runtime packages; the test tools (playwright, schemathesis,
 # hypothesis, ...) come with the first `make test` or `make lint`.
@@ -25,8 +25,15 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	./scripts/run.sh
 
+# The cluster tests (tests/cluster, marker `cluster`) run on their own in `make test-cluster`:
+# their processes are not measured by coverage, and they need PostgreSQL.
 test: install-dev
-	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=90 $(PYTEST_ARGS)
+	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=90 --ignore=tests/cluster $(PYTEST_ARGS)
+
+# Two web replicas, two Celery workers and beat on a database of their own on DATABASE_URL's
+# PostgreSQL server, a redis-server of their own and shared storage (docs/scaling.md).
+test-cluster: install-dev
+	$(PY) -m pytest -q -m cluster -p no:cacheprovider tests/cluster $(PYTEST_ARGS)
 
 lint: install-dev
 	$(VENV)/bin/ruff check .

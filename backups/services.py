@@ -534,6 +534,18 @@ def _backup_claim(*, slot: str, actor: str, now: datetime) -> Backup:
             )
     except IntegrityError:
         backup = Backup.objects.get(slot=slot)
+    if backup.status == BackupStatus.RUNNING and backup.attempts >= settings.JOB_MAX_ATTEMPTS:
+        # Every earlier attempt died mid-run (a backup that kills its worker is redelivered at
+        # once): failed, or it would run, die and say "running" for ever.
+        backup.status = BackupStatus.FAILED
+        backup.error = (
+            f"The backup started {backup.attempts} times without finishing: its worker stopped "
+            "during each run (out of memory?). Not started again (JOB_MAX_ATTEMPTS)."
+        )
+        backup.finished_at = now
+        backup.save(update_fields=["status", "error", "finished_at"])
+        logger.error("backup failed: its worker keeps dying", extra={"slot": slot})
+        raise BackupError(backup.error)
     if backup.status != BackupStatus.VERIFIED:
         # Holding the slot lock, a row still "running" (or failed by the reaper) belongs to an
         # attempt that died: this attempt takes the slot over rather than adding a second one.

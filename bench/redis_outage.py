@@ -13,26 +13,18 @@ per-process memo, routing from its own, and the outage is logged once per retry 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-# bench/ is a folder of scripts, not a package: its shared helpers come from run.py.
-from run import (
-    BIN,
-    ROOT,
-    ensure_wrk,
-    free_port,
-    run_python_load,
-    run_wrk,
-    stop,
-    wait_ready,
-)
+# bench/ is a folder of scripts, not a package: its load generators come from run.py, the
+# product's processes from the tests' helpers (tests/live.py).
+from run import ensure_wrk, run_python_load, run_wrk
+
+from tests.live import free_port, manage, product_env, redis_server, serve, stop, wait_ready
 
 BODY = (
     '{"features": {"sepal_length": 5.1, "sepal_width": 3.5, '
@@ -48,55 +40,21 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="redis-outage-"))
-    redis_port, web_port = free_port(), free_port()
-    redis = subprocess.Popen(
-        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
+    web_port = free_port()
+    redis, redis_port = redis_server(workdir)
+    env = product_env(
+        workdir,
+        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        THROTTLE_PREDICT_RATE="none",
+        PREDICTION_LOG_SAMPLE_RATE="0",
     )
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}},
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "VAR_DIR": str(workdir),
-        "DJANGO_DEBUG": "false",
-        "LOG_LEVEL": "WARNING",
-        "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "THROTTLE_PREDICT_RATE": "none",
-        "PREDICTION_LOG_SAMPLE_RATE": "0",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     web = None
     try:
-        time.sleep(0.3)
-
-        def manage(*command: str) -> str:
-            return subprocess.run(
-                [sys.executable, "manage.py", *command],
-                cwd=ROOT,
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-
-        manage("migrate", "--noinput")
-        manage("bootstrap_demo")
-        token = manage("create_api_token", "bench-outage").strip().splitlines()[-1]
-        log = open(workdir / "web.log", "w")  # noqa: SIM115 - closed with the process
-        web = subprocess.Popen(
-            [str(ROOT / "deploy" / "serve")],
-            cwd=ROOT,
-            env={
-                **env,
-                "GRANIAN": str(BIN / "granian"),
-                "WEB_HOST": "127.0.0.1",
-                "PORT": str(web_port),
-                "WEB_CONCURRENCY": str(args.workers),
-            },
-            stderr=log,
-            stdout=log,
-        )
-        wait_ready(f"http://127.0.0.1:{web_port}/health")
+        manage(env, "migrate", "--noinput")
+        manage(env, "bootstrap_demo")
+        token = manage(env, "create_api_token", "bench-outage").strip().splitlines()[-1]
+        web = serve(env, web_port, workers=args.workers, log=workdir / "web.log")
+        wait_ready(f"http://127.0.0.1:{web_port}/health", web)
         url = f"http://127.0.0.1:{web_port}/api/v1/models/iris-classifier/predict"
         wrk = ensure_wrk()
 
@@ -116,16 +74,13 @@ def main() -> None:
 
         load(2)  # warm: models loaded, token, access policy and routing cached
         normal = load(args.duration)
-        redis.terminate()
-        redis.wait(10)
+        stop(redis)
         load(2)  # the first failures open the breaker in each worker
         outage = load(args.duration)
     finally:
         if web is not None:
             stop(web)
-        if redis.poll() is None:
-            redis.terminate()
-            redis.wait(10)
+        stop(redis)
     tracebacks = (workdir / "web.log").read_text().count("Traceback")
     ratio = outage["rps"] / normal["rps"] if normal["rps"] else 0.0
     print(f"load generator: {'wrk' if wrk else 'python threads'}, c={args.concurrency}")

@@ -102,6 +102,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 else:
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Behind pgbouncer in transaction mode a named cursor (QuerySet.iterator()) may meet a
+    # different server connection on its next fetch: Django then fetches in plain chunks.
+    DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env_bool(
+        "DB_DISABLE_SERVER_SIDE_CURSORS", False
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache ---
@@ -318,6 +323,10 @@ CELERY_TASK_TIME_LIMIT = JOB_TIME_LIMIT_SECONDS + JOB_TIME_LIMIT_GRACE_SECONDS
 # heartbeat is older than JOB_STALLED_AFTER_SECONDS: its worker is gone.
 JOB_HEARTBEAT_SECONDS = env_int("JOB_HEARTBEAT_SECONDS", 30, minimum=1)
 JOB_STALLED_AFTER_SECONDS = env_int("JOB_STALLED_AFTER_SECONDS", 180, minimum=2)
+# A job whose run starts this many times without finishing is failed on its next start: a job
+# that kills its worker (out of memory, say) is redelivered at once (acks_late, reject on worker
+# lost) and would otherwise run, die and say "running" for ever, its heartbeat fresh each time.
+JOB_MAX_ATTEMPTS = env_int("JOB_MAX_ATTEMPTS", 5, minimum=1)
 if JOB_STALLED_AFTER_SECONDS <= 2 * JOB_HEARTBEAT_SECONDS:
     raise ImproperlyConfigured(
         "JOB_STALLED_AFTER_SECONDS must exceed two JOB_HEARTBEAT_SECONDS, or one late "

@@ -658,6 +658,19 @@ def training_job_run(*, job_id: int) -> TrainingJob:
             raise NotFoundError(f"Training job {job_id} does not exist (deleted?).")
         if job.status in (TrainingStatus.SUCCEEDED, TrainingStatus.FAILED):
             return job
+        if job.attempts >= settings.JOB_MAX_ATTEMPTS:
+            # Every earlier start ended unfinished (its worker died mid-run, say): a job that
+            # kills its worker would otherwise be redelivered and say "running" for ever.
+            job.status = TrainingStatus.FAILED
+            job.error_type = "worker_lost"
+            job.error = (
+                f"The job started {job.attempts} times without finishing: its worker stopped "
+                f"during each run (out of memory?). Not started again (JOB_MAX_ATTEMPTS)."
+            )
+            job.finished_at = timezone.now()
+            job.save(update_fields=["status", "error_type", "error", "finished_at"])
+            logger.error("training job failed: its worker keeps dying", extra={"job": job_id})
+            return job
         job.status = TrainingStatus.RUNNING
         job.attempts += 1
         job.started_at = job.started_at or timezone.now()

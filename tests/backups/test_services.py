@@ -101,6 +101,17 @@ def test_a_slot_run_twice_yields_one_backup(registry):
     assert len([p for p in Path(settings.BACKUP_DIR).iterdir() if p.name[0] != "."]) == 1
 
 
+def test_a_backup_whose_worker_keeps_dying_is_failed_instead_of_started_again(registry, settings):
+    settings.JOB_MAX_ATTEMPTS = 3
+    # Three attempts whose worker was killed mid-run: the row says running, nothing else.
+    Backup.objects.create(slot="nightly", actor="tests", started_at=datetime.now(UTC), attempts=3)
+    with pytest.raises(services.BackupError, match="started 3 times without finishing"):
+        services.backup_create(slot="nightly", actor="tests")
+    backup = Backup.objects.get(slot="nightly")
+    assert (backup.status, backup.attempts) == (BackupStatus.FAILED, 3)
+    assert backup.finished_at is not None and not backup.path
+
+
 def test_a_failed_attempt_is_taken_over_by_the_retry_of_its_slot(registry, monkeypatch):
     # Fault injected on purpose: the first attempt's archive step dies half-way.
     original = services._artifacts_archive_write

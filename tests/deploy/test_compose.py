@@ -174,8 +174,31 @@ def test_metrics_are_open_to_the_compose_network_that_prometheus_scrapes_from():
     assert ipaddress.ip_network(subnet).is_private
     prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
     (scrape,) = prometheus["scrape_configs"]
-    assert scrape["static_configs"][0]["targets"] == ["web:8000"]
+    # Every replica of `web`, not whichever one the name happens to resolve to.
+    (discovery,) = scrape["dns_sd_configs"]
+    assert (discovery["names"], discovery["type"], discovery["port"]) == (["web"], "A", 8000)
     assert scrape["metrics_path"] == "/metrics"
+
+
+def test_scaled_services_publish_no_fixed_host_port():
+    """`docker compose up --scale web=2 --scale worker=2` works by its configuration: two
+    containers can't bind one host port, so only the load balancer publishes one."""
+    for name in ("web", "worker", "beat"):
+        assert "ports" not in SERVICES[name], name
+    assert SERVICES["web"]["expose"] == ["8000"]
+    lb = SERVICES["lb"]
+    assert lb["ports"] == ["${WEB_PORT:-8000}:8000"]
+    config = (ROOT / "deploy" / "haproxy.cfg").read_text()
+    assert "server-template web 10 web:8000" in config and "resolvers docker" in config
+    assert "option forwardfor" in config
+    # One proxy in front of the app: X-Forwarded-For has exactly one trusted entry.
+    assert SERVICES["web"]["environment"]["NUM_PROXIES"] == "${NUM_PROXIES:-1}"
+    # Per-container metrics folders: pids collide across containers.
+    assert "metrics" not in COMPOSE["volumes"]
+    for name in ("web", "worker"):
+        assert SERVICES[name]["tmpfs"] == [
+            SERVICES[name]["environment"]["PROMETHEUS_MULTIPROC_DIR"]
+        ]
 
 
 def test_monitoring_files_are_mounted_where_their_configs_point():

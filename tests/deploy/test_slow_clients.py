@@ -9,19 +9,16 @@ meanwhile keep a p99 within a generous 3x of the idle p99.
 from __future__ import annotations
 
 import http.client
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 
 import orjson
 import pytest
 
-from tests.deploy.test_serve import BIN, ROOT, _free_port, _wait_ready
+from tests import live
+from tests.live import BIN, ROOT
 
-pytestmark = pytest.mark.skipif(not (BIN / "granian").exists(), reason="granian not installed")
+pytestmark = pytest.mark.skipif(not live.GRANIAN.exists(), reason="granian not installed")
 
 ROW = {"sepal_length": 5.0, "sepal_width": 3.4, "petal_length": 1.5, "petal_width": 0.2}
 
@@ -29,49 +26,21 @@ ROW = {"sepal_length": 5.0, "sepal_width": 3.4, "petal_length": 1.5, "petal_widt
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("slow-clients")
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}},
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "VAR_DIR": str(tmp),
-        "DJANGO_DEBUG": "false",
-        "LOG_LEVEL": "WARNING",
-        "THROTTLE_PREDICT_RATE": "none",
-        "THROTTLE_REFUSED_TOKEN_RATE": "none",  # the slow clients must not be stopped by a 429
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-
-    def manage(*args: str) -> str:
-        return subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-
-    manage("migrate", "--noinput")
-    manage("bootstrap_demo")
-    token = manage("create_api_token", "slow-test").strip().splitlines()[-1]
-    port = _free_port()
-    process = subprocess.Popen(
-        [str(ROOT / "deploy" / "serve")],
-        cwd=ROOT,
-        env={
-            **env,
-            "GRANIAN": str(BIN / "granian"),
-            "WEB_HOST": "127.0.0.1",
-            "PORT": str(port),
-            "WEB_CONCURRENCY": "1",
-        },
-        start_new_session=True,
+    env = live.product_env(
+        tmp,
+        THROTTLE_PREDICT_RATE="none",
+        THROTTLE_REFUSED_TOKEN_RATE="none",  # the slow clients must not be stopped by a 429
     )
+    live.manage(env, "migrate", "--noinput")
+    live.manage(env, "bootstrap_demo")
+    token = live.manage(env, "create_api_token", "slow-test").strip().splitlines()[-1]
+    port = live.free_port()
+    process = live.serve(env, port, workers=1)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}/health", process)
+        live.wait_ready(f"http://127.0.0.1:{port}/health", process)
         yield port, token, env
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
+        live.stop(process)
 
 
 def _predict(port: int, token: str) -> float:
@@ -152,11 +121,10 @@ def test_under_gunicorn_a_body_that_stops_arriving_is_a_408(server):
     client that stops sending its body gets a 408 after REQUEST_BODY_TIMEOUT, not a worker
     held until gunicorn kills it."""
     _, token, server_env = server
-    port = _free_port()
+    port = live.free_port()
     # The same database as the granian server's, served by gunicorn instead.
     env = {**server_env, "REQUEST_BODY_TIMEOUT": "1", "PORT": str(port), "WEB_CONCURRENCY": "1"}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    process = subprocess.Popen(
+    process = live.spawn(
         [
             str(BIN / "gunicorn"),
             "-c",
@@ -165,12 +133,10 @@ def test_under_gunicorn_a_body_that_stops_arriving_is_a_408(server):
             f"127.0.0.1:{port}",
             "config.wsgi:application",
         ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
+        env,
     )
     try:
-        _wait_ready(f"http://127.0.0.1:{port}/health", process)
+        live.wait_ready(f"http://127.0.0.1:{port}/health", process)
         sock = socket.create_connection(("127.0.0.1", port), timeout=10)
         started = time.monotonic()
         sock.sendall(
@@ -183,7 +149,6 @@ def test_under_gunicorn_a_body_that_stops_arriving_is_a_408(server):
         waited = time.monotonic() - started
         sock.close()
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
+        live.stop(process)
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert waited < 8

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -23,6 +22,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests import live
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -81,12 +82,6 @@ def test_session_script_marks_expected_refusals_and_moves_the_port():
     assert "\ncurl -s http://127.0.0.1:9123/y\n" in script
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class _Output:
     """Collects a process's output lines in a thread, so the test can wait for one."""
 
@@ -133,7 +128,7 @@ def _session_left(sid: int) -> str:
 def make_run(tmp_path):
     """scripts/run.sh on a free loopback port, everything under tmp_path (SQLite, artifacts,
     broker folders); yields (port, output, env). Stopped with SIGINT, as Ctrl-C does."""
-    port = _free_port()
+    port = live.free_port()
     env = {
         key: value
         for key, value in os.environ.items()

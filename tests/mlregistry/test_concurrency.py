@@ -3,24 +3,17 @@ on the embedded SQLite default, behind a real server with two worker processes, 
 for each other instead of failing."""
 
 import json
-import os
-import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import threading
-import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 from django.db import connection, connections
 from rest_framework.test import APIClient
 
 from mlregistry.models import ModelVersion, Stage, StageTransition
-from tests import factories
+from tests import factories, live
 
 THREADS = 16
 
@@ -69,8 +62,6 @@ def test_sixteen_threads_promoting_end_with_one_production_version():
 
 # --- The embedded default: SQLite behind a real multi-process server ---------------------
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 PROMOTIONS = 48
 
 _SETUP = """
@@ -80,25 +71,6 @@ for i in range({versions}):
     factories.version_create(model, c=1.0 + i)
 print(factories.token_create(factories.staff_create()))
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_ready(url: str, server: subprocess.Popen, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert server.poll() is None, "the server exited"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    pytest.fail(f"{url} did not answer within {timeout}s")
 
 
 def _post(url: str, token: str, body: dict) -> int:
@@ -114,49 +86,21 @@ def _post(url: str, token: str, body: dict) -> int:
         return error.code
 
 
-@pytest.mark.skipif(not (BIN / "granian").exists(), reason="granian not installed")
+@pytest.mark.skipif(not live.GRANIAN.exists(), reason="granian not installed")
 def test_sqlite_default_survives_concurrent_promotions_through_a_real_server(tmp_path):
     """16 client threads send 48 promotions to granian with 2 workers on the embedded SQLite
     file: every answer is 200 or 409 (or 503 with Retry-After, should a lock wait still time
     out), never a 500, and the invariant holds."""
-    env = {
-        **{k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}},
-        "DJANGO_SETTINGS_MODULE": "config.settings",
-        "VAR_DIR": str(tmp_path),
-        "DJANGO_DEBUG": "false",
-        "LOG_LEVEL": "WARNING",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-
-    def manage(*args: str) -> str:
-        return subprocess.run(
-            [sys.executable, "manage.py", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-
-    manage("migrate", "--noinput")
-    token = manage("shell", "-c", _SETUP.format(versions=THREADS)).strip().splitlines()[-1]
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(ROOT / "deploy" / "serve")],
-        cwd=ROOT,
-        env={
-            **env,
-            "GRANIAN": str(BIN / "granian"),
-            "WEB_HOST": "127.0.0.1",
-            "PORT": str(port),
-            "WEB_CONCURRENCY": "2",
-        },
-        start_new_session=True,
-    )
+    env = live.product_env(tmp_path)
+    live.manage(env, "migrate", "--noinput")
+    setup = _SETUP.format(versions=THREADS)
+    token = live.manage(env, "shell", "-c", setup).strip().splitlines()[-1]
+    port = live.free_port()
+    server = live.serve(env, port, workers=2)
     statuses: list[int] = []
     lock = threading.Lock()
     try:
-        _wait_ready(f"http://127.0.0.1:{port}/health", server)
+        live.wait_ready(f"http://127.0.0.1:{port}/health", server)
         barrier = threading.Barrier(THREADS)
 
         def promote(thread: int) -> None:
@@ -177,8 +121,7 @@ def test_sqlite_default_survives_concurrent_promotions_through_a_real_server(tmp
         for thread in threads:
             thread.join(timeout=120)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(30)
+        live.stop(server)
 
     assert len(statuses) == PROMOTIONS
     assert set(statuses) <= {200, 409, 503}, sorted(statuses)

@@ -289,6 +289,22 @@ def test_finished_jobs_are_left_alone(iris_model):
     assert (again.status, again.attempts) == (TrainingStatus.FAILED, 1)
 
 
+def test_a_job_whose_worker_keeps_dying_is_failed_instead_of_started_again(iris_model, settings):
+    settings.JOB_MAX_ATTEMPTS = 3
+    champion_create(iris_model, LogisticRegression(max_iter=500))
+    job = training.training_job_create(
+        model=iris_model, dataset=iris_dataset(), actor="tests", enqueue=False
+    )
+    # Three starts whose worker died mid-run (SIGKILL leaves the row running, nothing else).
+    TrainingJob.objects.filter(pk=job.pk).update(status=TrainingStatus.RUNNING, attempts=3)
+
+    assert training_job_run_task.apply(args=[job.pk]).get() == "failed"
+    job.refresh_from_db()
+    assert (job.status, job.error_type, job.attempts) == (TrainingStatus.FAILED, "worker_lost", 3)
+    assert "started 3 times without finishing" in job.error
+    assert not ModelVersion.objects.filter(source=VersionSource.TRAINING).exists()
+
+
 def test_dataset_without_the_champions_features_fails_the_job(iris_model):
     champion_create(iris_model, LogisticRegression(max_iter=500))
     x, y = factories.iris_frame()
