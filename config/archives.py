@@ -171,7 +171,7 @@ class _InflateCounter(io.RawIOBase):
         self.raw = raw
         head = raw.read(2)
         raw.seek(0)
-        self.stream: IO[bytes] = gzip.GzipFile(fileobj=raw) if head == b"\x1f\x8b" else raw
+        self.stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if head == b"\x1f\x8b" else raw
         self.guard = guard
         self.inflated = 0
         self.member = "(archive header)"
