@@ -48,6 +48,7 @@ class MlflowRegistryError(DomainError):
 
     status_code = 503
     error_type = "mlflow_unavailable"
+    answer_status: int | None = None  # the tracking server's HTTP status, when it answered
 
 
 # --- one model directory ---------------------------------------------------------------------
@@ -137,28 +138,31 @@ class TrackingServer:
     def close(self) -> None:
         self.http.close()
 
-    def _get(self, path: str, **params: Any) -> Any:
+    def _get(self, route: str, params: dict[str, Any] | None = None, *, raw: bool = False) -> Any:
+        """The JSON answer of a GET (the bytes with `raw`); MlflowRegistryError otherwise."""
         import httpx
 
         try:
-            response = self.http.get(path, params=params)
+            response = self.http.get(route, params=params)
         except httpx.HTTPError as exc:
             raise MlflowRegistryError(
                 f"The MLflow tracking server at {self.uri} cannot be reached "
                 f"({type(exc).__name__}: {exc})."
             ) from None
-        if response.status_code == 404 and path.endswith("/runs/get"):
+        if response.status_code == 404 and route.endswith("/runs/get"):
             return None
         if response.status_code >= 400:
-            raise MlflowRegistryError(
-                f"The MLflow tracking server answered {response.status_code} to {path}: "
+            error = MlflowRegistryError(
+                f"The MLflow tracking server answered {response.status_code} to {route}: "
                 f"{response.text[:300]}"
             )
+            error.answer_status = response.status_code
+            raise error
         try:
-            return response.json() if path.startswith("/api/2.0/mlflow/") else response.content
+            return response.content if raw else response.json()
         except ValueError:
             raise MlflowRegistryError(
-                f"{self.uri}{path} did not answer JSON: is this an MLflow tracking server?"
+                f"{self.uri}{route} did not answer JSON: is this an MLflow tracking server?"
             ) from None
 
     def _paged(self, path: str, key: str, **params: Any) -> list[dict[str, Any]]:
@@ -166,7 +170,7 @@ class TrackingServer:
         token = None
         while True:
             page = self._get(
-                path, max_results=_PAGE, **params, **({"page_token": token} if token else {})
+                path, {"max_results": _PAGE, **params, **({"page_token": token} if token else {})}
             )
             items += page.get(key, [])
             token = page.get("next_page_token")
@@ -174,12 +178,20 @@ class TrackingServer:
                 return items
 
     def registered_models(self, names: list[str] | None = None) -> list[dict[str, Any]]:
-        """Registered models (all, or those named), each with tags and aliases."""
+        """Registered models (all, or those named), each with tags and aliases; a named model
+        MLflow does not know comes back as {"name": ..., "missing": True}."""
         if names:
-            return [
-                self._get("/api/2.0/mlflow/registered-models/get", name=name)["registered_model"]
-                for name in names
-            ]
+            found = []
+            for name in names:
+                try:
+                    answer = self._get("/api/2.0/mlflow/registered-models/get", {"name": name})
+                except MlflowRegistryError as exc:
+                    if exc.answer_status != 404:
+                        raise
+                    found.append({"name": name, "missing": True})
+                else:
+                    found.append(answer["registered_model"])
+            return found
         return self._paged("/api/2.0/mlflow/registered-models/search", "registered_models")
 
     def model_versions(self, name: str) -> list[dict[str, Any]]:
@@ -191,13 +203,13 @@ class TrackingServer:
         return sorted(versions, key=lambda v: int(v["version"]))
 
     def run(self, run_id: str) -> dict[str, Any] | None:
-        answer = self._get("/api/2.0/mlflow/runs/get", run_id=run_id) if run_id else None
+        answer = self._get("/api/2.0/mlflow/runs/get", {"run_id": run_id}) if run_id else None
         return answer.get("run") if answer else None
 
     def model_files(self, name: str, version: str) -> dict[str, bytes]:
         """The files of a version's MLflow model directory, bounded as an uploaded archive is."""
         uri = self._get(
-            "/api/2.0/mlflow/model-versions/get-download-uri", name=name, version=version
+            "/api/2.0/mlflow/model-versions/get-download-uri", {"name": name, "version": version}
         )["artifact_uri"]
         if uri.startswith("mlflow-artifacts:"):
             path = re.sub(r"^mlflow-artifacts:(//[^/]*)?/*", "", uri)
@@ -218,8 +230,7 @@ class TrackingServer:
         while folders:
             folder = folders.pop()
             answer = self._get(
-                "/api/2.0/mlflow-artifacts/artifacts",
-                path=f"{root}/{folder}".rstrip("/"),
+                "/api/2.0/mlflow-artifacts/artifacts", {"path": f"{root}/{folder}".rstrip("/")}
             )
             for entry in answer.get("files", []) if isinstance(answer, dict) else []:
                 relative = f"{folder}/{entry['path'].rsplit('/', 1)[-1]}".lstrip("/")
@@ -238,8 +249,9 @@ class TrackingServer:
             )
         files = {}
         for relative, _ in listed:
-            data = self._get(f"/api/2.0/mlflow-artifacts/artifacts/{root}/{relative}")
-            files[relative] = data if isinstance(data, bytes) else bytes(str(data), "utf-8")
+            files[relative] = self._get(
+                f"/api/2.0/mlflow-artifacts/artifacts/{root}/{relative}", raw=True
+            )
         if sum(map(len, files.values())) > limit:
             raise mlflow_import.MlflowModelError(
                 f"The model's files add up to more than {limit} bytes (MAX_ARTIFACT_SIZE)."
@@ -365,6 +377,11 @@ def mlflow_registry_import(
     report = ImportReport()
     for registered in server.registered_models(names):
         name = registered["name"]
+        if registered.get("missing"):
+            report.rows.append(
+                ImportRow(name, None, "", "", "refused", "no such registered model in MLflow")
+            )
+            continue
         if not _NAME.match(name) or len(name) > 100:
             report.rows.append(
                 ImportRow(
