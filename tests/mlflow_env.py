@@ -35,6 +35,10 @@ ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
     "PYTHONWARNINGS": "ignore",
+    # One BLAS thread per process: on a shared two-core machine, threads fighting over the
+    # cores made fitting iris take a minute.
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
 }
 ENV.pop("DJANGO_SETTINGS_MODULE", None)
 
@@ -124,9 +128,11 @@ def _wait(url: str, process: subprocess.Popen, log: Path, timeout: float = 120) 
 @contextlib.contextmanager
 def process(args: list[str], health: str, log: Path) -> Iterator[None]:
     """A server process on loopback, up (its health URL answers 200) until the block ends."""
+    # `mlflow models serve` starts the virtualenv's uvicorn by name.
+    env = {**ENV, "PATH": f"{mlflow_python().parent}{os.pathsep}{ENV.get('PATH', '')}"}
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            args, stdout=out, stderr=subprocess.STDOUT, env=ENV, start_new_session=True
+            args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     try:
         _wait(health, proc, log)
