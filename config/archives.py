@@ -171,7 +171,9 @@ class _InflateCounter(io.RawIOBase):
         self.raw = raw
         head = raw.read(2)
         raw.seek(0)
-        self.stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if head == b"\x1f\x8b" else raw
+        # mode="rb": a spooled upload is opened w+b, which GzipFile would take for a write.
+        gzipped = head == b"\x1f\x8b"
+        self.stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
         self.guard = guard
         self.inflated = 0
         self.member = "(archive header)"
