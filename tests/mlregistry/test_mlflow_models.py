@@ -376,3 +376,50 @@ def test_import_mlflow_model_command_refuses_a_folder_with_a_link(saved, tmp_pat
         call_command("import_mlflow_model", str(folder), "--name", "iris")
     with pytest.raises(CommandError, match="holds no MLmodel"):
         call_command("import_mlflow_model", str(tmp_path), "--name", "iris")
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_input_examples_in_other_shapes_become_rows_or_a_note(saved):
+    files = _files(saved / "iris-skops")
+    rows = [[5.1, 3.5, 1.4, 0.2], [6.3, 2.5, 4.9, 1.5]]
+    as_array = {**files, "input_example.json": json.dumps(rows).encode()}
+    model = mlflow_import.model_read(as_array)
+    assert model.reference_sample == [dict(zip(IRIS_COLUMNS, r, strict=True)) for r in rows]
+
+    records = [dict(zip(IRIS_COLUMNS, r, strict=True)) for r in rows]
+    as_records = {**files, "input_example.json": json.dumps(records).encode()}
+    assert mlflow_import.model_read(as_records).reference_sample == records
+
+    unreadable = mlflow_import.model_read({**files, "input_example.json": b"{nope"})
+    assert unreadable.reference_sample is None
+    assert any("not readable JSON" in n for n in unreadable.notes)
+
+    missing = {k: v for k, v in files.items() if k != "input_example.json"}
+    assert any("missing from the model" in n for n in mlflow_import.model_read(missing).notes)
+
+
+def test_library_differences_below_the_minor_version_are_noted(saved):
+    files = _files(saved / "iris-skops")
+    requirements = files["requirements.txt"].decode().replace("numpy==2.4.6", "numpy==2.4.1")
+    model = mlflow_import.model_read({**files, "requirements.txt": requirements.encode()})
+    assert "Saved with numpy 2.4.1; this server runs 2.4.6." in model.notes
+    assert model.library_versions["numpy"] == "2.4.1"
+    assert model.metadata["mlflow"]["library_versions_compared"]["numpy"] == {
+        "model": "2.4.1",
+        "server": "2.4.6",
+    }
+
+
+def test_mlmodel_that_is_not_yaml_or_names_an_unknown_format_is_refused(saved):
+    files = _files(saved / "iris-skops")
+    with pytest.raises(mlflow_import.MlflowModelError, match="not readable YAML"):
+        mlflow_import.model_read({**files, "MLmodel": b"flavors: [unclosed"})
+    spec = yaml.safe_load(files["MLmodel"])
+    spec["flavors"]["sklearn"]["serialization_format"] = "joblib"
+    with pytest.raises(mlflow_import.MlflowModelError, match="'joblib' is not supported"):
+        mlflow_import.model_read({**files, "MLmodel": yaml.safe_dump(spec).encode()})
+    with pytest.raises(mlflow_import.MlflowModelError, match="no MLmodel"):
+        mlflow_import.model_read({})

@@ -116,3 +116,11 @@ def test_an_unreachable_tracking_server_is_a_clear_error():
     port = mlflow_env.free_port()
     with pytest.raises(CommandError, match=f"127.0.0.1:{port} cannot be reached"):
         _import(f"http://127.0.0.1:{port}")
+
+
+def test_versions_past_the_upload_limit_are_refused_unread(tracking, settings):
+    uri, _ = tracking
+    settings.MAX_ARTIFACT_SIZE = 1024
+    output = _import(uri, "--dry-run", "--model", "diabetes-mlflow")
+    assert _row(output, "diabetes-mlflow", 1)[-1] == "refused"
+    assert "add up to more than 1024 bytes" in output
