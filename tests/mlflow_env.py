@@ -49,10 +49,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@cache
+_install_failure: list[str] = []
+
+
 def mlflow_python() -> Path:
     """The virtualenv's python with the pinned mlflow, made when missing; skips when it
-    cannot be made."""
+    cannot be made (tried once per test run)."""
+    if _install_failure:
+        pytest.skip(_install_failure[0])
+    return _mlflow_python()
+
+
+@cache
+def _mlflow_python() -> Path:
     stamp = VENV / ".requirements-sha256"
     wanted = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
     python = VENV / "bin" / "python"
@@ -87,10 +96,11 @@ def mlflow_python() -> Path:
                 if done is None or done.returncode != 0:
                     shutil.rmtree(VENV, ignore_errors=True)
                     tail = log.read_text()[-600:].strip().replace("\n", " | ")
-                    pytest.skip(
+                    _install_failure.append(
                         f"mlflow could not be installed into {VENV} from "
                         f"requirements-mlflow.txt (see {log}): {tail}"
                     )
+                    pytest.skip(_install_failure[0])
         stamp.write_text(wanted)
     return python
 
