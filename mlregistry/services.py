@@ -422,7 +422,9 @@ def model_version_preview(
     reference_sample: Any = None,
 ) -> PendingUpload:
     """Checks an upload like model_version_create and parks the bytes for a confirmation;
-    registers nothing. Confirm with model_version_create(expected_sha256=inspection.sha256)."""
+    registers nothing. Confirm with
+    model_version_create(expected_sha256=inspection.received_sha256) on the parked file (for an
+    MLflow model archive, the archive: inspection.sha256 is its model file's)."""
     spooled = artifacts.spool_upload(artifact)
     try:
         upload = _upload_unwrap(
