@@ -20,10 +20,12 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import io
+import re
 import tarfile
 import zipfile
 import zlib
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -169,7 +171,9 @@ class _InflateCounter(io.RawIOBase):
         self.raw = raw
         head = raw.read(2)
         raw.seek(0)
-        self.stream: IO[bytes] = gzip.GzipFile(fileobj=raw) if head == b"\x1f\x8b" else raw
+        # mode="rb": a spooled upload is opened w+b, which GzipFile would take for a write.
+        gzipped = head == b"\x1f\x8b"
+        self.stream: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
         self.guard = guard
         self.inflated = 0
         self.member = "(archive header)"
@@ -185,19 +189,34 @@ class _InflateCounter(io.RawIOBase):
         return len(data)
 
 
+def member_name_problem(name: str) -> str | None:
+    """Why an archive member's name may not be unpacked below a folder (an absolute path, a
+    drive letter, a `..` step, a NUL), or None. Links and devices are the reader's to refuse:
+    each archive format marks them its own way."""
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        return f"{name!r}: absolute path"
+    if ".." in parts:
+        return f"{name!r}: path escapes the archive (..)"
+    if "\x00" in name:
+        return f"{name!r}: NUL in the name"
+    return None
+
+
 def tar_check(
-    path: Path | str,
+    path: Path | str | IO[bytes],
     *,
     what: str,
     field: str,
     limits: ArchiveLimits | None = None,
 ) -> None:
-    """Checks a tar or tar.gz member by member before it is extracted; ArchiveError names the
-    first member past a limit. One gzip stream has no per-member compressed size, so the ratio
-    is the whole stream's so far."""
+    """Checks a tar or tar.gz (a path, or an open binary file from its start) member by member
+    before it is extracted; ArchiveError names the first member past a limit. One gzip stream
+    has no per-member compressed size, so the ratio is the whole stream's so far."""
     guard = _Guard(limits or ArchiveLimits.from_settings(), what=what, field=field)
     try:
-        with open(path, "rb") as raw:
+        opened = open(path, "rb") if isinstance(path, Path | str) else nullcontext(path)  # noqa: SIM115
+        with opened as raw:
             counter = _InflateCounter(raw, guard)
             with tarfile.open(fileobj=io.BufferedReader(counter), mode="r|") as archive:
                 for member in archive:

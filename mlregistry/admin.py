@@ -467,7 +467,8 @@ class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
                     pending.token,
                     {
                         "name": pending.name,
-                        "sha256": pending.inspection.sha256,
+                        # The uploaded file's: an MLflow archive is registered from it again.
+                        "sha256": pending.inspection.received_sha256,
                         "model": data["model"].pk,
                         "artifact_format": data["artifact_format"],
                         "input_schema": data["input_schema"],

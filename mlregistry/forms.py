@@ -60,9 +60,12 @@ class JSONTextField(forms.CharField):
 class ModelVersionUploadForm(forms.Form):
     model = forms.ModelChoiceField(queryset=RegisteredModel.objects.all())
     artifact = forms.FileField(
-        help_text="A .skops file (recommended) or, with permission, a pickle. It is checked "
-        "and previewed before anything is registered.",
-        widget=forms.ClearableFileInput(attrs={"accept": ".skops,.joblib,.pkl,.pickle"}),
+        help_text="A .skops file (recommended), with permission a pickle, or an MLflow model "
+        "directory as .zip or .tar.gz (its MLmodel names the format). It is checked and "
+        "previewed before anything is registered.",
+        widget=forms.ClearableFileInput(
+            attrs={"accept": ".skops,.joblib,.pkl,.pickle,.zip,.tar.gz,.tgz"}
+        ),
     )
     artifact_format = forms.ChoiceField(
         choices=ArtifactFormat.choices, initial=ArtifactFormat.SKOPS

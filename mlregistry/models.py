@@ -28,6 +28,7 @@ class ArtifactFormat(models.TextChoices):
 class VersionSource(models.TextChoices):
     UPLOAD = "upload", "Upload"
     TRAINING = "training", "Training job"
+    IMPORT = "import", "Import"
 
 
 # What the seeds' /predict/{model_id} alias reads as a database id: ASCII digits only, as

@@ -22,7 +22,7 @@ from django.utils import timezone
 from sklearn.base import is_classifier, is_regressor
 
 from config.errors import ConflictError, ForbiddenError, NotFoundError, ValidationFailed
-from mlregistry import artifacts, reference, schema
+from mlregistry import artifacts, mlflow_import, reference, schema
 from mlregistry.audit import (
     Actor,
     audit_record,
@@ -240,6 +240,15 @@ def _inspect(
     )
 
 
+def artifact_estimator_open(*, data: bytes, artifact_format: str, actor: Actor) -> Any:
+    """The estimator in artifact bytes, opened under exactly the upload rules (skops: trusted
+    types; a pickle: the upload_pickle permission, the static scan and the restricted
+    unpickler). Stores nothing; raises as an upload would (ArtifactError 400, ForbiddenError
+    403). For a caller that must know the estimator before a model exists (its task)."""
+    estimator, _ = _inspect(data=data, artifact_format=artifact_format, actor=actor)
+    return estimator
+
+
 def _check_estimator(model: RegisteredModel, estimator: Any) -> None:
     if not callable(getattr(estimator, "predict", None)):
         raise artifacts.ArtifactError("The artifact is not a fitted estimator with predict().")
@@ -273,6 +282,9 @@ class VersionInspection:
     reference_sample: list[dict[str, Any]] | None
     reference_stats: dict[str, Any] | None
     warnings: list[str] = dataclass_field(default_factory=list)
+    # The uploaded file's SHA-256: an MLflow model archive's differs from the stored model's.
+    received_sha256: str = ""
+    mlflow: dict[str, Any] | None = None
 
 
 def _inspection_warnings(inspection: VersionInspection, model: RegisteredModel) -> list[str]:
@@ -346,6 +358,48 @@ def model_version_inspect(
     return inspection
 
 
+@dataclass
+class _Upload:
+    """What an upload registers: the artifact's bytes and the fields that go with them, from
+    the caller or, for an MLflow model archive, from the model where the caller gave none."""
+
+    spooled: artifacts.SpooledArtifact
+    artifact_format: str
+    input_schema: Any
+    reference_sample: Any
+    metadata: dict[str, Any] | None
+    library_versions: dict[str, str] | None
+    mlflow: mlflow_import.MlflowModel | None = None
+
+
+def _upload_unwrap(
+    spooled: artifacts.SpooledArtifact,
+    *,
+    artifact_format: str,
+    input_schema: Any,
+    reference_sample: Any,
+    metadata: dict[str, Any] | None,
+    library_versions: dict[str, str] | None = None,
+) -> _Upload:
+    """An MLflow model archive (.zip or .tar.gz holding MLmodel) becomes its inner model file
+    in the format MLmodel names, which then passes the checks of that format (the pickle
+    policy for a pickle); any other upload is kept as it came."""
+    inner, model = mlflow_import.upload_unwrap(spooled)
+    if model is None:
+        return _Upload(
+            spooled, artifact_format, input_schema, reference_sample, metadata, library_versions
+        )
+    return _Upload(
+        inner,
+        model.artifact_format,
+        model.input_schema if input_schema is None else input_schema,
+        model.reference_sample if reference_sample is None else reference_sample,
+        {**model.metadata, **(metadata or {})},
+        library_versions or model.library_versions,
+        model,
+    )
+
+
 PENDING_UPLOAD_PREFIX = "pending"
 
 
@@ -369,17 +423,31 @@ def model_version_preview(
     reference_sample: Any = None,
 ) -> PendingUpload:
     """Checks an upload like model_version_create and parks the bytes for a confirmation;
-    registers nothing. Confirm with model_version_create(expected_sha256=inspection.sha256)."""
+    registers nothing. Confirm with
+    model_version_create(expected_sha256=inspection.received_sha256) on the parked file (for an
+    MLflow model archive, the archive: inspection.sha256 is its model file's)."""
     spooled = artifacts.spool_upload(artifact)
     try:
-        inspection = model_version_inspect(
-            model=model,
-            data=spooled.read(),
-            actor=actor,
+        upload = _upload_unwrap(
+            spooled,
             artifact_format=artifact_format,
             input_schema=input_schema,
             reference_sample=reference_sample,
+            metadata=None,
         )
+        inspection = model_version_inspect(
+            model=model,
+            data=upload.spooled.read(),
+            actor=actor,
+            artifact_format=upload.artifact_format,
+            input_schema=upload.input_schema,
+            reference_sample=upload.reference_sample,
+        )
+        inspection.received_sha256 = spooled.sha256
+        if upload.mlflow is not None:
+            inspection.mlflow = upload.mlflow.metadata["mlflow"]
+            inspection.warnings = upload.mlflow.notes + inspection.warnings
+        spooled.file.seek(0)
         token = secrets.token_urlsafe(16)
         name = f"{PENDING_UPLOAD_PREFIX}/{token}/{spooled.sha256}.upload"
         stored = get_artifact_storage().save(name, File(spooled.file, name=name))
@@ -436,32 +504,52 @@ def model_version_create(
     reference_sample: Any = None,
     source: str = VersionSource.UPLOAD,
     expected_sha256: str | None = None,
+    version_number: int | None = None,
+    library_versions: dict[str, str] | None = None,
 ) -> ModelVersion:
     """Registers a new version: streams and hashes the artifact, checks it, stores it under its
     SHA-256 and records the next version number. Nothing is stored when a check fails.
 
-    expected_sha256, when given, must match the received bytes (a previewed upload, or a client
-    that sends the checksum it computed)."""
-    spooled = artifacts.spool_upload(artifact)
+    An MLflow model archive (.zip / .tar.gz with MLmodel, mlregistry/mlflow_import.py) registers
+    its inner model file; its signature, input example, library versions and metadata fill
+    what the caller left out. expected_sha256, when given, must match the received bytes (a
+    previewed upload, or a client that sends the checksum it computed). version_number asks for
+    that number (an import keeping another registry's numbers): ConflictError (409) unless it
+    is above every number the model ever gave. library_versions: what the artifact was saved
+    with, when known (default: this server's)."""
+    received = artifacts.spool_upload(artifact)
+    spooled = received
     try:
-        if expected_sha256 is not None and spooled.sha256 != expected_sha256.lower():
+        if expected_sha256 is not None and received.sha256 != expected_sha256.lower():
             raise artifacts.ArtifactError(
                 f"Artifact checksum mismatch: expected sha256 {expected_sha256[:12]}…, "
-                f"received {spooled.sha256[:12]}…. Nothing was registered; upload the file again."
+                f"received {received.sha256[:12]}…. Nothing was registered; upload the file again."
             )
+        upload = _upload_unwrap(
+            received,
+            artifact_format=artifact_format,
+            input_schema=input_schema,
+            reference_sample=reference_sample,
+            metadata=metadata,
+            library_versions=library_versions,
+        )
+        spooled, artifact_format = upload.spooled, upload.artifact_format
+        metadata, library_versions = upload.metadata, upload.library_versions
         inspection = model_version_inspect(
             model=model,
             data=spooled.read(),
             actor=actor,
             artifact_format=artifact_format,
-            input_schema=input_schema,
-            reference_sample=reference_sample,
+            input_schema=upload.input_schema,
+            reference_sample=upload.reference_sample,
         )
         storage = get_artifact_storage()
         name = _artifact_name(spooled.sha256, artifact_format)
+        spooled.file.seek(0)
         stored_name = storage.save(name, File(spooled.file, name=name))
     finally:
         spooled.file.close()
+        received.file.close()
 
     user, actor_name = _actor_fields(actor)
     try:
@@ -472,6 +560,14 @@ def model_version_create(
             # backup) are covered by the max.
             highest = locked.versions.aggregate(n=Max("version"))["n"] or 0
             number = max(locked.last_version_number, highest) + 1
+            if version_number is not None:
+                if version_number < number:
+                    raise ConflictError(
+                        f"{locked.name} cannot take version number {version_number}: numbers "
+                        f"up to {number - 1} are in use or were used (never reused).",
+                        fields={"version": [f"must be {number} or more"]},
+                    )
+                number = version_number
             locked.last_version_number = number
             locked.save(update_fields=["last_version_number"])
             version = ModelVersion.objects.create(
@@ -482,7 +578,7 @@ def model_version_create(
                 artifact_format=artifact_format,
                 artifact_sha256=spooled.sha256,
                 artifact_size=spooled.size,
-                library_versions=artifacts.library_versions(),
+                library_versions=library_versions or artifacts.library_versions(),
                 input_schema=inspection.input_schema,
                 classes=inspection.classes,
                 metrics=metrics or {},

@@ -148,7 +148,12 @@ class ModelVersionListView(GenericAPIView):
         summary="Upload a new version (multipart: artifact + JSON fields)",
         description="The JSON fields (input_schema, metrics, params, metadata, "
         "reference_sample) are form fields holding JSON. With expected_sha256 the upload is "
-        "refused (400) unless the received bytes have that SHA-256.",
+        "refused (400) unless the received bytes have that SHA-256. `artifact` may also be an "
+        "MLflow model directory as .zip or .tar.gz (an MLmodel file with the sklearn flavor): "
+        "its model file is registered, in the format MLmodel names, and its signature, input "
+        "example and library versions fill input_schema, reference_sample and "
+        "library_versions where no field gives them (400 for a tensor signature, another "
+        "scikit-learn minor version, or an unsafe archive).",
     )
     def post(self, request: Request, name: str) -> Response:
         # Refuse an oversize body before it is parsed (and spooled) at all.
