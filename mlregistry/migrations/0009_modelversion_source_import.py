@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('mlregistry', '0007_auditevent'),
+        ('mlregistry', '0008_quality_models_moved_out'),
     ]
 
     operations = [
