@@ -1031,6 +1031,7 @@ def retention_cleanup_run(*, now: datetime | None = None, dry_run: bool = False)
     """
     from mlregistry.access import api_tokens_prune_expired
     from mlregistry.services import pending_uploads_prune
+    from predictions.batch import batch_jobs_prune
     from predictions.drift import drift_reports_prune
     from predictions.services import prediction_log_prune
 
@@ -1053,6 +1054,9 @@ def retention_cleanup_run(*, now: datetime | None = None, dry_run: bool = False)
             older_than=days_ago(settings.DRIFT_REPORT_RETENTION_DAYS), dry_run=dry_run
         ),
         "expired_tokens_deleted": api_tokens_prune_expired(now=now, dry_run=dry_run),
+        "batch_jobs_pruned": batch_jobs_prune(
+            older_than=days_ago(settings.BATCH_JOB_RETENTION_DAYS), dry_run=dry_run
+        ),
     }
 
 

@@ -402,7 +402,11 @@ BATCH_MAX_ROWS = env_int("BATCH_MAX_ROWS", 100_000_000, minimum=1)
 BATCH_JOB_RETENTION_DAYS = env_int("BATCH_JOB_RETENTION_DAYS", 14, minimum=1)
 BATCH_CHUNK_TIME_LIMIT_SECONDS = env_int("BATCH_CHUNK_TIME_LIMIT_SECONDS", 1800, minimum=1)
 SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"].update(
-    {"BatchStatusEnum": "predictions.models.BatchStatus"}
+    {
+        "BatchStatusEnum": "predictions.models.BatchStatus",
+        # The same csv | parquet choice as datasets' file_format: one enum in the schema.
+        "FileFormatEnum": "predictions.models.BatchFormat",
+    }
 )
 # === Operations and security =================================================================
 # README "Configuration" lists every variable.

@@ -13,6 +13,7 @@ from django.http import HttpRequest
 from config.errors import DomainError
 from mlregistry.models import ModelVersion, RegisteredModel, Stage
 from predictions import (
+    batch_admin,  # noqa: F401  (registers BatchJob)
     drift_admin,  # noqa: F401  (registers DriftReport)
     selectors,
     services,

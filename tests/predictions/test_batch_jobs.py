@@ -6,21 +6,18 @@ test_batch_worker.py runs them in real worker processes."""
 from __future__ import annotations
 
 import io
-from datetime import timedelta
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from django.utils import timezone
 
 from config.celery import app as celery_app
-from config.errors import ConflictError, ValidationFailed
 from mlregistry import services
 from mlregistry.models import AuditEvent, Stage
 from predictions import batch
-from predictions.models import BatchChunk, BatchJob, BatchStatus
+from predictions.models import BatchJob, BatchStatus
 from tests import factories
 
 NAMES = factories.IRIS_FEATURES
@@ -48,7 +45,9 @@ def _frame(rows: int = 300) -> pd.DataFrame:
 
 def _parquet(frame: pd.DataFrame, *, row_group_size: int = 50) -> io.BytesIO:
     sink = io.BytesIO()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink, row_group_size=row_group_size)
+    pq.write_table(
+        pa.Table.from_pandas(frame, preserve_index=False), sink, row_group_size=row_group_size
+    )
     sink.seek(0)
     sink.name = "rows.parquet"
     return sink
@@ -79,7 +78,9 @@ def _read(name: str, file_format: str) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(data))
 
 
-def test_parquet_job_scores_every_row_as_serving_does(iris_prod, django_capture_on_commit_callbacks):
+def test_parquet_job_scores_every_row_as_serving_does(
+    iris_prod, django_capture_on_commit_callbacks
+):
     frame = _frame(300)
     job = batch.batch_job_create(
         model=iris_prod, actor="tests", upload=_parquet(frame), chunk_rows=100, enqueue=False
@@ -90,7 +91,13 @@ def test_parquet_job_scores_every_row_as_serving_does(iris_prod, django_capture_
     assert job.chunks_total == 3
     out = _read(job.output_name, "parquet")
     assert list(out.columns) == [
-        "row", "prediction", "confidence", "probability_0", "probability_1", "probability_2", "version"
+        "row",
+        "prediction",
+        "confidence",
+        "probability_0",
+        "probability_1",
+        "probability_2",
+        "version",
     ]
     assert out["row"].tolist() == list(range(300))
     estimator = batch.model_cache.get(

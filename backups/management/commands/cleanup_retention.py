@@ -12,6 +12,7 @@ LABELS = {
     "job_runs_pruned": "job runs",
     "drift_reports_pruned": "drift reports",
     "expired_tokens_deleted": "expired API tokens",
+    "batch_jobs_pruned": "finished batch jobs",
 }
 
 
