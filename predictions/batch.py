@@ -801,6 +801,7 @@ def _chunk_score(job: BatchJob, chunk: BatchChunk, loaded: LoadedModel) -> Chunk
     predictions, probabilities, refused, why = _score(loaded, x)
     if refused:
         errors.extend((int(good[i]), "prediction", why) for i in refused)
+        errors.sort(key=lambda error: error[0])  # stable: a row's fields keep schema order
         keep = np.setdiff1d(np.arange(len(good)), refused)
         good, predictions = good[keep], np.asarray(predictions)[keep]
         probabilities = probabilities[keep] if probabilities is not None else None
