@@ -96,7 +96,7 @@ class BatchJobOutput(serializers.ModelSerializer):
             "finished_at",
         ]
 
-    @extend_schema_field(OpenApiTypes.FLOAT)
+    @extend_schema_field(serializers.FloatField(allow_null=True))
     def get_rows_per_second(self, job: BatchJob) -> float | None:
         return batch.rows_per_second(job)
 
