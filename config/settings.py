@@ -400,6 +400,9 @@ BATCH_MAX_INPUT_SIZE = env_int("BATCH_MAX_INPUT_SIZE", 2 * 1024 * 1024 * 1024, m
 BATCH_MAX_ROWS = env_int("BATCH_MAX_ROWS", 100_000_000, minimum=1)
 # Finished jobs (and their files) are deleted this long after they finished.
 BATCH_JOB_RETENTION_DAYS = env_int("BATCH_JOB_RETENTION_DAYS", 14, minimum=1)
+# The Celery queue of batch tasks ("" = the default queue): workers started with `-Q` on it
+# alone keep long scoring runs away from the scheduled jobs.
+BATCH_QUEUE = env_str("BATCH_QUEUE", "")
 BATCH_CHUNK_TIME_LIMIT_SECONDS = env_int("BATCH_CHUNK_TIME_LIMIT_SECONDS", 1800, minimum=1)
 SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"].update(
     {

@@ -263,7 +263,7 @@ def _enqueue(task_name: str, *args: Any) -> None:
 
     try:
         ensure_filesystem_broker_dirs()
-        getattr(tasks, task_name).delay(*args)
+        getattr(tasks, task_name).apply_async(args, queue=settings.BATCH_QUEUE or None)
     except Exception:
         # The job stays as it is; the admin's "Resume" action (or the API's) sends it again.
         logger.exception("could not enqueue batch task", extra={"task": task_name, "args": args})

@@ -38,7 +38,7 @@ def batch_job_start_task(job_id: int) -> int:
 
     pending = batch_job_start(job_id=job_id)
     for index in pending:
-        batch_chunk_run_task.delay(job_id, index)
+        batch_chunk_run_task.apply_async((job_id, index), queue=settings.BATCH_QUEUE or None)
     return len(pending)
 
 
