@@ -19,6 +19,7 @@ remaining chunks again.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import logging
@@ -65,6 +66,9 @@ logger = logging.getLogger(__name__)
 JOB_ACTOR = "job:batch"
 PREFIX = "batch-jobs"
 PARQUET_MAGIC = b"PAR1"
+# Dictionary-encoding only the columns that repeat: pyarrow tries it on every column by
+# default, and on probabilities (all distinct) that attempt was ~90% of a part's write time.
+PARQUET_WRITE_OPTIONS = {"use_dictionary": ["prediction", "version"]}
 _HASH_BLOCK = 4 * 1024 * 1024
 
 
@@ -638,7 +642,7 @@ def _read_rows(storage: Storage, name: str, start: int, count: int, names: list[
                 first = position if first is None else first
             position += rows
         present = [n for n in names if n in parquet.schema_arrow.names]
-        table = parquet.read_row_groups(wanted, columns=present, use_threads=False)
+        table = parquet.read_row_groups(wanted, columns=present)
     finally:
         if hasattr(source, "close"):
             source.close()
@@ -657,7 +661,10 @@ def _column_values(column: Any, feature: Any) -> tuple[np.ndarray, np.ndarray, n
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    nulls = column.is_null().to_numpy(zero_copy_only=False)
+    if column.null_count:
+        nulls = column.is_null().to_numpy(zero_copy_only=False)
+    else:
+        nulls = np.zeros(len(column), dtype=bool)
     kind = feature.type
     typ = column.type
     if kind == "string":
@@ -720,12 +727,14 @@ def _validate(
         if feature.type in ("float", "integer"):
             present = ~nulls & ~wrong
             with np.errstate(invalid="ignore"):
-                out = present & (
-                    ~np.isfinite(values) | (values < feature.low) | (values > feature.high)
-                )
+                out = ~np.isfinite(values)
+                if feature.low != -math.inf:
+                    out |= values < feature.low
+                if feature.high != math.inf:
+                    out |= values > feature.high
                 if feature.type == "integer":
-                    out |= present & np.isfinite(values) & (np.floor(values) != values)
-            bad |= out
+                    out |= np.isfinite(values) & (np.floor(values) != values)
+            bad |= present & out
         columns.append(values)
     errors: list[tuple[int, str, str]] = []
     for i in np.flatnonzero(bad).tolist():
@@ -739,8 +748,10 @@ def _validate(
             errors.extend((i, field, message) for message in messages)
     good = np.flatnonzero(~bad)
     if loaded.numeric:
-        x = np.column_stack(columns)[good] if columns else np.empty((len(good), 0))
-        return np.ascontiguousarray(x, dtype=np.float64), good, errors
+        x = np.empty((rows, len(columns)), dtype=np.float64)
+        for j, values in enumerate(columns):
+            x[:, j] = values
+        return (x[good] if len(good) < rows else x), good, errors
     import pandas as pd
 
     frame = pd.DataFrame({f.name: v[good] for f, v in zip(loaded.features, columns, strict=True)})
@@ -830,7 +841,7 @@ def _table_bytes(table: Any, file_format: str) -> bytes:
 
     sink = io.BytesIO()
     if file_format == BatchFormat.PARQUET:
-        pq.write_table(table, sink)
+        pq.write_table(table, sink, **PARQUET_WRITE_OPTIONS)
     else:
         pacsv.write_csv(table, sink)
     return sink.getvalue()
@@ -871,7 +882,14 @@ def batch_chunk_run(*, job_id: int, index: int) -> str:
         with job_heartbeat(job):
             version = ModelVersion.objects.select_related("model").get(pk=job.version_id)
             loaded = model_cache.get(version_routing_info(version), model_name=version.model.name)
-            result = _chunk_score(job, chunk, loaded)
+            # The chunk's arrays are freed by reference counting; the cyclic collector, set off
+            # by their many allocations, only rescanned the worker's long-lived objects (the
+            # model, Django's) again and again: a third of a chunk's time.
+            gc.disable()
+            try:
+                result = _chunk_score(job, chunk, loaded)
+            finally:
+                gc.enable()
             storage = get_artifact_storage()
             _write(
                 storage,
@@ -951,7 +969,7 @@ def _merge(job: BatchJob, storage: Storage, what: str, file_format: str, target:
             for i in indexes:
                 with storage.open(_part_name(job, i, what), "rb") as handle:
                     table = pq.read_table(handle)
-                writer = writer or pq.ParquetWriter(path, table.schema)
+                writer = writer or pq.ParquetWriter(path, table.schema, **PARQUET_WRITE_OPTIONS)
                 writer.write_table(table)
             if writer is None:
                 raise BatchJobFailed("empty", "The input holds no rows.")
