@@ -133,7 +133,8 @@ def _start_workers(count: int, env: dict[str, str], log: Path) -> list[subproces
             subprocess.Popen(
                 command,
                 cwd=ROOT,
-                env={**os.environ, **env},
+                # JSON task lines: the phases' durations are read back from them.
+                env={**os.environ, **env, "LOG_LEVEL": "INFO", "LOG_FORMAT": "json"},
                 stdout=handle,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -159,6 +160,22 @@ def _stop(workers: list[subprocess.Popen]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
+
+
+def _task_seconds(logs: list[Path]) -> dict[str, float]:
+    """Seconds each kind of batch task ran, summed over the workers' JSON log lines."""
+    totals: dict[str, float] = {}
+    for path in logs:
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            task = str(record.get("task", ""))
+            if task.startswith("predictions.tasks.batch_") and "duration_ms" in record:
+                name = task.removeprefix("predictions.tasks.")
+                totals[name] = totals.get(name, 0.0) + record["duration_ms"] / 1000
+    return {name: round(seconds, 3) for name, seconds in sorted(totals.items())}
 
 
 def _job_seconds(model, path: Path, chunk_rows: int, env: dict[str, str]) -> dict:
@@ -234,6 +251,8 @@ def main() -> None:
                 figures = _job_seconds(model, path, args.chunk_rows, env)
             finally:
                 _stop(workers)
+            logs = [(workdir / f"worker{count}").with_suffix(f".{n}.log") for n in range(count)]
+            figures["task_seconds"] = _task_seconds(logs)
             figures["rows_per_s"] = args.rows / figures["seconds"]
             figures["vs_in_process"] = figures["rows_per_s"] / report["in_process"]["rows_per_s"]
             report["workers"][str(count)] = figures
@@ -255,6 +274,8 @@ def main() -> None:
             f"{count + ' worker process(es)':24}{figures['seconds']:>10.2f}"
             f"{figures['rows_per_s']:>14,.0f}{figures['vs_in_process']:>16.2f}"
         )
+    for count, figures in report["workers"].items():
+        print(f"  {count} worker(s), seconds per task kind: {figures['task_seconds']}")
     print(
         f"two workers / one: {report['two_vs_one']:.2f}x (targets: one >= 0.60 of in-process, "
         "two >= 1.6x one)"
