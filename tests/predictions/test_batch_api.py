@@ -176,3 +176,36 @@ def test_clients_read_jobs_but_only_permitted_staff_write_them(batcher, iris, cl
     assert client_api.post(URL, {"file": _parquet()}, format="multipart").status_code == 403
     assert client_api.post(f"{URL}/{job_id}/cancel").status_code == 403
     assert APIClient().get(URL).status_code == 401
+
+
+def test_admin_lists_jobs_with_a_progress_bar_and_cancels_through_the_service(
+    iris, client, django_capture_on_commit_callbacks
+):
+    from predictions import batch
+
+    staff = factories.staff_create(
+        "operator", extra_perms=["view_batchjob", "change_batchjob", "cancel_batchjob"]
+    )
+    client.force_login(staff)
+    running = batch.batch_job_create(model=iris, actor="tests", upload=_parquet(), enqueue=False)
+    batch.batch_job_start(job_id=running.pk)
+    batch.batch_chunk_run(job_id=running.pk, index=0)
+    batch.batch_job_finish(job_id=running.pk)
+    page = client.get("/admin/predictions/batchjob/")
+    assert page.status_code == 200
+    assert b'<progress value="150" max="150"' in page.content
+
+    queued = batch.batch_job_create(model=iris, actor="tests", upload=_parquet(), enqueue=False)
+    with django_capture_on_commit_callbacks(execute=False):
+        response = client.post(
+            "/admin/predictions/batchjob/",
+            {"action": "cancel_jobs", "_selected_action": [queued.pk, running.pk]},
+            follow=True,
+        )
+    assert response.status_code == 200
+    assert BatchJob.objects.get(pk=queued.pk).status == BatchStatus.CANCELLED
+    # The finished job is refused by the service and said so, not silently skipped.
+    assert b"already succeeded" in response.content
+    assert AuditEvent.objects.filter(verb="cancel", actor_name="operator").count() == 1
+    detail = client.get(f"/admin/predictions/batchjob/{running.pk}/change/")
+    assert detail.status_code == 200
