@@ -896,11 +896,15 @@ def batch_chunk_run(*, job_id: int, index: int) -> str:
                 _part_name(job, index, "output"),
                 _table_bytes(result.output, job.output_format),
             )
-            _write(
-                storage,
-                _part_name(job, index, "errors"),
-                _errors_bytes(result.errors, header=False),
-            )
+            # No errors, no part (one write and fsync less per chunk): the merge reads the
+            # errors parts of the chunks whose counted attempt had errors, so a part left by
+            # an earlier attempt is never read.
+            if result.errors:
+                _write(
+                    storage,
+                    _part_name(job, index, "errors"),
+                    _errors_bytes(result.errors, header=False),
+                )
     except OperationalError:
         raise
     except ModelVersion.DoesNotExist:
@@ -961,7 +965,11 @@ def _merge(job: BatchJob, storage: Storage, what: str, file_format: str, target:
     """Concatenates the chunks' parts, in row order, into one file at `target`."""
     import pyarrow.parquet as pq
 
-    indexes = range(job.chunks_total or 0)
+    indexes: Any = range(job.chunks_total or 0)
+    if what == "errors":
+        indexes = (
+            job.chunks.filter(rows_failed__gt=0).order_by("index").values_list("index", flat=True)
+        )
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "merged")
         if file_format == BatchFormat.PARQUET:
