@@ -877,6 +877,7 @@ def batch_chunk_run(*, job_id: int, index: int) -> str:
         chunk.save(update_fields=["status", "attempts"])
         job.heartbeat_at = timezone.now()
         job.save(update_fields=["heartbeat_at"])
+    _waiting_jobs_stamp()
     started = time.perf_counter()
     try:
         with job_heartbeat(job):
@@ -919,6 +920,19 @@ def batch_chunk_run(*, job_id: int, index: int) -> str:
         _fail(job_id, problem="chunk_error", message=f"Chunk {index}: {type(exc).__name__}: {exc}")
         return "failed"
     return _chunk_done(job_id, index, result.rows_failed, time.perf_counter() - started)
+
+
+def _waiting_jobs_stamp() -> None:
+    """Stamps the heartbeat of every running job with chunks still queued.
+
+    Their chunks wait behind the work of a live worker (this one), so they are not stalled;
+    without this a job queued behind a long one would be reaped as `worker_lost` before its
+    first chunk ran. A job whose only unfinished chunks were taken by a dead worker has none
+    pending, so it is not stamped and the reaper finds it."""
+    pending = BatchChunk.objects.filter(status=BatchChunk.Status.PENDING).values("job_id")
+    BatchJob.objects.filter(status=BatchStatus.RUNNING, pk__in=pending).update(
+        heartbeat_at=timezone.now()
+    )
 
 
 def _chunk_done(job_id: int, index: int, rows_failed: int, seconds: float) -> str:

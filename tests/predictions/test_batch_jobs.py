@@ -504,3 +504,28 @@ def test_a_queued_job_can_be_resumed_and_a_finished_one_is_left_alone(iris_prod)
     assert batch.batch_job_start(job_id=job.pk) == []
     assert batch.batch_chunk_run(job_id=job.pk, index=0) == "skipped"
     assert batch._fail(job.pk, problem="x", message="y").status == BatchStatus.SUCCEEDED
+
+
+def test_a_job_queued_behind_another_is_kept_alive_but_a_dead_chunk_s_job_is_not(
+    iris_prod, settings
+):
+    from backups.services import stalled_jobs_reap
+
+    long_ago = timezone.now() - timedelta(seconds=settings.JOB_STALLED_AFTER_SECONDS + 5)
+    first = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(100)), chunk_rows=50, enqueue=False
+    )
+    waiting = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(60)), chunk_rows=50, enqueue=False
+    )
+    dead = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(50)), chunk_rows=50, enqueue=False
+    )
+    for job in (first, waiting, dead):
+        batch.batch_job_start(job_id=job.pk)
+    # `dead`'s only chunk was taken by a worker that died; `waiting`'s chunks are queued.
+    BatchChunk.objects.filter(job=dead).update(status="running", attempts=1)
+    BatchJob.objects.filter(pk__in=[waiting.pk, dead.pk]).update(heartbeat_at=long_ago)
+    batch.batch_chunk_run(job_id=first.pk, index=0)  # a live worker's chunk
+    assert stalled_jobs_reap(actor="tests")["batch"] == [dead.pk]
+    assert BatchJob.objects.get(pk=waiting.pk).status == BatchStatus.RUNNING
