@@ -46,6 +46,7 @@ format: install-dev
 bench: install-dev
 	$(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/storage_load.py
+	$(PY) bench/batch.py $(BATCH_BENCH_ARGS)
 
 migrate: install
 	$(PY) manage.py migrate

@@ -430,6 +430,28 @@ SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
     }
 )
 # --- end model-quality loop ----------------------------------------------------------------
+# --- Batch scoring jobs (predictions.batch) ---
+# Rows per chunk task when a request names none, and the most one may ask for: a chunk's
+# frame, matrix and outputs are held in one worker's memory at once (~200 B a row a feature).
+BATCH_CHUNK_ROWS = env_int("BATCH_CHUNK_ROWS", 50_000, minimum=1)
+BATCH_CHUNK_ROWS_MAX = env_int("BATCH_CHUNK_ROWS_MAX", 500_000, minimum=1)
+# Share of invalid input rows (0..1) past which a job fails instead of reporting them.
+BATCH_MAX_ERROR_SHARE = env_float("BATCH_MAX_ERROR_SHARE", 0.1)
+BATCH_MAX_INPUT_SIZE = env_int("BATCH_MAX_INPUT_SIZE", 2 * 1024 * 1024 * 1024, minimum=1024)
+BATCH_MAX_ROWS = env_int("BATCH_MAX_ROWS", 100_000_000, minimum=1)
+# Finished jobs (and their files) are deleted this long after they finished.
+BATCH_JOB_RETENTION_DAYS = env_int("BATCH_JOB_RETENTION_DAYS", 14, minimum=1)
+# The Celery queue of batch tasks ("" = the default queue): workers started with `-Q` on it
+# alone keep long scoring runs away from the scheduled jobs.
+BATCH_QUEUE = env_str("BATCH_QUEUE", "")
+BATCH_CHUNK_TIME_LIMIT_SECONDS = env_int("BATCH_CHUNK_TIME_LIMIT_SECONDS", 1800, minimum=1)
+SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"].update(
+    {
+        "BatchStatusEnum": "predictions.models.BatchStatus",
+        # The same csv | parquet choice as datasets' file_format: one enum in the schema.
+        "FileFormatEnum": "predictions.models.BatchFormat",
+    }
+)
 # === Operations and security =================================================================
 # README "Configuration" lists every variable.
 INSTALLED_APPS += ["drf_spectacular_sidecar"]

@@ -12,7 +12,11 @@ from django.http import HttpRequest
 
 from config.errors import DomainError
 from mlregistry.models import ModelVersion, RegisteredModel, Stage
-from predictions import selectors, services
+from predictions import (
+    batch_admin,  # noqa: F401  (registers BatchJob)
+    selectors,
+    services,
+)
 from predictions.models import ModelTraffic, PredictionLog, VersionQuality
 
 # ASCII digits only (str.isdigit also takes '²', which int() refuses), and no more than the

@@ -17,6 +17,16 @@ class PredictionsConfig(AppConfig):
 
         health.register(READINESS_CHECKS, DEEP_CHECKS)
         top_level_routes_register([*predict_routes("api/v1/"), *v2_routes()])
+        from config.job_heartbeats import StalledJobKind, stalled_job_kind_register
+
+        # A batch job none of whose chunk workers is alive would otherwise run for ever.
+        stalled_job_kind_register(
+            StalledJobKind(
+                name="batch",
+                model="predictions.BatchJob",
+                extra={"error_type": "worker_lost"},
+            )
+        )
         # Rows are checked against the schema by name, then passed as a float array (much
         # cheaper than a DataFrame); scikit-learn would warn on every call that the array has
         # no column names.

@@ -101,3 +101,103 @@ class VersionQuality(ModelVersion):
         proxy = True
         verbose_name = "online accuracy"
         verbose_name_plural = "online accuracy"
+
+
+# --- Batch scoring jobs (predictions.batch) -----------------------------------------
+
+
+class BatchStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+BATCH_FINISHED = (BatchStatus.SUCCEEDED, BatchStatus.FAILED, BatchStatus.CANCELLED)
+
+
+class BatchFormat(models.TextChoices):
+    CSV = "csv", "CSV"
+    PARQUET = "parquet", "Parquet"
+
+
+class BatchJob(models.Model):
+    """One file scored by a version, chunk by chunk across workers (predictions.batch)."""
+
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="batch_jobs")
+    # Kept when the version is deleted: the job's outputs still say which version answered.
+    version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="batch_jobs"
+    )
+    version_number = models.PositiveIntegerField()
+    alias = models.CharField(max_length=100, blank=True)
+    # The input: a file in the artifact storage (an upload, or a dataset's file, by id: the
+    # dataset may be deleted later, the job keeps the name and digest of what it read).
+    input_name = models.CharField(max_length=500)
+    input_format = models.CharField(max_length=10, choices=BatchFormat.choices)
+    input_sha256 = models.CharField(max_length=64)
+    input_label = models.CharField(max_length=300, blank=True)
+    dataset_id = models.PositiveIntegerField(null=True, blank=True)
+    output_format = models.CharField(
+        max_length=10, choices=BatchFormat.choices, default=BatchFormat.PARQUET
+    )
+    chunk_rows = models.PositiveIntegerField()
+    max_error_share = models.FloatField()
+    status = models.CharField(
+        max_length=20, choices=BatchStatus.choices, default=BatchStatus.QUEUED, db_index=True
+    )
+    error_type = models.CharField(max_length=50, blank=True)
+    error = models.TextField(blank=True)
+    rows_total = models.PositiveBigIntegerField(null=True, blank=True)
+    rows_done = models.PositiveBigIntegerField(default=0)
+    rows_failed = models.PositiveBigIntegerField(default=0)
+    chunks_total = models.PositiveIntegerField(null=True, blank=True)
+    chunks_done = models.PositiveIntegerField(default=0)
+    output_name = models.CharField(max_length=500, blank=True)
+    errors_name = models.CharField(max_length=500, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # Stamped by every chunk task while it runs (config.job_heartbeats): the reaper fails a
+    # running job none of whose workers is alive.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        permissions = [("cancel_batchjob", "Can cancel or resume batch jobs")]
+
+    def __str__(self) -> str:
+        return f"batch job {self.pk} ({self.model_id} v{self.version_number}): {self.status}"
+
+
+class BatchChunk(models.Model):
+    """Rows [row_start, row_start + row_count) of a batch job's input: one task's share."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+
+    job = models.ForeignKey(BatchJob, on_delete=models.CASCADE, related_name="chunks")
+    index = models.PositiveIntegerField()
+    row_start = models.PositiveBigIntegerField()
+    row_count = models.PositiveIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    rows_failed = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0)
+    seconds = models.FloatField(default=0)
+
+    class Meta:
+        ordering = ["job", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "index"], name="unique_batch_chunk_index")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id}[{self.index}] {self.status}"

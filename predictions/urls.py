@@ -1,7 +1,7 @@
 from django.urls import path
 
 from config import health
-from predictions import views
+from predictions import batch_views, views
 from predictions.protocols import mlflow, v2
 
 
@@ -59,5 +59,39 @@ urlpatterns = [
         "predictions/<str:request_id>/feedback",
         views.FeedbackView.as_view(),
         name="prediction-feedback",
+    ),
+]
+
+# --- Batch scoring jobs ---
+urlpatterns += [
+    path(
+        "models/<slug:name>/batch-jobs",
+        batch_views.BatchJobListView.as_view(),
+        name="batch-jobs",
+    ),
+    path(
+        "models/<slug:name>/batch-jobs/<int:job_id>",
+        batch_views.BatchJobDetailView.as_view(),
+        name="batch-job",
+    ),
+    path(
+        "models/<slug:name>/batch-jobs/<int:job_id>/cancel",
+        batch_views.BatchJobCancelView.as_view(),
+        name="batch-job-cancel",
+    ),
+    path(
+        "models/<slug:name>/batch-jobs/<int:job_id>/resume",
+        batch_views.BatchJobResumeView.as_view(),
+        name="batch-job-resume",
+    ),
+    path(
+        "models/<slug:name>/batch-jobs/<int:job_id>/output",
+        batch_views.BatchJobOutputFileView.as_view(),
+        name="batch-job-output",
+    ),
+    path(
+        "models/<slug:name>/batch-jobs/<int:job_id>/errors",
+        batch_views.BatchJobErrorsFileView.as_view(),
+        name="batch-job-errors",
     ),
 ]

@@ -34,7 +34,9 @@ Adding a target (for example an alias: POST /models/{name}/aliases/{alias}/predi
 
 Public surface (nothing outside this package imports its other names)
 ---------------------------------------------------------------------
-Serving: `serve`, `Served`, `ModelOutputInvalid`, `non_finite_rows`, `ServingView`.
+Serving: `serve`, `Served`, `ModelOutputInvalid`, `non_finite_rows`, `ServingView`; for
+other ways of scoring on the same loaded models (batch jobs): `predict_arrays`,
+`rows_without_answer`.
 Targets: `Target`, `ProductionTarget`, `VersionTarget`.
 Routing: `RoutingEntry`, `VersionInfo`, `version_info`, `routing_entry_get`,
 `routing_entry_from_db`, `routing_fallback_clear`, `result_cache_key`.
@@ -46,7 +48,9 @@ from predictions.serving.core import (
     ModelOutputInvalid,
     Served,
     non_finite_rows,
+    predict_arrays,
     result_cache_key,
+    rows_without_answer,
     serve,
 )
 from predictions.serving.pipeline import CommandBatch, RedisPipeline
@@ -85,10 +89,12 @@ __all__ = [
     "cache_writes_flush",
     "non_finite_rows",
     "pinned_connection",
+    "predict_arrays",
     "result_cache_key",
     "routing_entry_from_db",
     "routing_entry_get",
     "routing_fallback_clear",
+    "rows_without_answer",
     "serve",
     "version_info",
     "write_behind_use",

@@ -239,7 +239,7 @@ def _refuse_non_finite(
     raise ModelOutputInvalid(message, rows=rows, fields=fields)
 
 
-def _predict_arrays(loaded: LoadedModel, x: Any) -> tuple[Any, Any]:
+def predict_arrays(loaded: LoadedModel, x: Any) -> tuple[Any, Any]:
     """(predictions, probabilities or None) as the estimator returns them."""
     if loaded.fast_predict is not None:
         return loaded.fast_predict(x)
@@ -257,12 +257,12 @@ def _predict_arrays(loaded: LoadedModel, x: Any) -> tuple[Any, Any]:
 _NON_FINITE_INSIDE = re.compile(r"contains (NaN|infinity)|too large for dtype", re.IGNORECASE)
 
 
-def _rows_without_answer(loaded: LoadedModel, x: Any, offset: int = 0) -> list[int]:
+def rows_without_answer(loaded: LoadedModel, x: Any, offset: int = 0) -> list[int]:
     """The rows of `x` the model answers NaN or infinity for, or refuses inside a pipeline
     because a step overflowed: halves the rows until each refusal is one row, so a batch
     with a few such rows costs a few calls per row, not one per row."""
     try:
-        predictions, probabilities = _predict_arrays(loaded, x)
+        predictions, probabilities = predict_arrays(loaded, x)
     except ValueError as exc:
         if not _NON_FINITE_INSIDE.search(str(exc)):
             raise
@@ -270,7 +270,7 @@ def _rows_without_answer(loaded: LoadedModel, x: Any, offset: int = 0) -> list[i
             return [offset]
         half = len(x) // 2
         head, tail = (x.iloc[:half], x.iloc[half:]) if hasattr(x, "iloc") else (x[:half], x[half:])
-        return _rows_without_answer(loaded, head, offset) + _rows_without_answer(
+        return rows_without_answer(loaded, head, offset) + rows_without_answer(
             loaded, tail, offset + half
         )
     return [offset + i for i in non_finite_rows(predictions, probabilities)]
@@ -283,12 +283,12 @@ def _predict(loaded: LoadedModel, rows: Any, *, batch: bool) -> tuple[Any, Any]:
     # No np.errstate around this: it costs more than the check below on every request, and
     # numpy's overflow warning is shown once per place anyway.
     try:
-        predictions, probabilities = _predict_arrays(loaded, x)
+        predictions, probabilities = predict_arrays(loaded, x)
     except ValueError as exc:
         if not _NON_FINITE_INSIDE.search(str(exc)):
             raise
         _refuse_non_finite(
-            _rows_without_answer(loaded, x), probabilities=None, batch=batch, refused_inside=True
+            rows_without_answer(loaded, x), probabilities=None, batch=batch, refused_inside=True
         )
         raise  # every row answered when retried alone: the estimator's own fault
     _refuse_non_finite(

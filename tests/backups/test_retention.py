@@ -206,6 +206,7 @@ EXPECTED_COUNTS = {
     "job_runs_pruned": 1,
     "drift_reports_pruned": 1,
     "expired_tokens_deleted": 1,
+    "batch_jobs_pruned": 0,
 }
 
 

@@ -54,7 +54,9 @@ def _broken_model():
 def test_every_operation_answers_as_documented(live_world, settings):
     staff_user = live_world.staff_user
     staff_user.user_permissions.add(
-        *Permission.objects.filter(codename__in=["add_dataset", "add_trainingjob"])
+        *Permission.objects.filter(
+            codename__in=["add_dataset", "add_trainingjob", "add_batchjob", "cancel_batchjob"]
+        )
     )
     recorder = Recorder()
     url = live_world.url
@@ -203,6 +205,33 @@ def test_every_operation_answers_as_documented(live_world, settings):
     assert staff.get(f"{jobs}/999999").status_code == 404
     assert staff.get("/api/v1/models/iris/drift").status_code == 200
     assert staff.get("/api/v1/models/iris/drift", params={"version": "x"}).status_code == 400
+
+    # Batch jobs: one run to the end here (the tasks called in this process), one cancelled.
+    from predictions import batch
+
+    batches = "/api/v1/models/iris/batch-jobs"
+    rows = {"file": ("rows.csv", x.to_csv(index=False).encode(), "text/csv")}
+    done = staff.post(batches, files=rows, data={"chunk_rows": "50"})
+    assert done.status_code == 202
+    done_id = done.json()["id"]
+    for index in batch.batch_job_start(job_id=done_id):
+        batch.batch_chunk_run(job_id=done_id, index=index)
+    batch.batch_job_finish(job_id=done_id)
+    assert staff.get(f"{batches}/{done_id}").json()["status"] == "succeeded"
+    assert staff.get(f"{batches}/{done_id}/output").status_code == 200
+    assert staff.get(f"{batches}/{done_id}/errors").status_code == 200
+    assert staff.post(f"{batches}/{done_id}/resume").status_code == 409
+    assert staff.post(batches, files=rows, data={"chunk_rows": "0"}).status_code == 400
+    assert staff.post(batches, files=rows, data={"version": "99"}).status_code == 400
+    assert client.post(batches, files=rows).status_code == 403
+    assert staff.get(batches).status_code == 200
+    assert staff.get(f"{batches}/999999").status_code == 404
+    queued = staff.post(batches, files=rows).json()["id"]
+    assert staff.get(f"{batches}/{queued}/output").status_code == 404
+    assert staff.get(f"{batches}/{queued}/errors").status_code == 404
+    assert staff.post(f"{batches}/{queued}/cancel").status_code == 200
+    assert staff.post(f"{batches}/{queued}/cancel").status_code == 409
+    assert staff.post(f"{batches}/999999/resume").status_code == 404
 
     # Rate limits last: a 429 with Retry-After.
     settings.REST_FRAMEWORK = {

@@ -75,7 +75,7 @@ def test_json_operations_accept_only_json_and_uploads_only_multipart(schema):
         if "requestBody" not in operation:
             continue
         media = set(operation["requestBody"]["content"])
-        if operation["operationId"] in {"create_version", "create_dataset"}:
+        if operation["operationId"] in {"create_version", "create_dataset", "create_batch_job"}:
             assert media == {"multipart/form-data"}
         elif operation["operationId"] in {"invoke", "invoke_version"}:
             # MLflow's scoring protocol takes CSV as well as JSON.

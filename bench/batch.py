@@ -1,0 +1,286 @@
+"""`make bench`, batch scoring: a Parquet file of 2,000,000 rows and 20 features scored by the
+logistic-regression pipeline as a batch job, by one and by two Celery worker processes, next
+to in-process scikit-learn on the same data read from the same file.
+
+A figure, not a test. Needs a Redis broker: CELERY_BROKER_URL, else CELERY_TEST_BROKER_URL,
+else REDIS_URL. Uses DATABASE_URL (Postgres when set, else a SQLite file in a temporary
+folder; SQLite serialises the workers' writes). Each worker is its own `celery worker`
+process (prefork, concurrency 1) on a queue of its own (BATCH_QUEUE). Times are wall clock from
+sending the job to its "succeeded": planning (the input's SHA-256, reading the Parquet
+footer), the chunks, and merging the parts into one output file. The in-process yardstick
+reads the same file with pyarrow and computes the same outputs (predict and predict_proba)
+with the same estimator, writing nothing.
+
+    .venv/bin/python bench/batch.py [--rows 2000000] [--chunk-rows 50000] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+FEATURES = [f"f{i}" for i in range(20)]
+
+
+def _environment(workdir: Path) -> dict[str, str]:
+    broker = (
+        os.environ.get("CELERY_BROKER_URL")
+        or os.environ.get("CELERY_TEST_BROKER_URL")
+        or os.environ.get("REDIS_URL")
+    )
+    if not broker or not broker.startswith("redis"):
+        sys.exit("bench/batch.py needs a Redis broker: set CELERY_BROKER_URL or REDIS_URL.")
+    env = {
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "VAR_DIR": str(workdir / "var"),
+        "MODEL_STORE_DIR": str(workdir / "store"),
+        "CELERY_BROKER_URL": broker,
+        "BATCH_QUEUE": f"bench-batch-{uuid.uuid4().hex[:8]}",
+        "DJANGO_DEBUG": "false",
+        "LOG_LEVEL": "WARNING",
+        "LOG_FORMAT": "text",
+        "PYTHONPATH": str(ROOT),
+    }
+    if not os.environ.get("DATABASE_URL"):
+        env["DATABASE_URL"] = f"sqlite:///{workdir / 'bench.sqlite3'}"
+    return env
+
+
+def _input(path: Path, rows: int, chunk_rows: int) -> None:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    with pq.ParquetWriter(path, pa.schema([(n, pa.float64()) for n in FEATURES])) as writer:
+        for start in range(0, rows, chunk_rows):
+            count = min(chunk_rows, rows - start)
+            block = rng.normal(size=(count, len(FEATURES)))
+            writer.write_table(pa.table({n: block[:, i] for i, n in enumerate(FEATURES)}))
+
+
+def _model():
+    """The logistic-regression pipeline of bench/prepare.py, registered in production."""
+    import pandas as pd
+    import skops.io as sio
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from mlregistry import services
+    from mlregistry.models import Stage
+
+    x, y = make_classification(
+        n_samples=4000, n_features=20, n_informative=10, n_classes=3, random_state=0
+    )
+    frame = pd.DataFrame(x, columns=FEATURES)
+    lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(frame, y)
+    model = services.registered_model_create(
+        name=f"bench-batch-{uuid.uuid4().hex[:8]}", actor="bench"
+    )
+    version = services.model_version_create(
+        model=model, artifact=io.BytesIO(sio.dumps(lr)), actor="bench"
+    )
+    services.model_version_transition(version=version, stage=Stage.PRODUCTION, actor="bench")
+    return model, version
+
+
+def _in_process(path: Path, version) -> float:
+    """Seconds for pyarrow to read the file and scikit-learn to predict and predict_proba it
+    (the estimator loaded and verified as a worker loads it; best of three)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from predictions.loader import ModelCache
+    from predictions.serving import version_info
+
+    estimator = (
+        ModelCache().get(version_info(version), model_name=version.model.name).estimator
+    )
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        table = pq.read_table(path, columns=FEATURES)
+        x = np.column_stack([table.column(n).to_numpy() for n in FEATURES])
+        estimator.predict(x)
+        estimator.predict_proba(x)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def _start_workers(count: int, env: dict[str, str], log: Path) -> list[subprocess.Popen]:
+    workers = []
+    for n in range(count):
+        command = [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO"]
+        command += ["--concurrency", "1", "--pool", "prefork", "-Q", env["BATCH_QUEUE"]]
+        command += ["--without-heartbeat", "--without-mingle", "--without-gossip"]
+        command += ["-n", f"bench-{n}-{uuid.uuid4().hex[:6]}@%h"]
+        handle = open(log.with_suffix(f".{n}.log"), "wb")  # noqa: SIM115 - lives with the process
+        workers.append(
+            subprocess.Popen(
+                command,
+                cwd=ROOT,
+                # JSON task lines: the phases' durations are read back from them.
+                env={**os.environ, **env, "LOG_LEVEL": "INFO", "LOG_FORMAT": "json"},
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
+    deadline = time.monotonic() + 120
+    for n in range(count):
+        path = log.with_suffix(f".{n}.log")
+        while b"ready." not in path.read_bytes():
+            if time.monotonic() > deadline or workers[n].poll() is not None:
+                sys.exit(f"worker {n} did not start:\n{path.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.2)
+    return workers
+
+
+def _stop(workers: list[subprocess.Popen]) -> None:
+    for worker in workers:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+    for worker in workers:
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+
+
+def _task_seconds(logs: list[Path]) -> dict[str, float]:
+    """Seconds each kind of batch task ran, summed over the workers' JSON log lines."""
+    totals: dict[str, float] = {}
+    for path in logs:
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            task = str(record.get("task", ""))
+            if task.startswith("predictions.tasks.batch_") and "duration_ms" in record:
+                name = task.removeprefix("predictions.tasks.")
+                totals[name] = totals.get(name, 0.0) + record["duration_ms"] / 1000
+    return {name: round(seconds, 3) for name, seconds in sorted(totals.items())}
+
+
+def _job_seconds(model, path: Path, chunk_rows: int, env: dict[str, str]) -> dict:
+    from celery import Celery
+
+    from predictions import batch
+    from predictions.models import BatchChunk, BatchJob, BatchStatus
+
+    with open(path, "rb") as upload:
+        job = batch.batch_job_create(
+            model=model, actor="bench", upload=upload, chunk_rows=chunk_rows, enqueue=False
+        )
+    sender = Celery("bench", broker=env["CELERY_BROKER_URL"])
+    started = time.perf_counter()
+    sender.send_task(
+        "predictions.tasks.batch_job_start_task", args=[job.pk], queue=env["BATCH_QUEUE"]
+    )
+    while True:
+        job = BatchJob.objects.get(pk=job.pk)
+        if job.status not in (BatchStatus.QUEUED, BatchStatus.RUNNING):
+            break
+        time.sleep(0.05)
+    seconds = time.perf_counter() - started
+    sender.close()
+    if job.status != BatchStatus.SUCCEEDED:
+        sys.exit(f"batch job {job.pk} {job.status}: {job.error}")
+    chunks = list(BatchChunk.objects.filter(job=job).values_list("seconds", flat=True))
+    return {
+        "job": job.pk,
+        "rows": job.rows_done,
+        "chunks": len(chunks),
+        "seconds": seconds,
+        "chunk_seconds_sum": sum(chunks),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--chunk-rows", type=int, default=50_000)
+    parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "batch.json"))
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="mlr-bench-batch-"))
+    env = _environment(workdir)
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    path = workdir / "input.parquet"
+    _input(path, args.rows, args.chunk_rows)
+    model, version = _model()
+    in_process = _in_process(path, version)
+    report = {
+        "rows": args.rows,
+        "features": len(FEATURES),
+        "chunk_rows": args.chunk_rows,
+        "input_bytes": path.stat().st_size,
+        "cpus": os.cpu_count(),
+        "database": "postgres"
+        if env.get("DATABASE_URL", os.environ.get("DATABASE_URL", "")).startswith("postgres")
+        else "sqlite",
+        "in_process": {"seconds": in_process, "rows_per_s": args.rows / in_process},
+        "workers": {},
+    }
+    try:
+        for count in (1, 2):
+            workers = _start_workers(count, env, workdir / f"worker{count}")
+            try:
+                figures = _job_seconds(model, path, args.chunk_rows, env)
+            finally:
+                _stop(workers)
+            logs = [(workdir / f"worker{count}").with_suffix(f".{n}.log") for n in range(count)]
+            figures["task_seconds"] = _task_seconds(logs)
+            figures["rows_per_s"] = args.rows / figures["seconds"]
+            figures["vs_in_process"] = figures["rows_per_s"] / report["in_process"]["rows_per_s"]
+            report["workers"][str(count)] = figures
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    one, two = report["workers"]["1"], report["workers"]["2"]
+    report["two_vs_one"] = two["rows_per_s"] / one["rows_per_s"]
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    print(
+        f"\nbatch scoring: {args.rows:,} rows x {len(FEATURES)} features, Parquet "
+        f"({report['input_bytes'] / 1e6:.0f} MB), chunks of {args.chunk_rows:,}, "
+        f"{report['database']}, {report['cpus']} CPUs"
+    )
+    print(f"{'':24}{'seconds':>10}{'rows/s':>14}{'vs in-process':>16}")
+    print(f"{'in-process sklearn':24}{in_process:>10.2f}{args.rows / in_process:>14,.0f}{1:>16.2f}")
+    for count, figures in report["workers"].items():
+        print(
+            f"{count + ' worker process(es)':24}{figures['seconds']:>10.2f}"
+            f"{figures['rows_per_s']:>14,.0f}{figures['vs_in_process']:>16.2f}"
+        )
+    for count, figures in report["workers"].items():
+        print(f"  {count} worker(s), seconds per task kind: {figures['task_seconds']}")
+    print(
+        f"two workers / one: {report['two_vs_one']:.2f}x (targets: one >= 0.60 of in-process, "
+        "two >= 1.6x one)"
+    )
+
+
+if __name__ == "__main__":
+    main()

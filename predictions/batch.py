@@ -1,0 +1,1132 @@
+"""Batch scoring jobs: a CSV or Parquet file scored by one version, chunk by chunk, by workers.
+
+A job is created (`batch_job_create`, 202 from the API) over a file in the artifact storage (an
+upload or a dataset's file). A worker plans it (`batch_job_start`): it verifies the input's
+SHA-256 once, stages a CSV as Parquet (row groups of `chunk_rows`, read with pyarrow), and
+records one BatchChunk per slice of rows. Each chunk is a task of its own (`batch_chunk_run`)
+that any worker may take: it validates its rows against the version's schema column by column,
+scores the valid ones with the serving path's loader (the verified SHA-256 and the same
+predict arithmetic), and writes its own part files. The chord's join is the job row: the chunk
+that completes the count enqueues `batch_job_finish`, which merges the parts into one output
+file and one errors file. The join lives in the database, not in a Celery result backend, so
+it survives a redelivered chunk (counted once, under the job's row lock) and a resumed job.
+
+Every task is idempotent: a done chunk is skipped, a retried one rewrites only its own parts,
+a finished job is left alone. Chunk tasks stamp the job's heartbeat; the stalled-job reaper
+fails a job whose workers all stopped (`worker_lost`), and `batch_job_resume` runs its
+remaining chunks again.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import io
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from pathlib import PurePath
+from typing import IO, Any
+
+import numpy as np
+from django.apps import apps
+from django.conf import settings
+from django.core.files import File
+from django.core.files.base import ContentFile
+from django.core.files.storage import Storage
+from django.db import OperationalError, transaction
+from django.utils import timezone
+
+from config.errors import ConflictError, DomainError, PayloadTooLarge, ValidationFailed
+from config.job_heartbeats import job_heartbeat
+from mlregistry.audit import Actor, audit_record, created_changes, deleted_changes
+from mlregistry.models import ModelVersion, RegisteredModel, Stage
+from mlregistry.storage import get_artifact_storage, presigned_url
+from predictions.loader import LoadedModel, model_cache
+from predictions.models import (
+    BATCH_FINISHED,
+    BatchChunk,
+    BatchFormat,
+    BatchJob,
+    BatchStatus,
+)
+
+# The predict arithmetic of the serving path: one import to follow if it moves.
+from predictions.serving import non_finite_rows, predict_arrays, rows_without_answer, version_info
+from predictions.validation import _row_errors
+
+logger = logging.getLogger(__name__)
+
+JOB_ACTOR = "job:batch"
+PREFIX = "batch-jobs"
+PARQUET_MAGIC = b"PAR1"
+# Dictionary-encoding only the columns that repeat: pyarrow tries it on every column by
+# default, and on probabilities (all distinct) that attempt was ~90% of a part's write time.
+PARQUET_WRITE_OPTIONS = {"use_dictionary": ["prediction", "version"]}
+_HASH_BLOCK = 4 * 1024 * 1024
+
+
+class BatchJobFailed(DomainError):
+    """The job cannot go on: `problem` names why (kept as the job's error_type)."""
+
+    def __init__(self, problem: str, message: str):
+        super().__init__(message)
+        self.problem = problem
+
+
+# --- Datasets: the one place this module reads them from ---------------------------------------
+
+
+def _dataset_input(dataset_id: int) -> tuple[str, str, str, str]:
+    """(storage name, format, sha256, label) of a file dataset; ValidationFailed naming
+    `input.dataset` when there is no such dataset or it is not a file."""
+    dataset_model = apps.get_model("quality", "Dataset")
+    dataset = dataset_model.objects.filter(pk=dataset_id).first()
+    if dataset is None:
+        raise ValidationFailed(
+            f"There is no dataset {dataset_id}.",
+            fields={"dataset": [f"no dataset with id {dataset_id}"]},
+        )
+    if not dataset.file:
+        raise ValidationFailed(
+            f"Dataset {dataset.name!r} is an SQL query; batch jobs read files (CSV or Parquet).",
+            fields={"dataset": ["must be a file dataset (CSV or Parquet)"]},
+        )
+    return dataset.file.name, dataset.file_format, dataset.file_sha256, dataset.name
+
+
+# --- Versions and aliases -------------------------------------------------------------------
+
+
+def batch_alias_resolve(*, model: RegisteredModel, alias: str) -> ModelVersion:
+    """The version `alias` names on `model`: `latest` is the highest non-archived version;
+    other names are looked up in the registry's aliases (ModelAlias: model, name, version).
+    ValidationFailed naming `alias` when it names none."""
+    if alias == "latest":
+        found = (
+            ModelVersion.objects.filter(model=model)
+            .exclude(stage=Stage.ARCHIVED)
+            .order_by("-version")
+            .first()
+        )
+    else:
+        try:
+            alias_model = apps.get_model("mlregistry", "ModelAlias")
+        except LookupError:
+            alias_model = None
+        found = None
+        if alias_model is not None:
+            row = alias_model.objects.filter(model=model, name=alias).select_related("version")
+            found = getattr(row.first(), "version", None)
+    if found is None:
+        raise ValidationFailed(
+            f"Model {model.name!r} has no alias {alias!r}.",
+            fields={"alias": [f"no alias {alias!r} on this model"]},
+        )
+    return found
+
+
+def batch_version_resolve(
+    *, model: RegisteredModel, version: int | None, alias: str = ""
+) -> ModelVersion:
+    """The version a job scores with: `version` (a number), else `alias`, else the production
+    version. ValidationFailed (400) naming `version` or `alias` when it does not exist."""
+    if version is not None and alias:
+        raise ValidationFailed(
+            "Give a version or an alias, not both.",
+            fields={"alias": ["give either version or alias"]},
+        )
+    if alias:
+        return batch_alias_resolve(model=model, alias=alias)
+    if version is not None:
+        found = ModelVersion.objects.filter(model=model, version=version).first()
+        if found is None:
+            raise ValidationFailed(
+                f"Model {model.name!r} has no version {version}.",
+                fields={"version": [f"no version {version} of this model"]},
+            )
+        return found
+    found = ModelVersion.objects.filter(model=model, stage=Stage.PRODUCTION).first()
+    if found is None:
+        raise ValidationFailed(
+            f"Model {model.name!r} has no production version: name a version or an alias.",
+            fields={"version": ["no production version; give a version or an alias"]},
+        )
+    return found
+
+
+# --- Reading inputs -------------------------------------------------------------------------
+
+
+def _open_arrow(storage: Storage, name: str) -> Any:
+    """A path pyarrow reads natively when the storage is a local folder, else a file object."""
+    try:
+        return storage.path(name)
+    except NotImplementedError:
+        return storage.open(name, "rb")
+
+
+def _format_of(upload: Any, name: str) -> str:
+    upload.seek(0)
+    head = upload.read(4)
+    upload.seek(0)
+    if head == PARQUET_MAGIC:
+        return BatchFormat.PARQUET
+    if PurePath(name).suffix.lower() in (".parquet", ".pq"):
+        raise ValidationFailed(
+            "The file is named as Parquet but is not a Parquet file.",
+            fields={"file": ["not a Parquet file"]},
+        )
+    return BatchFormat.CSV
+
+
+def _input_columns(source: Any, file_format: str) -> tuple[list[str], int | None]:
+    """(column names, rows or None when unknown without a full read); ValidationFailed naming
+    `input.file` when pyarrow cannot read it."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    try:
+        if file_format == BatchFormat.PARQUET:
+            meta = pq.ParquetFile(source).metadata
+            return list(meta.schema.to_arrow_schema().names), meta.num_rows
+        reader = pacsv.open_csv(source, read_options=pacsv.ReadOptions(block_size=1 << 20))
+        return list(reader.schema.names), None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise ValidationFailed(
+            f"The file is not readable as {file_format}: {detail}",
+            fields={"file": [f"not a readable {file_format} file"]},
+        ) from None
+
+
+def _columns_check(columns: list[str], version: ModelVersion, *, field: str) -> None:
+    missing = [
+        f["name"]
+        for f in version.input_schema
+        if f.get("required", True) and f["name"] not in columns
+    ]
+    if missing:
+        raise ValidationFailed(
+            f"The input lacks the required feature column(s) {', '.join(map(repr, missing))} "
+            f"of v{version.version}'s schema.",
+            fields={field: [f"missing columns: {', '.join(missing)}"]},
+        )
+
+
+def _upload_store(upload: Any) -> tuple[str, str, str]:
+    """Saves an uploaded file content-addressed; (storage name, format, sha256)."""
+    size = getattr(upload, "size", None)
+    if size is not None and size > settings.BATCH_MAX_INPUT_SIZE:
+        raise PayloadTooLarge(
+            f"The file is {size} bytes; batch inputs may be {settings.BATCH_MAX_INPUT_SIZE} "
+            "(BATCH_MAX_INPUT_SIZE).",
+            fields={"file": ["too large"]},
+        )
+    file_format = _format_of(upload, getattr(upload, "name", "") or "")
+    digest = hashlib.sha256()
+    upload.seek(0)
+    for block in iter(partial(upload.read, _HASH_BLOCK), b""):
+        digest.update(block)
+    upload.seek(0)
+    sha256 = digest.hexdigest()
+    name = f"{PREFIX}/inputs/{sha256}.{file_format}"
+    get_artifact_storage().save(name, File(upload))
+    return name, file_format, sha256
+
+
+# --- Creating, cancelling, resuming ---------------------------------------------------------
+
+_AUDITED = (
+    "model",
+    "version",
+    "version_number",
+    "alias",
+    "input_name",
+    "input_format",
+    "input_sha256",
+    "input_label",
+    "dataset_id",
+    "output_format",
+    "chunk_rows",
+    "max_error_share",
+    "created_by",
+)
+
+
+def _enqueue(task_name: str, *args: Any) -> None:
+    from config.celery import ensure_filesystem_broker_dirs
+    from predictions import tasks
+
+    try:
+        ensure_filesystem_broker_dirs()
+        getattr(tasks, task_name).apply_async(args, queue=settings.BATCH_QUEUE or None)
+    except Exception:
+        # The job stays as it is; the admin's "Resume" action (or the API's) sends it again.
+        logger.exception("could not enqueue batch task", extra={"task": task_name, "args": args})
+
+
+def batch_job_create(
+    *,
+    model: RegisteredModel,
+    actor: Actor,
+    dataset: int | None = None,
+    upload: IO[bytes] | None = None,
+    version: int | None = None,
+    alias: str = "",
+    output_format: str = BatchFormat.PARQUET,
+    chunk_rows: int | None = None,
+    max_error_share: float | None = None,
+    enqueue: bool = True,
+) -> BatchJob:
+    """Records a batch job over an uploaded CSV/Parquet file or a file dataset (exactly one),
+    scored by `version`, `alias` or the production version; a worker starts it after commit.
+
+    chunk_rows: 1..BATCH_CHUNK_ROWS_MAX (default BATCH_CHUNK_ROWS); max_error_share: 0..1
+    (default BATCH_MAX_ERROR_SHARE). ValidationFailed (400) names the offending field
+    (`file`, `dataset`, `version`, `alias`, `chunk_rows`, ...); PayloadTooLarge
+    (413) for a file over BATCH_MAX_INPUT_SIZE. Nothing is written when it fails, but an
+    upload's content-addressed file, which retention removes with the jobs that read it.
+    """
+    errors: dict[str, list[str]] = {}
+    if (dataset is None) == (upload is None):
+        errors["file"] = errors["dataset"] = ["give exactly one of file or dataset"]
+    chunk_rows = settings.BATCH_CHUNK_ROWS if chunk_rows is None else chunk_rows
+    if not (isinstance(chunk_rows, int) and 1 <= chunk_rows <= settings.BATCH_CHUNK_ROWS_MAX):
+        errors["chunk_rows"] = [
+            f"must be an integer from 1 to {settings.BATCH_CHUNK_ROWS_MAX} (BATCH_CHUNK_ROWS_MAX)"
+        ]
+    share = settings.BATCH_MAX_ERROR_SHARE if max_error_share is None else max_error_share
+    if not (isinstance(share, int | float) and math.isfinite(share) and 0 <= share <= 1):
+        errors["max_error_share"] = ["must be a number from 0 to 1"]
+    if output_format not in BatchFormat.values:
+        errors["output_format"] = [f"must be one of {', '.join(BatchFormat.values)}"]
+    if errors:
+        raise ValidationFailed("Invalid batch job.", fields=errors)
+    scored_by = batch_version_resolve(model=model, version=version, alias=alias)
+    storage = get_artifact_storage()
+    if upload is not None:
+        file_format = _format_of(upload, getattr(upload, "name", "") or "")
+        upload.seek(0)
+        columns, _ = _input_columns(upload, file_format)
+        _columns_check(columns, scored_by, field="file")
+        input_name, file_format, sha256 = _upload_store(upload)
+        label = PurePath(getattr(upload, "name", "") or "upload").name[:300]
+    else:
+        input_name, file_format, sha256, label = _dataset_input(dataset)
+        if not storage.exists(input_name):
+            raise ValidationFailed(
+                f"The file of dataset {label!r} is gone.",
+                fields={"dataset": ["the dataset's file is missing"]},
+            )
+        with storage.open(input_name, "rb") as handle:
+            columns, _ = _input_columns(handle, file_format)
+        _columns_check(columns, scored_by, field="dataset")
+    user = None if isinstance(actor, str) else actor
+    with transaction.atomic():
+        job = BatchJob.objects.create(
+            model=model,
+            version=scored_by,
+            version_number=scored_by.version,
+            alias=alias,
+            input_name=input_name,
+            input_format=file_format,
+            input_sha256=sha256,
+            input_label=label,
+            dataset_id=dataset,
+            output_format=output_format,
+            chunk_rows=chunk_rows,
+            max_error_share=float(share),
+            created_by=user,
+        )
+        audit_record(actor=actor, verb="create", obj=job, changes=created_changes(job, _AUDITED))
+        if enqueue:
+            transaction.on_commit(partial(_enqueue, "batch_job_start_task", job.pk))
+    logger.info("batch job created", extra={"job": job.pk, "model": model.name})
+    return job
+
+
+def _locked(job_id: int) -> BatchJob:
+    return BatchJob.objects.select_for_update().get(pk=job_id)
+
+
+def batch_job_cancel(*, job: BatchJob, actor: Actor) -> BatchJob:
+    """Stops a queued or running job: no chunk starts after this commits, and a chunk running
+    now discards its result. ConflictError (409) when the job already finished."""
+    with transaction.atomic():
+        job = _locked(job.pk)
+        if job.status in BATCH_FINISHED:
+            raise ConflictError(
+                f"Batch job {job.pk} already {job.status}; only a queued or running job can "
+                "be cancelled.",
+                fields={"status": [f"is {job.status}"]},
+            )
+        before = job.status
+        job.status = BatchStatus.CANCELLED
+        job.finished_at = timezone.now()
+        actor_name = actor if isinstance(actor, str) else actor.get_username()
+        job.error = f"Cancelled by {actor_name}."
+        job.save(update_fields=["status", "finished_at", "error", "updated_at"])
+        audit_record(actor=actor, verb="cancel", obj=job, changes={"status": [before, job.status]})
+    return job
+
+
+# A job failed for one of these reasons can go on where it stopped; others would fail again.
+RESUMABLE_PROBLEMS = ("worker_lost", "chunk_error", "unavailable")
+
+
+def batch_job_resume(*, job: BatchJob, actor: Actor) -> BatchJob:
+    """Runs a job's unfinished chunks again: a job failed because its workers stopped (the
+    reaper's `worker_lost`) or a chunk crashed, or one still queued. Done chunks are kept.
+    ConflictError (409) for a job that succeeded, was cancelled, or failed for its data."""
+    with transaction.atomic():
+        job = _locked(job.pk)
+        resumable = job.status == BatchStatus.QUEUED or (
+            job.status == BatchStatus.FAILED and job.error_type in RESUMABLE_PROBLEMS
+        )
+        if not resumable:
+            raise ConflictError(
+                f"Batch job {job.pk} is {job.status}"
+                + (f" ({job.error_type})" if job.error_type else "")
+                + "; only a queued job or one whose workers stopped can be resumed.",
+                fields={"status": [f"is {job.status}"]},
+            )
+        before = {"status": job.status, "error_type": job.error_type}
+        job.status = BatchStatus.RUNNING if job.chunks_total is not None else BatchStatus.QUEUED
+        job.error_type = ""
+        job.error = ""
+        job.finished_at = None
+        # With the status, or the reaper could judge this run by the last one's heartbeat.
+        job.heartbeat_at = timezone.now()
+        job.save(
+            update_fields=[
+                "status",
+                "error_type",
+                "error",
+                "finished_at",
+                "heartbeat_at",
+                "updated_at",
+            ]
+        )
+        job.chunks.exclude(status=BatchChunk.Status.DONE).update(status=BatchChunk.Status.PENDING)
+        audit_record(
+            actor=actor,
+            verb="resume",
+            obj=job,
+            changes={
+                "status": [before["status"], job.status],
+                "error_type": [before["error_type"], ""],
+            },
+        )
+        transaction.on_commit(partial(_enqueue, "batch_job_start_task", job.pk))
+    return job
+
+
+def _fail(job_id: int, *, problem: str, message: str) -> BatchJob | None:
+    """Marks a running job failed with `message`; a job already finished is left alone."""
+    with transaction.atomic():
+        job = _locked(job_id)
+        if job.status in BATCH_FINISHED:
+            return job
+        before = job.status
+        job.status = BatchStatus.FAILED
+        job.error_type = problem[:50]
+        job.error = message
+        job.finished_at = timezone.now()
+        job.save(update_fields=["status", "error_type", "error", "finished_at", "updated_at"])
+        audit_record(
+            actor=JOB_ACTOR,
+            verb="fail",
+            obj=job,
+            changes={"status": [before, job.status], "error_type": ["", job.error_type]},
+        )
+    logger.warning("batch job failed", extra={"job": job_id, "problem": problem})
+    return job
+
+
+# --- Planning -------------------------------------------------------------------------------
+
+
+def _verify(storage: Storage, name: str, sha256: str) -> None:
+    digest = hashlib.sha256()
+    try:
+        with storage.open(name, "rb") as handle:
+            for block in iter(partial(handle.read, _HASH_BLOCK), b""):
+                digest.update(block)
+    except FileNotFoundError:
+        raise BatchJobFailed("input_missing", f"The input file {name} is gone.") from None
+    if digest.hexdigest() != sha256:
+        raise BatchJobFailed(
+            "input_integrity",
+            f"The input file {name} no longer has the SHA-256 it was submitted with.",
+        )
+
+
+def _staged_name(job: BatchJob) -> str:
+    if job.input_format == BatchFormat.PARQUET:
+        return job.input_name
+    return f"{PREFIX}/{job.pk}/input.parquet"
+
+
+def _stage_csv(job: BatchJob, storage: Storage, features: list[dict[str, Any]]) -> None:
+    """Writes the CSV's feature columns as Parquet, in row groups of chunk_rows. Every
+    feature is read as text: one bad value must make one invalid row, not an unreadable file,
+    and validation converts the columns vectorised."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    names = [f["name"] for f in features]
+    convert = pacsv.ConvertOptions(
+        column_types={name: pa.string() for name in names},
+        include_columns=names,
+        include_missing_columns=True,
+        strings_can_be_null=True,
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        target = os.path.join(folder, "input.parquet")
+        source = _open_arrow(storage, job.input_name)
+        try:
+            reader = pacsv.open_csv(source, convert_options=convert)
+            with pq.ParquetWriter(target, reader.schema) as writer:
+                pending: list[Any] = []
+                held = 0
+                for batch in reader:
+                    pending.append(batch)
+                    held += batch.num_rows
+                    while held >= job.chunk_rows:
+                        table = pa.Table.from_batches(pending)
+                        writer.write_table(table.slice(0, job.chunk_rows))
+                        rest = table.slice(job.chunk_rows)
+                        pending, held = rest.to_batches(), rest.num_rows
+                if held:
+                    writer.write_table(pa.Table.from_batches(pending, schema=reader.schema))
+        except (pa.ArrowException, ValueError) as exc:
+            detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            raise BatchJobFailed(
+                "input_unreadable", f"The CSV file is not readable: {detail}"
+            ) from None
+        finally:
+            if hasattr(source, "close"):
+                source.close()
+        name = _staged_name(job)
+        if storage.exists(name):
+            storage.delete(name)
+        with open(target, "rb") as handle:
+            storage.save(name, File(handle))
+
+
+def _plan(row_groups: list[int], chunk_rows: int) -> list[tuple[int, int]]:
+    """(row_start, row_count) of each chunk: consecutive row groups up to chunk_rows rows,
+    a larger row group split into slices of chunk_rows."""
+    chunks: list[tuple[int, int]] = []
+    start = position = 0
+    for rows in row_groups:
+        if position > start and position - start + rows > chunk_rows:
+            chunks.append((start, position - start))
+            start = position
+        position += rows
+        while position - start > chunk_rows:
+            chunks.append((start, chunk_rows))
+            start += chunk_rows
+    if position > start:
+        chunks.append((start, position - start))
+    return chunks
+
+
+def batch_job_start(*, job_id: int) -> list[int]:
+    """Plans a queued job (verifies and stages its input, records its chunks) and returns the
+    indexes of the chunks still to run, which the task sends to workers; a job already
+    planned gives its pending chunks again, a finished one none. BatchJobFailed is recorded
+    on the job, not raised."""
+    import pyarrow.parquet as pq
+
+    with transaction.atomic():
+        job = _locked(job_id)
+        if job.status in BATCH_FINISHED:
+            return []
+        if job.chunks_total is None:
+            job.status = BatchStatus.RUNNING
+            job.attempts += 1
+            job.started_at = job.started_at or timezone.now()
+            job.heartbeat_at = timezone.now()
+            job.save(
+                update_fields=["status", "attempts", "started_at", "heartbeat_at", "updated_at"]
+            )
+    if job.chunks_total is None:
+        storage = get_artifact_storage()
+        try:
+            with job_heartbeat(job):
+                _verify(storage, job.input_name, job.input_sha256)
+                version = ModelVersion.objects.get(pk=job.version_id)
+                if job.input_format == BatchFormat.CSV:
+                    _stage_csv(job, storage, version.input_schema)
+                source = _open_arrow(storage, _staged_name(job))
+                try:
+                    meta = pq.ParquetFile(source).metadata
+                    groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+                finally:
+                    if hasattr(source, "close"):
+                        source.close()
+        except BatchJobFailed as exc:
+            _fail(job_id, problem=exc.problem, message=exc.message)
+            return []
+        except ModelVersion.DoesNotExist:
+            _fail(job_id, problem="version_gone", message="The scoring version was deleted.")
+            return []
+        total = sum(groups)
+        if total > settings.BATCH_MAX_ROWS:
+            _fail(
+                job_id,
+                problem="too_many_rows",
+                message=f"The input has {total} rows; a job may score {settings.BATCH_MAX_ROWS} "
+                "(BATCH_MAX_ROWS).",
+            )
+            return []
+        plan = _plan(groups, job.chunk_rows)
+        with transaction.atomic():
+            job = _locked(job_id)
+            if job.status in BATCH_FINISHED:
+                return []
+            if job.chunks_total is None:
+                BatchChunk.objects.bulk_create(
+                    BatchChunk(job=job, index=i, row_start=start, row_count=count)
+                    for i, (start, count) in enumerate(plan)
+                )
+                job.rows_total = total
+                job.chunks_total = len(plan)
+                job.save(update_fields=["rows_total", "chunks_total", "updated_at"])
+                if not plan:
+                    transaction.on_commit(partial(_enqueue, "batch_job_finish_task", job_id))
+    pending = list(
+        BatchChunk.objects.filter(job_id=job_id)
+        .exclude(status=BatchChunk.Status.DONE)
+        .order_by("index")
+        .values_list("index", flat=True)
+    )
+    if not pending and job.chunks_total:
+        _enqueue("batch_job_finish_task", job_id)
+    return pending
+
+
+# --- One chunk ------------------------------------------------------------------------------
+
+
+@dataclass
+class ChunkResult:
+    output: Any  # a pyarrow Table of the scored rows
+    errors: list[tuple[int, str, str]]  # (input row, field, reason)
+    rows_failed: int
+
+
+def _read_rows(storage: Storage, name: str, start: int, count: int, names: list[str]) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = _open_arrow(storage, name)
+    try:
+        parquet = pq.ParquetFile(source)
+        meta = parquet.metadata
+        wanted, position, first = [], 0, None
+        for i in range(meta.num_row_groups):
+            rows = meta.row_group(i).num_rows
+            if position + rows > start and position < start + count:
+                wanted.append(i)
+                first = position if first is None else first
+            position += rows
+        present = [n for n in names if n in parquet.schema_arrow.names]
+        table = parquet.read_row_groups(wanted, columns=present)
+    finally:
+        if hasattr(source, "close"):
+            source.close()
+    table = table.slice(start - (first or 0), count)
+    for n in names:
+        if n not in table.column_names:
+            table = table.append_column(n, pa.nulls(table.num_rows))
+    return table
+
+
+_NUMBER_KINDS = "iuf"
+
+
+def _column_values(column: Any, feature: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values as the model takes them, null mask, mask of values of the wrong type)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if column.null_count:
+        nulls = column.is_null().to_numpy(zero_copy_only=False)
+    else:
+        nulls = np.zeros(len(column), dtype=bool)
+    kind = feature.type
+    typ = column.type
+    if kind == "string":
+        return pc.cast(column, pa.string()).to_numpy(zero_copy_only=False), nulls, ~nulls & False
+    if kind == "boolean":
+        if pa.types.is_boolean(typ):
+            values = column.to_numpy(zero_copy_only=False)
+            return np.where(nulls, np.nan, values).astype(np.float64), nulls, ~nulls & False
+        text = pc.utf8_lower(pc.cast(column, pa.string())).to_numpy(zero_copy_only=False)
+        truth = text == "true"
+        wrong = ~nulls & ~truth & (text != "false")
+        return np.where(nulls, np.nan, truth.astype(np.float64)), nulls, wrong
+    if pa.types.is_boolean(typ):  # a boolean is not a number (validation's rule)
+        return np.full(len(column), np.nan), nulls, ~nulls
+    if pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ):
+        values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+        return values, nulls, np.zeros(len(column), dtype=bool)
+    import pandas as pd
+
+    text = column.to_pandas()
+    values = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    return values, nulls, ~nulls & np.isnan(values)
+
+
+def _python_value(column: Any, values: np.ndarray, wrong: np.ndarray, feature: Any, i: int) -> Any:
+    """Row i's value as validation sees it: the number parsed from text, else the raw value."""
+    raw = column[i].as_py()
+    if raw is None or feature.type == "string":
+        return raw
+    if feature.type == "boolean":
+        return (
+            raw
+            if isinstance(raw, bool)
+            else ({"true": True, "false": False}.get(str(raw).lower(), raw))
+        )
+    if wrong[i] or isinstance(raw, bool):
+        return raw
+    value = float(values[i])
+    return int(value) if feature.type == "integer" and value.is_integer() else value
+
+
+def _validate(
+    table: Any, loaded: LoadedModel
+) -> tuple[Any, np.ndarray, list[tuple[int, str, str]]]:
+    """(the estimator's input for the valid rows, their positions in the chunk, errors).
+
+    Column by column in numpy; validation's own per-row check then names the reasons of the
+    (few) invalid rows, so a file and a predict request get the same messages."""
+    rows = table.num_rows
+    bad = np.zeros(rows, dtype=bool)
+    columns = []
+    parsed = []
+    for feature in loaded.features:
+        column = table.column(feature.name).combine_chunks()
+        values, nulls, wrong = _column_values(column, feature)
+        parsed.append((column, values, wrong))
+        bad |= wrong
+        if feature.required:
+            bad |= nulls
+        if feature.type in ("float", "integer"):
+            present = ~nulls & ~wrong
+            with np.errstate(invalid="ignore"):
+                out = ~np.isfinite(values)
+                if feature.low != -math.inf:
+                    out |= values < feature.low
+                if feature.high != math.inf:
+                    out |= values > feature.high
+                if feature.type == "integer":
+                    out |= np.isfinite(values) & (np.floor(values) != values)
+            bad |= present & out
+        columns.append(values)
+    errors: list[tuple[int, str, str]] = []
+    for i in np.flatnonzero(bad).tolist():
+        row = {}
+        for feature, (column, values, wrong) in zip(loaded.features, parsed, strict=True):
+            if not column[i].is_valid and not feature.required:
+                continue  # absent optional value: validation fills it in
+            row[feature.name] = _python_value(column, values, wrong, feature, i)
+        _, found = _row_errors(row, loaded.features, loaded.names, "")
+        for field, messages in (found or {"features": ["invalid"]}).items():
+            errors.extend((i, field, message) for message in messages)
+    good = np.flatnonzero(~bad)
+    if loaded.numeric:
+        x = np.empty((rows, len(columns)), dtype=np.float64)
+        for j, values in enumerate(columns):
+            x[:, j] = values
+        return (x[good] if len(good) < rows else x), good, errors
+    import pandas as pd
+
+    frame = pd.DataFrame({f.name: v[good] for f, v in zip(loaded.features, columns, strict=True)})
+    return frame, good, errors
+
+
+def _score(loaded: LoadedModel, x: Any) -> tuple[Any, Any, list[int], str]:
+    """(predictions, probabilities or None, rows without a finite answer, why)."""
+    if len(x) == 0:
+        return np.empty(0), None, [], ""
+    try:
+        predictions, probabilities = predict_arrays(loaded, x)
+    except ValueError:
+        refused = rows_without_answer(loaded, x)
+        if not refused:
+            raise
+        why = "the model could not compute an answer: one of its steps met NaN or infinity"
+        keep = np.setdiff1d(np.arange(len(x)), refused)
+        subset = x.iloc[keep] if hasattr(x, "iloc") else x[keep]
+        predictions, probabilities = predict_arrays(loaded, subset)
+        full_p = np.empty(len(x), dtype=np.asarray(predictions).dtype)
+        full_p[keep] = predictions
+        full_q = None
+        if probabilities is not None:
+            full_q = np.full((len(x), probabilities.shape[1]), np.nan)
+            full_q[keep] = probabilities
+        return full_p, full_q, list(refused), why
+    refused = non_finite_rows(predictions, probabilities)
+    return predictions, probabilities, refused, "the model's answer is not a finite number"
+
+
+def _output_table(
+    loaded: LoadedModel, rows: np.ndarray, predictions: Any, probabilities: Any, version: int
+) -> Any:
+    import pyarrow as pa
+
+    values = np.asarray(predictions)
+    if values.dtype.kind == "O":
+        values = np.array([str(v) for v in values.tolist()], dtype=object)
+    columns = {"row": pa.array(rows, type=pa.int64()), "prediction": pa.array(values)}
+    if probabilities is not None:
+        columns["confidence"] = pa.array(
+            probabilities.max(axis=1) if len(rows) else [], pa.float64()
+        )
+        for j, label in enumerate(loaded.class_labels or []):
+            columns[f"probability_{label}"] = pa.array(probabilities[:, j], type=pa.float64())
+    else:
+        columns["confidence"] = pa.nulls(len(rows), pa.float64())
+    columns["version"] = pa.array(np.full(len(rows), version, dtype=np.int32))
+    return pa.table(columns)
+
+
+def _chunk_score(job: BatchJob, chunk: BatchChunk, loaded: LoadedModel) -> ChunkResult:
+    storage = get_artifact_storage()
+    names = [f.name for f in loaded.features]
+    table = _read_rows(storage, _staged_name(job), chunk.row_start, chunk.row_count, names)
+    x, good, errors = _validate(table, loaded)
+    predictions, probabilities, refused, why = _score(loaded, x)
+    if refused:
+        errors.extend((int(good[i]), "prediction", why) for i in refused)
+        errors.sort(key=lambda error: error[0])  # stable: a row's fields keep schema order
+        keep = np.setdiff1d(np.arange(len(good)), refused)
+        good, predictions = good[keep], np.asarray(predictions)[keep]
+        probabilities = probabilities[keep] if probabilities is not None else None
+    rows = good.astype(np.int64) + chunk.row_start
+    output = _output_table(loaded, rows, predictions, probabilities, job.version_number)
+    failed = len({row for row, _, _ in errors})
+    errors = [(row + chunk.row_start, field, why) for row, field, why in errors]
+    return ChunkResult(output=output, errors=errors, rows_failed=failed)
+
+
+def _part_name(job: BatchJob, index: int, what: str) -> str:
+    suffix = job.output_format if what == "output" else "csv"
+    return f"{PREFIX}/{job.pk}/parts/{index:06d}.{what}.{suffix}"
+
+
+def _write(storage: Storage, name: str, data: bytes) -> None:
+    # A retried chunk replaces its own part: never a second copy under an invented name.
+    if storage.exists(name):
+        storage.delete(name)
+    storage.save(name, ContentFile(data))
+
+
+def _table_bytes(table: Any, file_format: str) -> bytes:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    if file_format == BatchFormat.PARQUET:
+        pq.write_table(table, sink, **PARQUET_WRITE_OPTIONS)
+    else:
+        pacsv.write_csv(table, sink)
+    return sink.getvalue()
+
+
+def _errors_bytes(errors: list[tuple[int, str, str]], *, header: bool) -> bytes:
+    import csv
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    if header:
+        writer.writerow(["row", "field", "reason"])
+    writer.writerows(errors)
+    return out.getvalue().encode()
+
+
+def batch_chunk_run(*, job_id: int, index: int) -> str:
+    """Scores one chunk and writes its parts; returns what happened ("done", "skipped", ...).
+
+    Idempotent: a done chunk, or one of a finished job, is skipped; a retried chunk rewrites
+    its own parts and is counted once, under the job's row lock. The chunk that completes
+    the job's count enqueues the finish; one that pushes the share of invalid rows past the
+    job's max_error_share fails the job, naming both."""
+    with transaction.atomic():
+        job = _locked(job_id)
+        chunk = BatchChunk.objects.select_for_update().filter(job=job, index=index).first()
+        if chunk is None or job.status != BatchStatus.RUNNING:
+            return "skipped"
+        if chunk.status == BatchChunk.Status.DONE:
+            return "done"
+        chunk.status = BatchChunk.Status.RUNNING
+        chunk.attempts += 1
+        chunk.save(update_fields=["status", "attempts"])
+        job.heartbeat_at = timezone.now()
+        job.save(update_fields=["heartbeat_at"])
+    _waiting_jobs_stamp()
+    started = time.perf_counter()
+    try:
+        with job_heartbeat(job):
+            version = ModelVersion.objects.select_related("model").get(pk=job.version_id)
+            loaded = model_cache.get(version_info(version), model_name=version.model.name)
+            # The chunk's arrays are freed by reference counting; the cyclic collector, set off
+            # by their many allocations, only rescanned the worker's long-lived objects (the
+            # model, Django's) again and again: a third of a chunk's time.
+            gc.disable()
+            try:
+                result = _chunk_score(job, chunk, loaded)
+            finally:
+                gc.enable()
+            storage = get_artifact_storage()
+            _write(
+                storage,
+                _part_name(job, index, "output"),
+                _table_bytes(result.output, job.output_format),
+            )
+            # No errors, no part (one write and fsync less per chunk): the merge reads the
+            # errors parts of the chunks whose counted attempt had errors, so a part left by
+            # an earlier attempt is never read.
+            if result.errors:
+                _write(
+                    storage,
+                    _part_name(job, index, "errors"),
+                    _errors_bytes(result.errors, header=False),
+                )
+    except OperationalError:
+        raise
+    except ModelVersion.DoesNotExist:
+        _fail(job_id, problem="version_gone", message="The scoring version was deleted.")
+        return "failed"
+    except DomainError as exc:
+        problem = "unavailable" if exc.status_code == 503 else exc.error_type
+        _fail(job_id, problem=problem, message=f"Chunk {index}: {exc.message}")
+        return "failed"
+    except Exception as exc:
+        logger.exception("batch chunk crashed", extra={"job": job_id, "chunk": index})
+        _fail(job_id, problem="chunk_error", message=f"Chunk {index}: {type(exc).__name__}: {exc}")
+        return "failed"
+    return _chunk_done(job_id, index, result.rows_failed, time.perf_counter() - started)
+
+
+def _waiting_jobs_stamp() -> None:
+    """Stamps the heartbeat of every running job with chunks still queued.
+
+    Their chunks wait behind the work of a live worker (this one), so they are not stalled;
+    without this a job queued behind a long one would be reaped as `worker_lost` before its
+    first chunk ran. A job whose only unfinished chunks were taken by a dead worker has none
+    pending, so it is not stamped and the reaper finds it."""
+    pending = BatchChunk.objects.filter(status=BatchChunk.Status.PENDING).values("job_id")
+    BatchJob.objects.filter(status=BatchStatus.RUNNING, pk__in=pending).update(
+        heartbeat_at=timezone.now()
+    )
+
+
+def _chunk_done(job_id: int, index: int, rows_failed: int, seconds: float) -> str:
+    with transaction.atomic():
+        job = _locked(job_id)
+        chunk = BatchChunk.objects.select_for_update().get(job=job, index=index)
+        if job.status != BatchStatus.RUNNING:
+            return "discarded"  # cancelled or failed while it ran
+        if chunk.status == BatchChunk.Status.DONE:
+            return "done"  # a duplicate delivery finished first
+        chunk.status = BatchChunk.Status.DONE
+        chunk.rows_failed = rows_failed
+        chunk.seconds = seconds
+        chunk.save(update_fields=["status", "rows_failed", "seconds"])
+        job.rows_done += chunk.row_count
+        job.rows_failed += rows_failed
+        job.chunks_done += 1
+        job.heartbeat_at = timezone.now()
+        job.save(
+            update_fields=["rows_done", "rows_failed", "chunks_done", "heartbeat_at", "updated_at"]
+        )
+        allowed = job.max_error_share * (job.rows_total or 0)
+        too_many = job.rows_failed > allowed
+        if not too_many and job.chunks_done == job.chunks_total:
+            transaction.on_commit(partial(_enqueue, "batch_job_finish_task", job_id))
+    if too_many:
+        _fail(
+            job_id,
+            problem="too_many_invalid_rows",
+            message=(
+                f"{job.rows_failed} of the input's {job.rows_total} rows are invalid (after "
+                f"{job.rows_done} rows read), more than the job's max_error_share of "
+                f"{job.max_error_share:.0%}; see the errors file for row numbers and reasons."
+            ),
+        )
+        return "failed"
+    return "done"
+
+
+# --- Finishing ------------------------------------------------------------------------------
+
+
+def _merge(job: BatchJob, storage: Storage, what: str, file_format: str, target: str) -> None:
+    """Concatenates the chunks' parts, in row order, into one file at `target`."""
+    import pyarrow.parquet as pq
+
+    indexes: Any = range(job.chunks_total or 0)
+    if what == "errors":
+        indexes = (
+            job.chunks.filter(rows_failed__gt=0).order_by("index").values_list("index", flat=True)
+        )
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "merged")
+        if file_format == BatchFormat.PARQUET:
+            writer = None
+            for i in indexes:
+                with storage.open(_part_name(job, i, what), "rb") as handle:
+                    table = pq.read_table(handle)
+                writer = writer or pq.ParquetWriter(path, table.schema, **PARQUET_WRITE_OPTIONS)
+                writer.write_table(table)
+            if writer is None:
+                raise BatchJobFailed("empty", "The input holds no rows.")
+            writer.close()
+        else:
+            with open(path, "wb") as out:
+                if what == "errors":
+                    out.write(_errors_bytes([], header=True))
+                for n, i in enumerate(indexes):
+                    with storage.open(_part_name(job, i, what), "rb") as handle:
+                        if what == "output" and n:
+                            handle.readline()  # each part has its header
+                        for block in iter(partial(handle.read, _HASH_BLOCK), b""):
+                            out.write(block)
+        if storage.exists(target):
+            storage.delete(target)
+        with open(path, "rb") as handle:
+            storage.save(target, File(handle))
+
+
+def batch_job_finish(*, job_id: int) -> BatchJob:
+    """Merges a job's parts into its output and errors files and marks it succeeded, once all
+    its chunks are done; otherwise (or for a finished job) changes nothing."""
+    job = BatchJob.objects.get(pk=job_id)
+    if job.status != BatchStatus.RUNNING or job.chunks_done != job.chunks_total:
+        return job
+    storage = get_artifact_storage()
+    output = f"{PREFIX}/{job.pk}/output.{job.output_format}"
+    errors = f"{PREFIX}/{job.pk}/errors.csv"
+    try:
+        if job.chunks_total == 0:
+            raise BatchJobFailed("empty", "The input holds no rows.")
+        _merge(job, storage, "output", job.output_format, output)
+        _merge(job, storage, "errors", BatchFormat.CSV, errors)
+    except BatchJobFailed as exc:
+        return _fail(job_id, problem=exc.problem, message=exc.message) or job
+    with transaction.atomic():
+        job = _locked(job_id)
+        if job.status != BatchStatus.RUNNING:
+            return job
+        job.status = BatchStatus.SUCCEEDED
+        job.output_name = output
+        job.errors_name = errors
+        job.finished_at = timezone.now()
+        job.save(
+            update_fields=["status", "output_name", "errors_name", "finished_at", "updated_at"]
+        )
+        audit_record(
+            actor=JOB_ACTOR,
+            verb="finish",
+            obj=job,
+            changes={"status": [BatchStatus.RUNNING, job.status], "output_name": ["", output]},
+        )
+        transaction.on_commit(partial(_parts_delete, job))
+    logger.info("batch job finished", extra={"job": job_id, "rows": job.rows_done})
+    return job
+
+
+def _parts_delete(job: BatchJob) -> None:
+    storage = get_artifact_storage()
+    for i in range(job.chunks_total or 0):
+        for what in ("output", "errors"):
+            name = _part_name(job, i, what)
+            try:
+                storage.delete(name)
+            except OSError:
+                logger.warning("batch part not deleted", extra={"file": name})
+
+
+# --- Reading jobs ---------------------------------------------------------------------------
+
+
+def rows_per_second(job: BatchJob, *, now: datetime | None = None) -> float | None:
+    """Rows scored per second of the job's run so far (or of its whole run once finished)."""
+    if job.started_at is None or not job.rows_done:
+        return None
+    end = job.finished_at or now or timezone.now()
+    seconds = (end - job.started_at).total_seconds()
+    return round(job.rows_done / seconds, 1) if seconds > 0 else None
+
+
+def batch_file_url(name: str, *, filename: str | None = None) -> str | None:
+    """A time-limited direct link to a stored file when the storage can sign one (S3: a
+    presigned URL, `mlregistry.storage.presigned_url`); None for a local folder, whose files
+    the API streams behind its authentication."""
+    return presigned_url(name, filename=filename)
+
+
+# --- Retention ------------------------------------------------------------------------------
+
+
+def _job_files(job: BatchJob) -> list[str]:
+    names = [n for n in (job.output_name, job.errors_name) if n]
+    names += [f"{PREFIX}/{job.pk}/input.parquet"]
+    names += [
+        _part_name(job, i, w) for i in range(job.chunks_total or 0) for w in ("output", "errors")
+    ]
+    return names
+
+
+def batch_jobs_prune(
+    *, older_than: datetime, dry_run: bool = False, actor: Actor = "job:retention"
+) -> int:
+    """Deletes jobs that finished before `older_than` with their files (an uploaded input
+    only once no remaining job reads it; a dataset's file never). Returns how many jobs went
+    (with `dry_run`, how many would, deleting nothing). Each job goes in its own
+    transaction, audited as deleted by the retention job."""
+    old = BatchJob.objects.filter(status__in=BATCH_FINISHED, finished_at__lt=older_than)
+    if dry_run:
+        return old.count()
+    storage = get_artifact_storage()
+    deleted = 0
+    for job_id in list(old.values_list("pk", flat=True)):
+        with transaction.atomic():
+            job = BatchJob.objects.select_for_update().filter(pk=job_id).first()
+            if job is None:
+                continue
+            files = _job_files(job)
+            upload = job.input_name if job.input_name.startswith(f"{PREFIX}/inputs/") else ""
+            audit_record(
+                actor=actor,
+                verb="delete",
+                obj=job,
+                changes=deleted_changes(job, _AUDITED),
+            )
+            job.delete()
+            if upload and not BatchJob.objects.filter(input_name=upload).exists():
+                files.append(upload)
+            transaction.on_commit(partial(_files_delete, storage, files))
+        deleted += 1
+    return deleted
+
+
+def _files_delete(storage: Storage, names: list[str]) -> None:
+    for name in names:
+        try:
+            storage.delete(name)
+        except OSError:
+            logger.warning("batch file not deleted", extra={"file": name})

@@ -1,0 +1,280 @@
+"""API of batch scoring jobs under /api/v1/models/{name}/batch-jobs (parse, call a service,
+render); the work is predictions.batch's."""
+
+from __future__ import annotations
+
+from django.http import FileResponse, HttpResponse
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
+from rest_framework import serializers, status
+from rest_framework.generics import GenericAPIView
+from rest_framework.parsers import MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from config.errors import NotFoundError
+from config.schema import error_responses
+from mlregistry.permissions import RegistryPermission
+from mlregistry.selectors import registered_model_get
+from predictions import batch
+from predictions.models import BatchFormat, BatchJob
+
+
+class BatchJobInput(serializers.Serializer):
+    file = serializers.FileField(
+        required=False,
+        allow_empty_file=False,
+        use_url=False,
+        help_text="the rows to score: a CSV file with a header row, or a Parquet file (give "
+        "this or `dataset`)",
+    )
+    dataset = serializers.IntegerField(
+        required=False, min_value=1, help_text="id of a file dataset to score (or `file`)"
+    )
+    version = serializers.IntegerField(
+        required=False, min_value=1, help_text="version number (default: production)"
+    )
+    alias = serializers.CharField(
+        required=False, allow_blank=True, default="", max_length=100, help_text="or an alias"
+    )
+    output_format = serializers.ChoiceField(
+        choices=BatchFormat.choices, default=BatchFormat.PARQUET
+    )
+    chunk_rows = serializers.IntegerField(
+        required=False,
+        help_text="rows per chunk task, 1 to BATCH_CHUNK_ROWS_MAX (default BATCH_CHUNK_ROWS, "
+        "50000)",
+    )
+    max_error_share = serializers.FloatField(
+        required=False,
+        help_text="share of invalid rows (0 to 1) past which the job fails (default "
+        "BATCH_MAX_ERROR_SHARE)",
+    )
+
+
+class BatchLinksOutput(serializers.Serializer):
+    output = serializers.CharField(allow_null=True, help_text="the scored rows, once succeeded")
+    errors = serializers.CharField(
+        allow_null=True, help_text="CSV of invalid rows: row, field, reason"
+    )
+
+
+class BatchJobOutput(serializers.ModelSerializer):
+    model = serializers.CharField(source="model.name")
+    version = serializers.IntegerField(source="version_number")
+    rows_per_second = serializers.SerializerMethodField()
+    links = serializers.SerializerMethodField()
+
+    class Meta:
+        model = BatchJob
+        fields = [
+            "id",
+            "model",
+            "version",
+            "alias",
+            "input_label",
+            "input_format",
+            "input_sha256",
+            "dataset_id",
+            "output_format",
+            "chunk_rows",
+            "max_error_share",
+            "status",
+            "error_type",
+            "error",
+            "rows_total",
+            "rows_done",
+            "rows_failed",
+            "rows_per_second",
+            "chunks_total",
+            "chunks_done",
+            "attempts",
+            "links",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+
+    @extend_schema_field(serializers.FloatField(allow_null=True))
+    def get_rows_per_second(self, job: BatchJob) -> float | None:
+        return batch.rows_per_second(job)
+
+    @extend_schema_field(BatchLinksOutput)
+    def get_links(self, job: BatchJob) -> dict[str, str | None]:
+        request = self.context.get("request")
+        links: dict[str, str | None] = {"output": None, "errors": None}
+        for what, name in (("output", job.output_name), ("errors", job.errors_name)):
+            if not name:
+                continue
+            url = batch.batch_file_url(name)
+            if url is None:
+                path = reverse(
+                    f"batch-job-{what}", kwargs={"name": job.model.name, "job_id": job.pk}
+                )
+                url = request.build_absolute_uri(path) if request is not None else path
+            links[what] = url
+        return links
+
+
+def _jobs(name: str):
+    return BatchJob.objects.filter(model__name=name).select_related("model")
+
+
+def _job(name: str, job_id: int) -> BatchJob:
+    job = _jobs(name).filter(pk=job_id).first()
+    if job is None:
+        raise NotFoundError(f"Model {name!r} has no batch job {job_id}.")
+    return job
+
+
+class BatchJobListView(GenericAPIView):
+    permission_classes = [RegistryPermission]
+    write_permissions = {"POST": "predictions.add_batchjob"}
+    serializer_class = BatchJobOutput
+    # One media type per operation: a generated client cannot pick between several bodies.
+    parser_classes = [MultiPartParser]
+
+    @extend_schema(
+        operation_id="list_batch_jobs",
+        tags=["batch"],
+        responses=BatchJobOutput(many=True),
+        summary="List a model's batch scoring jobs, newest first",
+    )
+    def get(self, request: Request, name: str) -> Response:
+        registered_model_get(name=name)
+        page = self.paginate_queryset(_jobs(name).order_by("-created_at", "-id"))
+        return self.get_paginated_response(
+            BatchJobOutput(page, many=True, context={"request": request}).data
+        )
+
+    @extend_schema(
+        operation_id="create_batch_job",
+        tags=["batch"],
+        request={"multipart/form-data": BatchJobInput},
+        responses={202: BatchJobOutput, **error_responses(413)},
+        summary="Score a CSV/Parquet file (an upload or a dataset) in chunks across workers; "
+        "poll the job for progress and download links",
+    )
+    def post(self, request: Request, name: str) -> Response:
+        model = registered_model_get(name=name)
+        data = BatchJobInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        job = batch.batch_job_create(
+            model=model,
+            actor=request.user,
+            upload=values.get("file"),
+            dataset=values.get("dataset"),
+            version=values.get("version"),
+            alias=values.get("alias", ""),
+            output_format=values["output_format"],
+            chunk_rows=values.get("chunk_rows"),
+            max_error_share=values.get("max_error_share"),
+        )
+        body = BatchJobOutput(job, context={"request": request}).data
+        return Response(body, status=status.HTTP_202_ACCEPTED)
+
+
+class BatchJobDetailView(GenericAPIView):
+    permission_classes = [RegistryPermission]
+    serializer_class = BatchJobOutput
+
+    @extend_schema(
+        operation_id="get_batch_job",
+        tags=["batch"],
+        responses=BatchJobOutput,
+        summary="A batch job: state, rows done of total, rows per second, errors, links",
+    )
+    def get(self, request: Request, name: str, job_id: int) -> Response:
+        job = _job(name, job_id)
+        return Response(BatchJobOutput(job, context={"request": request}).data)
+
+
+class BatchJobCancelView(GenericAPIView):
+    permission_classes = [RegistryPermission]
+    write_permissions = {"POST": "predictions.cancel_batchjob"}
+    serializer_class = BatchJobOutput
+
+    @extend_schema(
+        operation_id="cancel_batch_job",
+        tags=["batch"],
+        request=None,
+        responses={200: BatchJobOutput, **error_responses(409)},
+        summary="Cancel a queued or running batch job (409 once it finished)",
+    )
+    def post(self, request: Request, name: str, job_id: int) -> Response:
+        job = batch.batch_job_cancel(job=_job(name, job_id), actor=request.user)
+        return Response(BatchJobOutput(job, context={"request": request}).data)
+
+
+class BatchJobResumeView(GenericAPIView):
+    permission_classes = [RegistryPermission]
+    write_permissions = {"POST": "predictions.cancel_batchjob"}
+    serializer_class = BatchJobOutput
+
+    @extend_schema(
+        operation_id="resume_batch_job",
+        tags=["batch"],
+        request=None,
+        responses={202: BatchJobOutput, **error_responses(409)},
+        summary="Run the unfinished chunks of a job whose workers stopped (409 otherwise)",
+    )
+    def post(self, request: Request, name: str, job_id: int) -> Response:
+        job = batch.batch_job_resume(job=_job(name, job_id), actor=request.user)
+        body = BatchJobOutput(job, context={"request": request}).data
+        return Response(body, status=status.HTTP_202_ACCEPTED)
+
+
+def _file_response(name: str, job_id: int, what: str) -> HttpResponse:
+    job = _job(name, job_id)
+    stored = job.output_name if what == "output" else job.errors_name
+    if not stored:
+        raise NotFoundError(f"Batch job {job_id} has no {what} file (it is {job.status}).")
+    try:
+        handle = batch.get_artifact_storage().open(stored, "rb")
+    except FileNotFoundError:
+        raise NotFoundError(f"The {what} file of batch job {job_id} is gone.") from None
+    suffix = stored.rsplit(".", 1)[-1]
+    return FileResponse(
+        handle,
+        as_attachment=True,
+        filename=f"{name}-batch-{job_id}-{what}.{suffix}",
+        content_type="application/octet-stream",
+    )
+
+
+class BatchJobOutputFileView(GenericAPIView):
+    permission_classes = [RegistryPermission]
+
+    @extend_schema(
+        operation_id="download_batch_job_output",
+        tags=["batch"],
+        responses={
+            (200, "application/octet-stream"): OpenApiResponse(
+                OpenApiTypes.BINARY,
+                description="the scored rows (Parquet or CSV): row, prediction, confidence, "
+                "probability_<class> per class, version",
+            )
+        },
+        summary="Download a succeeded job's output (streamed)",
+    )
+    def get(self, request: Request, name: str, job_id: int) -> HttpResponse:
+        return _file_response(name, job_id, "output")
+
+
+class BatchJobErrorsFileView(GenericAPIView):
+    permission_classes = [RegistryPermission]
+
+    @extend_schema(
+        operation_id="download_batch_job_errors",
+        tags=["batch"],
+        responses={
+            (200, "application/octet-stream"): OpenApiResponse(
+                OpenApiTypes.BINARY, description="CSV of the invalid rows: row, field, reason"
+            )
+        },
+        summary="Download a succeeded job's errors file (streamed)",
+    )
+    def get(self, request: Request, name: str, job_id: int) -> HttpResponse:
+        return _file_response(name, job_id, "errors")

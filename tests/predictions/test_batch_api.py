@@ -1,0 +1,211 @@
+"""The batch-jobs API: 202 with a job, progress and links, streamed files, cancel, and bad
+input answered as JSON naming the field. Tasks run eagerly in this process."""
+
+from __future__ import annotations
+
+import io
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from rest_framework.test import APIClient
+
+from config.celery import app as celery_app
+from mlregistry import services
+from mlregistry.models import AuditEvent, Stage
+from predictions.models import BatchJob, BatchStatus
+from tests import factories
+
+URL = "/api/v1/models/iris/batch-jobs"
+
+
+@pytest.fixture
+def batcher(db) -> APIClient:
+    user = factories.staff_create(
+        "batcher", extra_perms=["add_batchjob", "cancel_batchjob", "view_batchjob"]
+    )
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {factories.token_create(user)}")
+    return client
+
+
+@pytest.fixture
+def iris(db):
+    model = factories.registered_model_create("iris")
+    version = factories.version_create(model)
+    services.model_version_transition(version=version, stage=Stage.PRODUCTION, actor="tests")
+    factories.version_create(model, c=0.5)
+    return model
+
+
+@pytest.fixture
+def eager():
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = False
+
+
+def _parquet(rows: int = 150) -> io.BytesIO:
+    x, _ = factories.iris_frame()
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(x.head(rows), preserve_index=False), sink)
+    sink.seek(0)
+    sink.name = "rows.parquet"
+    return sink
+
+
+def _field(response, name: str) -> list[str]:
+    body = response.json()
+    assert "error" in body, body
+    return body["error"]["fields"][name]
+
+
+def test_post_scores_a_file_and_get_shows_progress_and_streams_the_output(
+    batcher, iris, eager, django_capture_on_commit_callbacks
+):
+    with django_capture_on_commit_callbacks(execute=True):
+        response = batcher.post(
+            URL,
+            {"file": _parquet(), "version": 2, "output_format": "csv", "chunk_rows": 40},
+            format="multipart",
+        )
+    assert response.status_code == 202, response.json()
+    job_id = response.json()["id"]
+    assert response.json()["status"] == "queued"
+
+    body = batcher.get(f"{URL}/{job_id}").json()
+    assert body["status"] == "succeeded", body
+    assert (body["rows_total"], body["rows_done"], body["rows_failed"]) == (150, 150, 0)
+    assert (body["chunks_total"], body["chunks_done"], body["version"]) == (4, 4, 2)
+    assert body["rows_per_second"] > 0
+    assert body["links"]["output"].endswith(f"{URL}/{job_id}/output")
+
+    download = batcher.get(body["links"]["output"])
+    assert download.status_code == 200
+    assert download["Content-Disposition"].startswith("attachment")
+    out = pd.read_csv(io.BytesIO(b"".join(download.streaming_content)))
+    assert len(out) == 150 and (out["version"] == 2).all()
+    errors = batcher.get(body["links"]["errors"])
+    assert b"".join(errors.streaming_content) == b"row,field,reason\n"
+
+    listed = batcher.get(URL).json()
+    assert [job["id"] for job in listed["results"]] == [job_id]
+    assert AuditEvent.objects.filter(object_type="predictions.batchjob", verb="create").count() == 1
+
+
+def test_production_is_the_default_and_a_dataset_can_be_the_input(
+    batcher, iris, django_capture_on_commit_callbacks
+):
+    dataset = factories.iris_dataset_create("iris-data")
+    response = batcher.post(URL, {"dataset": dataset.pk}, format="multipart")
+    assert response.status_code == 202, response.json()
+    assert response.json()["version"] == 1
+    assert response.json()["output_format"] == "parquet"
+    assert response.json()["chunk_rows"] == 50_000
+
+
+@pytest.mark.parametrize(
+    ("data", "field", "status"),
+    [
+        ({"version": 9}, "version", 400),
+        ({"chunk_rows": 10_000_000}, "chunk_rows", 400),
+        ({"chunk_rows": 0}, "chunk_rows", 400),
+        ({"output_format": "xlsx"}, "output_format", 400),
+        ({"max_error_share": 2}, "max_error_share", 400),
+        ({"alias": "champion"}, "alias", 400),
+        ({"version": 1, "alias": "latest"}, "alias", 400),
+        ({"dataset": 12345}, "dataset", 400),
+    ],
+)
+def test_bad_settings_are_a_400_naming_the_field_and_create_nothing(
+    batcher, iris, data, field, status
+):
+    response = batcher.post(URL, {"file": _parquet(), **data}, format="multipart")
+    assert response.status_code == status, response.json()
+    assert _field(response, field)
+    assert not BatchJob.objects.exists()
+
+
+def test_a_file_that_is_not_parquet_or_lacks_features_is_a_400_naming_file(batcher, iris):
+    fake = io.BytesIO(b"not parquet at all")
+    fake.name = "rows.parquet"
+    response = batcher.post(URL, {"file": fake}, format="multipart")
+    assert response.status_code == 400
+    assert _field(response, "file")
+
+    csv = io.BytesIO(b"sepal_length,sepal_width\n1,2\n")
+    csv.name = "rows.csv"
+    response = batcher.post(URL, {"file": csv}, format="multipart")
+    assert response.status_code == 400
+    assert "petal_length" in _field(response, "file")[0]
+
+    response = batcher.post(URL, {}, format="multipart")
+    assert response.status_code == 400
+    assert _field(response, "file") and _field(response, "dataset")
+    assert not BatchJob.objects.exists()
+
+
+def test_latest_alias_resolves_to_the_highest_version(batcher, iris):
+    response = batcher.post(URL, {"file": _parquet(), "alias": "latest"}, format="multipart")
+    assert response.status_code == 202
+    assert (response.json()["version"], response.json()["alias"]) == (2, "latest")
+
+
+def test_cancel_answers_the_job_then_409(batcher, iris):
+    job_id = batcher.post(URL, {"file": _parquet()}, format="multipart").json()["id"]
+    response = batcher.post(f"{URL}/{job_id}/cancel")
+    assert response.status_code == 200
+    assert response.json()["status"] == BatchStatus.CANCELLED
+    again = batcher.post(f"{URL}/{job_id}/cancel")
+    assert again.status_code == 409
+    assert again.json()["error"]["fields"]["status"]
+    assert batcher.post(f"{URL}/{job_id}/resume").status_code == 409
+
+
+def test_files_of_an_unfinished_job_and_unknown_jobs_are_404(batcher, iris):
+    job_id = batcher.post(URL, {"file": _parquet()}, format="multipart").json()["id"]
+    assert batcher.get(f"{URL}/{job_id}/output").status_code == 404
+    assert batcher.get(f"{URL}/{job_id + 100}").status_code == 404
+    assert batcher.post(f"{URL}/{job_id + 100}/cancel").status_code == 404
+
+
+def test_clients_read_jobs_but_only_permitted_staff_write_them(batcher, iris, client_api):
+    job_id = batcher.post(URL, {"file": _parquet()}, format="multipart").json()["id"]
+    assert client_api.get(f"{URL}/{job_id}").status_code == 200
+    assert client_api.post(URL, {"file": _parquet()}, format="multipart").status_code == 403
+    assert client_api.post(f"{URL}/{job_id}/cancel").status_code == 403
+    assert APIClient().get(URL).status_code == 401
+
+
+def test_admin_lists_jobs_with_a_progress_bar_and_cancels_through_the_service(
+    iris, client, django_capture_on_commit_callbacks
+):
+    from predictions import batch
+
+    staff = factories.staff_create(
+        "operator", extra_perms=["view_batchjob", "change_batchjob", "cancel_batchjob"]
+    )
+    client.force_login(staff)
+    running = batch.batch_job_create(model=iris, actor="tests", upload=_parquet(), enqueue=False)
+    batch.batch_job_start(job_id=running.pk)
+    batch.batch_chunk_run(job_id=running.pk, index=0)
+    batch.batch_job_finish(job_id=running.pk)
+    page = client.get("/admin/predictions/batchjob/")
+    assert page.status_code == 200
+    assert b'<progress value="150" max="150"' in page.content
+
+    queued = batch.batch_job_create(model=iris, actor="tests", upload=_parquet(), enqueue=False)
+    with django_capture_on_commit_callbacks(execute=False):
+        response = client.post(
+            "/admin/predictions/batchjob/",
+            {"action": "cancel_jobs", "_selected_action": [queued.pk, running.pk]},
+            follow=True,
+        )
+    assert response.status_code == 200
+    assert BatchJob.objects.get(pk=queued.pk).status == BatchStatus.CANCELLED
+    # The finished job is refused by the service and said so, not silently skipped.
+    assert b"already succeeded" in response.content
+    assert AuditEvent.objects.filter(verb="cancel", actor_name="operator").count() == 1
+    detail = client.get(f"/admin/predictions/batchjob/{running.pk}/change/")
+    assert detail.status_code == 200

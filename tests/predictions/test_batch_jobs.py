@@ -1,0 +1,531 @@
+"""Batch scoring jobs in process: planning, chunks, validation, errors, finish, cancel, prune.
+
+The tasks run eagerly here (each chunk a task call in this process); tests/predictions/
+test_batch_worker.py runs them in real worker processes."""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from django.utils import timezone
+
+from config.celery import app as celery_app
+from config.errors import ConflictError, ValidationFailed
+from mlregistry import services
+from mlregistry.models import AuditEvent, Stage
+from predictions import batch
+from predictions.models import BatchChunk, BatchJob, BatchStatus
+from tests import factories
+
+NAMES = factories.IRIS_FEATURES
+
+
+@pytest.fixture
+def eager():
+    celery_app.conf.task_always_eager = True
+    yield
+    celery_app.conf.task_always_eager = False
+
+
+@pytest.fixture
+def iris_prod(db):
+    model = factories.registered_model_create("iris")
+    version = factories.version_create(model)
+    services.model_version_transition(version=version, stage=Stage.PRODUCTION, actor="tests")
+    return model
+
+
+def _frame(rows: int = 300) -> pd.DataFrame:
+    x, _ = factories.iris_frame()
+    return pd.concat([x] * (rows // len(x) + 1), ignore_index=True).head(rows)
+
+
+def _parquet(frame: pd.DataFrame, *, row_group_size: int = 50) -> io.BytesIO:
+    sink = io.BytesIO()
+    pq.write_table(
+        pa.Table.from_pandas(frame, preserve_index=False), sink, row_group_size=row_group_size
+    )
+    sink.seek(0)
+    sink.name = "rows.parquet"
+    return sink
+
+
+def _csv(frame: pd.DataFrame) -> io.BytesIO:
+    data = io.BytesIO(frame.to_csv(index=False).encode())
+    data.name = "rows.csv"
+    return data
+
+
+def _run(job: BatchJob, django_capture_on_commit_callbacks) -> BatchJob:
+    """Runs every task of the job in this process, in the order workers would."""
+    for index in batch.batch_job_start(job_id=job.pk):
+        with django_capture_on_commit_callbacks(execute=False):
+            batch.batch_chunk_run(job_id=job.pk, index=index)
+    batch.batch_job_finish(job_id=job.pk)
+    job.refresh_from_db()
+    return job
+
+
+def _read(name: str, file_format: str) -> pd.DataFrame:
+    storage = batch.get_artifact_storage()
+    with storage.open(name, "rb") as handle:
+        data = handle.read()
+    if file_format == "parquet":
+        return pq.read_table(io.BytesIO(data)).to_pandas()
+    return pd.read_csv(io.BytesIO(data))
+
+
+def test_parquet_job_scores_every_row_as_serving_does(
+    iris_prod, django_capture_on_commit_callbacks
+):
+    frame = _frame(300)
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(frame), chunk_rows=100, enqueue=False
+    )
+    job = _run(job, django_capture_on_commit_callbacks)
+    assert job.status == BatchStatus.SUCCEEDED, job.error
+    assert (job.rows_total, job.rows_done, job.rows_failed) == (300, 300, 0)
+    assert job.chunks_total == 3
+    out = _read(job.output_name, "parquet")
+    assert list(out.columns) == [
+        "row",
+        "prediction",
+        "confidence",
+        "probability_0",
+        "probability_1",
+        "probability_2",
+        "version",
+    ]
+    assert out["row"].tolist() == list(range(300))
+    estimator = batch.model_cache.get(
+        batch.version_info(job.version), model_name="iris"
+    ).estimator
+    assert out["prediction"].tolist() == estimator.predict(frame.to_numpy()).tolist()
+    np.testing.assert_allclose(
+        out[["probability_0", "probability_1", "probability_2"]].to_numpy(),
+        estimator.predict_proba(frame.to_numpy()),
+    )
+    assert (out["version"] == 1).all()
+    assert _read(job.errors_name, "csv").empty
+    assert AuditEvent.objects.filter(object_type="predictions.batchjob", verb="finish").exists()
+
+
+def test_csv_job_reports_invalid_rows_with_row_numbers_and_reasons(
+    iris_prod, django_capture_on_commit_callbacks
+):
+    frame = _frame(200).astype(object)
+    frame.loc[3, "sepal_length"] = "abc"
+    frame.loc[7, "petal_width"] = None
+    frame.loc[150, "sepal_width"] = "inf"
+    job = batch.batch_job_create(
+        model=iris_prod,
+        actor="tests",
+        upload=_csv(frame),
+        chunk_rows=64,
+        output_format="csv",
+        enqueue=False,
+    )
+    job = _run(job, django_capture_on_commit_callbacks)
+    assert job.status == BatchStatus.SUCCEEDED, job.error
+    assert (job.rows_total, job.rows_done, job.rows_failed) == (200, 200, 3)
+    assert job.chunks_total == 4
+    out = _read(job.output_name, "csv")
+    assert len(out) == 197
+    assert {3, 7, 150}.isdisjoint(out["row"])
+    assert out["row"].is_monotonic_increasing
+    errors = _read(job.errors_name, "csv")
+    assert errors.to_dict("records") == [
+        {"row": 3, "field": "sepal_length", "reason": "must be a number"},
+        {"row": 7, "field": "petal_width", "reason": "must not be null"},
+        {
+            "row": 150,
+            "field": "sepal_width",
+            "reason": "must be a finite number (not NaN or Infinity)",
+        },
+    ]
+
+
+def test_schema_bounds_and_integers_are_checked_as_the_predict_api_does(db):
+    model = factories.registered_model_create("bounded")
+    schema = [{"name": n, "type": "float", "min": 0, "max": 10} for n in NAMES[:3]] + [
+        {"name": NAMES[3], "type": "integer", "required": False}
+    ]
+    version = services.model_version_create(
+        model=model,
+        artifact=io.BytesIO(factories.iris_classifier_bytes()),
+        actor="tests",
+        input_schema=schema,
+    )
+    frame = _frame(6).astype(object)
+    frame[NAMES[3]] = [1, 2, 2.5, None, 1, 0]
+    frame.loc[0, NAMES[0]] = 11.0
+    frame.loc[4, NAMES[1]] = True
+    job = batch.batch_job_create(
+        model=model,
+        actor="tests",
+        upload=_csv(frame),
+        version=version.version,
+        max_error_share=1,
+        enqueue=False,
+    )
+    for index in batch.batch_job_start(job_id=job.pk):
+        batch.batch_chunk_run(job_id=job.pk, index=index)
+    batch.batch_job_finish(job_id=job.pk)
+    job.refresh_from_db()
+    errors = _read(job.errors_name, "csv")
+    assert errors.to_dict("records") == [
+        {"row": 0, "field": NAMES[0], "reason": "must be between 0 and 10"},
+        {"row": 2, "field": NAMES[3], "reason": "must be an integer"},
+        # An absent optional value is valid input, but this model has no answer for it.
+        {"row": 3, "field": "prediction", "reason": "the model's answer is not a finite number"},
+        {"row": 4, "field": NAMES[1], "reason": "must be a number"},
+    ]
+    assert job.rows_failed == 4
+
+
+def test_job_fails_with_a_clear_message_past_its_error_share(
+    iris_prod, django_capture_on_commit_callbacks
+):
+    frame = _frame(100).astype(object)
+    frame.loc[:30, "sepal_length"] = "x"
+    job = batch.batch_job_create(
+        model=iris_prod,
+        actor="tests",
+        upload=_csv(frame),
+        chunk_rows=50,
+        max_error_share=0.2,
+        enqueue=False,
+    )
+    job = _run(job, django_capture_on_commit_callbacks)
+    assert job.status == BatchStatus.FAILED
+    assert job.error_type == "too_many_invalid_rows"
+    assert "31 of the input's 100 rows are invalid" in job.error
+    assert "20%" in job.error
+    assert job.output_name == ""
+
+
+def test_a_retried_chunk_rewrites_its_part_and_counts_once(
+    iris_prod, django_capture_on_commit_callbacks
+):
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(150)), chunk_rows=50, enqueue=False
+    )
+    indexes = batch.batch_job_start(job_id=job.pk)
+    assert indexes == [0, 1, 2]
+    assert batch.batch_chunk_run(job_id=job.pk, index=0) == "done"
+    # A redelivery of a chunk that finished: skipped, nothing counted twice.
+    assert batch.batch_chunk_run(job_id=job.pk, index=0) == "done"
+    # A chunk whose first attempt died half-way (status running, a stale part on disk).
+    BatchChunk.objects.filter(job=job, index=1).update(status="running", attempts=1)
+    storage = batch.get_artifact_storage()
+    stale = batch._part_name(job, 1, "output")
+    storage.save(stale, batch.ContentFile(b"half a part"))
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        assert batch.batch_chunk_run(job_id=job.pk, index=1) == "done"
+        assert batch.batch_chunk_run(job_id=job.pk, index=2) == "done"
+    assert len(callbacks) == 1  # the finish, once: the chunk that completed the count
+    assert BatchChunk.objects.get(job=job, index=1).attempts == 2
+    job = BatchJob.objects.get(pk=job.pk)
+    assert (job.rows_done, job.chunks_done) == (150, 3)
+    job = batch.batch_job_finish(job_id=job.pk)
+    assert job.status == BatchStatus.SUCCEEDED
+    assert _read(job.output_name, "parquet")["row"].tolist() == list(range(150))
+    # A second finish (a redelivered message) changes nothing.
+    assert batch.batch_job_finish(job_id=job.pk).output_name == job.output_name
+
+
+def test_cancel_stops_the_chunks_not_yet_run_and_is_audited(iris_prod, staff_user):
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(150)), chunk_rows=50, enqueue=False
+    )
+    batch.batch_job_start(job_id=job.pk)
+    batch.batch_chunk_run(job_id=job.pk, index=0)
+    job = batch.batch_job_cancel(job=job, actor=staff_user)
+    assert job.status == BatchStatus.CANCELLED
+    assert batch.batch_chunk_run(job_id=job.pk, index=1) == "skipped"
+    job.refresh_from_db()
+    assert job.rows_done == 50
+    event = AuditEvent.objects.get(object_type="predictions.batchjob", verb="cancel")
+    assert event.actor_name == staff_user.username
+    assert event.changes == {"status": ["running", "cancelled"]}
+    with pytest.raises(ConflictError):
+        batch.batch_job_cancel(job=job, actor=staff_user)
+    with pytest.raises(ConflictError):
+        batch.batch_job_resume(job=job, actor=staff_user)
+
+
+def test_a_chunk_running_when_the_job_is_cancelled_is_discarded(iris_prod):
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(100)), chunk_rows=50, enqueue=False
+    )
+    batch.batch_job_start(job_id=job.pk)
+    BatchJob.objects.filter(pk=job.pk).update(status=BatchStatus.CANCELLED)
+    assert batch._chunk_done(job.pk, 0, 0, 0.1) == "discarded"
+
+
+def test_a_job_whose_workers_stopped_is_reaped_then_resumed_where_it_stopped(
+    iris_prod, settings, django_capture_on_commit_callbacks
+):
+    from backups.services import stalled_jobs_reap
+
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(150)), chunk_rows=50, enqueue=False
+    )
+    batch.batch_job_start(job_id=job.pk)
+    batch.batch_chunk_run(job_id=job.pk, index=0)
+    # The worker running chunk 1 is killed: its chunk stays "running", its beats stop.
+    BatchChunk.objects.filter(job=job, index=1).update(status="running", attempts=1)
+    long_ago = timezone.now() - timedelta(seconds=settings.JOB_STALLED_AFTER_SECONDS + 5)
+    BatchJob.objects.filter(pk=job.pk).update(heartbeat_at=long_ago)
+    assert stalled_jobs_reap(actor="tests")["batch"] == [job.pk]
+    job.refresh_from_db()
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "worker_lost")
+    assert "no heartbeat" in job.error
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        job = batch.batch_job_resume(job=job, actor="tests")
+    assert len(callbacks) == 1
+    assert job.status == BatchStatus.RUNNING
+    assert batch.batch_job_start(job_id=job.pk) == [1, 2]
+    job = _run(job, django_capture_on_commit_callbacks)
+    assert job.status == BatchStatus.SUCCEEDED
+    assert (job.rows_done, job.rows_failed) == (150, 0)
+    assert BatchChunk.objects.get(job=job, index=0).attempts == 1
+
+
+def test_a_dataset_file_is_scored_and_sql_datasets_are_refused(
+    iris_prod, django_capture_on_commit_callbacks
+):
+    dataset = factories.iris_dataset_create("iris-data")
+    job = batch.batch_job_create(model=iris_prod, actor="tests", dataset=dataset.pk, enqueue=False)
+    assert job.input_name == dataset.file.name
+    job = _run(job, django_capture_on_commit_callbacks)
+    assert job.status == BatchStatus.SUCCEEDED
+    assert job.rows_done == 150
+    with pytest.raises(ValidationFailed) as refused:
+        batch.batch_job_create(model=iris_prod, actor="tests", dataset=99999, enqueue=False)
+    assert "dataset" in refused.value.fields
+
+
+def test_a_tampered_input_fails_the_job(iris_prod):
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(50)), enqueue=False
+    )
+    path = batch.get_artifact_storage().path(job.input_name)
+    with open(path, "ab") as handle:
+        handle.write(b"x")
+    assert batch.batch_job_start(job_id=job.pk) == []
+    job.refresh_from_db()
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_integrity")
+
+
+def test_regression_output_has_no_probabilities(db, django_capture_on_commit_callbacks):
+    from sklearn.datasets import load_diabetes
+
+    model = factories.registered_model_create("diabetes", task="regression")
+    version = services.model_version_create(
+        model=model, artifact=io.BytesIO(factories.diabetes_regressor_bytes()), actor="tests"
+    )
+    frame = load_diabetes(as_frame=True).data.head(40)
+    job = batch.batch_job_create(
+        model=model, actor="tests", upload=_parquet(frame), version=version.version, enqueue=False
+    )
+    job = _run(job, django_capture_on_commit_callbacks)
+    out = _read(job.output_name, "parquet")
+    assert list(out.columns) == ["row", "prediction", "confidence", "version"]
+    assert out["confidence"].isna().all()
+
+
+def test_prune_deletes_old_finished_jobs_and_their_files_only(
+    iris_prod, django_capture_on_commit_callbacks
+):
+    upload = _parquet(_frame(50))
+    old = _run(
+        batch.batch_job_create(model=iris_prod, actor="tests", upload=upload, enqueue=False),
+        django_capture_on_commit_callbacks,
+    )
+    upload.seek(0)
+    shared = batch.batch_job_create(model=iris_prod, actor="tests", upload=upload, enqueue=False)
+    BatchJob.objects.filter(pk=old.pk).update(finished_at=timezone.now() - timedelta(days=30))
+    storage = batch.get_artifact_storage()
+    cutoff = timezone.now() - timedelta(days=14)
+    assert batch.batch_jobs_prune(older_than=cutoff, dry_run=True) == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        assert batch.batch_jobs_prune(older_than=cutoff) == 1
+    assert not BatchJob.objects.filter(pk=old.pk).exists()
+    assert not storage.exists(old.output_name)
+    assert storage.exists(shared.input_name)  # still read by a job that stays
+    assert AuditEvent.objects.filter(
+        object_type="predictions.batchjob", verb="delete", actor_name="job:retention"
+    ).exists()
+
+
+def test_plan_groups_row_groups_up_to_chunk_rows_and_splits_large_ones():
+    assert batch._plan([50, 50, 50], 100) == [(0, 100), (100, 50)]
+    assert batch._plan([250], 100) == [(0, 100), (100, 100), (200, 50)]
+    assert batch._plan([30, 200, 10], 100) == [(0, 30), (30, 100), (130, 100), (230, 10)]
+    assert batch._plan([], 100) == []
+
+
+def test_a_mixed_type_schema_is_validated_and_scored_as_a_frame(
+    db, django_capture_on_commit_callbacks
+):
+    """String and boolean features: the model gets a DataFrame, as the predict path gives it."""
+    import skops.io as sio
+    from sklearn.compose import make_column_transformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    train = pd.DataFrame(
+        {
+            "colour": ["red", "blue", "red", "green"] * 10,
+            "large": [True, False, False, True] * 10,
+            "size": [1.0, 2.0, 3.0, 4.0] * 10,
+        }
+    )
+    target = ["a", "b", "a", "b"] * 10
+    pipeline = make_pipeline(
+        make_column_transformer(
+            (OneHotEncoder(handle_unknown="ignore"), ["colour"]), remainder="passthrough"
+        ),
+        LogisticRegression(),
+    ).fit(train, target)
+    model = factories.registered_model_create("mixed")
+    version = services.model_version_create(
+        model=model,
+        artifact=io.BytesIO(sio.dumps(pipeline)),
+        actor="tests",
+        input_schema=[
+            {"name": "colour", "type": "string"},
+            {"name": "large", "type": "boolean"},
+            {"name": "size", "type": "float"},
+        ],
+    )
+    frame = pd.DataFrame(
+        {
+            "colour": ["red", "blue", None, "green"],
+            "large": ["true", "False", "true", "maybe"],
+            "size": ["1.5", "2", "3", "4"],
+        }
+    )
+    job = batch.batch_job_create(
+        model=model,
+        actor="tests",
+        upload=_csv(frame),
+        version=version.version,
+        max_error_share=1,
+        enqueue=False,
+    )
+    job = _run(job, django_capture_on_commit_callbacks)
+    assert job.status == BatchStatus.SUCCEEDED, job.error
+    out = _read(job.output_name, "parquet")
+    assert out["row"].tolist() == [0, 1]
+    assert (
+        out["prediction"].tolist()
+        == pipeline.predict(
+            pd.DataFrame({"colour": ["red", "blue"], "large": [True, False], "size": [1.5, 2.0]})
+        ).tolist()
+    )
+    assert {"probability_a", "probability_b"} <= set(out.columns)
+    errors = _read(job.errors_name, "csv")
+    assert errors.to_dict("records") == [
+        {"row": 2, "field": "colour", "reason": "must not be null"},
+        {"row": 3, "field": "large", "reason": "must be true or false"},
+    ]
+
+
+def test_a_crashing_chunk_fails_the_job_with_its_reason_and_can_be_resumed(
+    iris_prod, monkeypatch, django_capture_on_commit_callbacks
+):
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(100)), chunk_rows=50, enqueue=False
+    )
+    batch.batch_job_start(job_id=job.pk)
+
+    # Fault injected on purpose: the scoring step raises once.
+    def broken(*args):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(batch, "_chunk_score", broken)
+    assert batch.batch_chunk_run(job_id=job.pk, index=0) == "failed"
+    job.refresh_from_db()
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "chunk_error")
+    assert "disk on fire" in job.error
+    monkeypatch.undo()
+    batch.batch_job_resume(job=job, actor="tests")
+    job = _run(job, django_capture_on_commit_callbacks)
+    assert job.status == BatchStatus.SUCCEEDED
+
+
+def test_an_unreadable_csv_and_an_oversized_input_fail_the_job_or_the_request(iris_prod, settings):
+    good = _csv(_frame(10))
+    job = batch.batch_job_create(model=iris_prod, actor="tests", upload=good, enqueue=False)
+    path = batch.get_artifact_storage().path(job.input_name)
+    # Rewritten under the same name with its digest updated: the bytes are verified, then
+    # found malformed (a row with more fields than the header).
+    data = b"sepal_length,sepal_width,petal_length,petal_width\n1,2,3,4,5,6\n"
+    with open(path, "wb") as handle:
+        handle.write(data)
+    BatchJob.objects.filter(pk=job.pk).update(input_sha256=batch.hashlib.sha256(data).hexdigest())
+    assert batch.batch_job_start(job_id=job.pk) == []
+    job.refresh_from_db()
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_unreadable")
+
+    settings.BATCH_MAX_ROWS = 5
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(10)), enqueue=False
+    )
+    assert batch.batch_job_start(job_id=job.pk) == []
+    job.refresh_from_db()
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "too_many_rows")
+
+    from config.errors import PayloadTooLarge
+
+    settings.BATCH_MAX_INPUT_SIZE = 1024
+    big = _parquet(_frame(300))
+    big.size = len(big.getvalue())
+    with pytest.raises(PayloadTooLarge):
+        batch.batch_job_create(model=iris_prod, actor="tests", upload=big, enqueue=False)
+
+
+def test_a_queued_job_can_be_resumed_and_a_finished_one_is_left_alone(iris_prod):
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(10)), enqueue=False
+    )
+    job = batch.batch_job_resume(job=job, actor="tests")
+    assert job.status == BatchStatus.QUEUED
+    BatchJob.objects.filter(pk=job.pk).update(status=BatchStatus.SUCCEEDED)
+    assert batch.batch_job_start(job_id=job.pk) == []
+    assert batch.batch_chunk_run(job_id=job.pk, index=0) == "skipped"
+    assert batch._fail(job.pk, problem="x", message="y").status == BatchStatus.SUCCEEDED
+
+
+def test_a_job_queued_behind_another_is_kept_alive_but_a_dead_chunk_s_job_is_not(
+    iris_prod, settings
+):
+    from backups.services import stalled_jobs_reap
+
+    long_ago = timezone.now() - timedelta(seconds=settings.JOB_STALLED_AFTER_SECONDS + 5)
+    first = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(100)), chunk_rows=50, enqueue=False
+    )
+    waiting = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(60)), chunk_rows=50, enqueue=False
+    )
+    dead = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(50)), chunk_rows=50, enqueue=False
+    )
+    for job in (first, waiting, dead):
+        batch.batch_job_start(job_id=job.pk)
+    # `dead`'s only chunk was taken by a worker that died; `waiting`'s chunks are queued.
+    BatchChunk.objects.filter(job=dead).update(status="running", attempts=1)
+    BatchJob.objects.filter(pk__in=[waiting.pk, dead.pk]).update(heartbeat_at=long_ago)
+    batch.batch_chunk_run(job_id=first.pk, index=0)  # a live worker's chunk
+    assert stalled_jobs_reap(actor="tests")["batch"] == [dead.pk]
+    assert BatchJob.objects.get(pk=waiting.pk).status == BatchStatus.RUNNING
