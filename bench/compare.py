@@ -147,6 +147,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--json", default=None, help="also write every cell's figures here")
     args = parser.parse_args()
     if os.environ.get("DATABASE_URL") and not args.base_database_url:
         raise SystemExit("DATABASE_URL is set: give --base-database-url (another database)")
@@ -182,6 +183,12 @@ def main() -> None:
         for side in sides:
             stop(side["server"])
     _print(figures, args)
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                [{"cell": s, "c": c, "side": n, "runs": r} for (s, c, n), r in figures.items()]
+            )
+        )
 
 
 def _median(results: list[dict], key: str) -> float:
@@ -206,9 +213,12 @@ def _print(figures, args) -> None:
         this = figures[(scenario, concurrency, "this")]
         b, t = _median(base, "rps"), _median(this, "rps")
         rps[(scenario, concurrency)] = (b, t)
+        # Each round measured both sides back to back: their ratio cancels that round's load.
+        paired = sorted(x["rps"] / y["rps"] for x, y in zip(this, base, strict=True))
         print(
             f"{scenario:<32} {concurrency:>3} {b:>11,.1f} {t:>11,.1f} {t / b:>6.3f} "
-            f"{_median(base, 'p99_ms'):>7.1f}ms {_median(this, 'p99_ms'):>7.1f}ms"
+            f"{_median(base, 'p99_ms'):>7.1f}ms {_median(this, 'p99_ms'):>7.1f}ms  "
+            f"{paired[0]:.2f}..{paired[-1]:.2f} (median {statistics.median(paired):.2f})"
         )
     for label, index in (("base", 0), ("this", 1)):
         mlflow = rps[("MLflow single, uncached", 16)][index] / rps[(UNCACHED, 16)][index]

@@ -41,6 +41,10 @@ class ModelOutputInvalid(DomainError):
         self.rows = rows
 
 
+# Served's probabilities are read from its (cached) native rows only if a protocol asks.
+FROM_ROWS: Any = object()
+
+
 class Served:
     """The answer to one predict request, as arrays (protocols encode these) and, on demand,
     as the native endpoint's JSON (`native()`).
@@ -54,13 +58,13 @@ class Served:
     __slots__ = (
         "_confidences",
         "_predictions",
+        "_probabilities",
         "_rows",
         "batch",
         "cached",
         "class_labels",
         "labels",
         "model_name",
-        "probabilities",
         "request_id",
         "timestamp",
         "version",
@@ -72,18 +76,19 @@ class Served:
         model_name: str,
         version: VersionInfo,
         labels: Any,
-        probabilities: np.ndarray | None,
+        probabilities: Any,
         class_labels: list[str] | None,
         batch: bool,
         cached: bool,
         request_id: str,
         timestamp: datetime,
         rows: list[dict[str, Any]] | None = None,
+        confidences: list[float] | None = None,
     ) -> None:
         self.model_name = model_name
         self.version = version
         self.labels = labels
-        self.probabilities = probabilities
+        self._probabilities = probabilities
         self.class_labels = class_labels
         self.batch = batch
         self.cached = cached
@@ -91,7 +96,20 @@ class Served:
         self.timestamp = timestamp
         self._rows = rows
         self._predictions: list[Any] | None = None
-        self._confidences: list[float] | None = None
+        self._confidences = confidences
+
+    @property
+    def probabilities(self) -> np.ndarray | None:
+        if self._probabilities is FROM_ROWS:
+            # A cached answer: its rows hold the probabilities, in the model's class order.
+            rows = self._rows or []
+            found = [row.get("probabilities") for row in rows]
+            self._probabilities = (
+                np.array([list(p.values()) for p in found], dtype=np.float64)
+                if found and all(p is not None for p in found)
+                else None
+            )
+        return self._probabilities
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -105,10 +123,11 @@ class Served:
 
     def confidences(self) -> list[float] | None:
         """Each row's highest probability, or None without probabilities."""
-        if self.probabilities is None:
-            return None
         if self._confidences is None:
-            self._confidences = self.probabilities.max(axis=1).tolist()
+            probabilities = self.probabilities
+            if probabilities is None:
+                return None
+            self._confidences = probabilities.max(axis=1).tolist()
         return self._confidences
 
     def rows(self) -> list[dict[str, Any]]:
@@ -449,6 +468,8 @@ def serve(
         )
         raise
     labels, probabilities, rows, cached = served
+    # A single row's answer was built (to be cached) or read from the cache: its confidence too.
+    confidences = [rows[0]["confidence"]] if rows and rows[0]["confidence"] is not None else None
     result = Served(
         model_name=name,
         version=version,
@@ -460,6 +481,7 @@ def serve(
         request_id=request_id,
         timestamp=datetime.now(UTC),
         rows=rows,
+        confidences=confidences,
     )
     _observe(result, loaded, started)
     _log_served(
@@ -487,11 +509,7 @@ def _answer(
     hit = cache_get(key)
     if hit is not None:
         metrics.labelled(metrics.CACHE_REQUESTS, result="hit").inc()
-        found = hit.get("probabilities")
-        probabilities = (
-            np.array([list(found.values())], dtype=np.float64) if found is not None else None
-        )
-        return [hit["prediction"]], probabilities, [hit], True
+        return [hit["prediction"]], FROM_ROWS, [hit], True
     metrics.labelled(metrics.CACHE_REQUESTS, result="miss").inc()
     labels, probabilities = _predict(loaded, values, batch=False)
     listed = labels.tolist() if hasattr(labels, "tolist") else list(labels)
@@ -508,11 +526,11 @@ def _observe(served: Served, loaded: LoadedModel, started: float) -> None:
         version=version,
         cached="true" if served.cached else "false",
     ).inc(len(served))
-    if loaded.has_proba and served.probabilities is not None:
+    values = served.confidences() if loaded.has_proba else None
+    if values is not None:
         confidence = metrics.labelled(metrics.PREDICTION_CONFIDENCE, model=name, version=version)
         # A histogram update is a locked write in multiprocess mode: a batch contributes a
         # random sample of its rows (the distribution is what the dashboard shows).
-        values = served.confidences()
         if len(values) > _CONFIDENCE_SAMPLE:
             values = random.sample(values, _CONFIDENCE_SAMPLE)
         for value in values:
