@@ -84,7 +84,8 @@ def periodic_tasks_enable(
     tasks changed."""
     changed = 0
     with transaction.atomic():
-        for task in tasks.select_for_update().order_by("pk"):
+        # The admin's queryset joins the (nullable) schedules: lock the tasks' rows only.
+        for task in tasks.select_for_update(of=("self",)).order_by("pk"):
             wanted = (not task.enabled) if enabled is None else enabled
             if task.enabled == wanted:
                 continue
