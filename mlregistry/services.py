@@ -22,6 +22,7 @@ from django.utils import timezone
 from sklearn.base import is_classifier, is_regressor
 
 from config.errors import ConflictError, ForbiddenError, NotFoundError, ValidationFailed
+from config.events import event_publish
 from mlregistry import artifacts, reference, schema
 from mlregistry.audit import (
     Actor,
@@ -46,6 +47,7 @@ from mlregistry.selectors import (
     routing_invalidate,
 )
 from mlregistry.storage import get_artifact_storage
+from mlregistry.webhooks.payloads import version_event_data
 
 logger = logging.getLogger(__name__)
 
@@ -498,6 +500,9 @@ def model_version_create(
                 obj=version,
                 changes=created_changes(version, _VERSION_AUDITED_FIELDS),
             )
+            event_publish(
+                "model_version.created", model=locked.name, data=version_event_data(version)
+            )
             # The routing entry lists the versions a client may pin: it must learn of this one.
             transaction.on_commit(partial(routing_invalidate, locked.name))
     except BaseException:
@@ -581,7 +586,7 @@ def _write_transition(
             **({"comment": [None, comment]} if comment else {}),
         },
     )
-    return StageTransition.objects.create(
+    transition = StageTransition.objects.create(
         version=version,
         from_stage=from_stage,
         to_stage=to_stage,
@@ -589,6 +594,12 @@ def _write_transition(
         actor_name=name,
         comment=comment,
     )
+    event_publish(
+        "model_version.stage_changed",
+        model=version.model.name,
+        data=version_event_data(version, transition),
+    )
+    return transition
 
 
 class _Unchecked:

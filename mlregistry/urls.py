@@ -1,6 +1,7 @@
 from django.urls import path
 
 from mlregistry import training_views, views
+from mlregistry.webhooks import api as webhooks_api
 
 urlpatterns = [
     path("audit-events/", views.AuditEventListView.as_view(), name="audit-event-list"),
@@ -39,3 +40,5 @@ urlpatterns += [
         name="training-job-detail",
     ),
 ]
+
+urlpatterns += webhooks_api.urlpatterns
