@@ -65,6 +65,10 @@ class WebhookAdmin(DeletesThroughServices, admin.ModelAdmin):
     inlines = [WebhookDeliveryInline]
     actions = ["send_ping", "delete_selected"]
 
+    def get_inlines(self, request, obj=None):
+        # A new webhook has no deliveries yet.
+        return self.inlines if obj is not None else []
+
     @admin.display(description="events")
     def events_display(self, obj: Webhook) -> str:
         return ", ".join(obj.events)
