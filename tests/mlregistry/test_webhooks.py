@@ -649,3 +649,58 @@ def test_admin_delete_goes_through_the_service(admin_client, receiver):
     assert answer.status_code == 302
     assert not Webhook.objects.exists()
     assert AuditEvent.objects.filter(object_type="mlregistry.webhook", verb="delete").exists()
+
+
+def test_admin_change_goes_through_the_service(admin_client, receiver):
+    hook = _hook(receiver)
+    answer = admin_client.post(
+        f"/admin/mlregistry/webhook/{hook.pk}/change/",
+        {
+            "name": "renamed",
+            "url": receiver.url + "/other",
+            "events": ["backup.failed"],
+            "deliveries-TOTAL_FORMS": "0",
+            "deliveries-INITIAL_FORMS": "0",
+        },
+    )
+    assert answer.status_code == 302, answer.content[:3000]
+    hook.refresh_from_db()
+    assert (hook.name, hook.events, hook.active) == ("renamed", ["backup.failed"], False)
+    update = AuditEvent.objects.get(object_type="mlregistry.webhook", verb="update")
+    assert set(update.changes) == {"name", "url", "events", "active"}
+
+
+def test_the_tasks_send_and_resume(receiver):
+    from mlregistry.webhooks.tasks import webhook_deliveries_resume_task, webhook_delivery_send_task
+
+    _hook(receiver)
+    event_publish("backup.failed", data={"id": 1})
+    event_publish("backup.failed", data={"id": 2})
+    first, second = WebhookDelivery.objects.order_by("id")
+    # The second waits for the first; the first's sender then sends it (on the broker).
+    assert webhook_delivery_send_task.apply((second.pk,)).get() == "waiting"
+    assert webhook_delivery_send_task.apply((first.pk,)).get() == "succeeded"
+    WebhookDelivery.objects.filter(pk=second.pk).update(
+        next_attempt_at=timezone.now() - timedelta(minutes=5)
+    )
+    assert webhook_deliveries_resume_task.apply().get() == [second.pk]
+
+
+def test_signature_valid_refuses_malformed_headers():
+    body = b"{}"
+    good = signature_header(secret="s", body=body)
+    assert signature_valid(secret="s", body=body, header=good)
+    for header in ("", "t=abc,v1=00", "v1=00", "t=1", good.replace("v1=", "v0=")):
+        assert not signature_valid(secret="s", body=body, header=header), header
+
+
+def test_admin_list_says_why_a_webhook_is_off(admin_client, receiver):
+    on = _hook(receiver, name="on")
+    off = _hook(receiver, name="off")
+    failed = _hook(receiver, name="failed")
+    webhooks.webhook_update(webhook=off, actor="tests", active=False)
+    webhooks.webhook_disable(webhook=failed, actor="job:webhooks", reason="kept failing")
+    assert webhooks.webhook_disable(webhook=failed, actor="tests", reason="again").disabled_reason
+    page = admin_client.get("/admin/mlregistry/webhook/").content.decode()
+    assert "disabled: kept failing" in page
+    assert on.name in page
