@@ -487,6 +487,8 @@ WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 10.0)
 WEBHOOK_RETRY_MAX_SECONDS = env_float("WEBHOOK_RETRY_MAX_SECONDS", 3600.0)
 # A webhook whose every attempt failed for this long is disabled (audited; readiness says so).
 WEBHOOK_DISABLE_AFTER_HOURS = env_float("WEBHOOK_DISABLE_AFTER_HOURS", 24.0)
+# Finished deliveries (and their attempts) older than this are pruned by the retention job.
+WEBHOOK_DELIVERY_RETENTION_DAYS = env_int("WEBHOOK_DELIVERY_RETENTION_DAYS", 30, minimum=1)
 # --- end Webhooks ---
 # --- Predictions (serving path; see README "Serving") ----------------------------------------
 # Result cache TTL in seconds (keys hold the version id and sha256, so a promotion never

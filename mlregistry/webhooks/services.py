@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from config.errors import NotFoundError, ValidationFailed
 from config.events import EVENT_TYPES, RegistryEvent
+from config.pruning import delete_in_batches
 from mlregistry.audit import (
     Actor,
     audit_record,
@@ -597,3 +598,17 @@ def webhook_deliveries_due(*, now: datetime | None = None, grace_seconds: int = 
         .order_by("id")
         .values_list("id", flat=True)
     )
+
+
+def webhook_deliveries_prune(
+    *, older_than: datetime, dry_run: bool = False, batch_size: int = 1000
+) -> int:
+    """Deletes finished deliveries (and their attempts) created before `older_than`, in
+    batches; pending ones stay whatever their age. Returns how many went (with `dry_run`, how
+    many would, deleting nothing). For the retention job (WEBHOOK_DELIVERY_RETENTION_DAYS)."""
+    old = WebhookDelivery.objects.filter(created_at__lt=older_than).exclude(
+        status=DeliveryStatus.PENDING
+    )
+    if dry_run:
+        return old.count()
+    return delete_in_batches(old, batch_size=batch_size)

@@ -704,3 +704,18 @@ def test_admin_list_says_why_a_webhook_is_off(admin_client, receiver):
     page = admin_client.get("/admin/mlregistry/webhook/").content.decode()
     assert "disabled: kept failing" in page
     assert on.name in page
+
+
+def test_old_finished_deliveries_are_pruned_and_pending_ones_kept(receiver):
+    _hook(receiver)
+    for number in range(3):
+        event_publish("backup.failed", data={"id": number})
+    done, failed, pending = WebhookDelivery.objects.order_by("id")
+    webhooks.webhook_delivery_attempt(delivery_id=done.pk)
+    WebhookDelivery.objects.filter(pk=failed.pk).update(status=DeliveryStatus.FAILED)
+    WebhookDelivery.objects.update(created_at=timezone.now() - timedelta(days=40))
+    cutoff = timezone.now() - timedelta(days=30)
+    assert webhooks.webhook_deliveries_prune(older_than=cutoff, dry_run=True) == 2
+    assert WebhookDelivery.objects.count() == 3
+    assert webhooks.webhook_deliveries_prune(older_than=cutoff, batch_size=1) == 2
+    assert list(WebhookDelivery.objects.values_list("pk", flat=True)) == [pending.pk]
