@@ -6,9 +6,11 @@ The secret never enters an audit diff, a log line or an error message.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
+import ssl
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
+import certifi
 import httpx
 from django.conf import settings
 from django.db import transaction
@@ -221,21 +224,6 @@ def _body(payload: dict[str, Any]) -> str:
     return json.dumps(payload, separators=(",", ":"), sort_keys=False)
 
 
-def _delivery_new(
-    *, webhook: Webhook, event_id: str, event: str, model_name: str, ordering_key: str, body: str
-) -> WebhookDelivery:
-    return WebhookDelivery.objects.create(
-        webhook=webhook,
-        delivery_id=uuid.uuid4(),
-        event_id=event_id,
-        event=event,
-        model_name=model_name,
-        ordering_key=ordering_key,
-        body=body,
-        next_attempt_at=timezone.now(),
-    )
-
-
 def deliveries_enqueue(delivery_ids: list[int], *, countdown: float | None = None) -> None:
     """Sends a task for each delivery. A broker that cannot take it loses nothing: the
     delivery stays pending and webhook_deliveries_due() finds it for the resume job."""
@@ -262,17 +250,22 @@ def deliveries_create_for_event(sender: Any, event: RegistryEvent, **kwargs: Any
     if not hooks:
         return []
     body = _body(event.payload())
-    ids = [
-        _delivery_new(
+    now = timezone.now()
+    # One INSERT for all of them; both backends return the new ids.
+    created = WebhookDelivery.objects.bulk_create(
+        WebhookDelivery(
             webhook=hook,
+            delivery_id=uuid.uuid4(),
             event_id=event.id,
             event=event.event,
             model_name=event.model,
             ordering_key=event.model,
             body=body,
-        ).pk
+            next_attempt_at=now,
+        )
         for hook in hooks
-    ]
+    )
+    ids = [delivery.pk for delivery in created]
     transaction.on_commit(partial(deliveries_enqueue, ids))
     return ids
 
@@ -390,6 +383,12 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    # Built once per process: loading the CA bundle costs ~80 ms, ten times a loopback request.
+    return ssl.create_default_context(cafile=certifi.where())
+
+
 def _post(delivery: WebhookDelivery, url: str) -> _Answer:
     body = delivery.body.encode()
     started = time.perf_counter()
@@ -411,7 +410,10 @@ def _post(delivery: WebhookDelivery, url: str) -> _Answer:
         # choosing rather than the address checked above. Redirects are never followed.
         with (
             httpx.Client(
-                timeout=settings.WEBHOOK_TIMEOUT_SECONDS, follow_redirects=False, trust_env=False
+                timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
+                follow_redirects=False,
+                trust_env=False,
+                verify=_tls_context(),
             ) as client,
             client.stream(
                 "POST", target_url(target), content=body, headers=headers, extensions=extensions
