@@ -48,6 +48,7 @@ from mlregistry.selectors import (
 )
 from mlregistry.storage import get_artifact_storage
 from mlregistry.webhooks.payloads import version_event_data
+from mlregistry.webhooks.services import webhooks_of_model_delete
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +207,7 @@ def registered_model_delete(*, model: RegisteredModel, actor: Actor) -> None:
             )
         name, model_id = locked.name, locked.pk
         audit_record(actor=actor, verb="delete", obj=locked, changes=deleted_changes(locked))
+        webhooks_of_model_delete(model=locked, actor=actor)
         locked.delete()
         transaction.on_commit(
             partial(registered_model_caches_invalidate, name=name, model_id=model_id)

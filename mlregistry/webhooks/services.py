@@ -196,6 +196,19 @@ def webhook_delete(*, webhook: Webhook, actor: Actor) -> None:
         locked.delete()
 
 
+def webhooks_of_model_delete(*, model: RegisteredModel, actor: Actor) -> int:
+    """Inside the transaction that deletes `model`: deletes the webhooks filtered on it (each
+    audited as a delete by the same actor) rather than letting the cascade remove them
+    silently. Returns how many went."""
+    hooks = list(Webhook.objects.select_for_update().filter(model=model))
+    for hook in hooks:
+        audit_record(
+            actor=actor, verb="delete", obj=hook, changes=deleted_changes(hook, _AUDITED_FIELDS)
+        )
+        hook.delete()
+    return len(hooks)
+
+
 def webhook_disable(*, webhook: Webhook, actor: Actor, reason: str) -> Webhook:
     """Turns a webhook off, saying why (shown in the admin, the API, the dashboard and
     readiness). Its pending deliveries fail at their next attempt instead of being sent."""

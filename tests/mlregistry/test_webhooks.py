@@ -719,3 +719,14 @@ def test_old_finished_deliveries_are_pruned_and_pending_ones_kept(receiver):
     assert WebhookDelivery.objects.count() == 3
     assert webhooks.webhook_deliveries_prune(older_than=cutoff, batch_size=1) == 2
     assert list(WebhookDelivery.objects.values_list("pk", flat=True)) == [pending.pk]
+
+
+def test_deleting_a_model_deletes_its_webhooks_audited(receiver, staff_user):
+    model = factories.registered_model_create("iris")
+    hook = _hook(receiver, model=model)
+    everything = _hook(receiver, name="every-model")
+    services.registered_model_delete(model=model, actor=staff_user)
+    assert list(Webhook.objects.all()) == [everything]
+    deleted = AuditEvent.objects.get(object_type="mlregistry.webhook", verb="delete")
+    assert deleted.object_id == str(hook.pk)
+    assert deleted.actor_name == staff_user.username
