@@ -477,16 +477,20 @@ def _claim(delivery_id: int, now: datetime) -> bool:
 
 
 def _record(delivery_id: int, answer: _Answer, started_at: datetime) -> AttemptResult:
+    webhook_id = (
+        WebhookDelivery.objects.filter(pk=delivery_id).values_list("webhook_id", flat=True).first()
+    )
     with transaction.atomic():
+        # The webhook, then the delivery: the order webhook_delete's cascade locks them in.
+        webhook = Webhook.objects.select_for_update().filter(pk=webhook_id).first()
         delivery = (
             WebhookDelivery.objects.select_for_update()
             .select_related("webhook")
             .filter(pk=delivery_id)
             .first()
         )
-        if delivery is None:
+        if webhook is None or delivery is None:
             return AttemptResult("gone")
-        webhook = Webhook.objects.select_for_update().get(pk=delivery.webhook_id)
         delivery.attempt_count += 1
         WebhookAttempt.objects.create(
             delivery=delivery,
@@ -514,7 +518,7 @@ def _record(delivery_id: int, answer: _Answer, started_at: datetime) -> AttemptR
                     webhook=webhook,
                     actor=DELIVERY_ACTOR,
                     reason=(
-                        f"Every delivery failed for {settings.WEBHOOK_DISABLE_AFTER_HOURS} h "
+                        f"Every delivery failed for {settings.WEBHOOK_DISABLE_AFTER_HOURS:g} h "
                         f"(since {webhook.failing_since:%Y-%m-%d %H:%M} UTC); last: "
                         f"{answer.status_code or answer.error}"
                     ),
