@@ -730,3 +730,64 @@ def test_deleting_a_model_deletes_its_webhooks_audited(receiver, staff_user):
     deleted = AuditEvent.objects.get(object_type="mlregistry.webhook", verb="delete")
     assert deleted.object_id == str(hook.pk)
     assert deleted.actor_name == staff_user.username
+
+
+def _https_receiver(monkeypatch, settings, certified_name: str):
+    """An https receiver on 127.0.0.1 with a certificate for `certified_name`; the name
+    "hooks.test" resolves to it (allowed by address), and the sender trusts the test CA."""
+    import ssl
+
+    import trustme
+
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert(certified_name).configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    # Trust injected on purpose: the sender's CA bundle does not know the test CA.
+    monkeypatch.setattr(webhooks, "_tls_context", lambda: client_context)
+    real = socket.getaddrinfo
+
+    def resolve(host, *args, **kwargs):
+        if host == "hooks.test":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", args[0]))]
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+    return Receiver(tls=server_context).start()
+
+
+def test_https_goes_to_the_checked_address_with_the_host_name_verified(monkeypatch, settings):
+    receiver = _https_receiver(monkeypatch, settings, "hooks.test")
+    try:
+        port = receiver.server.server_address[1]
+        hook = webhooks.webhook_create(
+            name="tls", url=f"https://hooks.test:{port}/hook", events=["backup.failed"], actor="t"
+        )
+        event_publish("backup.failed", data={"id": 1})
+        _send_all()
+        (request,) = receiver.received()
+        assert request.headers["host"] == f"hooks.test:{port}"
+        assert signature_valid(
+            secret=hook.secret, body=request.body, header=request.headers["x-registry-signature"]
+        )
+    finally:
+        receiver.stop()
+
+
+def test_https_with_a_certificate_for_another_name_is_not_sent(monkeypatch, settings):
+    receiver = _https_receiver(monkeypatch, settings, "elsewhere.test")
+    try:
+        port = receiver.server.server_address[1]
+        webhooks.webhook_create(
+            name="tls", url=f"https://hooks.test:{port}/hook", events=["backup.failed"], actor="t"
+        )
+        settings.WEBHOOK_MAX_ATTEMPTS = 1
+        event_publish("backup.failed", data={"id": 1})
+        _send_all()
+        assert receiver.received() == []
+        attempt = WebhookDelivery.objects.get(status=DeliveryStatus.FAILED).attempts.get()
+        assert attempt.error.startswith("network: ConnectError") and "certificate" in attempt.error
+    finally:
+        receiver.stop()
