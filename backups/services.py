@@ -57,8 +57,9 @@ from backups.models import (
 )
 from config.archives import ArchiveError, ArchiveLimits, tar_check
 from config.errors import ConflictError, DomainError, NotFoundError
+from config.events import event_publish
 from config.job_heartbeats import STALLED_JOB_KINDS, StalledJobKind, job_heartbeat
-from mlregistry.audit import audit_rows_pruned
+from mlregistry.audit import audit_rows_pruned, fields_snapshot
 from mlregistry.storage import (
     get_artifact_storage,
     get_backup_storage,
@@ -655,6 +656,10 @@ def _backup_write(backup: Backup) -> None:
     )
 
 
+# What a backup.failed event says of the backup (webhooks).
+_EVENT_FIELDS = ("slot", "status", "error", "actor", "attempts", "started_at", "finished_at")
+
+
 def backup_create(
     *, slot: str | None = None, actor: AbstractBaseUser | str, now: datetime | None = None
 ) -> Backup:
@@ -684,6 +689,10 @@ def backup_create(
                 backup.error = f"{type(exc).__name__}: {exc}"[:5000]
                 backup.finished_at = timezone.now()
                 backup.save(update_fields=["status", "error", "finished_at"])
+                event_publish(
+                    "backup.failed",
+                    data={"id": backup.pk, **fields_snapshot(backup, _EVENT_FIELDS)},
+                )
                 raise
             backup_verify(backup=backup)
     return backup

@@ -107,9 +107,7 @@ def _in_process(path: Path, version) -> float:
     from predictions.loader import ModelCache
     from predictions.serving import version_info
 
-    estimator = (
-        ModelCache().get(version_info(version), model_name=version.model.name).estimator
-    )
+    estimator = ModelCache().get(version_info(version), model_name=version.model.name).estimator
     best = float("inf")
     for _ in range(3):
         started = time.perf_counter()

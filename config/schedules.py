@@ -50,3 +50,13 @@ DEFAULT_SCHEDULES.append(
         "enabled": True,
     }
 )
+
+# Sends again the webhook deliveries whose task was lost (a broker outage, a worker that died).
+DEFAULT_SCHEDULES.append(
+    {
+        "name": "webhook-deliveries-resume",
+        "task": "mlregistry.webhooks.tasks.webhook_deliveries_resume_task",
+        "crontab": {"minute": "*"},
+        "enabled": True,
+    }
+)

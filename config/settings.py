@@ -518,7 +518,7 @@ SPECTACULAR_SETTINGS.update(
 LOGGING["loggers"]["mlregistry.requests"] = {"level": LOG_LEVEL}
 LOGGING["loggers"]["mlregistry.tasks"] = {"filters": ["routine_tasks"]}
 # The worker imports the deployment's own tasks (heartbeat) besides the apps' tasks modules.
-CELERY_IMPORTS = ["config.tasks"]
+CELERY_IMPORTS = ["config.tasks", "mlregistry.webhooks.tasks"]
 # Workers log through LOGGING above (JSON lines with the request id), not Celery's own format.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 if CELERY_BROKER_URL.startswith("filesystem"):
@@ -539,6 +539,20 @@ ARTIFACT_SWEEP_MIN_AGE_SECONDS = env_int("ARTIFACT_SWEEP_MIN_AGE_SECONDS", 3600,
 # of each job and outcome stays, and /metrics keeps counting pruned runs (backups.JobRunTally).
 JOB_RUN_RETENTION_DAYS = env_int("JOB_RUN_RETENTION_DAYS", 90, minimum=1)
 # --- end backups ---------------------------------------------------------------------------
+# --- Webhooks (mlregistry/webhooks; README "Webhooks") ------------------------------------
+# Hosts or IP addresses (exact, comma-separated) a webhook may reach although they are loopback,
+# private or link-local; every other such address is refused at configuration and at sending.
+WEBHOOK_ALLOWED_HOSTS = env_list("WEBHOOK_ALLOWED_HOSTS", [])
+WEBHOOK_TIMEOUT_SECONDS = env_float("WEBHOOK_TIMEOUT_SECONDS", 5.0)
+# Attempts per delivery, and the backoff between them: base * 2**(n-1) capped at max, jittered.
+WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
+WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 10.0)
+WEBHOOK_RETRY_MAX_SECONDS = env_float("WEBHOOK_RETRY_MAX_SECONDS", 3600.0)
+# A webhook whose every attempt failed for this long is disabled (audited; readiness says so).
+WEBHOOK_DISABLE_AFTER_HOURS = env_float("WEBHOOK_DISABLE_AFTER_HOURS", 24.0)
+# Finished deliveries (and their attempts) older than this are pruned by the retention job.
+WEBHOOK_DELIVERY_RETENTION_DAYS = env_int("WEBHOOK_DELIVERY_RETENTION_DAYS", 30, minimum=1)
+# --- end Webhooks ---
 # --- Predictions (serving path; see README "Serving") ----------------------------------------
 # Result cache TTL in seconds (keys hold the version id and sha256, so a promotion never
 # serves a previous version's answer).

@@ -668,3 +668,4 @@ class StageTransitionAdmin(admin.ModelAdmin):
 
 # API tokens and client model restrictions register their admins there.
 from mlregistry import admin_access  # noqa: E402, F401
+from mlregistry.webhooks import admin as _webhooks_admin  # noqa: E402, F401  (registers them)

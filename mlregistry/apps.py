@@ -10,5 +10,7 @@ class MlregistryConfig(AppConfig):
             access,  # noqa: F401  (connects the access-policy cache signals)
             retention,
         )
+        from mlregistry.webhooks.apps import webhooks_ready
 
         retention.register()
+        webhooks_ready()

@@ -203,3 +203,7 @@ class AuditEvent(models.Model):
         return (
             f"{self.actor_name} {self.verb} {self.object_type} {self.object_repr or self.object_id}"
         )
+
+
+# Webhooks live in their own module; imported here so Django registers them with this app.
+from mlregistry.webhooks.models import Webhook, WebhookAttempt, WebhookDelivery  # noqa: E402, F401

@@ -22,6 +22,7 @@ from django.utils import timezone
 from sklearn.base import is_classifier, is_regressor
 
 from config.errors import ConflictError, ForbiddenError, NotFoundError, ValidationFailed
+from config.events import event_publish
 from mlregistry import artifacts, mlflow_import, reference, schema
 from mlregistry.audit import (
     Actor,
@@ -47,6 +48,8 @@ from mlregistry.selectors import (
     routing_invalidate,
 )
 from mlregistry.storage import get_artifact_storage
+from mlregistry.webhooks.payloads import version_event_data
+from mlregistry.webhooks.services import webhooks_of_model_delete
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +208,7 @@ def registered_model_delete(*, model: RegisteredModel, actor: Actor) -> None:
             )
         name, model_id = locked.name, locked.pk
         audit_record(actor=actor, verb="delete", obj=locked, changes=deleted_changes(locked))
+        webhooks_of_model_delete(model=locked, actor=actor)
         locked.delete()
         transaction.on_commit(
             partial(registered_model_caches_invalidate, name=name, model_id=model_id)
@@ -595,6 +599,9 @@ def model_version_create(
                 obj=version,
                 changes=created_changes(version, _VERSION_AUDITED_FIELDS),
             )
+            event_publish(
+                "model_version.created", model=locked.name, data=version_event_data(version)
+            )
             # The routing entry lists the versions a client may pin: it must learn of this one.
             transaction.on_commit(partial(routing_invalidate, locked.name))
     except BaseException:
@@ -676,7 +683,7 @@ def _write_transition(
             **({"comment": [None, comment]} if comment else {}),
         },
     )
-    return StageTransition.objects.create(
+    transition = StageTransition.objects.create(
         version=version,
         from_stage=from_stage,
         to_stage=to_stage,
@@ -684,6 +691,12 @@ def _write_transition(
         actor_name=name,
         comment=comment,
     )
+    event_publish(
+        "model_version.stage_changed",
+        model=version.model.name,
+        data=version_event_data(version, transition),
+    )
+    return transition
 
 
 class _Unchecked:

@@ -1,6 +1,7 @@
 from django.urls import path
 
 from mlregistry import views
+from mlregistry.webhooks import api as webhooks_api
 
 urlpatterns = [
     path("audit-events/", views.AuditEventListView.as_view(), name="audit-event-list"),
@@ -24,3 +25,5 @@ urlpatterns = [
         name="version-transition",
     ),
 ]
+
+urlpatterns += webhooks_api.urlpatterns

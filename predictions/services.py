@@ -16,6 +16,7 @@ from config.errors import (
     NotFoundError,
     ValidationFailed,
 )
+from config.events import event_publish
 from config.pruning import delete_in_batches
 from mlregistry.access import model_access_check
 from mlregistry.audit import audit_record, prune_auditor
@@ -24,6 +25,7 @@ from mlregistry.selectors import VERSION_NUMBER_MAX, routing_invalidate
 from mlregistry.services import Actor, registered_model_lock
 from predictions.logbuffer import prediction_log_buffer
 from predictions.models import PredictionLog, TrafficSplit
+from predictions.selectors import traffic_split_list
 from predictions.validation import actual_validate
 
 logger = logging.getLogger(__name__)
@@ -121,6 +123,17 @@ def _split_weights(model: RegisteredModel) -> dict[str, int]:
     return {str(number): weight for number, weight in sorted(rows)}
 
 
+def _split_changed_publish(model: RegisteredModel) -> None:
+    """Announces `model`'s split as GET .../traffic shows it now (inside the change's
+    transaction, so it is sent only if the change commits)."""
+    from predictions.serializers import TrafficSplitOutput
+
+    rows = TrafficSplitOutput(traffic_split_list(model=model), many=True).data
+    event_publish(
+        "traffic_split.changed", model=model.name, data={"model": model.name, "splits": rows}
+    )
+
+
 def traffic_split_set(
     *, model: RegisteredModel, splits: list[dict[str, int]], actor: Actor
 ) -> list[TrafficSplit]:
@@ -161,6 +174,7 @@ def traffic_split_set(
             audit_record(
                 actor=actor, verb="split_set", obj=locked, changes={"split": [before, after]}
             )
+            _split_changed_publish(locked)
         transaction.on_commit(partial(routing_invalidate, locked.name))
     logger.info(
         "traffic split set",
@@ -183,6 +197,7 @@ def traffic_split_clear(*, model: RegisteredModel, actor: Actor) -> int:
             audit_record(
                 actor=actor, verb="split_clear", obj=locked, changes={"split": [before, None]}
             )
+            _split_changed_publish(locked)
         transaction.on_commit(partial(routing_invalidate, locked.name))
     logger.info(
         "traffic split cleared",
@@ -198,6 +213,7 @@ def traffic_split_end_for_archived(*, version: ModelVersion) -> int:
     if not TrafficSplit.objects.filter(version=version).exists():
         return 0
     count, _ = TrafficSplit.objects.filter(model_id=version.model_id).delete()
+    _split_changed_publish(version.model)
     logger.info(
         "traffic split ended: a version in it was archived or deleted",
         extra={"model_id": version.model_id, "version": version.version},

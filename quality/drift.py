@@ -29,6 +29,7 @@ from django.db.models import F, QuerySet, Window
 from django.db.models.functions import RowNumber
 from django.utils import timezone
 
+from config.events import event_publish
 from config.pruning import delete_in_batches
 from mlregistry.audit import Actor, prune_auditor
 from mlregistry.models import ModelVersion, RegisteredModel, Stage
@@ -286,6 +287,12 @@ def drift_report_create(
                 "drifted_features": [f["feature"] for f in features if f["drift"]],
             },
         )
+        if status == DriftStatus.DRIFT:
+            from predictions.drift_views import DriftReportOutput  # the views import this module
+
+            event_publish(
+                "drift.detected", model=version.model.name, data=DriftReportOutput(report).data
+            )
     logger.info(
         "drift checked",
         extra={

@@ -24,6 +24,7 @@ from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 
 from config.errors import ConflictError, DomainError, NotFoundError, ValidationFailed
+from config.events import event_publish
 from config.job_heartbeats import job_heartbeat
 from mlregistry import artifacts, selectors, services
 from mlregistry.audit import audit_record, created_changes, deleted_changes
@@ -629,11 +630,18 @@ def _decide(job_id: int) -> TrainingJob:
         job.status = TrainingStatus.SUCCEEDED
         job.finished_at = timezone.now()
         job.save(update_fields=["decision", "details", "status", "finished_at"])
+        _finished_publish(job)
     logger.info(
         "training job decided",
         extra={"job": job.pk, "decision": job.decision, "reason": reason},
     )
     return job
+
+
+def _finished_publish(job: TrainingJob) -> None:
+    from quality.views import TrainingJobOutput  # the views import this module
+
+    event_publish("training_job.finished", model=job.model.name, data=TrainingJobOutput(job).data)
 
 
 def _fail(job_id: int, *, problem: str, message: str) -> TrainingJob:
@@ -644,6 +652,7 @@ def _fail(job_id: int, *, problem: str, message: str) -> TrainingJob:
         job.error = message
         job.finished_at = timezone.now()
         job.save(update_fields=["status", "error_type", "error", "finished_at"])
+        _finished_publish(job)
     logger.warning("training job failed", extra={"job": job_id, "problem": problem})
     return job
 

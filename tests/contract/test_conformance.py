@@ -55,7 +55,16 @@ def test_every_operation_answers_as_documented(live_world, settings):
     staff_user = live_world.staff_user
     staff_user.user_permissions.add(
         *Permission.objects.filter(
-            codename__in=["add_dataset", "add_trainingjob", "add_batchjob", "cancel_batchjob"]
+            codename__in=[
+                "add_dataset",
+                "add_trainingjob",
+                "add_batchjob",
+                "cancel_batchjob",
+                "view_webhook",
+                "add_webhook",
+                "change_webhook",
+                "delete_webhook",
+            ]
         )
     )
     recorder = Recorder()
@@ -233,6 +242,31 @@ def test_every_operation_answers_as_documented(live_world, settings):
     assert staff.post(f"{batches}/{queued}/cancel").status_code == 409
     assert staff.post(f"{batches}/999999/resume").status_code == 404
 
+    # Webhooks (staff with the webhook permissions); the secret only in the creation's answer.
+    hook_body = {"name": "ci", "url": "http://93.184.215.14/hook", "events": ["backup.failed"]}
+    made = staff.post("/api/v1/webhooks/", json=hook_body)
+    assert made.status_code == 201 and made.json()["secret"].startswith("whsec_")
+    hook = f"/api/v1/webhooks/{made.json()['id']}/"
+    private = {**hook_body, "url": "http://127.0.0.1/hook"}
+    assert staff.post("/api/v1/webhooks/", json=private).status_code == 400
+    assert client.post("/api/v1/webhooks/", json=hook_body).status_code == 403
+    assert client.get("/api/v1/webhooks/").status_code == 403
+    assert staff.get("/api/v1/webhooks/").status_code == 200
+    assert "secret" not in staff.get(hook).json()
+    assert staff.get("/api/v1/webhooks/999999/").status_code == 404
+    assert staff.patch(hook, json={"active": False}).status_code == 200
+    assert staff.patch(hook, json={"events": ["nope"]}).status_code == 400
+    ping = staff.post(f"{hook}ping")
+    assert ping.status_code == 202
+    assert staff.get(f"{hook}deliveries/").status_code == 200
+    assert staff.get("/api/v1/webhooks/999999/deliveries/").status_code == 404
+    redeliver = f"{hook}deliveries/{ping.json()['delivery_id']}/redeliver"
+    assert staff.post(redeliver).status_code == 202
+    assert staff.post(f"{hook}deliveries/{'0' * 32}/redeliver").status_code == 404
+    assert staff.post("/api/v1/webhooks/999999/ping").status_code == 404
+    assert staff.delete(hook).status_code == 204
+    assert staff.delete(hook).status_code == 404
+
     # Rate limits last: a 429 with Retry-After.
     settings.REST_FRAMEWORK = {
         **django_settings.REST_FRAMEWORK,
@@ -265,3 +299,4 @@ def test_every_operation_answers_as_documented(live_world, settings):
     assert statuses["predict_version"] >= {200, 403}
     assert statuses["create_model"] >= {201, 400, 403, 409, 415}
     assert statuses["download_artifact"] == {200, 206, 304, 403, 416}
+    assert statuses["create_webhook"] >= {201, 400, 403}

@@ -103,9 +103,7 @@ def test_parquet_job_scores_every_row_as_serving_does(
         "version",
     ]
     assert out["row"].tolist() == list(range(300))
-    estimator = batch.model_cache.get(
-        batch.version_info(job.version), model_name="iris"
-    ).estimator
+    estimator = batch.model_cache.get(batch.version_info(job.version), model_name="iris").estimator
     assert out["prediction"].tolist() == estimator.predict(frame.to_numpy()).tolist()
     np.testing.assert_allclose(
         out[["probability_0", "probability_1", "probability_2"]].to_numpy(),

@@ -1,0 +1,92 @@
+"""Each app announces its events through config.events: training jobs, drift, failed backups.
+Deliveries are checked as written (the sending is test_webhooks.py's)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlregistry.webhooks import services as webhooks
+from mlregistry.webhooks.models import WebhookDelivery
+from quality import drift, training
+from quality.models import TrainingStatus
+from tests import factories
+from tests.quality.test_drift import AS_OF, _production, _rows, _serve
+
+
+@pytest.fixture(autouse=True)
+def _subscriber(settings, db):
+    settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
+    webhooks.webhook_create(
+        name="all",
+        url="http://127.0.0.1:9/hook",
+        events=["training_job.finished", "drift.detected", "backup.failed"],
+        actor="tests",
+    )
+
+
+def _payloads(event: str) -> list[dict]:
+    return [
+        json.loads(body)
+        for body in WebhookDelivery.objects.filter(event=event)
+        .order_by("id")
+        .values_list("body", flat=True)
+    ]
+
+
+def test_a_finished_training_job_is_announced_with_its_api_body(iris_model, staff_api):
+    failed = training.training_job_create(
+        model=iris_model, dataset=factories.iris_dataset_create(), actor="tests", enqueue=False
+    )
+    failed = training.training_job_run(job_id=failed.pk)
+    assert failed.status == TrainingStatus.FAILED
+    succeeded = training.training_job_create(
+        model=iris_model,
+        dataset=failed.dataset,
+        actor="tests",
+        enqueue=False,
+        estimator="LogisticRegression",
+        estimator_params={"max_iter": 500},
+    )
+    succeeded = training.training_job_run(job_id=succeeded.pk)
+    assert succeeded.status == TrainingStatus.SUCCEEDED
+
+    first, second = _payloads("training_job.finished")
+    assert first["data"]["status"] == "failed" and first["data"]["id"] == failed.pk
+    assert second["data"]["status"] == "succeeded"
+    api = staff_api.get(f"/api/v1/models/iris/training-jobs/{succeeded.pk}").json()
+    assert {k: api[k] for k in second["data"]} == second["data"]
+    delivery = WebhookDelivery.objects.filter(event="training_job.finished").first()
+    assert delivery.model_name == "iris"
+
+
+def test_detected_drift_is_announced_and_no_drift_is_not(iris_model):
+    version = _production(iris_model)
+    _serve(version, _rows(2, 300))
+    drift.drift_check(as_of=AS_OF)
+    assert _payloads("drift.detected") == []
+
+    _serve(version, _rows(3, 300, shift={"petal_length": 1.0}), prefix="shifted")
+    [report] = drift.drift_check(as_of=AS_OF)
+    (payload,) = _payloads("drift.detected")
+    assert payload["data"]["status"] == "drift"
+    assert payload["data"]["drifted_features"] == report.drifted_features
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_backup_is_announced(monkeypatch):
+    from backups import services as backups
+
+    # Fault injected on purpose: the archive step dies half-way.
+    def broken(target):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(backups, "_artifacts_archive_write", broken)
+    with pytest.raises(OSError, match="disk full"):
+        backups.backup_create(slot="nightly", actor="tests")
+    (payload,) = _payloads("backup.failed")
+    assert payload["data"]["slot"] == "nightly"
+    assert payload["data"]["status"] == "failed"
+    assert "disk full" in payload["data"]["error"]
+    assert WebhookDelivery.objects.get(event="backup.failed").model_name == ""
