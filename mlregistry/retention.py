@@ -66,6 +66,13 @@ def _pending_uploads(*, now: datetime, dry_run: bool, actor: Actor) -> int:
     return pending_uploads_prune(dry_run=dry_run)
 
 
+def _webhook_deliveries(*, now: datetime, dry_run: bool, actor: Actor) -> int:
+    from mlregistry.webhooks.services import webhook_deliveries_prune
+
+    older_than = now - timedelta(days=settings.WEBHOOK_DELIVERY_RETENTION_DAYS)
+    return webhook_deliveries_prune(older_than=older_than, dry_run=dry_run, actor=actor)
+
+
 def _sweep(*, now: datetime, dry_run: bool, actor: Actor) -> list[str]:
     return artifacts_sweep(now=now, dry_run=dry_run)
 
@@ -73,6 +80,9 @@ def _sweep(*, now: datetime, dry_run: bool, actor: Actor) -> list[str]:
 def register() -> None:
     store_namespace_register("sha256/", _versions_referencing)
     prune_register("expired_tokens_deleted", _tokens, label="expired API tokens")
+    prune_register(
+        "webhook_deliveries_pruned", _webhook_deliveries, label="finished webhook deliveries"
+    )
     prune_register("pending_uploads_pruned", _pending_uploads, label="parked uploads", order=200)
     # After every row prune, so files of rows deleted in this run go in this run.
     prune_register("artifacts_swept", _sweep, label="unreferenced artifact files", order=300)

@@ -288,7 +288,7 @@ def drift_report_create(
             },
         )
         if status == DriftStatus.DRIFT:
-            from predictions.drift_views import DriftReportOutput  # the views import this module
+            from quality.drift_views import DriftReportOutput  # the views import this module
 
             event_publish(
                 "drift.detected", model=version.model.name, data=DriftReportOutput(report).data

@@ -35,6 +35,7 @@ from mlregistry.audit import (
     created_changes,
     deleted_changes,
     fields_snapshot,
+    prune_auditor,
 )
 from mlregistry.models import RegisteredModel
 from mlregistry.webhooks.models import (
@@ -620,14 +621,19 @@ def webhook_deliveries_due(*, now: datetime | None = None, grace_seconds: int = 
 
 
 def webhook_deliveries_prune(
-    *, older_than: datetime, dry_run: bool = False, batch_size: int = 1000
+    *,
+    older_than: datetime,
+    dry_run: bool = False,
+    batch_size: int = 1000,
+    actor: Actor = "job:retention",
 ) -> int:
     """Deletes finished deliveries (and their attempts) created before `older_than`, in
     batches; pending ones stay whatever their age. Returns how many went (with `dry_run`, how
-    many would, deleting nothing). For the retention job (WEBHOOK_DELIVERY_RETENTION_DAYS)."""
+    many would, deleting nothing), each batch audited as `actor`. Registered with the retention
+    job (WEBHOOK_DELIVERY_RETENTION_DAYS) by mlregistry.retention."""
     old = WebhookDelivery.objects.filter(created_at__lt=older_than).exclude(
         status=DeliveryStatus.PENDING
     )
     if dry_run:
         return old.count()
-    return delete_in_batches(old, batch_size=batch_size)
+    return delete_in_batches(old, batch_size=batch_size, audit=prune_auditor(actor))

@@ -207,6 +207,7 @@ EXPECTED_COUNTS = {
     "drift_reports_pruned": 1,
     "expired_tokens_deleted": 1,
     "batch_jobs_pruned": 0,
+    "webhook_deliveries_pruned": 0,
 }
 
 
