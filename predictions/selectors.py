@@ -12,7 +12,14 @@ from django.conf import settings
 from django.db.models import Count, F, Q, QuerySet
 
 from config.errors import NotFoundError
-from mlregistry.models import MODEL_ID_PATTERN, ModelVersion, RegisteredModel, Stage, Task
+from mlregistry.models import (
+    MODEL_ID_PATTERN,
+    ModelAlias,
+    ModelVersion,
+    RegisteredModel,
+    Stage,
+    Task,
+)
 from mlregistry.selectors import (
     NUMERIC_NAMES_CACHE_KEY,
     predict_alias_cache_key,
@@ -55,6 +62,14 @@ def routing_entry_from_db(*, name: str) -> dict[str, Any] | None:
         for row in TrafficSplit.objects.filter(model=model).order_by("version__version")
         if row.version_id in versions and row.weight > 0
     ]
+    # Aliases never point to archived versions (archiving removes them), so every target is
+    # in `versions`; `latest` is the highest version that is not archived.
+    aliases = dict(
+        ModelAlias.objects.filter(model=model, version_id__in=versions).values_list(
+            "alias", "version_id"
+        )
+    )
+    latest = max(versions, key=lambda vid: versions[vid]["version"], default=None)
     return {
         "model_id": model.pk,
         "name": model.name,
@@ -63,6 +78,8 @@ def routing_entry_from_db(*, name: str) -> dict[str, Any] | None:
         "split": split,
         "versions": versions,
         "by_number": {v["version"]: vid for vid, v in versions.items()},
+        "aliases": aliases,
+        "latest": latest,
     }
 
 

@@ -30,11 +30,13 @@ from config.errors import (
 )
 from config.pruning import delete_in_batches
 from mlregistry.access import model_access_check
+from mlregistry.aliases import LATEST
 from mlregistry.audit import audit_record
 from mlregistry.models import ModelVersion, RegisteredModel, Stage, Task
 from mlregistry.selectors import VERSION_NUMBER_MAX, model_version_get, routing_invalidate
 from mlregistry.services import Actor, registered_model_lock
 from predictions import metrics
+from predictions.alias_routing import alias_version_info
 from predictions.body import PredictBody
 from predictions.cache import cache_get, cache_set_later
 from predictions.loader import LoadedModel, model_cache
@@ -65,9 +67,16 @@ def _pick_weighted(split: list[list[int]], client_id: str | None, model_name: st
 
 
 def _route(
-    entry: dict[str, Any], *, user: Any, version_number: int | None, client_id: str | None
+    entry: dict[str, Any],
+    *,
+    user: Any,
+    version_number: int | None,
+    client_id: str | None,
+    alias: str | None = None,
 ) -> dict[str, Any]:
-    """The version info a request is answered by (pinned, split, or production)."""
+    """The version info a request is answered by (alias, pinned, split, or production)."""
+    if alias is not None:
+        return alias_version_info(entry, alias)
     if version_number is not None:
         version_id = entry["by_number"].get(version_number)
         if version_id is not None:
@@ -319,10 +328,14 @@ def result_cache_key_guess(*, model_name: str, body: PredictBody) -> str | None:
     return key
 
 
-def _decoder_for(entry: dict[str, Any], version_number: int | None) -> Any:
+def _decoder_for(
+    entry: dict[str, Any], version_number: int | None, alias: str | None = None
+) -> Any:
     """The typed decoder of the version this request will most likely be routed to, if this
     process has it loaded (only a first try: the routed version's own schema decides)."""
-    if version_number is not None:
+    if alias is not None:
+        version_id = entry["latest"] if alias == LATEST else entry["aliases"].get(alias)
+    elif version_number is not None:
         version_id = entry["by_number"].get(version_number)
     elif entry["split"]:
         version_id = entry["split"][0][0]
@@ -341,8 +354,11 @@ def prediction_serve(
     request_id: str,
     version_number: int | None = None,
     client_id: str | None = None,
+    alias: str | None = None,
 ) -> dict[str, Any]:
     """Answers a predict request (one row or a batch) and queues it for the prediction log.
+    With `alias`, the version that alias (or `latest`) points to answers, and the answer
+    names the alias (predictions.alias_routing; 404 when there is no such alias).
 
     Errors: NotFoundError (404: model, version), ConflictError (409: no production version),
     ValidationFailed (400: rows against the input schema), PayloadTooLarge (413),
@@ -355,17 +371,19 @@ def prediction_serve(
     try:
         # Plainly valid rows are decoded straight into a matrix (body.py); anything else is
         # parsed in full and validated field by field, which names every offending field.
-        decoder = _decoder_for(entry, version_number)
+        decoder = _decoder_for(entry, version_number, alias)
         typed = body.typed(decoder)
-        if client_id is None and (typed is not None or entry["split"]):
+        if alias is None and client_id is None and (typed is not None or entry["split"]):
             # Only a split reads the body's client_id; otherwise routing comes first, so an
             # unknown version or a model without production answers before a malformed body.
             raw = typed.client_id if typed is not None else _client_id_in(body.parsed())
             client_id = str(raw) if raw is not None else None
         # From the header or the body, a key is cut to what the log's column holds (200).
         client_id = client_id[:200] if client_id else None
-        info = _route(entry, user=user, version_number=version_number, client_id=client_id)
-        if version_number is None and not entry["split"]:
+        info = _route(
+            entry, user=user, version_number=version_number, client_id=client_id, alias=alias
+        )
+        if alias is None and version_number is None and not entry["split"]:
             _last_routed[model_name] = info
         loaded = model_cache.get(info, model_name=model_name)
         # The read-ahead's guess already range-checked this row for this very model and
@@ -445,6 +463,8 @@ def prediction_serve(
         when=now,
     )
     common = {"model": model_name, "model_version": info["version"], "stage": info["stage"]}
+    if alias is not None:
+        common["alias"] = alias
     if batch:
         return {
             "predictions": outputs,

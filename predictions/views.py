@@ -199,7 +199,9 @@ class _PredictBase(APIView):
             self._body_error = exc
             return None
 
-    def _serve(self, request: Request, name: str, version: int | None = None) -> Response:
+    def _serve(
+        self, request: Request, name: str, version: int | None = None, alias: str | None = None
+    ) -> Response:
         result = services.prediction_serve(
             user=request.user,
             model_name=name,
@@ -207,6 +209,7 @@ class _PredictBase(APIView):
             request_id=request.request_id,
             version_number=version,
             client_id=request.headers.get("X-Client-Id") or None,
+            alias=alias,
         )
         return Response(result)
 
@@ -240,6 +243,23 @@ class PredictVersionView(_PredictBase):
     )
     def post(self, request: Request, name: str, version: int) -> Response:
         return self._serve(request, name, version)
+
+
+class PredictByAliasView(_PredictBase):
+    guess_result_key = False  # the read-ahead's guess follows production routing only
+
+    @extend_schema(
+        operation_id="predict_alias",
+        tags=["predict"],
+        request=_PREDICT_REQUEST,
+        responses={200: _PREDICT_RESPONSE, **error_responses(400, 422)},
+        examples=_PREDICT_EXAMPLES,
+        summary="Predict with the version an alias points to (`latest`: highest not archived)",
+        description="The answer adds `alias`. 404 when the model has no such alias. A move of "
+        "the alias applies to every request that starts after it commits.",
+    )
+    def post(self, request: Request, name: str, alias: str) -> Response:
+        return self._serve(request, name, alias=alias)
 
 
 class PredictAliasView(_PredictBase):

@@ -146,7 +146,7 @@ class ProtocolPredictView(_PredictBase):
         return body
 
     def served(
-        self, request: Request, name: str, version: int | None
+        self, request: Request, name: str, version: int | None, alias: str | None = None
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """(the native answer, its rows as the native batch lists them) for this request."""
         result = services.prediction_serve(
@@ -156,5 +156,6 @@ class ProtocolPredictView(_PredictBase):
             request_id=request.request_id,
             version_number=version,
             client_id=request.headers.get("X-Client-Id") or None,
+            alias=alias,
         )
         return result, (result.get("predictions", [result]))

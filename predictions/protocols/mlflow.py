@@ -201,8 +201,10 @@ class _InvocationsBase(ProtocolPredictView):
             response.data["message"] = error.get("message", "")
         return response
 
-    def _invoke(self, request: Request, name: str, version: int | None) -> Response:
-        _, outputs = self.served(request, name, version)
+    def _invoke(
+        self, request: Request, name: str, version: int | None, alias: str | None = None
+    ) -> Response:
+        _, outputs = self.served(request, name, version, alias)
         return Response({"predictions": [row["prediction"] for row in outputs]})
 
 
@@ -231,3 +233,19 @@ class InvocationsVersionView(_InvocationsBase):
     )
     def post(self, request: Request, name: str, version: int) -> Response:
         return self._invoke(request, name, version)
+
+
+class InvocationsAliasView(_InvocationsBase):
+    guess_result_key = False  # as for the native alias view
+
+    @extend_schema(
+        operation_id="invoke_alias",
+        tags=["mlflow"],
+        request=_REQUEST_BODY,
+        responses={200: _RESPONSE, **error_responses(400, 422)},
+        summary="MLflow scoring protocol: predict with the version an alias points to",
+        description="As MLflow's models:/name@alias. `latest` is the highest version that is "
+        "not archived; 404 when the model has no such alias.",
+    )
+    def post(self, request: Request, name: str, alias: str) -> Response:
+        return self._invoke(request, name, None, alias)
