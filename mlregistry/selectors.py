@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from datetime import datetime
 
 from django.core.cache import cache
 from django.db import connections, router
-from django.db.models import Prefetch, Q, QuerySet
+from django.db.models import Prefetch, Q, QuerySet, TextField
 from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast
 
 from config.errors import NotFoundError
 from mlregistry.aliases import ALIAS_PATTERN, LATEST
@@ -30,6 +32,18 @@ def routing_cache_key(model_name: str) -> str:
     return f"routing:v2:{model_name}"
 
 
+def routing_generation_key(model_name: str) -> str:
+    """Cache key of a model's routing generation: a token every invalidation replaces. An
+    entry is served only while it carries the current token, so an entry built from a read
+    that a committed change overtook is never served to a request that starts after it."""
+    return f"routing-gen:v1:{model_name}"
+
+
+def routing_generation_bump(model_name: str) -> None:
+    """Replaces the generation token (no expiry: an evicted token only costs a rebuild)."""
+    cache.set(routing_generation_key(model_name), secrets.token_hex(8), None)
+
+
 def predict_alias_cache_key(model_id: int) -> str:
     """Cache key of the name the seeds' /predict/{model_id} alias resolved a model id to."""
     return f"predict-alias:v2:id:{model_id}"
@@ -43,6 +57,9 @@ NUMERIC_NAMES_CACHE_KEY = "predict-alias:v2:numeric-names"
 def routing_invalidate(model_name: str) -> None:
     """Drops the routing entry; called on commit of every stage, traffic or alias change."""
     try:
+        # The new token retires every entry built before this commit, including one a
+        # request that read the database just before it writes only after this delete.
+        routing_generation_bump(model_name)
         cache.delete(routing_cache_key(model_name))
     except Exception:
         # The entry expires by itself; a dead cache can't serve it either.
@@ -53,6 +70,7 @@ def registered_model_caches_invalidate(*, name: str, model_id: int) -> None:
     """Drops everything the serving path caches about a model (routing entry, the alias's
     id -> name entry, the set of numeric names); called on commit of a delete or a rename."""
     try:
+        routing_generation_bump(name)
         cache.delete_many(
             [routing_cache_key(name), predict_alias_cache_key(model_id), NUMERIC_NAMES_CACHE_KEY]
         )
@@ -103,9 +121,10 @@ def _tags_filter(queryset: QuerySet, tags: list[str] | None) -> QuerySet:
         else:
             # An explicit transform: a key may hold "__", which a lookup string would split.
             name = f"_tag{index}"
-            queryset = queryset.alias(**{name: KeyTextTransform(key, "tags")}).filter(
-                Q(tags__has_key=key), **{name: value}
-            )
+            # Cast: a plain text comparison, not JSONField's exact (which reads the value as
+            # JSON text).
+            text = Cast(KeyTextTransform(key, "tags"), TextField())
+            queryset = queryset.alias(**{name: text}).filter(Q(tags__has_key=key), **{name: value})
     return queryset
 
 

@@ -64,7 +64,7 @@ class RegisteredModelListView(GenericAPIView):
         allowed = api_client_allowed_models(user=self.request.user)
         query = ModelListQueryInput(data=self.request.query_params)
         query.is_valid(raise_exception=True)
-        queryset = selectors.registered_models_list(**query.validated_data)
+        queryset = selectors.registered_models_list(**_renamed_tags(query))
         queryset = _models_queryset(queryset)
         return queryset if allowed is None else queryset.filter(name__in=allowed)
 

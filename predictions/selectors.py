@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 import re
+import secrets
 import threading
 import time
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import caches
 from django.db.models import Count, F, Q, QuerySet
 
 from config.errors import NotFoundError
@@ -24,6 +26,7 @@ from mlregistry.selectors import (
     NUMERIC_NAMES_CACHE_KEY,
     predict_alias_cache_key,
     routing_cache_key,
+    routing_generation_key,
 )
 from predictions.cache import cache_available, cache_get, cache_is_process_local, cache_set
 from predictions.models import PredictionLog, TrafficSplit
@@ -91,17 +94,39 @@ def _routing_ttl() -> float:
     return settings.PREDICTION_ROUTING_TTL
 
 
+def _generation_start(key: str) -> str:
+    """The current generation token, creating one when there is none (first use, eviction)."""
+    token = secrets.token_hex(8)
+    try:
+        caches["default"].add(key, token, None)
+        return caches["default"].get(key) or token
+    except Exception:
+        # The entry is then stamped with a token nobody else holds: the next request rebuilds.
+        return token
+
+
 def routing_entry_get(*, name: str) -> dict[str, Any]:
-    """The routing entry of a model (cache first, database on a miss); NotFoundError if none."""
+    """The routing entry of a model (cache first, database on a miss); NotFoundError if none.
+
+    A cached entry is served only while its `generation` equals the model's generation token
+    (mlregistry.selectors.routing_generation_key), which every committed stage, split or alias
+    change replaces. The token is read before the database, so an entry built from a read that
+    such a change overtook carries the old token and no later request serves it."""
     key = routing_cache_key(name)
+    generation_key = routing_generation_key(name)
+    generation = cache_get(generation_key)
     entry = cache_get(key)
-    if entry is not None:
+    if entry is not None and (
+        not cache_available() or (generation is not None and entry.get("generation") == generation)
+    ):
         return entry
     if not cache_available():
         now = time.monotonic()
         cached = _fallback.get(name)
         if cached is not None and cached[0] > now:
             return cached[1]
+    if generation is None and cache_available():
+        generation = _generation_start(generation_key)
     entry = routing_entry_from_db(name=name)
     if entry is None:
         raise NotFoundError(f"No registered model named {name!r}.")
@@ -109,17 +134,8 @@ def routing_entry_get(*, name: str) -> dict[str, Any]:
         with _fallback_lock:
             _fallback[name] = (time.monotonic() + settings.PREDICTION_ROUTING_LOCAL_TTL, entry)
         return entry
-    # A stage change that commits between our read and our write has already run its
-    # invalidation, so our write would park the old routing in the cache. Reading again after
-    # writing closes that window: any such change is visible to the second read.
-    for _ in range(3):
-        cache_set(key, entry, _routing_ttl())
-        again = routing_entry_from_db(name=name)
-        if again == entry:
-            break
-        if again is None:
-            raise NotFoundError(f"No registered model named {name!r}.")
-        entry = again
+    entry["generation"] = generation
+    cache_set(key, entry, _routing_ttl())
     return entry
 
 

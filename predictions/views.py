@@ -27,7 +27,11 @@ from config.throttling import RefusedTokenThrottled, ScopeRateThrottle
 from mlregistry.access import access_cache_key
 from mlregistry.models import RegisteredModel
 from mlregistry.permissions import RegistryPermission
-from mlregistry.selectors import registered_model_get, routing_cache_key
+from mlregistry.selectors import (
+    registered_model_get,
+    routing_cache_key,
+    routing_generation_key,
+)
 from predictions import selectors, services
 from predictions.auth import (
     CachedTokenAuthentication,
@@ -152,7 +156,8 @@ class _PredictBase(APIView):
         name = kwargs.get("name")
         if name:
             keys.append(routing_cache_key(name))
-            shared |= {keys[-1]}
+            keys.append(routing_generation_key(name))
+            shared |= {keys[-2], keys[-1]}
             # The body is read ahead only for a token this process has verified before: a
             # made-up token must never make the server wait for a body (a slow client sending
             # one would hold this thread); it gets its 401 first.
