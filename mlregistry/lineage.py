@@ -3,10 +3,14 @@ version is registered (upload, admin, client, training job), and then read-only.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import URLValidator
 
@@ -91,3 +95,46 @@ def lineage_validate(
     if errors:
         raise ValidationFailed("Invalid lineage.", fields=errors)
     return Lineage(run, commit, url, uri, sha)
+
+
+def dataset_uri(dataset: Any) -> str:
+    """How a version trained by the product names its dataset: `dataset://<id>/<name>`."""
+    return f"dataset://{dataset.pk}/{dataset.name}"
+
+
+def frame_sha256(features: Any, target: Any) -> str:
+    """SHA-256 of rows read from a query (features, then the target column), as CSV without
+    the index: the same rows give the same digest, whatever database served them."""
+    digest = hashlib.sha256(features.to_csv(index=False).encode())
+    digest.update(target.to_csv(index=False).encode())
+    return digest.hexdigest()
+
+
+@functools.cache
+def code_version() -> str:
+    """The git commit of the running code: settings.CODE_VERSION (set by the deployment), else
+    the checkout's HEAD read from its .git (a worktree's .git file is followed); "" when
+    neither names a commit. Read once per process."""
+    configured = (getattr(settings, "CODE_VERSION", "") or "").strip().lower()
+    if GIT_COMMIT_PATTERN.fullmatch(configured):
+        return configured
+    try:
+        git = Path(settings.BASE_DIR) / ".git"
+        if git.is_file():  # a worktree: "gitdir: <path>"
+            git = Path(git.read_text().split(":", 1)[1].strip())
+        head = (git / "HEAD").read_text().strip()
+        if head.startswith("ref: "):
+            ref = head[5:]
+            ref_file = git / ref
+            if not ref_file.exists():
+                common = git / "commondir"
+                base = (git / common.read_text().strip()) if common.exists() else git
+                ref_file = base / ref
+                if not ref_file.exists():
+                    packed = (base / "packed-refs").read_text().splitlines()
+                    head = next(line.split()[0] for line in packed if line.endswith(" " + ref))
+                    return head if GIT_COMMIT_PATTERN.fullmatch(head) else ""
+            head = ref_file.read_text().strip()
+        return head if GIT_COMMIT_PATTERN.fullmatch(head) else ""
+    except (OSError, IndexError, StopIteration, ValueError):
+        return ""

@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from config.errors import ConflictError, DomainError, NotFoundError, ValidationFailed
 from config.job_heartbeats import job_heartbeat
-from mlregistry import artifacts, datasets, estimators, selectors, services
+from mlregistry import artifacts, datasets, estimators, lineage, selectors, services
 from mlregistry.audit import audit_record, created_changes
 from mlregistry.models import (
     Dataset,
@@ -322,6 +322,8 @@ class Trained:
     champion: ModelVersion | None
     champion_score: float | None
     details: dict[str, Any] = field(default_factory=dict)
+    # SHA-256 of the data trained on: the file's, or (SQL) of the rows read, as CSV.
+    data_sha256: str = ""
 
 
 class TrainingFailed(DomainError):
@@ -389,6 +391,7 @@ def _train(job: TrainingJob) -> Trained:
     from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score, train_test_split
 
     loaded = datasets.dataset_load(job.dataset)
+    data_sha256 = job.dataset.file_sha256 or lineage.frame_sha256(loaded.features, loaded.target)
     target = _target_check(job, loaded.target)
     features = loaded.features
     classification = job.model.task == Task.CLASSIFICATION
@@ -476,6 +479,7 @@ def _train(job: TrainingJob) -> Trained:
         champion=champion,
         champion_score=champion_score,
         details=details,
+        data_sha256=data_sha256,
     )
 
 
@@ -515,6 +519,13 @@ def _candidate_register(job_id: int, trained: Trained) -> TrainingJob:
             },
             reference_sample=trained.reference_rows,
             source=VersionSource.TRAINING,
+            # Lineage of the product's own runs: the job, the data and this code's commit.
+            run_id=f"training-job:{job.pk}",
+            git_commit=lineage.code_version() or None,
+            training_dataset={
+                "uri": lineage.dataset_uri(job.dataset),
+                "sha256": trained.data_sha256,
+            },
         )
         services.model_version_transition(
             version=version,
