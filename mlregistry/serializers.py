@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from django.db.models import Max
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.exceptions import ParseError
@@ -206,14 +207,15 @@ class RegisteredModelOutput(serializers.ModelSerializer):
         ]
 
     def get_production_version(self, obj: RegisteredModel) -> int | None:
-        for version in obj.versions.all():
-            if version.stage == Stage.PRODUCTION:
-                return version.version
-        return None
+        if hasattr(obj, "_production_version"):  # annotated by the list's queryset
+            return obj._production_version
+        version = obj.versions.filter(stage=Stage.PRODUCTION).values_list("version", flat=True)
+        return version.first()
 
     def get_latest_version(self, obj: RegisteredModel) -> int | None:
-        numbers = [v.version for v in obj.versions.all()]
-        return max(numbers) if numbers else None
+        if hasattr(obj, "_latest_version"):
+            return obj._latest_version
+        return obj.versions.aggregate(n=Max("version"))["n"]
 
 
 class ModelVersionUploadInput(serializers.Serializer):

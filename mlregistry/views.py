@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from django.conf import settings
-from django.db.models import Prefetch
+from django.db.models import Max, OuterRef, Subquery
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
@@ -21,7 +21,7 @@ from config.schema import error_responses
 from mlregistry import selectors, services
 from mlregistry.access import api_client_allowed_models
 from mlregistry.downloads import artifact_response
-from mlregistry.models import ModelVersion, RegisteredModel
+from mlregistry.models import ModelVersion, RegisteredModel, Stage
 from mlregistry.permissions import ArtifactDownloadPermission, RegistryPermission
 from mlregistry.serializers import (
     AliasDeleteInput,
@@ -46,11 +46,19 @@ from mlregistry.serializers import (
 
 
 def _models_queryset(queryset=None):
+    # Two numbers per model, computed by the database: prefetching every version to find them
+    # read all 10,000 rows of a model that has that many, for each page of the list.
     queryset = RegisteredModel.objects.all() if queryset is None else queryset
-    return queryset.select_related("owner").prefetch_related(
-        Prefetch(
-            "versions", queryset=ModelVersion.objects.only("id", "model_id", "version", "stage")
+    production = ModelVersion.objects.filter(model=OuterRef("pk"), stage=Stage.PRODUCTION).values(
+        "version"
+    )[:1]
+    # Ordered again: a query with an aggregate does not take Meta.ordering.
+    return (
+        queryset.select_related("owner")
+        .annotate(
+            _latest_version=Max("versions__version"), _production_version=Subquery(production)
         )
+        .order_by("name")
     )
 
 
