@@ -414,7 +414,10 @@ class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
         return alias_badges(a.alias for a in obj.aliases.all())
 
     def _delete_with_service(self, request, obj) -> None:
-        services.model_version_delete(version=obj, actor=request.user)
+        removed = services.model_version_delete(version=obj, actor=request.user)
+        if removed:
+            listed = ", ".join(r.alias for r in removed)
+            self.message_user(request, f"Aliases removed with {obj}: {listed}.", messages.WARNING)
 
     def save_model(self, request, obj, form, change):
         """Only tags, metrics and metadata are editable here; they change through the
@@ -694,6 +697,7 @@ class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
                 self.message_user(request, f"Refused: {exc.full_message()}", messages.ERROR)
             else:
                 self.message_user(request, f"{version} is now in {stage}.")
+                self._aliases_removed_message(request, version)
             return HttpResponseRedirect(change_url)
         replaced = production if stage == Stage.PRODUCTION and production != version else None
         return self._render(
@@ -729,7 +733,16 @@ class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
                 self.message_user(request, f"{version}: {exc.full_message()}", messages.ERROR)
             else:
                 self.message_user(request, f"{version} is now in {stage}.")
+                self._aliases_removed_message(request, version)
         return None
+
+    def _aliases_removed_message(self, request, version: ModelVersion) -> None:
+        removed = getattr(version, "aliases_removed", [])
+        if removed:
+            listed = ", ".join(f"{r.alias} (was on v{r.version})" for r in removed)
+            self.message_user(
+                request, f"Aliases removed with the archived version: {listed}.", messages.WARNING
+            )
 
     @admin.action(description="Promote to staging", permissions=["promote"])
     def promote_to_staging(self, request, queryset):

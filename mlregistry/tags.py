@@ -54,6 +54,8 @@ def tags_changes_validate(
 def tags_merge(current: dict[str, str], changes: dict[str, str | None]) -> dict[str, str]:
     """`current` with `changes` applied (null deletes), keys sorted; ValidationFailed (400)
     when the result would hold more than TAGS_MAX_COUNT tags."""
+    if isinstance(current, list):  # a row restored from before tags were key -> value
+        current = dict.fromkeys(map(str, current), "")
     merged = dict(current or {})
     for key, value in changes.items():
         if value is None:

@@ -158,3 +158,35 @@ def test_version_and_model_forms_check_tags(admin_client, iris_model, iris_two):
     admin_client.post(model_url, data)
     iris_model.refresh_from_db()
     assert iris_model.tags == {"team": "risk"}
+
+
+def test_archiving_or_deleting_in_the_admin_says_which_aliases_went(
+    admin_client, iris_model, iris_two
+):
+    services.model_alias_set(model=iris_model, alias="champion", version=1, actor="t")
+    services.model_alias_set(model=iris_model, alias="shadow", version=2, actor="t")
+    archived = admin_client.post(
+        reverse("admin:mlregistry_modelversion_transition", args=[iris_two[0].pk, "archived"]),
+        {"comment": ""},
+        follow=True,
+    )
+    assert "Aliases removed with the archived version: champion (was on v1)." in (
+        archived.content.decode()
+    )
+    deleted = admin_client.post(
+        reverse("admin:mlregistry_modelversion_delete", args=[iris_two[1].pk]),
+        {"post": "yes"},
+        follow=True,
+    )
+    assert "Aliases removed with iris v2: shadow." in deleted.content.decode()
+    assert not ModelAlias.objects.exists()
+
+
+def test_tags_restored_in_the_former_list_form_merge_as_keys(iris_model):
+    from mlregistry.models import RegisteredModel
+
+    RegisteredModel.objects.filter(pk=iris_model.pk).update(tags=["legacy"])
+    updated = services.registered_model_update(
+        model=RegisteredModel.objects.get(pk=iris_model.pk), actor="t", tags_changes={"a": "b"}
+    )
+    assert updated.tags == {"a": "b", "legacy": ""}

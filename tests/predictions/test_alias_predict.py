@@ -127,6 +127,7 @@ def test_archiving_the_aliased_version_stops_serving_it_through_the_alias(
 # --- Moves under load: real threads, the real cache -----------------------------------------
 
 
+@pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_no_request_starting_after_a_committed_move_is_served_by_the_old_version():
     """Three clients predict through `champion` without pause (each on a thread of its own,
