@@ -333,6 +333,10 @@ if JOB_STALLED_AFTER_SECONDS <= 2 * JOB_HEARTBEAT_SECONDS:
         "heartbeat would fail a live job."
     )
 
+# The git commit of the deployed code (a build sets it); recorded as the lineage of versions
+# the training jobs register. Empty: read from the checkout's .git, when there is one.
+CODE_VERSION = env_str("CODE_VERSION", "")
+
 # --- Logging ---
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 LOG_FORMAT = env_str("LOG_FORMAT", "json")  # json | text

@@ -7,9 +7,9 @@ from typing import Any
 from django.contrib import admin, messages
 from django.contrib.admin.actions import delete_selected as django_delete_selected
 from django.contrib.admin.utils import model_ngettext
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Prefetch, Q
 from django.http import (
     Http404,
     HttpRequest,
@@ -19,17 +19,19 @@ from django.http import (
 )
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from config.errors import DomainError, NotFoundError
 from mlregistry import selectors, services
 from mlregistry.forms import (
+    AliasSetForm,
     ModelVersionUploadForm,
     PendingUploadForm,
     RollbackForm,
     TransitionForm,
 )
-from mlregistry.models import ModelVersion, RegisteredModel, Stage, StageTransition
+from mlregistry.models import ModelAlias, ModelVersion, RegisteredModel, Stage, StageTransition
+from mlregistry.tags import tags_changes_validate, tags_merge
 from mlregistry.templatetags.registry_admin import json_html, metrics_html
 
 # Previews a user has open, in their session: token -> what the confirmation will register.
@@ -69,6 +71,31 @@ def _refusal(exc: DomainError) -> dict[str, Any]:
         "fields": {k: v for k, v in exc.fields.items() if v != [exc.message]},
         "untrusted_types": getattr(exc, "untrusted_types", []),
     }
+
+
+def alias_badges(names) -> str:
+    """Aliases as badges (the version list, the model and version pages)."""
+    return format_html_join(
+        " ", '<span class="mlr-alias" title="alias">@{}</span>', ((n,) for n in sorted(names))
+    )
+
+
+def _tags_checked(form_class):
+    """`form_class` whose `tags` field follows the services' tag rules (mlregistry.tags), so a
+    bad tag is a form error rather than a refusal from save_model."""
+
+    class TagsChecked(form_class):
+        def clean_tags(self):
+            try:
+                return tags_merge(
+                    {}, tags_changes_validate(self.cleaned_data["tags"] or {}, allow_delete=False)
+                )
+            except DomainError as exc:
+                raise ValidationError(
+                    [f"{k}: {' '.join(v)}" for k, v in exc.fields.items()] or exc.message
+                ) from None
+
+    return TagsChecked
 
 
 def _overview_url(model: RegisteredModel) -> str | None:
@@ -151,9 +178,21 @@ class ModelVersionInline(admin.TabularInline):
     extra = 0
     can_delete = False
     show_change_link = True
-    fields = ("version", "stage", "artifact_format", "metrics_display", "created_by", "created_at")
+    fields = (
+        "version",
+        "stage",
+        "alias_list",
+        "artifact_format",
+        "metrics_display",
+        "created_by",
+        "created_at",
+    )
     readonly_fields = fields
     ordering = ("-version",)
+
+    @admin.display(description="aliases")
+    def alias_list(self, obj) -> str:
+        return alias_badges(a.alias for a in obj.aliases.all())
 
     @admin.display(description="metrics")
     def metrics_display(self, obj) -> str:
@@ -168,7 +207,25 @@ class RegisteredModelAdmin(DeletesThroughServices, admin.ModelAdmin):
     list_display = ("name", "task", "production_version", "version_count", "owner", "updated_at")
     list_filter = ("task",)
     search_fields = ("name", "description")
-    readonly_fields = ("owner", "created_at", "updated_at")
+    readonly_fields = ("alias_pointers", "owner", "created_at", "updated_at")
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        return _tags_checked(super().get_form(request, obj, change, **kwargs))
+
+    @admin.display(description="aliases")
+    def alias_pointers(self, obj) -> str:
+        if obj is None or obj.pk is None:
+            return "—"
+        rows = selectors.model_aliases_list(model=obj)
+        return (
+            format_html_join(
+                " ",
+                '<span class="mlr-alias" title="alias">@{} → v{}</span>',
+                ((row.alias, row.version.version) for row in rows),
+            )
+            or "—"
+        )
+
     inlines = [ModelVersionInline]
     actions = ["rollback_production", "delete_selected"]
     # Named here so that a mixin's own change form (the overview link) cannot replace the
@@ -211,7 +268,7 @@ class RegisteredModelAdmin(DeletesThroughServices, admin.ModelAdmin):
                 actor=request.user,
                 task=data.get("task") or obj.task,
                 description=data.get("description", ""),
-                tags=data.get("tags") or [],
+                tags=data.get("tags") or {},
             )
             # The admin goes on with `obj` (its log entry, its redirect): it is the new row.
             obj.pk = created.pk
@@ -303,6 +360,7 @@ class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
     list_display = (
         "version_name",
         "stage_badge",
+        "alias_list",
         "artifact_format",
         "metrics_summary",
         "created_by",
@@ -324,28 +382,58 @@ class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
         "classes",
         "params_display",
         "source",
+        "alias_list",
+        "run_id",
+        "git_commit",
+        "source_url",
+        "training_dataset_uri",
+        "training_dataset_sha256",
         "created_by",
         "created_at",
         "updated_at",
     )
-    fields = (*readonly_fields, "metrics", "metadata")
-    actions = ["promote_to_staging", "promote_to_production", "archive", "delete_selected"]
+    fields = (*readonly_fields, "tags", "metrics", "metadata")
+    actions = [
+        "promote_to_staging",
+        "promote_to_production",
+        "archive",
+        "set_alias",
+        "delete_selected",
+    ]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .prefetch_related(Prefetch("aliases", queryset=ModelAlias.objects.only("alias")))
+        )
+
+    @admin.display(description="aliases")
+    def alias_list(self, obj) -> str:
+        return alias_badges(a.alias for a in obj.aliases.all())
 
     def _delete_with_service(self, request, obj) -> None:
-        services.model_version_delete(version=obj, actor=request.user)
+        removed = services.model_version_delete(version=obj, actor=request.user)
+        if removed:
+            listed = ", ".join(r.alias for r in removed)
+            self.message_user(request, f"Aliases removed with {obj}: {listed}.", messages.WARNING)
 
     def save_model(self, request, obj, form, change):
-        """Only metrics and metadata are editable here; they change through the service."""
+        """Only tags, metrics and metadata are editable here; they change through the
+        service (its tag rules are the form's too, see get_form)."""
         data = form.cleaned_data
         services.model_version_update(
             version=obj,
             actor=request.user,
             **{
                 field: data[field]
-                for field in ("metrics", "metadata")
+                for field in ("tags", "metrics", "metadata")
                 if field in form.changed_data
             },
         )
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        return _tags_checked(super().get_form(request, obj, change, **kwargs))
 
     @admin.display(description="version")
     def version_name(self, obj) -> str:
@@ -390,6 +478,11 @@ class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
                 self.admin_site.admin_view(self.transition_view),
                 name="mlregistry_modelversion_transition",
             ),
+            path(
+                "<path:object_id>/alias/",
+                self.admin_site.admin_view(self.alias_view),
+                name="mlregistry_modelversion_alias",
+            ),
         ]
         return [*urls, *super().get_urls()]
 
@@ -401,6 +494,9 @@ class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
                 "version": version,
                 "timeline": selectors.stage_transitions_list(version=version),
                 "stage_moves": self._stage_moves(request, version),
+                "alias_url": reverse("admin:mlregistry_modelversion_alias", args=[version.pk])
+                if self.has_promote_permission(request)
+                else None,
                 "schema": version.input_schema,
             }
         return super().change_view(request, object_id, form_url, extra_context)
@@ -476,6 +572,11 @@ class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
                         "metadata": data["metadata"],
                         "reference_sample": data["reference_sample"],
                         "filename": getattr(data["artifact"], "name", ""),
+                        "tags": data["tags"],
+                        "run_id": data["run_id"],
+                        "git_commit": data["git_commit"],
+                        "source_url": data["source_url"],
+                        "training_dataset": data["training_dataset"],
                     },
                 )
                 return self._render(
@@ -528,6 +629,11 @@ class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
                     metadata=entry["metadata"],
                     reference_sample=entry["reference_sample"],
                     expected_sha256=entry["sha256"],
+                    tags=entry.get("tags"),
+                    run_id=entry.get("run_id"),
+                    git_commit=entry.get("git_commit"),
+                    source_url=entry.get("source_url"),
+                    training_dataset=entry.get("training_dataset"),
                 )
         except FileNotFoundError:
             self.message_user(
@@ -591,6 +697,7 @@ class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
                 self.message_user(request, f"Refused: {exc.full_message()}", messages.ERROR)
             else:
                 self.message_user(request, f"{version} is now in {stage}.")
+                self._aliases_removed_message(request, version)
             return HttpResponseRedirect(change_url)
         replaced = production if stage == Stage.PRODUCTION and production != version else None
         return self._render(
@@ -626,7 +733,16 @@ class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
                 self.message_user(request, f"{version}: {exc.full_message()}", messages.ERROR)
             else:
                 self.message_user(request, f"{version} is now in {stage}.")
+                self._aliases_removed_message(request, version)
         return None
+
+    def _aliases_removed_message(self, request, version: ModelVersion) -> None:
+        removed = getattr(version, "aliases_removed", [])
+        if removed:
+            listed = ", ".join(f"{r.alias} (was on v{r.version})" for r in removed)
+            self.message_user(
+                request, f"Aliases removed with the archived version: {listed}.", messages.WARNING
+            )
 
     @admin.action(description="Promote to staging", permissions=["promote"])
     def promote_to_staging(self, request, queryset):
@@ -647,6 +763,93 @@ class ModelVersionAdmin(DeletesThroughServices, admin.ModelAdmin):
     @admin.action(description="Archive", permissions=["promote"])
     def archive(self, request, queryset):
         return self._one_or_bulk(request, queryset, Stage.ARCHIVED)
+
+    # --- Aliases: a page that names where the alias points now, then confirms the move ---
+
+    @admin.action(description="Set an alias…", permissions=["promote"])
+    def set_alias(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(
+                request, "Choose exactly one version to point an alias at.", messages.ERROR
+            )
+            return None
+        version = queryset.get()
+        return HttpResponseRedirect(
+            reverse("admin:mlregistry_modelversion_alias", args=[version.pk])
+        )
+
+    def alias_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        """GET: the form, with the model's aliases. POST without `confirm`: the confirmation,
+        saying where the alias points now. POST with `confirm`: the move, through the same
+        service as the API, refused if the alias moved since the confirmation was shown."""
+        if not self.has_promote_permission(request):
+            raise PermissionDenied
+        version = self.get_object(request, object_id)
+        if version is None:
+            raise Http404("No such model version.")
+        change_url = reverse("admin:mlregistry_modelversion_change", args=[version.pk])
+        aliases = list(selectors.model_aliases_list(model=version.model))
+        form = AliasSetForm(request.POST or None)
+        current = None
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            row = next((a for a in aliases if a.alias == data["alias"]), None)
+            current = row.version if row is not None else None
+            if "confirm" in request.POST:
+                now = str(current.version) if current is not None else ""
+                if data["expected"] != now:
+                    self.message_user(
+                        request,
+                        f"Not moved: {data['alias']} now points to "
+                        f"{f'v{now}' if now else 'no version'}, not what the confirmation "
+                        "showed. Review and confirm again.",
+                        messages.ERROR,
+                    )
+                    return HttpResponseRedirect(request.path)
+                try:
+                    services.model_alias_set(
+                        model=version.model,
+                        alias=data["alias"],
+                        version=version,
+                        actor=request.user,
+                        comment=data["comment"],
+                    )
+                except DomainError as exc:
+                    self.message_user(request, f"Refused: {exc.full_message()}", messages.ERROR)
+                    return HttpResponseRedirect(request.path)
+                before = f"v{current.version}" if current is not None else "nothing"
+                self.message_user(
+                    request,
+                    f"Alias {data['alias']} of {version.model.name} now points to "
+                    f"v{version.version} (before: {before}).",
+                )
+                return HttpResponseRedirect(change_url)
+            return self._render(
+                request,
+                "admin/mlregistry/modelversion/alias.html",
+                title=f"Confirm: {version.model.name}@{data['alias']} → v{version.version}",
+                version=version,
+                aliases=aliases,
+                confirming=True,
+                alias=data["alias"],
+                current=current,
+                form=AliasSetForm(
+                    initial={
+                        **data,
+                        "expected": str(current.version) if current is not None else "",
+                    }
+                ),
+            )
+        return self._render(
+            request,
+            "admin/mlregistry/modelversion/alias.html",
+            title=f"Set an alias on {version}",
+            version=version,
+            aliases=aliases,
+            confirming=False,
+            form=form,
+            change_url=change_url,
+        )
 
 
 @admin.register(StageTransition)

@@ -6,7 +6,9 @@ from rest_framework.exceptions import ParseError
 
 from config.errors import ValidationFailed
 from config.parsers import parse_json
+from mlregistry.lineage import lineage_validate
 from mlregistry.models import ArtifactFormat, RegisteredModel
+from mlregistry.tags import tags_changes_validate
 
 
 def _all_finite(value: Any) -> bool:
@@ -79,6 +81,59 @@ class ModelVersionUploadForm(forms.Form):
     reference_sample = JSONTextField(
         expect=list, help_text="Optional JSON list of feature rows (for drift)."
     )
+    tags = JSONTextField(expect=dict, help_text='Optional, e.g. {"validated": "true"}')
+    run_id = forms.CharField(
+        required=False, max_length=200, help_text="Optional: the experiment run it came from."
+    )
+    git_commit = forms.CharField(
+        required=False, max_length=64, help_text="Optional: commit of the training code."
+    )
+    source_url = forms.CharField(
+        required=False, max_length=2000, help_text="Optional: http(s) link to code or run."
+    )
+    training_dataset_uri = forms.CharField(
+        required=False, max_length=2000, help_text="Optional: where the training data lives."
+    )
+    training_dataset_sha256 = forms.CharField(
+        required=False, max_length=64, help_text="Optional: SHA-256 of the training data."
+    )
+
+    def clean(self):
+        """Tags and lineage by the service's own rules, so the preview shows what the
+        confirmation would refuse."""
+        data = super().clean()
+        uri, sha = data.get("training_dataset_uri"), data.get("training_dataset_sha256")
+        data["training_dataset"] = {"uri": uri, "sha256": sha} if uri or sha else None
+        try:
+            tags_changes_validate(data.get("tags") or {}, allow_delete=False)
+            lineage_validate(
+                run_id=data.get("run_id"),
+                git_commit=data.get("git_commit"),
+                source_url=data.get("source_url"),
+                training_dataset=data["training_dataset"],
+            )
+        except ValidationFailed as exc:
+            for where, why in exc.fields.items():
+                field = where.replace(".", "_") if where.startswith("training_dataset.") else where
+                field = field.split(".")[0] if field.startswith("tags") else field
+                if field == "training_dataset":
+                    field = "training_dataset_uri"
+                self.add_error(field if field in self.fields else None, why)
+        return data
+
+
+class AliasSetForm(forms.Form):
+    alias = forms.RegexField(
+        regex=r"^[a-z][a-z0-9_-]{0,63}$",
+        max_length=64,
+        help_text="Lower-case letters, digits, '_' and '-'; e.g. champion, challenger, shadow. "
+        "'latest' and 'v<number>' are reserved.",
+    )
+    comment = forms.CharField(
+        required=False, max_length=2000, widget=forms.Textarea(attrs={"rows": 2, "cols": 60})
+    )
+    # The version the alias pointed to when the confirmation was shown ("" = none).
+    expected = forms.CharField(required=False, widget=forms.HiddenInput)
 
 
 class TransitionForm(forms.Form):

@@ -27,7 +27,7 @@ from django.db import transaction
 from sklearn.base import is_regressor
 
 from config.archives import member_name_problem
-from config.errors import DomainError
+from config.errors import ConflictError, DomainError, ValidationFailed
 from mlregistry import mlflow_import, services
 from mlregistry.audit import Actor
 from mlregistry.models import ModelVersion, RegisteredModel, Stage, Task, VersionSource
@@ -67,15 +67,19 @@ def mlflow_model_import(
     name: str,
     actor: Actor,
     description: str = "",
-    tags: list[str] | None = None,
+    tags: dict[str, str] | None = None,
     version_number: int | None = None,
     metrics: dict[str, Any] | None = None,
     params: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
+    version_tags: dict[str, str] | None = None,
+    lineage: dict[str, str] | None = None,
 ) -> ModelVersion:
     """Registers an MLflow model (read by mlflow_import) as a new version of `name`, creating
     the model (its task from the estimator, its description and tags) when it does not exist;
-    both or neither. Raises what model_version_create raises."""
+    both or neither. `version_tags` ({key: value}) and `lineage` (run_id, git_commit,
+    source_url) go to the version as model_version_create takes them. Raises what
+    model_version_create raises."""
     with transaction.atomic():
         registered = RegisteredModel.objects.filter(name=name).first()
         if registered is None:
@@ -101,6 +105,8 @@ def mlflow_model_import(
             library_versions=model.library_versions,
             source=VersionSource.IMPORT,
             version_number=version_number,
+            tags=version_tags,
+            **(lineage or {}),
         )
 
 
@@ -284,10 +290,20 @@ class ImportReport:
         return [row for row in self.rows if row.result == "refused"]
 
 
-def _model_tags(tags: list[dict[str, str]]) -> list[str]:
-    # A registered model's tags are a list of labels here: MLflow's key -> value pairs are
-    # kept as "key=value" labels.
-    return [f"{t['key']}={t.get('value', '')}"[:100] for t in tags if t.get("key")]
+def _tags(tags: list[dict[str, str]]) -> dict[str, str]:
+    """MLflow's [{"key", "value"}] as this registry's {key: value} (mlregistry.tags rules:
+    a key it cannot hold is refused by the service, naming it)."""
+    return {t["key"]: t.get("value") or "" for t in tags if t.get("key")}
+
+
+def _lineage(metadata: dict[str, Any]) -> dict[str, str]:
+    """The version's lineage fields from its MLflow provenance (_lineage_metadata)."""
+    fields = {
+        "run_id": metadata.get("run_id"),
+        "git_commit": metadata.get("git_commit"),
+        "source_url": metadata.get("run_url"),
+    }
+    return {key: value for key, value in fields.items() if value}
 
 
 def _lineage_metadata(
@@ -329,22 +345,23 @@ def _run_params(run: dict[str, Any] | None) -> dict[str, str]:
 
 
 def _aliases_apply(*, model: RegisteredModel, aliases: dict[str, int], actor: Actor) -> list[str]:
-    """Gives the model MLflow's aliases (alias -> version number) that are not set yet and
-    returns what changed. Recorded in each version's metadata (`mlflow.aliases`) until the
-    registry has aliases of its own; this is the one place that applies them."""
+    """Points each of MLflow's aliases (alias -> version number) at its version through
+    model_alias_set (audited; nothing written when it already points there) and returns what
+    moved. An alias name this registry refuses (reserved, or not ^[a-z][a-z0-9_-]{0,63}$) or
+    one pointing to a version that was not imported is reported, not applied."""
     changed = []
-    by_version: dict[int, list[str]] = {}
-    for alias, number in aliases.items():
-        by_version.setdefault(number, []).append(alias)
-    for version in model.versions.all():
-        wanted = sorted(by_version.get(version.version, []))
-        recorded = (version.metadata or {}).get("mlflow", {}).get("aliases")
-        if (recorded or []) == wanted or (recorded is None and not wanted):
+    current = {row.alias: row.version.version for row in model.aliases.select_related("version")}
+    for alias, number in sorted(aliases.items()):
+        if current.get(alias) == number:
             continue
-        metadata = {**version.metadata, "mlflow": {**version.metadata.get("mlflow", {})}}
-        metadata["mlflow"]["aliases"] = wanted
-        services.model_version_update(version=version, metadata=metadata, actor=actor)
-        changed.append(f"{model.name}: v{version.version} aliases {', '.join(wanted) or 'none'}")
+        try:
+            services.model_alias_set(
+                model=model, alias=alias, version=number, actor=actor, comment="MLflow import"
+            )
+        except (ValidationFailed, ConflictError) as exc:
+            changed.append(f"{model.name}: alias {alias!r} not set: {exc}")
+            continue
+        changed.append(f"{model.name}: alias {alias} -> v{number}")
     return changed
 
 
@@ -488,7 +505,9 @@ def _version_import(
         name=name,
         actor=actor,
         description=registered.get("description") or "",
-        tags=_model_tags(registered.get("tags", [])),
+        tags=_tags(registered.get("tags", [])),
+        version_tags=_tags(mlflow_version.get("tags", [])),
+        lineage=_lineage(mlflow),
         version_number=number,
         metrics=_run_metrics(run, report.notes, what),
         params=_run_params(run) or None,

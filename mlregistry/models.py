@@ -52,7 +52,8 @@ class RegisteredModel(models.Model):
     name = models.SlugField(max_length=100, unique=True, validators=[validate_not_an_id])
     description = models.TextField(blank=True)
     task = models.CharField(max_length=20, choices=Task.choices, default=Task.CLASSIFICATION)
-    tags = models.JSONField(default=list, blank=True)
+    # key -> value strings (mlregistry.tags); filtered by ?tag=, GIN-indexed on Postgres.
+    tags = models.JSONField(default=dict, blank=True)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -91,6 +92,14 @@ class ModelVersion(models.Model):
     source = models.CharField(
         max_length=20, choices=VersionSource.choices, default=VersionSource.UPLOAD
     )
+    # key -> value strings (mlregistry.tags); filtered by ?tag=, GIN-indexed on Postgres.
+    tags = models.JSONField(default=dict, blank=True)
+    # Lineage (mlregistry.lineage): where the version came from, set once at registration.
+    run_id = models.CharField(max_length=200, blank=True)
+    git_commit = models.CharField(max_length=64, blank=True)
+    source_url = models.URLField(max_length=2000, blank=True)
+    training_dataset_uri = models.CharField(max_length=2000, blank=True)
+    training_dataset_sha256 = models.CharField(max_length=64, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -99,6 +108,11 @@ class ModelVersion(models.Model):
 
     class Meta:
         ordering = ["model__name", "-version"]
+        indexes = [
+            # The version list's filters (?stage=, ?run_id=) within one model.
+            models.Index(fields=["model", "stage"], name="version_model_stage_idx"),
+            models.Index(fields=["model", "run_id"], name="version_model_run_idx"),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["model", "version"], name="unique_version_per_model"),
             models.UniqueConstraint(
@@ -115,6 +129,32 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model.name} v{self.version}"
+
+
+class ModelAlias(models.Model):
+    """A named pointer (`champion`, `shadow`, ...) to one version of its model, moved only by
+    mlregistry.services.model_alias_set / model_alias_delete. Rules: mlregistry.aliases."""
+
+    model = models.ForeignKey(RegisteredModel, on_delete=models.CASCADE, related_name="aliases")
+    alias = models.CharField(max_length=64)
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="aliases")
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # The user's name or a job's name ("job:import"), kept when the user goes.
+    updated_by_name = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["model__name", "alias"]
+        constraints = [
+            # The backstop of model_alias_set's lock: one pointer per name per model.
+            models.UniqueConstraint(fields=["model", "alias"], name="unique_alias_per_model"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model.name}@{self.alias}"
 
 
 class StageTransition(models.Model):

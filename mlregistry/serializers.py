@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from django.db.models import Max
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 from rest_framework.exceptions import ParseError
@@ -15,6 +16,7 @@ from mlregistry import hooks
 from mlregistry.models import (
     ArtifactFormat,
     AuditEvent,
+    ModelAlias,
     ModelVersion,
     RegisteredModel,
     Stage,
@@ -82,9 +84,62 @@ class ClassesField(serializers.JSONField):
     pass
 
 
-@extend_schema_field({"type": "array", "items": {"type": "string"}})
+@extend_schema_field(
+    {
+        "type": "object",
+        "additionalProperties": {"type": "string", "maxLength": 5000},
+        "description": "key -> value; keys ^[A-Za-z0-9_.:/-]{1,128}$ (mlregistry/tags.py)",
+    }
+)
 class TagsField(serializers.JSONField):
     pass
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "additionalProperties": {"type": "string", "maxLength": 5000, "nullable": True},
+        "description": "key -> value merged into the current tags; a null value deletes the "
+        "key. Keys ^[A-Za-z0-9_.:/-]{1,128}$.",
+    }
+)
+class TagsChangesField(serializers.JSONField):
+    """Checked by the service (mlregistry.tags), which names each bad key."""
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "object", "additionalProperties": {"type": "string", "maxLength": 5000}},
+            {"type": "array", "items": {"type": "string"}, "deprecated": True},
+        ],
+        "description": "key -> value; a list of keys (the former form) gives empty values",
+    }
+)
+class TagsInputField(serializers.JSONField):
+    pass
+
+
+@extend_schema_field(
+    {
+        "type": "object",
+        "nullable": True,
+        "properties": {
+            "uri": {"type": "string", "maxLength": 2000},
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        },
+        "required": ["uri"],
+        "description": "the data the version was trained on (null when not recorded)",
+    }
+)
+class TrainingDatasetField(serializers.Field):
+    def to_representation(self, obj: ModelVersion) -> dict[str, str] | None:
+        if not obj.training_dataset_uri:
+            return None
+        out = {"uri": obj.training_dataset_uri}
+        if obj.training_dataset_sha256:
+            out["sha256"] = obj.training_dataset_sha256
+        return out
 
 
 @extend_schema_field({"type": "string", "description": "JSON text (a multipart form field)"})
@@ -109,15 +164,13 @@ class RegisteredModelInput(serializers.Serializer):
     name = serializers.SlugField(max_length=100)
     task = serializers.ChoiceField(choices=Task.choices, default=Task.CLASSIFICATION)
     description = serializers.CharField(required=False, allow_blank=True, default="")
-    tags = serializers.ListField(
-        child=serializers.CharField(max_length=100), required=False, default=list
-    )
+    tags = TagsInputField(required=False, default=dict)
 
 
 class RegisteredModelUpdateInput(serializers.Serializer):
     task = serializers.ChoiceField(choices=Task.choices, required=False)
     description = serializers.CharField(required=False, allow_blank=True)
-    tags = serializers.ListField(child=serializers.CharField(max_length=100), required=False)
+    tags = TagsChangesField(required=False, help_text="merged: a null value deletes the key")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         forbidden = set(self.initial_data) & {"stage", "name", "versions", "owner"}
@@ -155,14 +208,15 @@ class RegisteredModelOutput(serializers.ModelSerializer):
         ]
 
     def get_production_version(self, obj: RegisteredModel) -> int | None:
-        for version in obj.versions.all():
-            if version.stage == Stage.PRODUCTION:
-                return version.version
-        return None
+        if hasattr(obj, "_production_version"):  # annotated by the list's queryset
+            return obj._production_version
+        version = obj.versions.filter(stage=Stage.PRODUCTION).values_list("version", flat=True)
+        return version.first()
 
     def get_latest_version(self, obj: RegisteredModel) -> int | None:
-        numbers = [v.version for v in obj.versions.all()]
-        return max(numbers) if numbers else None
+        if hasattr(obj, "_latest_version"):
+            return obj._latest_version
+        return obj.versions.aggregate(n=Max("version"))["n"]
 
 
 class ModelVersionUploadInput(serializers.Serializer):
@@ -179,6 +233,19 @@ class ModelVersionUploadInput(serializers.Serializer):
         r"^[0-9a-fA-F]{64}$",
         required=False,
         help_text="SHA-256 the client computed: the upload is refused if the bytes differ.",
+    )
+    tags = JSONStringField(required=False, help_text='JSON object {"key": "value"}')
+    run_id = serializers.CharField(
+        required=False, max_length=200, help_text="the experiment run that produced it"
+    )
+    git_commit = serializers.CharField(
+        required=False, max_length=64, help_text="commit of the training code (7-64 hex)"
+    )
+    source_url = serializers.CharField(
+        required=False, max_length=2000, help_text="http(s) link to the code or the run"
+    )
+    training_dataset = JSONStringField(
+        required=False, help_text='JSON object {"uri": "...", "sha256": "<64 hex>"}'
     )
 
     def _object(self, value: Any, name: str) -> Any:
@@ -223,6 +290,9 @@ class ModelVersionOutput(serializers.ModelSerializer):
     created_by = serializers.SlugRelatedField(
         slug_field="username", read_only=True, allow_null=True
     )
+    tags = TagsField(read_only=True)
+    aliases = serializers.SerializerMethodField()
+    training_dataset = TrainingDatasetField(source="*", read_only=True)
 
     class Meta:
         model = ModelVersion
@@ -230,6 +300,8 @@ class ModelVersionOutput(serializers.ModelSerializer):
             "name",
             "version",
             "stage",
+            "aliases",
+            "tags",
             "artifact_format",
             "artifact_sha256",
             "artifact_size",
@@ -240,10 +312,18 @@ class ModelVersionOutput(serializers.ModelSerializer):
             "metadata",
             "library_versions",
             "source",
+            "run_id",
+            "git_commit",
+            "source_url",
+            "training_dataset",
             "created_at",
             "updated_at",
             "created_by",
         ]
+
+    def get_aliases(self, obj: ModelVersion) -> list[str]:
+        """The names of the aliases pointing to this version, sorted (never `latest`)."""
+        return sorted(a.alias for a in obj.aliases.all())
 
 
 class ModelVersionDetailOutput(ModelVersionOutput):
@@ -267,6 +347,97 @@ class ModelVersionDetailOutput(ModelVersionOutput):
     def get_online_metrics(self, obj: ModelVersion) -> dict[str, Any]:
         """Accuracy (or MAE) from clients' feedback on served predictions."""
         return hooks.online_metrics_get(version=obj)
+
+
+class ModelVersionUpdateInput(serializers.Serializer):
+    tags = TagsChangesField(required=False, help_text="merged: a null value deletes the key")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(self.initial_data) - {"tags"}
+        if unknown:
+            raise serializers.ValidationError(
+                {
+                    f: [
+                        "read-only here: stages change through /transition, lineage and the "
+                        "artifact are set at upload"
+                    ]
+                    for f in sorted(unknown)
+                }
+            )
+        return attrs
+
+
+class AliasRemovalOutput(serializers.Serializer):
+    alias = serializers.CharField()
+    version = serializers.IntegerField()
+
+
+class ModelVersionTransitionOutput(ModelVersionOutput):
+    aliases_removed = AliasRemovalOutput(
+        many=True,
+        read_only=True,
+        help_text="aliases removed because their version was archived by this change",
+    )
+
+    class Meta(ModelVersionOutput.Meta):
+        fields = [*ModelVersionOutput.Meta.fields, "aliases_removed"]
+
+
+class ModelVersionDeletedOutput(serializers.Serializer):
+    name = serializers.CharField()
+    version = serializers.IntegerField()
+    deleted = serializers.BooleanField()
+    aliases_removed = AliasRemovalOutput(
+        many=True, help_text="aliases that pointed to the version, removed with it"
+    )
+
+
+class ModelListQueryInput(serializers.Serializer):
+    """The filters of GET /api/v1/models/ (query parameters)."""
+
+    tag = serializers.ListField(
+        child=serializers.CharField(max_length=5200),
+        required=False,
+        help_text="key or key:value (split at the first colon); repeat to require several",
+    )
+    search = serializers.CharField(
+        max_length=200, required=False, help_text="substring of the name or description"
+    )
+
+
+class ModelVersionListQueryInput(serializers.Serializer):
+    """The filters of GET /api/v1/models/{name}/versions/ (query parameters)."""
+
+    tag = serializers.ListField(
+        child=serializers.CharField(max_length=5200),
+        required=False,
+        help_text="key or key:value (split at the first colon); repeat to require several",
+    )
+    stage = serializers.ChoiceField(choices=Stage.choices, required=False)
+    alias = serializers.CharField(
+        max_length=64, required=False, help_text="the version it points to (latest allowed)"
+    )
+    run_id = serializers.CharField(max_length=200, required=False)
+
+
+class AliasOutput(serializers.ModelSerializer):
+    version = serializers.IntegerField(source="version.version")
+    updated_by = serializers.CharField(
+        source="updated_by_name", help_text="the user or job that last moved it"
+    )
+
+    class Meta:
+        model = ModelAlias
+        fields = ["alias", "version", "updated_at", "updated_by"]
+
+
+class AliasInput(serializers.Serializer):
+    version = serializers.IntegerField(min_value=1, help_text="the version number to point to")
+    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+
+
+class AliasDeleteInput(serializers.Serializer):
+    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
 class TransitionInput(serializers.Serializer):

@@ -24,6 +24,7 @@ from sklearn.base import is_classifier, is_regressor
 from config.errors import ConflictError, ForbiddenError, NotFoundError, ValidationFailed
 from config.events import event_publish
 from mlregistry import artifacts, mlflow_import, reference, schema
+from mlregistry.aliases import alias_validate
 from mlregistry.audit import (
     Actor,
     audit_record,
@@ -32,9 +33,11 @@ from mlregistry.audit import (
     fields_update,
 )
 from mlregistry.hooks import version_leaving_service
+from mlregistry.lineage import lineage_validate
 from mlregistry.models import (
     MODEL_ID_PATTERN,
     ArtifactFormat,
+    ModelAlias,
     ModelVersion,
     RegisteredModel,
     Stage,
@@ -43,11 +46,13 @@ from mlregistry.models import (
     VersionSource,
 )
 from mlregistry.selectors import (
+    VERSION_NUMBER_MAX,
     previous_production_version_get,
     registered_model_caches_invalidate,
     routing_invalidate,
 )
 from mlregistry.storage import get_artifact_storage
+from mlregistry.tags import tags_changes_validate, tags_merge
 from mlregistry.webhooks.payloads import version_event_data
 from mlregistry.webhooks.services import webhooks_of_model_delete
 
@@ -72,6 +77,12 @@ _VERSION_AUDITED_FIELDS = (
     "params",
     "metadata",
     "source",
+    "tags",
+    "run_id",
+    "git_commit",
+    "source_url",
+    "training_dataset_uri",
+    "training_dataset_sha256",
     "created_by",
 )
 
@@ -113,9 +124,10 @@ def registered_model_create(
     actor: Actor,
     task: str = Task.CLASSIFICATION,
     description: str = "",
-    tags: list[str] | None = None,
+    tags: dict[str, str] | list[str] | None = None,
 ) -> RegisteredModel:
-    """Registers a new model name.
+    """Registers a new model name, with `tags` ({key: value}; a list of keys reads as keys
+    with empty values; rules in mlregistry.tags, ValidationFailed 400).
 
     A name made only of ASCII digits is refused (ValidationFailed, 400): the seeds'
     /predict/{model_id} alias reads such a string as a database id. ConflictError (409) when
@@ -126,11 +138,12 @@ def registered_model_create(
             "in /predict/{model_id}).",
             fields={"name": ["must contain a character other than a digit"]},
         )
+    tags = tags_merge({}, tags_changes_validate(tags or {}, allow_delete=False))
     owner, _ = _actor_fields(actor)
     try:
         with transaction.atomic():
             model = RegisteredModel.objects.create(
-                name=name, task=task, description=description, tags=tags or [], owner=owner
+                name=name, task=task, description=description, tags=tags, owner=owner
             )
             audit_record(actor=actor, verb="create", obj=model, changes=created_changes(model))
             return model
@@ -147,22 +160,31 @@ def registered_model_update(
     name: str | None = None,
     description: str | None = None,
     task: str | None = None,
-    tags: list[str] | None = None,
+    tags: dict[str, str] | list[str] | None = None,
+    tags_changes: dict[str, str | None] | None = None,
 ) -> RegisteredModel:
     """Changes a model's name or descriptive fields (never its versions' stages); a call that
-    changes nothing writes nothing. NotFoundError (404) when the model was deleted meanwhile;
-    ValidationFailed (400) for an all-digit name and ConflictError (409) for a taken one, as at
-    creation."""
+    changes nothing writes nothing. `tags` replaces every tag; `tags_changes` merges into the
+    current ones under the model's lock (a null value deletes the key), so concurrent PATCHes
+    of different keys both land. NotFoundError (404) when the model was deleted meanwhile;
+    ValidationFailed (400) for an all-digit name or a bad tag and ConflictError (409) for a
+    taken name, as at creation."""
     if name is not None and MODEL_ID_PATTERN.fullmatch(name):
         raise ValidationFailed(
             f"A model name cannot be made only of digits ({name!r} would read as a model id "
             "in /predict/{model_id}).",
             fields={"name": ["must contain a character other than a digit"]},
         )
+    if tags is not None:
+        tags = tags_merge({}, tags_changes_validate(tags, allow_delete=False))
+    if tags_changes is not None:
+        tags_changes = tags_changes_validate(tags_changes)
     wanted = {"name": name, "description": description, "task": task, "tags": tags}
     try:
         with transaction.atomic():
             locked = registered_model_lock(model_id=model.pk)
+            if tags_changes:
+                wanted["tags"] = tags_merge(locked.tags, tags_changes)
             changes = fields_update(locked, wanted, actor=actor)
             if "name" in changes:
                 # The serving path cached the model under its old name (routing, the seeds'
@@ -510,6 +532,11 @@ def model_version_create(
     expected_sha256: str | None = None,
     version_number: int | None = None,
     library_versions: dict[str, str] | None = None,
+    tags: dict[str, str] | None = None,
+    run_id: str | None = None,
+    git_commit: str | None = None,
+    source_url: str | None = None,
+    training_dataset: dict[str, str] | None = None,
 ) -> ModelVersion:
     """Registers a new version: streams and hashes the artifact, checks it, stores it under its
     SHA-256 and records the next version number. Nothing is stored when a check fails.
@@ -520,7 +547,16 @@ def model_version_create(
     previewed upload, or a client that sends the checksum it computed). version_number asks for
     that number (an import keeping another registry's numbers): ConflictError (409) unless it
     is above every number the model ever gave. library_versions: what the artifact was saved
-    with, when known (default: this server's)."""
+    with, when known (default: this server's). `tags` ({key: value}, mlregistry.tags) and the
+    lineage (`run_id`, `git_commit`, `source_url`, `training_dataset` {"uri", "sha256"},
+    mlregistry.lineage) are checked before anything is read: ValidationFailed (400)."""
+    version_tags = tags_merge({}, tags_changes_validate(tags or {}, allow_delete=False))
+    lineage = lineage_validate(
+        run_id=run_id,
+        git_commit=git_commit,
+        source_url=source_url,
+        training_dataset=training_dataset,
+    )
     received = artifacts.spool_upload(artifact)
     spooled = received
     try:
@@ -591,6 +627,8 @@ def model_version_create(
                 reference_sample=inspection.reference_sample,
                 reference_stats=inspection.reference_stats,
                 source=source,
+                tags=version_tags,
+                **lineage.as_fields(),
                 created_by=user,
             )
             audit_record(
@@ -663,8 +701,66 @@ def _delete_if_unreferenced(stored_name: str) -> None:
             storage.delete(stored_name)
 
 
+@dataclass(frozen=True)
+class AliasRemoval:
+    """An alias that went with its version (archived or deleted)."""
+
+    alias: str
+    version: int
+
+
+def _alias_deleted_publish(
+    *, model_name: str, alias: str, version: int, actor: Actor, comment: str
+) -> None:
+    """Announces a removed alias (inside the removing transaction: sent only if it commits)."""
+    event_publish(
+        "model_alias.deleted",
+        model=model_name,
+        data={
+            "model": model_name,
+            "alias": alias,
+            "version": version,
+            "actor": _actor_fields(actor)[1],
+            "comment": comment,
+        },
+    )
+
+
+def _aliases_remove(*, version: ModelVersion, actor: Actor, reason: str) -> list[AliasRemoval]:
+    """Deletes the aliases pointing to `version`, one audit row each; call inside the
+    transaction that archives or deletes it, under its model's lock (the caller's on-commit
+    routing invalidation covers the serving path)."""
+    removed = []
+    for row in ModelAlias.objects.filter(version=version).select_related("model"):
+        audit_record(
+            actor=actor,
+            verb="alias_delete",
+            obj=row,
+            changes={
+                "alias": [row.alias, None],
+                "version": [version.version, None],
+                "comment": [None, reason],
+            },
+        )
+        removed.append(AliasRemoval(alias=row.alias, version=version.version))
+        _alias_deleted_publish(
+            model_name=row.model.name,
+            alias=row.alias,
+            version=version.version,
+            actor=actor,
+            comment=reason,
+        )
+        row.delete()
+    return removed
+
+
 def _write_transition(
-    *, version: ModelVersion, to_stage: str, actor: Actor, comment: str
+    *,
+    version: ModelVersion,
+    to_stage: str,
+    actor: Actor,
+    comment: str,
+    aliases_removed: list[AliasRemoval] | None = None,
 ) -> StageTransition:
     user, name = _actor_fields(actor)
     from_stage = version.stage
@@ -674,6 +770,12 @@ def _write_transition(
         # An archived version must not keep receiving split traffic: the split ends in the
         # same transaction (the caller's on_commit invalidation covers the routing entry).
         version_leaving_service.send(sender=ModelVersion, version=version)
+        # Nor answer through an alias: the pointers go in the same transaction.
+        removed = _aliases_remove(
+            version=version, actor=actor, reason=f"v{version.version} archived"
+        )
+        if aliases_removed is not None:
+            aliases_removed.extend(removed)
     audit_record(
         actor=actor,
         verb="transition",
@@ -721,12 +823,17 @@ def model_version_transition(
 
     expected_production_pk: the production version (pk, or None for none) the caller showed
     the user; if another change got there first, the move is refused rather than archiving a
-    version nobody confirmed."""
+    version nobody confirmed.
+
+    Archiving a version (this one, or the production version a promotion replaces) removes
+    its aliases in the same transaction; the returned version's `aliases_removed` lists them
+    (AliasRemoval), so the caller can say so."""
     if stage not in Stage.values:
         raise ValidationFailed(
             f"Unknown stage {stage!r}.",
             fields={"stage": [f"must be one of {', '.join(Stage.values)}"]},
         )
+    aliases_removed: list[AliasRemoval] = []
     try:
         with transaction.atomic():
             # Lock the parent row: locking version rows could not serialise the first promotion.
@@ -754,8 +861,15 @@ def model_version_transition(
                         actor=actor,
                         comment=f"replaced by v{current.version}"
                         + (f": {comment}" if comment else ""),
+                        aliases_removed=aliases_removed,
                     )
-            _write_transition(version=current, to_stage=stage, actor=actor, comment=comment)
+            _write_transition(
+                version=current,
+                to_stage=stage,
+                actor=actor,
+                comment=comment,
+                aliases_removed=aliases_removed,
+            )
             transaction.on_commit(partial(routing_invalidate, model.name))
     except IntegrityError:
         # The partial unique index is the backstop if a writer skipped the lock.
@@ -763,6 +877,7 @@ def model_version_transition(
             "Another stage change of this model won the race; reload and try again."
         ) from None
     version.refresh_from_db()
+    version.aliases_removed = aliases_removed
     logger.info(
         "stage changed",
         extra={
@@ -803,14 +918,24 @@ def model_version_update(
     actor: Actor,
     metrics: dict[str, Any] | None = None,
     metadata: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
+    tags_changes: dict[str, str | None] | None = None,
 ) -> ModelVersion:
-    """Changes a version's descriptive fields (metrics, metadata); its stage, artifact and
-    number change only through their own services. A call that changes nothing writes nothing.
+    """Changes a version's descriptive fields (metrics, metadata, tags); its stage, artifact,
+    lineage and number change only through their own services. `tags` replaces every tag;
+    `tags_changes` merges into the current ones under the model's lock (null deletes a key).
+    A call that changes nothing writes nothing. ValidationFailed (400) for a bad tag;
     NotFoundError (404) when the version was deleted meanwhile."""
-    wanted = {"metrics": metrics, "metadata": metadata}
+    if tags is not None:
+        tags = tags_merge({}, tags_changes_validate(tags, allow_delete=False))
+    if tags_changes is not None:
+        tags_changes = tags_changes_validate(tags_changes)
+    wanted = {"metrics": metrics, "metadata": metadata, "tags": tags}
     with transaction.atomic():
         registered_model_lock(model_id=version.model_id)
         current = _version_reread(version)
+        if tags_changes:
+            wanted["tags"] = tags_merge(current.tags, tags_changes)
         fields_update(current, wanted, actor=actor)
     for field, value in wanted.items():
         if value is not None:
@@ -819,9 +944,10 @@ def model_version_update(
     return version
 
 
-def model_version_delete(*, version: ModelVersion, actor: Actor) -> None:
+def model_version_delete(*, version: ModelVersion, actor: Actor) -> list[AliasRemoval]:
     """Deletes a version with its history (stage transitions, prediction log, drift reports);
-    the admin and the API both call this. Its number is never given again.
+    the admin and the API both call this. Its number is never given again. Returns the
+    aliases that pointed to it, removed (and audited) in the same transaction.
 
     ConflictError (409) while it is the production version; NotFoundError (404) when a
     concurrent delete got there first. A traffic split naming it ends (as when it is archived).
@@ -838,6 +964,7 @@ def model_version_delete(*, version: ModelVersion, actor: Actor) -> None:
             )
         number = current.version
         version_leaving_service.send(sender=ModelVersion, version=current)
+        removed = _aliases_remove(version=current, actor=actor, reason=f"v{number} deleted")
         audit_record(
             actor=actor,
             verb="delete",
@@ -850,3 +977,137 @@ def model_version_delete(*, version: ModelVersion, actor: Actor) -> None:
         "model version deleted",
         extra={"model": model.name, "version": number, "actor": _actor_fields(actor)[1]},
     )
+    return removed
+
+
+# --- Aliases ----------------------------------------------------------------------------
+
+
+def model_alias_set(
+    *,
+    model: RegisteredModel,
+    alias: str,
+    version: ModelVersion | int,
+    actor: Actor,
+    comment: str = "",
+) -> ModelAlias:
+    """Points `alias` of `model` at `version` (a ModelVersion of that model, or its number),
+    creating the alias or moving it; one audit row ("alias_set", {"version": [old, new]}) per
+    move that happened, none when it already pointed there.
+
+    Errors: ValidationFailed (400) for a malformed or reserved name (mlregistry.aliases) or a
+    version number the model does not have; ConflictError (409) when the version is archived
+    (archiving removes aliases, so one never points at an archived version) or another writer
+    won a race the lock did not cover; NotFoundError (404) when the model or version was
+    deleted meanwhile. On commit the model's routing entry is dropped, so no prediction
+    through the alias is answered by the version it pointed to before."""
+    alias_validate(alias)
+    number = version.version if isinstance(version, ModelVersion) else version
+    if isinstance(version, ModelVersion) and version.model_id != model.pk:
+        raise ValidationFailed(
+            f"{version} is not a version of {model.name}.",
+            fields={"version": [f"not a version of {model.name}"]},
+        )
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise ValidationFailed("version must be an integer.", fields={"version": ["integer"]})
+    try:
+        with transaction.atomic():
+            # Lock, then decide: concurrent moves of one alias serialise on the model row.
+            locked = registered_model_lock(model_id=model.pk)
+            target = None
+            if 1 <= number <= VERSION_NUMBER_MAX:
+                target = locked.versions.filter(version=number).first()
+            if target is None:
+                raise ValidationFailed(
+                    f"{locked.name} has no version {number}.",
+                    fields={"version": [f"{locked.name} has no version {number}"]},
+                )
+            if target.stage == Stage.ARCHIVED:
+                raise ConflictError(
+                    f"{locked.name} v{number} is archived: an alias cannot point to it. "
+                    "Move it out of the archive first.",
+                    fields={"version": ["is archived"]},
+                )
+            user, actor_name = _actor_fields(actor)
+            row = (
+                ModelAlias.objects.filter(model=locked, alias=alias)
+                .select_related("version")
+                .first()
+            )
+            if row is not None and row.version_id == target.pk:
+                return row
+            before = row.version.version if row is not None else None
+            if row is None:
+                row = ModelAlias(model=locked, alias=alias)
+            row.version = target
+            row.updated_by = user
+            row.updated_by_name = actor_name
+            row.save()
+            audit_record(
+                actor=actor,
+                verb="alias_set",
+                obj=row,
+                changes={
+                    "alias": [alias if before is not None else None, alias],
+                    "version": [before, number],
+                    **({"comment": [None, comment]} if comment else {}),
+                },
+            )
+            event_publish(
+                "model_alias.set",
+                model=locked.name,
+                data={
+                    "model": locked.name,
+                    "alias": alias,
+                    "version": number,
+                    "previous_version": before,
+                    "actor": actor_name,
+                    "comment": comment,
+                },
+            )
+            transaction.on_commit(partial(routing_invalidate, locked.name))
+    except IntegrityError:
+        # The unique constraint is the backstop if a writer skipped the lock.
+        raise ConflictError(
+            f"Another change of alias {alias!r} won the race; reload and try again."
+        ) from None
+    logger.info(
+        "alias set",
+        extra={"model": model.name, "alias": alias, "version": number, "actor": actor_name},
+    )
+    return row
+
+
+def model_alias_delete(
+    *, model: RegisteredModel, alias: str, actor: Actor, comment: str = ""
+) -> int:
+    """Removes `alias` of `model`; returns the version number it pointed to. NotFoundError
+    (404) when the model has no such alias (or it went meanwhile); ValidationFailed (400) for
+    a reserved name. Audited ("alias_delete"); on commit the routing entry is dropped."""
+    alias_validate(alias)
+    with transaction.atomic():
+        locked = registered_model_lock(model_id=model.pk)
+        row = ModelAlias.objects.filter(model=locked, alias=alias).select_related("version").first()
+        if row is None:
+            raise NotFoundError(f"{locked.name} has no alias {alias!r}.")
+        number = row.version.version
+        audit_record(
+            actor=actor,
+            verb="alias_delete",
+            obj=row,
+            changes={
+                "alias": [alias, None],
+                "version": [number, None],
+                **({"comment": [None, comment]} if comment else {}),
+            },
+        )
+        _alias_deleted_publish(
+            model_name=locked.name, alias=alias, version=number, actor=actor, comment=comment
+        )
+        row.delete()
+        transaction.on_commit(partial(routing_invalidate, locked.name))
+    logger.info(
+        "alias deleted",
+        extra={"model": model.name, "alias": alias, "actor": _actor_fields(actor)[1]},
+    )
+    return number

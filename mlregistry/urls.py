@@ -19,6 +19,12 @@ urlpatterns = [
         views.ModelVersionArtifactView.as_view(),
         name="version-artifact",
     ),
+    path("models/<slug:name>/aliases", views.ModelAliasListView.as_view(), name="alias-list"),
+    path(
+        "models/<slug:name>/aliases/<str:alias>",
+        views.ModelAliasDetailView.as_view(),
+        name="alias-detail",
+    ),
     path(
         "models/<slug:name>/versions/<int:version>/transition",
         views.ModelVersionTransitionView.as_view(),

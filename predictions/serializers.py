@@ -88,6 +88,9 @@ class _Served(serializers.Serializer):
     model = serializers.CharField()
     model_version = serializers.IntegerField()
     stage = serializers.CharField()
+    alias = serializers.CharField(
+        required=False, help_text="the alias the request named (alias predict routes only)"
+    )
     cached = serializers.BooleanField()
     request_id = serializers.CharField(help_text="feedback goes to /predictions/{request_id}")
     timestamp = serializers.DateTimeField()

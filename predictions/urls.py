@@ -17,6 +17,11 @@ def predict_routes(prefix: str) -> list:
             name="predict-version",
         ),
         path(
+            f"{prefix}models/<slug:name>/aliases/<str:alias>/predict",
+            views.PredictByAliasView.as_view(),
+            name="predict-alias-name",
+        ),
+        path(
             f"{prefix}predict/<str:model_id>",
             views.PredictAliasView.as_view(),
             name="predict-alias",
@@ -31,6 +36,11 @@ def predict_routes(prefix: str) -> list:
             f"{prefix}models/<slug:name>/versions/<int:version>/invocations",
             mlflow.InvocationsVersionView.as_view(),
             name="mlflow-invocations-version",
+        ),
+        path(
+            f"{prefix}models/<slug:name>/aliases/<str:alias>/invocations",
+            mlflow.InvocationsAliasView.as_view(),
+            name="mlflow-invocations-alias",
         ),
     ]
 

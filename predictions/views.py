@@ -134,6 +134,22 @@ class PredictVersionView(ServingView):
         return Response(self.served(request, self.target(name=name, version=version)).native())
 
 
+class PredictByAliasView(ServingView):
+    @extend_schema(
+        operation_id="predict_alias",
+        tags=["predict"],
+        request=_PREDICT_REQUEST,
+        responses={200: _PREDICT_RESPONSE, **error_responses(400, 422)},
+        examples=_PREDICT_EXAMPLES,
+        summary="Predict with the version an alias points to (`latest`: highest not archived)",
+        description="The answer adds `alias`. 404 when the model has no such alias. A move of "
+        "the alias applies to every request that starts after it commits.",
+    )
+    def post(self, request: Request, name: str, alias: str) -> Response:
+        answer = self.served(request, self.target(name=name, alias=alias)).native()
+        return Response({**answer, "alias": alias})
+
+
 class PredictAliasView(ServingView):
     def planned_target(self, kwargs: dict[str, Any]) -> None:
         return None  # the model id is resolved only after authentication

@@ -26,7 +26,7 @@ from django.utils import timezone
 from config.errors import ConflictError, DomainError, NotFoundError, ValidationFailed
 from config.events import event_publish
 from config.job_heartbeats import job_heartbeat
-from mlregistry import artifacts, selectors, services
+from mlregistry import artifacts, lineage, selectors, services
 from mlregistry.audit import audit_record, created_changes, deleted_changes
 from mlregistry.models import ModelVersion, RegisteredModel, Stage, Task, VersionSource
 from mlregistry.storage import get_artifact_storage
@@ -368,6 +368,8 @@ class Trained:
     champion: ModelVersion | None
     champion_score: float | None
     details: dict[str, Any] = field(default_factory=dict)
+    # SHA-256 of the data trained on: the file's, or (SQL) of the rows read, as CSV.
+    data_sha256: str = ""
 
 
 class TrainingFailed(DomainError):
@@ -435,6 +437,7 @@ def _train(job: TrainingJob) -> Trained:
     from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score, train_test_split
 
     loaded = datasets.dataset_load(job.dataset)
+    data_sha256 = job.dataset.file_sha256 or lineage.frame_sha256(loaded.features, loaded.target)
     target = _target_check(job, loaded.target)
     features = loaded.features
     classification = job.model.task == Task.CLASSIFICATION
@@ -522,6 +525,7 @@ def _train(job: TrainingJob) -> Trained:
         champion=champion,
         champion_score=champion_score,
         details=details,
+        data_sha256=data_sha256,
     )
 
 
@@ -561,6 +565,13 @@ def _candidate_register(job_id: int, trained: Trained) -> TrainingJob:
             },
             reference_sample=trained.reference_rows,
             source=VersionSource.TRAINING,
+            # Lineage of the product's own runs: the job, the data and this code's commit.
+            run_id=f"training-job:{job.pk}",
+            git_commit=lineage.code_version() or None,
+            training_dataset={
+                "uri": lineage.dataset_uri(job.dataset),
+                "sha256": trained.data_sha256,
+            },
         )
         services.model_version_transition(
             version=version,

@@ -15,6 +15,7 @@ from mlregistry_client.errors import (
 )
 from mlregistry_client.models import (
     BatchPrediction,
+    ModelAlias,
     ModelVersion,
     Prediction,
     RegisteredModel,
@@ -28,6 +29,7 @@ __all__ = [
     "BatchPrediction",
     "ChecksumMismatch",
     "Conflict",
+    "ModelAlias",
     "ModelVersion",
     "NotFound",
     "PayloadTooLarge",

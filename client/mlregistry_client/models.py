@@ -24,7 +24,7 @@ class RegisteredModel(_FromDict):
     name: str
     task: str
     description: str = ""
-    tags: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
     owner: str | None = None
     production_version: int | None = None
     latest_version: int | None = None
@@ -35,13 +35,20 @@ class RegisteredModel(_FromDict):
 
 @dataclass(frozen=True)
 class ModelVersion(_FromDict):
-    """One version: stage (none | staging | production | archived), artifact SHA-256, the
-    input schema (ordered features), classes, metrics, params, metadata."""
+    """One version: stage (none | staging | production | archived), the aliases pointing to
+    it, tags, artifact SHA-256, the input schema (ordered features), classes, metrics, params,
+    metadata and lineage (run_id, git_commit, source_url, training_dataset {uri, sha256})."""
 
     name: str
     version: int
     stage: str
     artifact_sha256: str
+    aliases: list[str] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)
+    run_id: str = ""
+    git_commit: str = ""
+    source_url: str = ""
+    training_dataset: dict[str, str] | None = None
     artifact_format: str = "skops"
     artifact_size: int = 0
     input_schema: list[dict[str, Any]] = field(default_factory=list)
@@ -62,6 +69,17 @@ class ModelVersion(_FromDict):
 
 
 @dataclass(frozen=True)
+class ModelAlias(_FromDict):
+    """A named pointer to one version of a model (``champion``, ``shadow``, ...)."""
+
+    alias: str
+    version: int
+    updated_at: str | None = None
+    updated_by: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
 class Prediction(_FromDict):
     """One row's answer; ``probabilities`` is None without predict_proba (and for regressors).
     ``request_id`` (single-row answers) is what ``Registry.feedback`` takes."""
@@ -72,6 +90,7 @@ class Prediction(_FromDict):
     model: str | None = None
     model_version: int | None = None
     stage: str | None = None
+    alias: str | None = None
     cached: bool = False
     request_id: str | None = None
     timestamp: str | None = None
@@ -88,6 +107,7 @@ class BatchPrediction:
     stage: str
     request_id: str
     timestamp: str
+    alias: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatchPrediction:
@@ -98,6 +118,7 @@ class BatchPrediction:
             stage=data["stage"],
             request_id=data["request_id"],
             timestamp=data["timestamp"],
+            alias=data.get("alias"),
         )
 
     def __len__(self) -> int:

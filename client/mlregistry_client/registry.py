@@ -24,6 +24,7 @@ from mlregistry_client.errors import (
 )
 from mlregistry_client.models import (
     BatchPrediction,
+    ModelAlias,
     ModelVersion,
     Prediction,
     RegisteredModel,
@@ -146,28 +147,89 @@ class Registry:
         *,
         task: str = "classification",
         description: str = "",
-        tags: Iterable[str] = (),
+        tags: Mapping[str, str] | Iterable[str] = (),
     ) -> RegisteredModel:
         """Registers a model (slug name; task classification | regression); Conflict if it
-        exists."""
-        body = {"name": name, "task": task, "description": description, "tags": list(tags)}
+        exists. ``tags`` is ``{key: value}`` (a list of keys gives empty values)."""
+        tags = dict(tags) if isinstance(tags, Mapping) else dict.fromkeys(tags, "")
+        body = {"name": name, "task": task, "description": description, "tags": tags}
         return RegisteredModel.from_dict(self._json("POST", "models/", body))
 
-    def list_versions(self, name: str) -> list[ModelVersion]:
-        """Every version of the model, newest first (all pages)."""
-        versions: list[ModelVersion] = []
+    def list_models(
+        self, *, tags: Mapping[str, str | None] | None = None, search: str | None = None
+    ) -> list[RegisteredModel]:
+        """Registered models (all pages), narrowed by ``tags`` (each ``key: value`` must hold;
+        a None value only asks for the key) and ``search`` (name or description)."""
+        params: dict[str, Any] = {"tag": _tag_filters(tags)}
+        if search:
+            params["search"] = search
+        return [RegisteredModel.from_dict(m) for m in self._pages("models/", params)]
+
+    def _pages(self, path: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
         page = 1
         while True:
-            data = self._json("GET", f"models/{_path(name)}/versions/", params={"page": page})
-            versions += [ModelVersion.from_dict(v) for v in data["results"]]
+            data = self._json("GET", path, params={**params, "page": page})
+            rows += data["results"]
             if not data.get("next"):
-                return versions
+                return rows
             page += 1
 
-    def get_version(self, name: str, version: int) -> ModelVersion:
+    def list_versions(
+        self,
+        name: str,
+        *,
+        tags: Mapping[str, str | None] | None = None,
+        stage: str | None = None,
+        alias: str | None = None,
+        run_id: str | None = None,
+    ) -> list[ModelVersion]:
+        """Every version of the model, newest first (all pages), narrowed by ``tags`` (as in
+        list_models), ``stage``, ``alias`` (the version it points to) and ``run_id``."""
+        params: dict[str, Any] = {"tag": _tag_filters(tags)}
+        for key, value in (("stage", stage), ("alias", alias), ("run_id", run_id)):
+            if value is not None:
+                params[key] = value
+        rows = self._pages(f"models/{_path(name)}/versions/", params)
+        return [ModelVersion.from_dict(v) for v in rows]
+
+    def get_version(
+        self, name: str, version: int | None = None, *, alias: str | None = None
+    ) -> ModelVersion:
+        """One version, by number or by ``alias`` (``latest``: the highest not archived)."""
+        if (version is None) == (alias is None):
+            raise ValueError("Give a version number or an alias (one of them).")
+        if alias is not None:
+            return ModelVersion.from_dict(
+                self._json("GET", f"models/{_path(name)}/aliases/{_path(alias)}")
+            )
         return ModelVersion.from_dict(
             self._json("GET", f"models/{_path(name)}/versions/{int(version)}/")
         )
+
+    def set_version_tags(
+        self, name: str, version: int, tags: Mapping[str, str | None]
+    ) -> ModelVersion:
+        """Merges ``tags`` into the version's tags (a None value deletes the key)."""
+        path = f"models/{_path(name)}/versions/{int(version)}/"
+        return ModelVersion.from_dict(self._json("PATCH", path, {"tags": dict(tags)}))
+
+    # --- aliases ----------------------------------------------------------------------------
+
+    def set_alias(self, name: str, alias: str, version: int, *, comment: str = "") -> ModelAlias:
+        """Points ``alias`` at ``version`` (creates or moves it; needs the promote permission).
+        ValidationError for a malformed or reserved name (``latest``, ``v<number>``) or an
+        unknown version; Conflict when the version is archived."""
+        body = {"version": int(version), "comment": comment}
+        path = f"models/{_path(name)}/aliases/{_path(alias)}"
+        return ModelAlias.from_dict(self._json("PUT", path, body))
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        """Removes ``alias`` (the version stays); NotFound when there is no such alias."""
+        self._json("DELETE", f"models/{_path(name)}/aliases/{_path(alias)}")
+
+    def list_aliases(self, name: str) -> list[ModelAlias]:
+        return [ModelAlias.from_dict(a) for a in self._json("GET", f"models/{_path(name)}/aliases")]
 
     def transition(
         self, name: str, version: int, stage: str, *, comment: str = "", archive_previous=True
@@ -207,15 +269,23 @@ class Registry:
         tags: Mapping[str, str] | None = None,
         input_example: Any = None,
         description: str | None = None,
+        run_id: str | None = None,
+        git_commit: str | None = None,
+        source_url: str | None = None,
+        training_dataset: Mapping[str, str] | None = None,
     ) -> ModelVersion:
         """Registers a fitted scikit-learn estimator as a new version of ``name``.
+
+        ``tags`` become the version's tags (``{key: value}``); ``run_id``, ``git_commit``,
+        ``source_url`` and ``training_dataset`` (``{"uri": ..., "sha256": ...}``) its lineage,
+        checked by the server (ValidationError naming the field).
 
         Saves it with skops in memory, infers the input schema from ``input_example`` (a
         DataFrame or a list of dicts) or from the estimator's ``feature_names_in_``, creates
         the registered model when missing (task from ``sklearn.base.is_regressor``), and
         streams the upload with its SHA-256, which the server checks against the bytes it
-        received. ``params`` default to ``estimator.get_params()``; ``tags`` and
-        ``description`` are kept in the version's metadata. Returns the new ModelVersion.
+        received. ``params`` default to ``estimator.get_params()``; ``description`` is kept in
+        the version's metadata. Returns the new ModelVersion.
         """
         import skops.io as sio
 
@@ -243,7 +313,11 @@ class Registry:
         fields["params"] = json.dumps(dict(params), default=str)
         metadata: dict[str, Any] = {}
         if tags:
-            metadata["tags"] = dict(tags)
+            fields["tags"] = json.dumps(dict(tags))
+        lineage = {"run_id": run_id, "git_commit": git_commit, "source_url": source_url}
+        fields.update({key: value for key, value in lineage.items() if value})
+        if training_dataset:
+            fields["training_dataset"] = json.dumps(dict(training_dataset))
         if description:
             metadata["description"] = description
         if metadata:
@@ -267,18 +341,33 @@ class Registry:
         X: Mapping[str, Any],
         *,
         version: int | None = None,
+        alias: str | None = None,
         client_id: str | None = None,
     ) -> Prediction: ...
 
     @overload
     def predict(
-        self, name: str, X: Any, *, version: int | None = None, client_id: str | None = None
+        self,
+        name: str,
+        X: Any,
+        *,
+        version: int | None = None,
+        alias: str | None = None,
+        client_id: str | None = None,
     ) -> Any: ...
 
     def predict(
-        self, name: str, X: Any, *, version: int | None = None, client_id: str | None = None
+        self,
+        name: str,
+        X: Any,
+        *,
+        version: int | None = None,
+        alias: str | None = None,
+        client_id: str | None = None,
     ) -> Any:
-        """Predicts with the production version (or the split), or with ``version``.
+        """Predicts with the production version (or the split), with ``version``, or with the
+        version ``alias`` points to (``latest``: the highest not archived; the answer's
+        ``alias`` names it).
 
         ``X`` is a dict (one row -> Prediction), a list of dicts (-> BatchPrediction), a pandas
         DataFrame (-> DataFrame with ``prediction``, ``confidence`` and one ``proba_<class>``
@@ -286,11 +375,14 @@ class Registry:
         or a 2-D numpy array in the version's input-schema order (-> BatchPrediction).
         ``client_id`` keeps a caller on one side of an A/B split.
         """
-        path = (
-            f"models/{_path(name)}/predict"
-            if version is None
-            else f"models/{_path(name)}/versions/{int(version)}/predict"
-        )
+        if version is not None and alias is not None:
+            raise ValueError("Give a version or an alias, not both.")
+        if alias is not None:
+            path = f"models/{_path(name)}/aliases/{_path(alias)}/predict"
+        elif version is not None:
+            path = f"models/{_path(name)}/versions/{int(version)}/predict"
+        else:
+            path = f"models/{_path(name)}/predict"
         headers = dict(_JSON)
         if client_id is not None:
             headers["X-Client-Id"] = client_id
@@ -304,7 +396,7 @@ class Registry:
         elif isinstance(X, np.ndarray):
             if X.ndim != 2:
                 raise ValueError("A numpy X must be 2-D (rows x features).")
-            columns = self._feature_names(name, version)
+            columns = self._feature_names(name, version, alias)
             if X.shape[1] != len(columns):
                 raise ValueError(f"X has {X.shape[1]} columns; the schema has {len(columns)}.")
             body = records_json(columns, [X[:, i] for i in range(X.shape[1])])
@@ -317,7 +409,10 @@ class Registry:
             return _predictions_frame(data, frame.index)
         return BatchPrediction.from_dict(data)
 
-    def _feature_names(self, name: str, version: int | None) -> list[str]:
+    def _feature_names(self, name: str, version: int | None, alias: str | None = None) -> list[str]:
+        if alias is not None:
+            # An alias moves: its schema is read each time, never kept.
+            return self.get_version(name, alias=alias).feature_names
         key = (name, version)
         if key not in self._schemas:
             number = version
@@ -414,6 +509,11 @@ class Registry:
 # --- helpers ------------------------------------------------------------------------------
 
 
+def _tag_filters(tags: Mapping[str, str | None] | None) -> list[str]:
+    """``?tag=`` values: ``key:value``, or ``key`` for a None value (has the tag)."""
+    return [key if value is None else f"{key}:{value}" for key, value in (tags or {}).items()]
+
+
 def _is_dataframe(value: Any) -> bool:
     return type(value).__name__ == "DataFrame" and hasattr(value, "columns")
 
@@ -457,7 +557,7 @@ def _predictions_frame(data: dict[str, Any], index: Any) -> Any:
         if probabilities.notna().any():
             expanded = pd.DataFrame.from_records(probabilities.tolist(), index=index)
             frame = frame.join(expanded.add_prefix("proba_"))
-    for key in ("model", "model_version", "stage", "request_id", "timestamp"):
+    for key in ("model", "model_version", "stage", "alias", "request_id", "timestamp"):
         frame.attrs[key] = data.get(key)
     return frame
 

@@ -229,3 +229,17 @@ class InvocationsVersionView(_InvocationsBase):
     )
     def post(self, request: Request, name: str, version: int) -> Response:
         return self._invoke(request, name=name, version=version)
+
+
+class InvocationsAliasView(_InvocationsBase):
+    @extend_schema(
+        operation_id="invoke_alias",
+        tags=["mlflow"],
+        request=_REQUEST_BODY,
+        responses={200: _RESPONSE, **error_responses(400, 422)},
+        summary="MLflow scoring protocol: predict with the version an alias points to",
+        description="As MLflow's models:/name@alias. `latest` is the highest version that is "
+        "not archived; 404 when the model has no such alias.",
+    )
+    def post(self, request: Request, name: str, alias: str) -> Response:
+        return self._invoke(request, name=name, alias=alias)

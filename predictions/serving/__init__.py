@@ -37,7 +37,7 @@ Public surface (nothing outside this package imports its other names)
 Serving: `serve`, `Served`, `ModelOutputInvalid`, `non_finite_rows`, `ServingView`; for
 other ways of scoring on the same loaded models (batch jobs): `predict_arrays`,
 `rows_without_answer`.
-Targets: `Target`, `ProductionTarget`, `VersionTarget`.
+Targets: `Target`, `ProductionTarget`, `VersionTarget`, `AliasTarget`.
 Routing: `RoutingEntry`, `VersionInfo`, `version_info`, `routing_entry_get`,
 `routing_entry_from_db`, `routing_fallback_clear`, `result_cache_key`.
 Machinery, for tests and operations: `RedisPipeline`, `CommandBatch`, `WriteBehind`,
@@ -62,6 +62,7 @@ from predictions.serving.readahead import (
     write_behind_use,
 )
 from predictions.serving.routing import (
+    AliasTarget,
     ProductionTarget,
     Target,
     VersionTarget,
@@ -74,6 +75,7 @@ from predictions.serving.types import RoutingEntry, VersionInfo
 from predictions.serving.views import ServingView
 
 __all__ = [
+    "AliasTarget",
     "CommandBatch",
     "ModelOutputInvalid",
     "ProductionTarget",

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import random
+import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import caches
 
 from config.errors import ConflictError, ForbiddenError, NotFoundError
 from config.readahead import ORDER_ROUTING, ReadAheadPlan, readahead_register
-from mlregistry.models import ModelVersion, RegisteredModel, Stage
-from mlregistry.selectors import model_version_get, routing_cache_key
+from mlregistry.aliases import LATEST
+from mlregistry.models import ModelAlias, ModelVersion, RegisteredModel, Stage
+from mlregistry.selectors import model_version_get, routing_cache_key, routing_generation_key
 from predictions.cache import cache_available, cache_get, cache_is_process_local, cache_set
 from predictions.models import TrafficSplit
 from predictions.serving.types import RoutingEntry, VersionInfo
@@ -48,6 +51,13 @@ def routing_entry_from_db(*, name: str) -> RoutingEntry | None:
         for row in TrafficSplit.objects.filter(model=model).order_by("version__version")
         if row.version_id in versions and row.weight > 0
     )
+    # Aliases never point to archived versions (archiving removes them), so every target is
+    # in `versions`.
+    aliases = dict(
+        ModelAlias.objects.filter(model=model, version_id__in=versions).values_list(
+            "alias", "version_id"
+        )
+    )
     return RoutingEntry(
         model_id=model.pk,
         name=model.name,
@@ -56,6 +66,8 @@ def routing_entry_from_db(*, name: str) -> RoutingEntry | None:
         split=split,
         versions=versions,
         by_number={v.version: vid for vid, v in versions.items()},
+        aliases=aliases,
+        latest=max(versions, key=lambda vid: versions[vid].version, default=None),
     )
 
 
@@ -73,19 +85,41 @@ def _routing_ttl() -> float:
     return settings.PREDICTION_ROUTING_TTL
 
 
+def _generation_start(key: str) -> str:
+    """The current generation token, creating one when there is none (first use, eviction)."""
+    token = secrets.token_hex(8)
+    try:
+        caches["default"].add(key, token, None)
+        return caches["default"].get(key) or token
+    except Exception:
+        # The entry is then stamped with a token nobody else holds: the next request rebuilds.
+        return token
+
+
 def routing_entry_get(*, name: str) -> RoutingEntry:
-    """The routing entry of a model (cache first, database on a miss); NotFoundError if none."""
-    key = routing_cache_key(name)
-    entry = cache_get(key)
+    """The routing entry of a model (cache first, database on a miss); NotFoundError if none.
+
+    A cached entry is served only while its `generation` equals the model's generation token
+    (mlregistry.selectors.routing_generation_key), which every committed stage, split, alias
+    or delete replaces. The token is read before the database, so an entry built from a read
+    that such a change overtook carries the old token, and no request that starts after the
+    change serves it (re-reading after the write, as before, still left a moment in which
+    another request could)."""
+    generation = cache_get(routing_generation_key(name))
+    entry = cache_get(routing_cache_key(name))
     # Anything else under the key (an entry of another shape, written by an older release
     # during a rolling deploy) is a miss, rebuilt below.
-    if type(entry) is RoutingEntry:
+    if type(entry) is RoutingEntry and (
+        not cache_available() or (generation is not None and entry.generation == generation)
+    ):
         return entry
     if not cache_available():
         now = time.monotonic()
         cached = _fallback.get(name)
         if cached is not None and cached[0] > now:
             return cached[1]
+    if generation is None and cache_available():
+        generation = _generation_start(routing_generation_key(name))
     entry = routing_entry_from_db(name=name)
     if entry is None:
         raise NotFoundError(f"No registered model named {name!r}.")
@@ -93,17 +127,8 @@ def routing_entry_get(*, name: str) -> RoutingEntry:
         with _fallback_lock:
             _fallback[name] = (time.monotonic() + settings.PREDICTION_ROUTING_LOCAL_TTL, entry)
         return entry
-    # A stage change that commits between our read and our write has already run its
-    # invalidation, so our write would park the old routing in the cache. Reading again after
-    # writing closes that window: any such change is visible to the second read.
-    for _ in range(3):
-        cache_set(key, entry, _routing_ttl())
-        again = routing_entry_from_db(name=name)
-        if again == entry:
-            break
-        if again is None:
-            raise NotFoundError(f"No registered model named {name!r}.")
-        entry = again
+    entry = replace(entry, generation=generation or "")
+    cache_set(routing_cache_key(name), entry, _routing_ttl())
     return entry
 
 
@@ -115,6 +140,7 @@ def routing_fallback_clear() -> None:
 
 def _read_ahead(plan: ReadAheadPlan) -> None:
     if plan.target is not None:
+        plan.read(routing_generation_key(plan.target.model_name), shared=True)
         plan.read(routing_cache_key(plan.target.model_name), shared=True)
 
 
@@ -209,6 +235,32 @@ class VersionTarget(Target):
                 f"{entry.name} v{self.version} is archived; only staff may query it."
             )
         return version_info(version)
+
+
+@dataclass(frozen=True, slots=True)
+class AliasTarget(Target):
+    """The version an alias of the model points to (`latest`: the highest version that is not
+    archived); 404 when the model has no such alias. Every committed move replaces the
+    routing generation, so a request that starts after a move never gets the old version."""
+
+    model_name: str
+    alias: str
+
+    def likely(self, entry: RoutingEntry) -> VersionInfo | None:
+        version_id = entry.latest if self.alias == LATEST else entry.aliases.get(self.alias)
+        return entry.versions.get(version_id) if version_id is not None else None
+
+    def choose(self, entry: RoutingEntry, *, user: Any, client_id: str | None) -> VersionInfo:
+        info = self.likely(entry)
+        if info is None:
+            if self.alias == LATEST:
+                raise NotFoundError(f"Model {entry.name!r} has no version that is not archived.")
+            raise NotFoundError(f"Model {entry.name!r} has no alias {self.alias[:80]!r}.")
+        return info
+
+    def candidates(self, entry: RoutingEntry, *, user: Any) -> tuple[VersionInfo, ...]:
+        info = self.likely(entry)
+        return (info,) if info is not None else ()
 
 
 def _pick_weighted(split: tuple[tuple[int, int], ...], client_id: str | None, name: str) -> int:

@@ -5,7 +5,7 @@ and the read-ahead hands one decoded instance to every request that reads the sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -31,8 +31,12 @@ class VersionInfo:
 @dataclass(frozen=True, slots=True)
 class RoutingEntry:
     """A model's routing: its non-archived versions (`versions` by id, `by_number` number ->
-    id), the `production` version id (or None) and the traffic `split` ((version id, weight
-    in percent), ordered by version number; empty: all traffic to production)."""
+    id), the `production` version id (or None), the traffic `split` ((version id, weight
+    in percent), ordered by version number; empty: all traffic to production), `aliases`
+    (alias -> version id; an alias never points to an archived version), `latest` (the id of
+    the highest version that is not archived, what the reserved alias `latest` means) and
+    `generation` (the model's routing generation token when the entry was built: served from
+    the cache only while it is still the current one)."""
 
     model_id: int
     name: str
@@ -41,6 +45,9 @@ class RoutingEntry:
     split: tuple[tuple[int, int], ...]
     versions: dict[int, VersionInfo]
     by_number: dict[int, int]
+    aliases: dict[str, int] = field(default_factory=dict)
+    latest: int | None = None
+    generation: str = ""
 
     def version_numbered(self, number: int) -> VersionInfo | None:
         """The non-archived version with this number, or None (archived, absent, or newer

@@ -19,7 +19,7 @@ from predictions.body import PredictBody, read_body
 from predictions.rendering import JSONFirstContentNegotiation, ORJSONParser, ORJSONRenderer
 from predictions.serving.core import Served, serve
 from predictions.serving.readahead import prefetch
-from predictions.serving.routing import ProductionTarget, Target, VersionTarget
+from predictions.serving.routing import AliasTarget, ProductionTarget, Target, VersionTarget
 
 
 class ServingView(APIView):
@@ -29,10 +29,10 @@ class ServingView(APIView):
     (config/readahead.py: token, access policy, throttle counter, routing entry, result);
     nothing fetched is served unless authentication, the access check and routing then agree.
 
-    Subclasses may override `target` (the URL's target; default: `version` pins a version,
-    else production or the split), `planned_target` (the target read ahead for, or None when
-    finding it needs more than the URL) and `decode` (the body as rows; default: the native
-    `{"features"}` / `{"instances"}` JSON)."""
+    Subclasses may override `target` (the URL's target; default: `alias` names an alias,
+    `version` pins a version, else production or the split), `planned_target` (the target
+    read ahead for, or None when finding it needs more than the URL) and `decode` (the body
+    as rows; default: the native `{"features"}` / `{"instances"}` JSON)."""
 
     authentication_classes = [CachedTokenAuthentication, SessionAuthentication]
     permission_classes = [IsAuthenticated]
@@ -43,6 +43,8 @@ class ServingView(APIView):
 
     def target(self, **kwargs: Any) -> Target:
         name = kwargs["name"]
+        if kwargs.get("alias") is not None:
+            return AliasTarget(name, kwargs["alias"])
         version = kwargs.get("version")
         return ProductionTarget(name) if version is None else VersionTarget(name, version)
 

@@ -63,7 +63,7 @@ def test_readme_workflow_from_log_model_to_rollback(live_world):
         assert (mv.name, mv.version, mv.stage) == ("flowers", 1, "none")
         assert mv.feature_names == list(x.columns)
         assert mv.metrics == {"accuracy": 0.97}
-        assert mv.metadata["tags"] == {"team": "ml"}
+        assert mv.tags == {"team": "ml"} and "tags" not in mv.metadata
         assert mv.params["max_iter"] == 500
         model = registry.get_model("flowers")
         assert (model.task, model.description, model.latest_version) == (

@@ -179,8 +179,57 @@ def test_every_operation_answers_as_documented(live_world, settings):
     assert staff.put(traffic, json={"splits": [{"version": 9, "weight": 1}]}).status_code == 400
     assert client.put(traffic, json=split).status_code == 403
     assert staff.delete(traffic).status_code == 204
+
+    # Aliases: set, move, read, predict through, remove; each refusal.
+    aliases = "/api/v1/models/iris/aliases"
+    champion = f"{aliases}/champion"
+    assert staff.put(champion, json={"version": 1, "comment": "first"}).status_code == 200
+    assert staff.put(champion, json={"version": 9}).status_code == 400
+    assert staff.put(f"{aliases}/latest", json={"version": 1}).status_code == 400
+    assert client.put(champion, json={"version": 1}).status_code == 403
+    assert staff.put("/api/v1/models/nope/aliases/x", json={"version": 1}).status_code == 404
+    assert staff.get(aliases).status_code == 200
+    assert staff.get("/api/v1/models/nope/aliases").status_code == 404
+    assert client.get(champion).json()["aliases"] == ["champion"]
+    assert client.get(f"{aliases}/latest").status_code == 200
+    assert client.get(f"{aliases}/nobody").status_code == 404
+    by_alias = client.post(f"{champion}/predict", json=one)
+    assert by_alias.status_code == 200 and by_alias.json()["alias"] == "champion"
+    assert client.post(f"{champion}/predict", json={"features": incomplete}).status_code == 400
+    assert anon.post(f"{champion}/predict", json=one).status_code == 401
+    assert client.post(f"{aliases}/nobody/predict", json=one).status_code == 404
+    records = {"dataframe_records": [IRIS_ROW]}
+    assert client.post(f"{champion}/invocations", json=records).status_code == 200
+    assert client.post(f"{champion}/invocations", json={"unknown": []}).status_code == 400
+    assert client.post(f"{aliases}/nobody/invocations", json=records).status_code == 404
+    assert staff.delete(champion).status_code == 204
+    assert staff.delete(champion).status_code == 404
+    assert client.delete(champion).status_code == 403
+    staff.post(f"{upload}2/transition", json={"stage": "archived"})
+    assert staff.put("/api/v1/models/contract/aliases/x", json={"version": 2}).status_code == 409
+    staff.post(f"{upload}2/transition", json={"stage": "staging"})
+
+    # Version tags (PATCH merges) and the list filters.
+    tags = {"tags": {"validated": "true", "old": None}}
+    assert staff.patch(f"{upload}2/", json=tags).status_code == 200
+    assert staff.patch(f"{upload}2/", json={"stage": "production"}).status_code == 400
+    assert staff.patch(f"{upload}7/", json=tags).status_code == 404
+    assert client.patch(f"{upload}2/", json=tags).status_code == 403
+    listed = staff.get(upload, params={"tag": "validated:true", "stage": "staging"})
+    assert [v["version"] for v in listed.json()["results"]] == [2]
+    assert staff.get(upload, params={"alias": "latest", "run_id": "x"}).status_code == 200
+    assert staff.get(upload, params={"stage": "live"}).status_code == 400
+    found = staff.get("/api/v1/models/", params={"tag": "demo", "search": "contract"})
+    assert [m["name"] for m in found.json()["results"]] == ["contract"]
+    assert staff.get("/api/v1/models/", params={"tag": "bad key"}).status_code == 400
+
+    assert (
+        staff.put("/api/v1/models/contract/aliases/shadow", json={"version": 2}).status_code == 200
+    )
     assert staff.delete(f"{upload}1/").status_code == 409  # the production version
-    assert staff.delete(f"{upload}2/").status_code == 204
+    deleted = staff.delete(f"{upload}2/")
+    assert deleted.status_code == 200
+    assert deleted.json()["aliases_removed"] == [{"alias": "shadow", "version": 2}]
 
     # The audit trail (staff only).
     assert staff.get("/api/v1/audit-events/", params={"model": "contract"}).status_code == 200

@@ -87,6 +87,7 @@ def test_generated_client_imports_and_runs_the_readme_workflow(generated, live_w
         FeedbackInputRequest,
         FeedbackOutput,
         ModelVersionOutput,
+        ModelVersionTransitionOutput,
         ModelVersionUploadInputRequest,
         PredictBatchRequest,
         PredictBatchRequestInstancesItem,
@@ -133,7 +134,8 @@ def test_generated_client_imports_and_runs_the_readme_workflow(generated, live_w
     promoted = transition_version.sync(
         "generated", 1, client=staff, body=TransitionInputRequest(stage=StageEnum.PRODUCTION)
     )
-    assert isinstance(promoted, ModelVersionOutput) and promoted.stage == StageEnum.PRODUCTION
+    assert isinstance(promoted, ModelVersionTransitionOutput)
+    assert promoted.stage == StageEnum.PRODUCTION and promoted.aliases_removed == []
 
     single = predict.sync(
         "generated",
@@ -185,7 +187,7 @@ def test_generated_client_imports_and_runs_the_readme_workflow(generated, live_w
         "generated", 2, client=staff, body=TransitionInputRequest(stage=StageEnum.PRODUCTION)
     )
     back = rollback_model.sync("generated", client=staff, body=RollbackInputRequest())
-    assert isinstance(back, ModelVersionOutput) and back.version == 1
+    assert isinstance(back, ModelVersionTransitionOutput) and back.version == 1
 
     artifact = download_artifact.sync_detailed("generated", 1, client=staff)
     assert artifact.status_code == 200 and artifact.content == data

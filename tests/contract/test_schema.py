@@ -77,7 +77,7 @@ def test_json_operations_accept_only_json_and_uploads_only_multipart(schema):
         media = set(operation["requestBody"]["content"])
         if operation["operationId"] in {"create_version", "create_dataset", "create_batch_job"}:
             assert media == {"multipart/form-data"}
-        elif operation["operationId"] in {"invoke", "invoke_version"}:
+        elif operation["operationId"] in {"invoke", "invoke_version", "invoke_alias"}:
             # MLflow's scoring protocol takes CSV as well as JSON.
             assert media == {"application/json", "text/csv"}, (path, method)
         else:

@@ -77,7 +77,7 @@ def test_model_create_update_delete_each_write_one_row_with_their_diff(staff_use
         )
     # The task did not change: it is not in the diff.
     assert audit.one.verb == "update"
-    assert audit.one.changes == {"description": ["a", "b"], "tags": [[], ["x"]]}
+    assert audit.one.changes == {"description": ["a", "b"], "tags": [{}, {"x": ""}]}
 
     with _Audit() as audit:
         services.registered_model_update(model=model, actor=staff_user, description="b")

@@ -111,7 +111,8 @@ def test_patch_updates_descriptive_fields(staff_api, iris_model):
         "/api/v1/models/iris/", {"description": "flowers", "tags": ["demo"]}, format="json"
     )
     assert response.status_code == 200
-    assert response.json()["description"] == "flowers" and response.json()["tags"] == ["demo"]
+    # A list of keys (the former form of tags) reads as keys with empty values, merged in.
+    assert response.json()["description"] == "flowers" and response.json()["tags"] == {"demo": ""}
 
 
 def test_demote_previous_instead_of_archiving(staff_api, iris_model):

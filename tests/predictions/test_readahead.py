@@ -83,7 +83,7 @@ def test_a_steady_state_request_makes_one_round_trip(client_api, iris_production
     assert response.status_code == 200 and response.json()["cached"] is True
     assert len(round_trips) == 1
     (pipeline,) = round_trips
-    for part in (b"MGET", b"auth:v1:", b"routing:v1:iris", b"access:models:", b"pred:v1:"):
+    for part in (b"MGET", b"auth:v1:", b"routing:v2:iris", b"access:models:", b"pred:v1:"):
         assert part in pipeline, part
     assert b"INCR" in pipeline and b"throttle:predict:user:" in pipeline
 
