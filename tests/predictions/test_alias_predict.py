@@ -103,7 +103,7 @@ def test_a_committed_move_drops_the_routing_entry_and_the_next_request_follows(
     url = "/api/v1/models/iris/aliases/champion/predict"
     _alias_set(iris_model, "champion", 1)
     assert _predict(client_api, url).json()["model_version"] == 1
-    assert cache_get(routing_cache_key("iris"))["aliases"] == {"champion": iris_two[0].pk}
+    assert cache_get(routing_cache_key("iris")).aliases == {"champion": iris_two[0].pk}
     _alias_set(iris_model, "champion", 2)
     assert cache_get(routing_cache_key("iris")) is None
     assert _predict(client_api, url).json()["model_version"] == 2

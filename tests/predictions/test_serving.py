@@ -149,7 +149,7 @@ def test_routing_entries_are_frozen_typed_and_cacheable(iris_production):
 
 
 def test_a_routing_entry_of_another_shape_in_the_cache_is_rebuilt(iris_production):
-    cache.set("routing:v1:iris", {"production": 999, "versions": {}}, 60)
+    cache.set("routing:v2:iris", {"production": 999, "versions": {}}, 60)
     entry = routing_entry_get(name="iris")
     assert entry.production == iris_production.pk
 
@@ -189,7 +189,11 @@ def test_a_plan_for_an_unknown_token_reads_only_the_token_and_routing(client_use
     token = factories.token_create(client_user)
     plan = _plan(token)
     assert plan.user_pk is None  # this process never verified the token
-    assert plan.keys == [auth_cache_key_for_request(plan.request), "routing:v1:iris"]
+    assert plan.keys == [
+        auth_cache_key_for_request(plan.request),
+        "routing-gen:v1:iris",
+        "routing:v2:iris",
+    ]
     assert plan.increments == [] and set(plan.keys) == plan.shared
 
 
@@ -204,13 +208,14 @@ def test_a_plan_for_a_known_token_reads_every_owners_key(client_api, client_user
     body = _Body({"features": IRIS_ROW})
     plan = _plan(token, body=lambda: body)
     assert plan.user_pk == client_user.pk
-    assert plan.keys[:3] == [
+    assert plan.keys[:4] == [
         auth_cache_key_for_request(plan.request),
         f"access:models:{client_user.pk}",
-        "routing:v1:iris",
+        "routing-gen:v1:iris",
+        "routing:v2:iris",
     ]
-    assert len(plan.keys) == 4 and plan.keys[3].startswith(f"pred:v1:{iris_production.pk}:")
-    assert plan.keys[3] not in plan.shared  # a result is only read once per request
+    assert len(plan.keys) == 5 and plan.keys[4].startswith(f"pred:v1:{iris_production.pk}:")
+    assert plan.keys[4] not in plan.shared  # a result is only read once per request
     ((counter, window),) = plan.increments
     assert counter.startswith(f"throttle:predict:user:{client_user.pk}:") and window > 0
 

@@ -4,10 +4,11 @@ dataset (id and SHA-256) and the commit of the code that trained them."""
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from mlregistry import lineage, training
+from mlregistry import lineage
 from mlregistry.models import ModelVersion
+from quality import training
 from tests import factories
-from tests.mlregistry.test_training import champion_create
+from tests.quality.test_training import champion_create
 
 pytestmark = pytest.mark.django_db
 
