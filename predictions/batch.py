@@ -42,10 +42,17 @@ from django.core.files.storage import Storage
 from django.db import OperationalError, transaction
 from django.utils import timezone
 
-from config.errors import ConflictError, DomainError, PayloadTooLarge, ValidationFailed
+from config.errors import (
+    ConflictError,
+    DomainError,
+    NotFoundError,
+    PayloadTooLarge,
+    ValidationFailed,
+)
 from config.job_heartbeats import job_heartbeat
 from mlregistry.audit import Actor, audit_record, created_changes, deleted_changes
 from mlregistry.models import ModelVersion, RegisteredModel, Stage
+from mlregistry.selectors import model_version_by_alias_get
 from mlregistry.storage import get_artifact_storage, presigned_url
 from predictions.loader import LoadedModel, model_cache
 from predictions.models import (
@@ -104,31 +111,16 @@ def _dataset_input(dataset_id: int) -> tuple[str, str, str, str]:
 
 
 def batch_alias_resolve(*, model: RegisteredModel, alias: str) -> ModelVersion:
-    """The version `alias` names on `model`: `latest` is the highest non-archived version;
-    other names are looked up in the registry's aliases (ModelAlias: model, name, version).
-    ValidationFailed naming `alias` when it names none."""
-    if alias == "latest":
-        found = (
-            ModelVersion.objects.filter(model=model)
-            .exclude(stage=Stage.ARCHIVED)
-            .order_by("-version")
-            .first()
-        )
-    else:
-        try:
-            alias_model = apps.get_model("mlregistry", "ModelAlias")
-        except LookupError:
-            alias_model = None
-        found = None
-        if alias_model is not None:
-            row = alias_model.objects.filter(model=model, name=alias).select_related("version")
-            found = getattr(row.first(), "version", None)
-    if found is None:
+    """The version `alias` names on `model` (`latest`: the highest version that is not
+    archived), as mlregistry.selectors.model_version_by_alias_get resolves it for the alias
+    routes; ValidationFailed naming `alias` when it names none."""
+    try:
+        return model_version_by_alias_get(name=model.name, alias=alias)
+    except NotFoundError:
         raise ValidationFailed(
-            f"Model {model.name!r} has no alias {alias!r}.",
-            fields={"alias": [f"no alias {alias!r} on this model"]},
-        )
-    return found
+            f"Model {model.name!r} has no alias {alias[:80]!r}.",
+            fields={"alias": [f"no alias {alias[:80]!r} on this model"]},
+        ) from None
 
 
 def batch_version_resolve(

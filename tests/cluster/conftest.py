@@ -38,13 +38,18 @@ REAPER_EVERY = 2
 MAX_ATTEMPTS = 3
 
 
-def cluster_storage_env(artifacts: Path, backups: Path) -> dict[str, str]:
+def cluster_storage_env(s3: Any, *, artifacts_bucket: str, backups_bucket: str) -> dict[str, str]:
     """THE one place the cluster's storage is configured: every process (web, worker, beat,
-    manage.py, the restore) gets its storage from exactly these variables. Here: folders all
-    processes share (as an NFS mount would be). To run the cluster on S3, return the S3 settings
-    instead (ARTIFACT_STORAGE_URL / BACKUP_STORAGE_URL naming a bucket prefix per argument, and
-    the endpoint and credentials of the loopback S3 server of tests/s3.py)."""
-    return {"MODEL_STORE_DIR": str(artifacts), "BACKUP_DIR": str(backups)}
+    manage.py, the restore) gets its storage from exactly these variables: artifacts and
+    backups in buckets of the loopback S3 server (tests/s3.py), as replicas on several
+    machines would share them."""
+    s3.bucket_create(artifacts_bucket)
+    s3.bucket_create(backups_bucket)
+    return {
+        **s3.aws_env(),
+        "ARTIFACT_STORAGE_URL": f"s3://{artifacts_bucket}/artifacts",
+        "BACKUP_STORAGE_URL": f"s3://{backups_bucket}/backups",
+    }
 
 
 # Runs in `manage.py shell` against the cluster's database: who calls, what is served.
@@ -122,6 +127,7 @@ class Cluster:
     workers: list[Member] = field(default_factory=list)
     beat: Member | None = None
     extra_databases: list[str] = field(default_factory=list)
+    s3: Any = None  # the loopback S3 server (tests/s3.py) holding artifacts and backups
 
     def env_for(self, name: str, **overrides: str) -> dict[str, str]:
         var_dir = self.root / "hosts" / name
@@ -204,7 +210,7 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Iterator[Cluster]:
+def cluster(tmp_path_factory, s3_server) -> Iterator[Cluster]:
     if not os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://")):
         pytest.skip("the cluster shares a PostgreSQL database: set DATABASE_URL=postgres://...")
     if not live.GRANIAN.exists() or shutil.which("redis-server") is None:
@@ -216,6 +222,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
     # docs/scaling.md: one Redis for both is fine on loopback, not in production).
     redis, redis_port = live.redis_server(root, "--maxmemory-policy", "volatile-lru")
     db_name = f"mlr_cluster_{uuid.uuid4().hex[:10]}"
+    buckets = f"cluster-{uuid.uuid4().hex[:10]}"
     env = live.product_env(
         root,
         DATABASE_URL=database_create(db_name),
@@ -232,9 +239,12 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         JOB_HEARTBEAT_SECONDS="1",
         JOB_STALLED_AFTER_SECONDS=str(STALLED_AFTER),
         JOB_MAX_ATTEMPTS=str(MAX_ATTEMPTS),
-        **cluster_storage_env(shared / "artifacts", shared / "backups"),
+        **cluster_storage_env(
+            s3_server, artifacts_bucket=f"{buckets}-a", backups_bucket=f"{buckets}-b"
+        ),
     )
     cluster = Cluster(root=root, db_name=db_name, env=env, shared=shared)
+    cluster.s3 = s3_server
     try:
         cluster.manage("migrate", "--noinput")
         cluster.manage("setup_schedules")

@@ -152,6 +152,15 @@ def test_latest_alias_resolves_to_the_highest_version(batcher, iris):
     assert (response.json()["version"], response.json()["alias"]) == (2, "latest")
 
 
+def test_an_alias_resolves_to_the_version_it_points_to_when_the_job_is_made(batcher, iris):
+    services.model_alias_set(model=iris, alias="champion", version=1, actor="tests")
+    response = batcher.post(URL, {"file": _parquet(), "alias": "champion"}, format="multipart")
+    assert response.status_code == 202
+    assert (response.json()["version"], response.json()["alias"]) == (1, "champion")
+    missing = batcher.post(URL, {"file": _parquet(), "alias": "shadow"}, format="multipart")
+    assert missing.status_code == 400 and "shadow" in _field(missing, "alias")[0]
+
+
 def test_cancel_answers_the_job_then_409(batcher, iris):
     job_id = batcher.post(URL, {"file": _parquet()}, format="multipart").json()["id"]
     response = batcher.post(f"{URL}/{job_id}/cancel")
