@@ -16,6 +16,7 @@ test_serving_pipeline.py so that an upgrade that changes them fails loudly:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from typing import Any
@@ -57,10 +58,28 @@ class CommandBatch:
         return self.replies[reply.index]
 
 
+class _Held:
+    """The connection one thread holds. threading.local drops a thread's values when the
+    thread ends, and this gives the connection back to its pool then: a server that starts a
+    thread per request (Django's runserver, the test live server) would otherwise drain the
+    pool, one connection per finished thread."""
+
+    __slots__ = ("conn", "pid", "pool")
+
+    def __init__(self, conn: Any, pool: Any) -> None:
+        self.conn, self.pool, self.pid = conn, pool, os.getpid()
+
+    def __del__(self) -> None:
+        if self.conn is not None and self.pid == os.getpid():
+            with contextlib.suppress(Exception):
+                self.pool.release(self.conn)
+
+
 class RedisPipeline:
     """Sends a `CommandBatch` on a connection pinned to the calling thread (per process and
-    pool). An error reply or a socket error raises, and the connection is closed and given
-    back to its pool rather than kept with replies still unread."""
+    pool) and given back when the thread ends. An error reply or a socket error raises, and
+    the connection is closed and given back to its pool rather than kept with replies still
+    unread."""
 
     def __init__(self) -> None:
         self._local = threading.local()
@@ -68,7 +87,8 @@ class RedisPipeline:
     @property
     def connection(self) -> Any:
         """The connection this thread holds, or None (tests)."""
-        return getattr(self._local, "conn", None)
+        held = getattr(self._local, "held", None)
+        return held.conn if held is not None else None
 
     def send(self, redis_client: Any, batch: CommandBatch) -> None:
         """Sends every command of `batch` and stores their replies in it."""
@@ -77,15 +97,16 @@ class RedisPipeline:
             return
         pool = redis_client.connection_pool
         local = self._local
-        conn = getattr(local, "conn", None)
-        if conn is None or local.pool is not pool or local.pid != os.getpid():
-            conn = local.conn = pool.get_connection()
-            local.pool, local.pid = pool, os.getpid()
+        held = getattr(local, "held", None)
+        if held is None or held.pool is not pool or held.pid != os.getpid():
+            held = local.held = _Held(pool.get_connection(), pool)
+        conn = held.conn
         try:
             conn.send_packed_command(pack(conn, batch.commands))
             batch.replies = [conn.read_response() for _ in batch.commands]
         except BaseException:
-            local.conn = None
+            held.conn = None
+            local.held = None
             conn.disconnect()
             pool.release(conn)
             raise

@@ -102,6 +102,26 @@ def test_each_thread_keeps_its_own_connection():
 
 
 @needs_redis
+def test_a_finished_thread_gives_its_connection_back_to_the_pool():
+    # A server that starts a thread per request (Django's runserver, the test live server)
+    # must not drain the pool one finished thread at a time.
+    redis = _client()
+    pool = redis.connection_pool
+    pipeline = RedisPipeline()
+    pipeline.send(redis, _ping())  # this thread's own, kept
+    in_use = len(pool._in_use_connections)
+
+    def request():
+        pipeline.send(redis, _ping())
+
+    for _ in range(20):
+        thread = threading.Thread(target=request)
+        thread.start()
+        thread.join()
+    assert len(pool._in_use_connections) == in_use
+
+
+@needs_redis
 def test_an_error_reply_raises_and_the_connection_is_not_kept():
     redis = _client()
     redis.set("seam:test:text", "not a number")
