@@ -152,7 +152,11 @@ HOSTILE_JSON_BODIES = {
 
 # Refused by the parser whatever the operation (other bodies may be valid for some).
 ALWAYS_REFUSED = {"deep nesting", "deep object", "nul in a string", "nul in a key", "not json"}
-UPLOAD_PATHS = {"/api/v1/models/{name}/versions/", "/api/v1/datasets/"}
+UPLOAD_PATHS = {
+    "/api/v1/models/{name}/versions/",
+    "/api/v1/datasets/",
+    "/api/v1/models/{name}/batch-jobs",
+}
 
 
 def _schema_operations(client) -> list[tuple[str, str, dict]]:
