@@ -352,6 +352,42 @@ def database_url(name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
+def test_database_url() -> str:
+    """The URL of the database this test process uses (for a worker it starts)."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return (
+        f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}"
+        f"/{db['NAME']}"
+    )
+
+
+def broker_answers(url: str) -> bool:
+    """Whether a Celery broker (Redis or AMQP) accepts a connection at `url` within ~2 s."""
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=2) as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        return True
+    except Exception:
+        return False
+
+
+def broker_url() -> str | None:
+    """CELERY_TEST_BROKER_URL when set, else the first local broker that answers (RabbitMQ,
+    then Redis); None when none does."""
+    configured = os.environ.get("CELERY_TEST_BROKER_URL")
+    candidates = (
+        [configured]
+        if configured
+        else ["amqp://guest:guest@127.0.0.1:5672//", "redis://127.0.0.1:6379/3"]
+    )
+    return next((url for url in candidates if broker_answers(url)), None)
+
+
 def _postgres_admin(sql: str) -> None:
     import psycopg2
 

@@ -21,7 +21,7 @@ from config.logging import request_id_var
 from mlregistry.models import RegisteredModel
 from quality import training
 from quality.models import TrainingJob
-from tests import factories
+from tests import factories, live
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
@@ -29,26 +29,9 @@ REPO = Path(__file__).resolve().parents[2]
 WAIT_SECONDS = 120
 
 
-def _broker_url() -> str | None:
-    configured = os.environ.get("CELERY_TEST_BROKER_URL")
-    candidates = (
-        [configured]
-        if configured
-        else ["amqp://guest:guest@127.0.0.1:5672//", "redis://127.0.0.1:6379/3"]
-    )
-    for url in candidates:
-        try:
-            with Connection(url, connect_timeout=2) as conn:
-                conn.ensure_connection(max_retries=1)
-            return url
-        except Exception:  # noqa: S112 - any failure means: try the next broker
-            continue
-    return None
-
-
 @pytest.fixture
 def broker():
-    url = _broker_url()
+    url = live.broker_url()
     if url is None:
         pytest.skip("no broker answers: set CELERY_TEST_BROKER_URL or start RabbitMQ/Redis")
     # A queue of its own: other test runs may share the broker.

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
-from django.db import connection
 from kombu import Connection
 
 import config.celery
@@ -23,7 +22,7 @@ from mlregistry import services
 from mlregistry.models import Stage
 from mlregistry.webhooks import services as webhooks
 from mlregistry.webhooks.models import DeliveryStatus, WebhookDelivery
-from tests import factories
+from tests import factories, live
 from tests.mlregistry.webhook_receiver import Receiver
 
 BROKER_URL = os.environ.get("CELERY_TEST_BROKER_URL", "redis://127.0.0.1:6379/5")
@@ -31,24 +30,6 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
 pytestmark = [pytest.mark.worker, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
-
-
-def _broker_answers(url: str) -> bool:
-    try:
-        with Connection(url, connect_timeout=2) as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
-        return True
-    except Exception:
-        return False
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    return (
-        f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}"
-        f"/{db['NAME']}"
-    )
 
 
 def _readme_verifier():
@@ -61,7 +42,7 @@ def _readme_verifier():
 
 
 def test_a_real_worker_delivers_signed_events_in_order_with_retries(settings, tmp_path):
-    if not _broker_answers(BROKER_URL):
+    if not live.broker_answers(BROKER_URL):
         pytest.skip(f"no Celery broker answers at {BROKER_URL} (set CELERY_TEST_BROKER_URL)")
     settings.WEBHOOK_ALLOWED_HOSTS = ["127.0.0.1"]
     failures = defaultdict(int)
@@ -80,7 +61,7 @@ def test_a_real_worker_delivers_signed_events_in_order_with_retries(settings, tm
     queue = f"webhooks-test-{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": live.test_database_url(),
         "CELERY_BROKER_URL": BROKER_URL,
         "CELERY_TASK_ALWAYS_EAGER": "false",
         "MODEL_STORE_DIR": str(settings.MODEL_STORE_DIR),

@@ -23,15 +23,15 @@ from mlregistry import services
 from mlregistry.models import Stage
 from predictions import batch
 from predictions.models import BatchChunk, BatchJob, BatchStatus
-from tests import factories
-from tests.backups.test_worker import Worker, _broker_url
+from tests import factories, live
+from tests.backups.test_worker import Worker
 
 pytestmark = [pytest.mark.worker, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
 def broker():
-    url = _broker_url()
+    url = live.broker_url()
     if url is None:
         pytest.skip("no broker answers: set CELERY_TEST_BROKER_URL or start Redis")
     queue = f"test-batch-{uuid.uuid4().hex[:10]}"

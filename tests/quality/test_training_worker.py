@@ -11,44 +11,24 @@ from pathlib import Path
 import pytest
 import skops.io as sio
 from celery import Celery
-from django.db import connection
-from kombu import Connection
 from sklearn.tree import DecisionTreeClassifier
 
 from mlregistry import services
 from mlregistry.models import Stage
 from quality import training
 from quality.models import TrainingDecision, TrainingJob, TrainingStatus
-from tests import factories
+from tests import factories, live
 
 BROKER_URL = os.environ.get("CELERY_TEST_BROKER_URL", "redis://127.0.0.1:6379/5")
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = factories.IRIS_FEATURES
 
 
-def _broker_answers(url: str) -> bool:
-    try:
-        with Connection(url, connect_timeout=2) as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
-        return True
-    except Exception:
-        return False
-
-
-def _database_url() -> str:
-    db = connection.settings_dict
-    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
-    return (
-        f"postgres://{db['USER']}{password}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}"
-        f"/{db['NAME']}"
-    )
-
-
 @pytest.mark.worker
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_training_job_runs_end_to_end_in_a_real_worker(settings, tmp_path):
-    if not _broker_answers(BROKER_URL):
+    if not live.broker_answers(BROKER_URL):
         pytest.skip(f"no Celery broker answers at {BROKER_URL} (set CELERY_TEST_BROKER_URL)")
     settings.SKOPS_TRUSTED_TYPES = ["sklearn.tree._tree.Tree"]
     model = factories.registered_model_create("iris")
@@ -73,7 +53,7 @@ def test_training_job_runs_end_to_end_in_a_real_worker(settings, tmp_path):
     queue = f"quality-test-{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": live.test_database_url(),
         "CELERY_BROKER_URL": BROKER_URL,
         "MODEL_STORE_DIR": str(settings.MODEL_STORE_DIR),
         "SKOPS_TRUSTED_TYPES": "sklearn.tree._tree.Tree",
