@@ -65,7 +65,7 @@ from predictions.models import (
 
 # The predict arithmetic of the serving path: one import to follow if it moves.
 from predictions.serving import non_finite_rows, predict_arrays, rows_without_answer, version_info
-from predictions.validation import _row_errors
+from predictions.validation import row_errors
 
 logger = logging.getLogger(__name__)
 
@@ -734,7 +734,7 @@ def _validate(
             if not column[i].is_valid and not feature.required:
                 continue  # absent optional value: validation fills it in
             row[feature.name] = _python_value(column, values, wrong, feature, i)
-        _, found = _row_errors(row, loaded.features, loaded.names, "")
+        _, found = row_errors(row, loaded.features, loaded.names, "")
         for field, messages in (found or {"features": ["invalid"]}).items():
             errors.extend((i, field, message) for message in messages)
     good = np.flatnonzero(~bad)

@@ -68,9 +68,12 @@ def _check_value(feature: Feature, value: Any) -> tuple[Any, str | None]:
     return value, None
 
 
-def _row_errors(
+def row_errors(
     row: Any, features: tuple[Feature, ...], names: frozenset[str], prefix: str
 ) -> tuple[list[Any], dict[str, list[str]]]:
+    """One row ({feature: value}) against `features`: (its values in schema order, {field:
+    [reasons]}), fields named `prefix` + feature name. The predict API's and the batch jobs'
+    messages come from here, so both name the same reasons."""
     errors: dict[str, list[str]] = {}
     if not isinstance(row, dict):
         errors[prefix.rstrip(".") or "features"] = ["must be an object of feature values"]
@@ -178,9 +181,9 @@ def rows_validate(
     errors: dict[str, list[str]] = {}
     for index, row in enumerate(rows):
         prefix = f"instances[{index}]." if batch else ""
-        values, row_errors = _row_errors(row, features, names, prefix)
-        if row_errors:
-            for key, messages in row_errors.items():
+        values, found = row_errors(row, features, names, prefix)
+        if found:
+            for key, messages in found.items():
                 if len(errors) < MAX_REPORTED_FIELDS:
                     errors[key] = messages
             continue
