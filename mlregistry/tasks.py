@@ -1,1 +1,0 @@
-"""Celery tasks of the registry (training and drift tasks live in quality.tasks)."""
