@@ -12,13 +12,17 @@ app.autodiscover_tasks()
 
 
 def ensure_filesystem_broker_dirs() -> None:
-    """The filesystem transport needs its folders to exist before a worker or client uses it."""
+    """The filesystem transport (and the file result backend) need their folders to exist before
+    a worker or client uses them."""
     from django.conf import settings
 
     for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
         folder = settings.CELERY_BROKER_TRANSPORT_OPTIONS.get(key)
         if folder:
             os.makedirs(folder, exist_ok=True)
+    # Celery's file result backend refuses a folder that does not exist yet.
+    if settings.CELERY_RESULT_BACKEND.startswith("file://"):
+        os.makedirs(settings.CELERY_RESULT_BACKEND.removeprefix("file://"), exist_ok=True)
 
 
 # --- The request id travels with every task it enqueues, into the task's log lines ---

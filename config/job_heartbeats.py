@@ -63,16 +63,20 @@ def heartbeat_stamp(model: type[models.Model], pk: Any) -> None:
 
 
 @contextmanager
-def job_heartbeat(instance: models.Model, *, interval: float | None = None) -> Iterator[None]:
-    """Stamps `instance`'s heartbeat now and then every `interval` seconds (by default
-    JOB_HEARTBEAT_SECONDS) from a background thread until the block ends.
+def job_heartbeat(
+    instance: models.Model, *, interval: float | None = None, stamp_now: bool = True
+) -> Iterator[None]:
+    """Stamps `instance`'s heartbeat now (unless `stamp_now` is False: the caller just did)
+    and then every `interval` seconds (by default JOB_HEARTBEAT_SECONDS) from a background
+    thread until the block ends.
 
     The thread uses its own database connection and closes it when it stops. A stamp that
     fails (database restarting) is logged and tried again at the next beat.
     """
     model, pk = type(instance), instance.pk
     every = interval if interval is not None else settings.JOB_HEARTBEAT_SECONDS
-    heartbeat_stamp(model, pk)
+    if stamp_now:
+        heartbeat_stamp(model, pk)
     stop = threading.Event()
 
     def beat() -> None:

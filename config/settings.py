@@ -305,6 +305,20 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
+# Where chord members report in (a batch job's chunks, whose join starts its finish); no other
+# task stores a result. A Redis broker keeps them too: its chord join counts each member once,
+# by task id, so a redelivered chunk cannot start the finish early. The folder broker's
+# default is a folder (one machine, like the broker). Another broker (RabbitMQ) needs a
+# CELERY_RESULT_BACKEND that supports chords (redis://...; rpc:// does not).
+CELERY_RESULT_BACKEND = env_str(
+    "CELERY_RESULT_BACKEND",
+    CELERY_BROKER_URL
+    if CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+    else f"file://{VAR_DIR / 'celery' / 'results'}"
+    if CELERY_BROKER_URL.startswith("filesystem")
+    else "",
+)
+CELERY_RESULT_EXPIRES = env_int("CELERY_RESULT_EXPIRES", 24 * 3600, minimum=60)
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = "UTC"
@@ -439,6 +453,9 @@ SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
 # frame, matrix and outputs are held in one worker's memory at once (~200 B a row a feature).
 BATCH_CHUNK_ROWS = env_int("BATCH_CHUNK_ROWS", 50_000, minimum=1)
 BATCH_CHUNK_ROWS_MAX = env_int("BATCH_CHUNK_ROWS_MAX", 500_000, minimum=1)
+# Threads a chunk may use in BLAS and pyarrow. Workers run one process per core, so more than one
+# thread per chunk oversubscribes the cores (predictions.batch.batch_chunk_run).
+BATCH_CHUNK_THREADS = env_int("BATCH_CHUNK_THREADS", 1, minimum=1)
 # Share of invalid input rows (0..1) past which a job fails instead of reporting them.
 BATCH_MAX_ERROR_SHARE = env_float("BATCH_MAX_ERROR_SHARE", 0.1)
 BATCH_MAX_INPUT_SIZE = env_int("BATCH_MAX_INPUT_SIZE", 2 * 1024 * 1024 * 1024, minimum=1024)

@@ -1,24 +1,27 @@
 """Batch scoring jobs: a CSV or Parquet file scored by one version, chunk by chunk, by workers.
 
 A job is created (`batch_job_create`, 202 from the API) over a file in the artifact storage (an
-upload or a dataset's file). A worker plans it (`batch_job_start`): it verifies the input's
-SHA-256 once, stages a CSV as Parquet (row groups of `chunk_rows`, read with pyarrow), and
-records one BatchChunk per slice of rows. Each chunk is a task of its own (`batch_chunk_run`)
-that any worker may take: it validates its rows against the version's schema column by column,
-scores the valid ones with the serving path's loader (the verified SHA-256 and the same
-predict arithmetic), and writes its own part files. The chord's join is the job row: the chunk
-that completes the count enqueues `batch_job_finish`, which merges the parts into one output
-file and one errors file. The join lives in the database, not in a Celery result backend, so
-it survives a redelivered chunk (counted once, under the job's row lock) and a resumed job.
+upload or a dataset's file). A worker plans it (`batch_job_start`): it stages a CSV as Parquet
+(row groups of `chunk_rows`, read with pyarrow, checking the CSV's SHA-256 as it reads it),
+reads a Parquet file's footer, and records one BatchChunk per slice of rows. Each run of a job
+is a Celery chord (predictions.tasks): its header is the input's verification
+(`batch_input_verify`, the SHA-256 of a Parquet input, read while the chunks are scored) and
+one task per pending chunk (`batch_chunk_run`), which any worker may take: it validates its
+rows against the version's schema column by column, scores the valid ones with the serving
+path's loader (the verified artifact and the same predict arithmetic), and writes its own
+part. The body, `batch_job_finish`, merges the parts into one output file and one errors file,
+and publishes nothing unless the input was verified.
 
-Every task is idempotent: a done chunk is skipped, a retried one rewrites only its own parts,
-a finished job is left alone. Chunk tasks stamp the job's heartbeat; the stalled-job reaper
-fails a job whose workers all stopped (`worker_lost`), and `batch_job_resume` runs its
-remaining chunks again.
+The job row keeps the count: a chunk is counted once, under the job's row lock, however often
+it is delivered. Every task is idempotent: a done chunk is skipped, a retried one rewrites only
+its own part, a finished job is left alone. Chunk tasks stamp the job's heartbeat; the
+stalled-job reaper fails a job whose workers all stopped (`worker_lost`), and
+`batch_job_resume` sends its remaining chunks as a new chord.
 """
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import io
@@ -40,6 +43,7 @@ from django.core.files import File
 from django.core.files.base import ContentFile
 from django.core.files.storage import Storage
 from django.db import OperationalError, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from config.errors import (
@@ -53,7 +57,7 @@ from config.job_heartbeats import job_heartbeat
 from mlregistry.audit import Actor, audit_record, created_changes, deleted_changes
 from mlregistry.models import ModelVersion, RegisteredModel, Stage
 from mlregistry.selectors import model_version_by_alias_get
-from mlregistry.storage import get_artifact_storage, presigned_url
+from mlregistry.storage import get_artifact_storage, presigned_url, storage_delete_folder
 from predictions.loader import LoadedModel, model_cache
 from predictions.models import (
     BATCH_FINISHED,
@@ -74,7 +78,11 @@ PREFIX = "batch-jobs"
 PARQUET_MAGIC = b"PAR1"
 # Dictionary-encoding only the columns that repeat: pyarrow tries it on every column by
 # default, and on probabilities (all distinct) that attempt was ~90% of a part's write time.
-PARQUET_WRITE_OPTIONS = {"use_dictionary": ["prediction", "version"]}
+# Statistics only where a reader filters (row ranges, predictions, confidence thresholds).
+PARQUET_WRITE_OPTIONS = {
+    "use_dictionary": ["prediction", "version"],
+    "write_statistics": ["row", "prediction", "confidence"],
+}
 _HASH_BLOCK = 4 * 1024 * 1024
 
 
@@ -396,6 +404,7 @@ def batch_job_resume(*, job: BatchJob, actor: Actor) -> BatchJob:
         job.finished_at = None
         # With the status, or the reaper could judge this run by the last one's heartbeat.
         job.heartbeat_at = timezone.now()
+        job.input_verified_at = None
         job.save(
             update_fields=[
                 "status",
@@ -403,6 +412,7 @@ def batch_job_resume(*, job: BatchJob, actor: Actor) -> BatchJob:
                 "error",
                 "finished_at",
                 "heartbeat_at",
+                "input_verified_at",
                 "updated_at",
             ]
         )
@@ -442,10 +452,41 @@ def _fail(job_id: int, *, problem: str, message: str) -> BatchJob | None:
     return job
 
 
-# --- Planning -------------------------------------------------------------------------------
+# --- Planning and verifying ------------------------------------------------------------------
 
 
-def _verify(storage: Storage, name: str, sha256: str) -> None:
+class _HashingReader(io.RawIOBase):
+    """A read-only stream over `source` that feeds every byte read through SHA-256, so a file
+    read once (a CSV being staged) is verified by that same read."""
+
+    def __init__(self, source: IO[bytes]):
+        self._source = source
+        self.digest = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._source.read(len(buffer))
+        self.digest.update(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def drain(self) -> str:
+        """Reads what the consumer left unread; the hex SHA-256 of the whole stream."""
+        for block in iter(partial(self._source.read, _HASH_BLOCK), b""):
+            self.digest.update(block)
+        return self.digest.hexdigest()
+
+
+def _integrity_failed(name: str) -> BatchJobFailed:
+    return BatchJobFailed(
+        "input_integrity",
+        f"The input file {name} no longer has the SHA-256 it was submitted with.",
+    )
+
+
+def _sha256_of(storage: Storage, name: str) -> str:
     digest = hashlib.sha256()
     try:
         with storage.open(name, "rb") as handle:
@@ -453,11 +494,7 @@ def _verify(storage: Storage, name: str, sha256: str) -> None:
                 digest.update(block)
     except FileNotFoundError:
         raise BatchJobFailed("input_missing", f"The input file {name} is gone.") from None
-    if digest.hexdigest() != sha256:
-        raise BatchJobFailed(
-            "input_integrity",
-            f"The input file {name} no longer has the SHA-256 it was submitted with.",
-        )
+    return digest.hexdigest()
 
 
 def _staged_name(job: BatchJob) -> str:
@@ -467,7 +504,8 @@ def _staged_name(job: BatchJob) -> str:
 
 
 def _stage_csv(job: BatchJob, storage: Storage, features: list[dict[str, Any]]) -> None:
-    """Writes the CSV's feature columns as Parquet, in row groups of chunk_rows. Every
+    """Writes the CSV's feature columns as Parquet, in row groups of chunk_rows, checking the
+    CSV's SHA-256 on the way (BatchJobFailed `input_integrity` when it differs). Every
     feature is read as text: one bad value must make one invalid row, not an unreadable file,
     and validation converts the columns vectorised."""
     import pyarrow as pa
@@ -483,7 +521,13 @@ def _stage_csv(job: BatchJob, storage: Storage, features: list[dict[str, Any]]) 
     )
     with tempfile.TemporaryDirectory() as folder:
         target = os.path.join(folder, "input.parquet")
-        source = _open_arrow(storage, job.input_name)
+        try:
+            handle = storage.open(job.input_name, "rb")
+        except FileNotFoundError:
+            raise BatchJobFailed(
+                "input_missing", f"The input file {job.input_name} is gone."
+            ) from None
+        source = _HashingReader(handle)
         try:
             reader = pacsv.open_csv(source, convert_options=convert)
             with pq.ParquetWriter(target, reader.schema) as writer:
@@ -499,19 +543,23 @@ def _stage_csv(job: BatchJob, storage: Storage, features: list[dict[str, Any]]) 
                         pending, held = rest.to_batches(), rest.num_rows
                 if held:
                     writer.write_table(pa.Table.from_batches(pending, schema=reader.schema))
+            sha256 = source.drain()
         except (pa.ArrowException, ValueError) as exc:
+            if source.drain() != job.input_sha256:
+                raise _integrity_failed(job.input_name) from None
             detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
             raise BatchJobFailed(
                 "input_unreadable", f"The CSV file is not readable: {detail}"
             ) from None
         finally:
-            if hasattr(source, "close"):
-                source.close()
+            handle.close()
+        if sha256 != job.input_sha256:
+            raise _integrity_failed(job.input_name)
         name = _staged_name(job)
         if storage.exists(name):
             storage.delete(name)
-        with open(target, "rb") as handle:
-            storage.save(name, File(handle))
+        with open(target, "rb") as staged:
+            storage.save(name, File(staged))
 
 
 def _plan(row_groups: list[int], chunk_rows: int) -> list[tuple[int, int]]:
@@ -532,17 +580,44 @@ def _plan(row_groups: list[int], chunk_rows: int) -> list[tuple[int, int]]:
     return chunks
 
 
-def batch_job_start(*, job_id: int) -> list[int]:
-    """Plans a queued job (verifies and stages its input, records its chunks) and returns the
-    indexes of the chunks still to run, which the task sends to workers; a job already
-    planned gives its pending chunks again, a finished one none. BatchJobFailed is recorded
-    on the job, not raised."""
+def _row_groups(storage: Storage, name: str) -> list[int]:
+    """Rows per row group, from the Parquet footer (BatchJobFailed when unreadable)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
+    try:
+        source = _open_arrow(storage, name)
+    except FileNotFoundError:
+        raise BatchJobFailed("input_missing", f"The input file {name} is gone.") from None
+    try:
+        meta = pq.ParquetFile(source).metadata
+        return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+    except (pa.ArrowException, OSError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise BatchJobFailed("input_missing", f"The input file {name} is gone.") from None
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise BatchJobFailed(
+            "input_unreadable", f"The Parquet file is not readable: {detail}"
+        ) from None
+    finally:
+        if hasattr(source, "close"):
+            source.close()
+
+
+def batch_job_start(*, job_id: int) -> list[int] | None:
+    """Plans a queued job (stages a CSV input, verifying it; records its chunks) and returns
+    the indexes of the chunks still to run, which the task sends to workers with the input's
+    verification as one chord; a job already planned gives its pending chunks again (none
+    when all are done: the chord is then the verification and the finish). None when the job
+    is finished or failed while planning: there is nothing to send. BatchJobFailed is
+    recorded on the job, not raised.
+
+    A Parquet input is not hashed here: `batch_input_verify` reads it while the chunks are
+    scored, and the finish publishes nothing until it has."""
     with transaction.atomic():
         job = _locked(job_id)
         if job.status in BATCH_FINISHED:
-            return []
+            return None
         if job.chunks_total is None:
             job.status = BatchStatus.RUNNING
             job.attempts += 1
@@ -554,24 +629,18 @@ def batch_job_start(*, job_id: int) -> list[int]:
     if job.chunks_total is None:
         storage = get_artifact_storage()
         try:
-            with job_heartbeat(job):
-                _verify(storage, job.input_name, job.input_sha256)
+            with job_heartbeat(job, stamp_now=False):
                 version = ModelVersion.objects.get(pk=job.version_id)
                 if job.input_format == BatchFormat.CSV:
                     _stage_csv(job, storage, version.input_schema)
-                source = _open_arrow(storage, _staged_name(job))
-                try:
-                    meta = pq.ParquetFile(source).metadata
-                    groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-                finally:
-                    if hasattr(source, "close"):
-                        source.close()
+                    BatchJob.objects.filter(pk=job_id).update(input_verified_at=timezone.now())
+                groups = _row_groups(storage, _staged_name(job))
         except BatchJobFailed as exc:
             _fail(job_id, problem=exc.problem, message=exc.message)
-            return []
+            return None
         except ModelVersion.DoesNotExist:
             _fail(job_id, problem="version_gone", message="The scoring version was deleted.")
-            return []
+            return None
         total = sum(groups)
         if total > settings.BATCH_MAX_ROWS:
             _fail(
@@ -580,12 +649,12 @@ def batch_job_start(*, job_id: int) -> list[int]:
                 message=f"The input has {total} rows; a job may score {settings.BATCH_MAX_ROWS} "
                 "(BATCH_MAX_ROWS).",
             )
-            return []
+            return None
         plan = _plan(groups, job.chunk_rows)
         with transaction.atomic():
             job = _locked(job_id)
             if job.status in BATCH_FINISHED:
-                return []
+                return None
             if job.chunks_total is None:
                 BatchChunk.objects.bulk_create(
                     BatchChunk(job=job, index=i, row_start=start, row_count=count)
@@ -594,17 +663,35 @@ def batch_job_start(*, job_id: int) -> list[int]:
                 job.rows_total = total
                 job.chunks_total = len(plan)
                 job.save(update_fields=["rows_total", "chunks_total", "updated_at"])
-                if not plan:
-                    transaction.on_commit(partial(_enqueue, "batch_job_finish_task", job_id))
-    pending = list(
+    return list(
         BatchChunk.objects.filter(job_id=job_id)
         .exclude(status=BatchChunk.Status.DONE)
         .order_by("index")
         .values_list("index", flat=True)
     )
-    if not pending and job.chunks_total:
-        _enqueue("batch_job_finish_task", job_id)
-    return pending
+
+
+def batch_input_verify(*, job_id: int) -> str:
+    """Checks a running job's input against its SHA-256 once per run, in a worker of its own
+    while the chunks are scored: "verified" (recorded on the job), "skipped" (a finished
+    job), or "failed" (the job is failed: `input_integrity` when the bytes changed,
+    `input_missing` when the file is gone)."""
+    job = BatchJob.objects.filter(pk=job_id).first()
+    if job is None or job.status != BatchStatus.RUNNING:
+        return "skipped"
+    if job.input_verified_at is not None:
+        return "verified"
+    try:
+        with job_heartbeat(job, stamp_now=False):
+            if _sha256_of(get_artifact_storage(), job.input_name) != job.input_sha256:
+                raise _integrity_failed(job.input_name)
+    except BatchJobFailed as exc:
+        _fail(job_id, problem=exc.problem, message=exc.message)
+        return "failed"
+    BatchJob.objects.filter(pk=job_id, status=BatchStatus.RUNNING).update(
+        input_verified_at=timezone.now()
+    )
+    return "verified"
 
 
 # --- One chunk ------------------------------------------------------------------------------
@@ -633,7 +720,8 @@ def _read_rows(storage: Storage, name: str, start: int, count: int, names: list[
                 first = position if first is None else first
             position += rows
         present = [n for n in names if n in parquet.schema_arrow.names]
-        table = parquet.read_row_groups(wanted, columns=present)
+        # One thread: a worker process per core scores chunks side by side.
+        table = parquet.read_row_groups(wanted, columns=present, use_threads=False)
     finally:
         if hasattr(source, "close"):
             source.close()
@@ -815,7 +903,9 @@ def _chunk_score(job: BatchJob, chunk: BatchChunk, loaded: LoadedModel) -> Chunk
 
 
 def _part_name(job: BatchJob, index: int, what: str) -> str:
-    suffix = job.output_format if what == "output" else "csv"
+    # A Parquet output's parts are Arrow IPC files: written and read back at memory speed,
+    # they are encoded as Parquet once, by the merge, rather than once per chunk and again.
+    suffix = "csv" if what == "errors" or job.output_format == BatchFormat.CSV else "arrow"
     return f"{PREFIX}/{job.pk}/parts/{index:06d}.{what}.{suffix}"
 
 
@@ -826,16 +916,26 @@ def _write(storage: Storage, name: str, data: bytes) -> None:
     storage.save(name, ContentFile(data))
 
 
-def _table_bytes(table: Any, file_format: str) -> bytes:
+def _part_bytes(table: Any, output_format: str) -> bytes:
+    import pyarrow as pa
     import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
 
-    sink = io.BytesIO()
-    if file_format == BatchFormat.PARQUET:
-        pq.write_table(table, sink, **PARQUET_WRITE_OPTIONS)
-    else:
+    if output_format == BatchFormat.CSV:
+        sink = io.BytesIO()
         pacsv.write_csv(table, sink)
-    return sink.getvalue()
+        return sink.getvalue()
+    stream = pa.BufferOutputStream()
+    with pa.ipc.new_file(stream, table.schema) as writer:
+        writer.write_table(table)
+    return stream.getvalue().to_pybytes()
+
+
+def _part_table(storage: Storage, name: str) -> Any:
+    import pyarrow as pa
+
+    with storage.open(name, "rb") as handle:
+        data = handle.read()
+    return pa.ipc.open_file(pa.py_buffer(data)).read_all()
 
 
 def _errors_bytes(errors: list[tuple[int, str, str]], *, header: bool) -> bytes:
@@ -849,45 +949,67 @@ def _errors_bytes(errors: list[tuple[int, str, str]], *, header: bool) -> bytes:
     return out.getvalue().encode()
 
 
+@functools.cache
+def _threadpools() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _chunk_claim(job_id: int, index: int) -> BatchChunk | str:
+    """Marks the chunk running (one more attempt) and returns it with its job, version and
+    model; or why it does not run: "done" (a redelivery of a chunk already counted) or
+    "skipped" (no such chunk, or its job is not running: cancelled, failed, finished)."""
+    claimed = (
+        BatchChunk.objects.filter(job_id=job_id, index=index, job__status=BatchStatus.RUNNING)
+        .exclude(status=BatchChunk.Status.DONE)
+        .update(status=BatchChunk.Status.RUNNING, attempts=F("attempts") + 1)
+    )
+    if not claimed:
+        done = BatchChunk.objects.filter(
+            job_id=job_id,
+            index=index,
+            status=BatchChunk.Status.DONE,
+            job__status=BatchStatus.RUNNING,
+        ).exists()
+        return "done" if done else "skipped"
+    return BatchChunk.objects.select_related("job__version__model").get(job_id=job_id, index=index)
+
+
 def batch_chunk_run(*, job_id: int, index: int) -> str:
-    """Scores one chunk and writes its parts; returns what happened ("done", "skipped", ...).
+    """Scores one chunk and writes its part; returns what happened ("done", "skipped",
+    "discarded", "failed").
 
     Idempotent: a done chunk, or one of a finished job, is skipped; a retried chunk rewrites
-    its own parts and is counted once, under the job's row lock. The chunk that completes
-    the job's count enqueues the finish; one that pushes the share of invalid rows past the
-    job's max_error_share fails the job, naming both."""
-    with transaction.atomic():
-        job = _locked(job_id)
-        chunk = BatchChunk.objects.select_for_update().filter(job=job, index=index).first()
-        if chunk is None or job.status != BatchStatus.RUNNING:
-            return "skipped"
-        if chunk.status == BatchChunk.Status.DONE:
-            return "done"
-        chunk.status = BatchChunk.Status.RUNNING
-        chunk.attempts += 1
-        chunk.save(update_fields=["status", "attempts"])
-        job.heartbeat_at = timezone.now()
-        job.save(update_fields=["heartbeat_at"])
-    _waiting_jobs_stamp()
+    its own part and is counted once, under the job's row lock. One that pushes the share of
+    invalid rows past the job's max_error_share fails the job, naming both. Runs with
+    BATCH_CHUNK_THREADS threads in BLAS and pyarrow: the workers' processes are the
+    parallelism, and a 50,000 x 20 matrix product was 6x slower with two BLAS threads than
+    with one on a busy 2-core machine."""
+    chunk = _chunk_claim(job_id, index)
+    if isinstance(chunk, str):
+        return chunk
+    job = chunk.job
+    _heartbeats_stamp(job_id)
     started = time.perf_counter()
     try:
-        with job_heartbeat(job):
-            version = ModelVersion.objects.select_related("model").get(pk=job.version_id)
+        with job_heartbeat(job, stamp_now=False):
+            version = job.version
+            if version is None:
+                raise ModelVersion.DoesNotExist
             loaded = model_cache.get(version_info(version), model_name=version.model.name)
             # The chunk's arrays are freed by reference counting; the cyclic collector, set off
             # by their many allocations, only rescanned the worker's long-lived objects (the
             # model, Django's) again and again: a third of a chunk's time.
             gc.disable()
             try:
-                result = _chunk_score(job, chunk, loaded)
+                with _threadpools().limit(limits=settings.BATCH_CHUNK_THREADS):
+                    result = _chunk_score(job, chunk, loaded)
+                    output = _part_bytes(result.output, job.output_format)
             finally:
                 gc.enable()
             storage = get_artifact_storage()
-            _write(
-                storage,
-                _part_name(job, index, "output"),
-                _table_bytes(result.output, job.output_format),
-            )
+            _write(storage, _part_name(job, index, "output"), output)
             # No errors, no part (one write and fsync less per chunk): the merge reads the
             # errors parts of the chunks whose counted attempt had errors, so a part left by
             # an earlier attempt is never read.
@@ -910,35 +1032,41 @@ def batch_chunk_run(*, job_id: int, index: int) -> str:
         logger.exception("batch chunk crashed", extra={"job": job_id, "chunk": index})
         _fail(job_id, problem="chunk_error", message=f"Chunk {index}: {type(exc).__name__}: {exc}")
         return "failed"
-    return _chunk_done(job_id, index, result.rows_failed, time.perf_counter() - started)
+    return _chunk_done(
+        job_id, index, result.rows_failed, time.perf_counter() - started, row_count=chunk.row_count
+    )
 
 
-def _waiting_jobs_stamp() -> None:
-    """Stamps the heartbeat of every running job with chunks still queued.
+def _heartbeats_stamp(job_id: int) -> None:
+    """Stamps the heartbeat of this chunk's job and of every running job with chunks queued.
 
     Their chunks wait behind the work of a live worker (this one), so they are not stalled;
     without this a job queued behind a long one would be reaped as `worker_lost` before its
     first chunk ran. A job whose only unfinished chunks were taken by a dead worker has none
     pending, so it is not stamped and the reaper finds it."""
     pending = BatchChunk.objects.filter(status=BatchChunk.Status.PENDING).values("job_id")
-    BatchJob.objects.filter(status=BatchStatus.RUNNING, pk__in=pending).update(
+    BatchJob.objects.filter(Q(pk=job_id) | Q(pk__in=pending), status=BatchStatus.RUNNING).update(
         heartbeat_at=timezone.now()
     )
 
 
-def _chunk_done(job_id: int, index: int, rows_failed: int, seconds: float) -> str:
+def _chunk_done(
+    job_id: int, index: int, rows_failed: int, seconds: float, *, row_count: int | None = None
+) -> str:
     with transaction.atomic():
         job = _locked(job_id)
-        chunk = BatchChunk.objects.select_for_update().get(job=job, index=index)
         if job.status != BatchStatus.RUNNING:
             return "discarded"  # cancelled or failed while it ran
-        if chunk.status == BatchChunk.Status.DONE:
+        if row_count is None:
+            row_count = BatchChunk.objects.get(job=job, index=index).row_count
+        counted = (
+            BatchChunk.objects.filter(job=job, index=index)
+            .exclude(status=BatchChunk.Status.DONE)
+            .update(status=BatchChunk.Status.DONE, rows_failed=rows_failed, seconds=seconds)
+        )
+        if not counted:
             return "done"  # a duplicate delivery finished first
-        chunk.status = BatchChunk.Status.DONE
-        chunk.rows_failed = rows_failed
-        chunk.seconds = seconds
-        chunk.save(update_fields=["status", "rows_failed", "seconds"])
-        job.rows_done += chunk.row_count
+        job.rows_done += row_count
         job.rows_failed += rows_failed
         job.chunks_done += 1
         job.heartbeat_at = timezone.now()
@@ -947,8 +1075,6 @@ def _chunk_done(job_id: int, index: int, rows_failed: int, seconds: float) -> st
         )
         allowed = job.max_error_share * (job.rows_total or 0)
         too_many = job.rows_failed > allowed
-        if not too_many and job.chunks_done == job.chunks_total:
-            transaction.on_commit(partial(_enqueue, "batch_job_finish_task", job_id))
     if too_many:
         _fail(
             job_id,
@@ -966,8 +1092,9 @@ def _chunk_done(job_id: int, index: int, rows_failed: int, seconds: float) -> st
 # --- Finishing ------------------------------------------------------------------------------
 
 
-def _merge(job: BatchJob, storage: Storage, what: str, file_format: str, target: str) -> None:
-    """Concatenates the chunks' parts, in row order, into one file at `target`."""
+def _merge(job: BatchJob, storage: Storage, what: str, file_format: str, target: str) -> str:
+    """Concatenates the chunks' parts, in row order, into one file saved as `target`;
+    returns the name the storage gave it."""
     import pyarrow.parquet as pq
 
     indexes: Any = range(job.chunks_total or 0)
@@ -980,8 +1107,7 @@ def _merge(job: BatchJob, storage: Storage, what: str, file_format: str, target:
         if file_format == BatchFormat.PARQUET:
             writer = None
             for i in indexes:
-                with storage.open(_part_name(job, i, what), "rb") as handle:
-                    table = pq.read_table(handle)
+                table = _part_table(storage, _part_name(job, i, what))
                 writer = writer or pq.ParquetWriter(path, table.schema, **PARQUET_WRITE_OPTIONS)
                 writer.write_table(table)
             if writer is None:
@@ -1000,28 +1126,44 @@ def _merge(job: BatchJob, storage: Storage, what: str, file_format: str, target:
         if storage.exists(target):
             storage.delete(target)
         with open(path, "rb") as handle:
-            storage.save(target, File(handle))
+            return storage.save(target, File(handle))
 
 
 def batch_job_finish(*, job_id: int) -> BatchJob:
-    """Merges a job's parts into its output and errors files and marks it succeeded, once all
-    its chunks are done; otherwise (or for a finished job) changes nothing."""
+    """The chord's body: merges a job's parts into its output and errors files and marks it
+    succeeded, once all its chunks are done and its input verified; otherwise (or for a
+    finished job) changes nothing. A second finish running at the same time (a redelivered
+    body) loses at the final row lock and removes what it wrote."""
     job = BatchJob.objects.get(pk=job_id)
     if job.status != BatchStatus.RUNNING or job.chunks_done != job.chunks_total:
         return job
+    if job.input_verified_at is None:
+        # The body runs after the verification member, which fails the job on a mismatch; a
+        # run whose verification never reported publishes nothing (the reaper ends it).
+        logger.warning("batch job not finished: input not verified", extra={"job": job_id})
+        return job
     storage = get_artifact_storage()
-    output = f"{PREFIX}/{job.pk}/output.{job.output_format}"
-    errors = f"{PREFIX}/{job.pk}/errors.csv"
     try:
         if job.chunks_total == 0:
             raise BatchJobFailed("empty", "The input holds no rows.")
-        _merge(job, storage, "output", job.output_format, output)
-        _merge(job, storage, "errors", BatchFormat.CSV, errors)
+        with job_heartbeat(job, stamp_now=False):
+            output = _merge(
+                job,
+                storage,
+                "output",
+                job.output_format,
+                f"{PREFIX}/{job.pk}/output.{job.output_format}",
+            )
+            errors = _merge(
+                job, storage, "errors", BatchFormat.CSV, f"{PREFIX}/{job.pk}/errors.csv"
+            )
     except BatchJobFailed as exc:
         return _fail(job_id, problem=exc.problem, message=exc.message) or job
     with transaction.atomic():
         job = _locked(job_id)
         if job.status != BatchStatus.RUNNING:
+            mine = {output, errors} - {job.output_name, job.errors_name}
+            transaction.on_commit(partial(_files_delete, storage, sorted(mine)))
             return job
         job.status = BatchStatus.SUCCEEDED
         job.output_name = output
@@ -1074,15 +1216,6 @@ def batch_file_url(name: str, *, filename: str | None = None) -> str | None:
 # --- Retention ------------------------------------------------------------------------------
 
 
-def _job_files(job: BatchJob) -> list[str]:
-    names = [n for n in (job.output_name, job.errors_name) if n]
-    names += [f"{PREFIX}/{job.pk}/input.parquet"]
-    names += [
-        _part_name(job, i, w) for i in range(job.chunks_total or 0) for w in ("output", "errors")
-    ]
-    return names
-
-
 def batch_jobs_prune(
     *, older_than: datetime, dry_run: bool = False, actor: Actor = "job:retention"
 ) -> int:
@@ -1100,7 +1233,10 @@ def batch_jobs_prune(
             job = BatchJob.objects.select_for_update().filter(pk=job_id).first()
             if job is None:
                 continue
-            files = _job_files(job)
+            # The job's folder holds everything it wrote (staged input, parts, output, errors),
+            # whatever a run left behind.
+            folder = f"{PREFIX}/{job.pk}"
+            files: list[str] = []
             upload = job.input_name if job.input_name.startswith(f"{PREFIX}/inputs/") else ""
             audit_record(
                 actor=actor,
@@ -1111,14 +1247,19 @@ def batch_jobs_prune(
             job.delete()
             if upload and not BatchJob.objects.filter(input_name=upload).exists():
                 files.append(upload)
-            transaction.on_commit(partial(_files_delete, storage, files))
+            transaction.on_commit(partial(_files_delete, storage, files, folder=folder))
         deleted += 1
     return deleted
 
 
-def _files_delete(storage: Storage, names: list[str]) -> None:
+def _files_delete(storage: Storage, names: list[str], *, folder: str = "") -> None:
     for name in names:
         try:
             storage.delete(name)
         except OSError:
             logger.warning("batch file not deleted", extra={"file": name})
+    if folder:
+        try:
+            storage_delete_folder(storage, folder)
+        except OSError:
+            logger.warning("batch folder not deleted", extra={"folder": folder})

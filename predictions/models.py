@@ -167,6 +167,9 @@ class BatchJob(models.Model):
     # Stamped by every chunk task while it runs (config.job_heartbeats): the reaper fails a
     # running job none of whose workers is alive.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # When this run found the input's bytes to match input_sha256; the finish publishes no
+    # output without it. Cleared when a job is resumed: each run checks the file it reads.
+    input_verified_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -62,11 +62,13 @@ def _csv(frame: pd.DataFrame) -> io.BytesIO:
     return data
 
 
-def _run(job: BatchJob, django_capture_on_commit_callbacks) -> BatchJob:
-    """Runs every task of the job in this process, in the order workers would."""
-    for index in batch.batch_job_start(job_id=job.pk):
-        with django_capture_on_commit_callbacks(execute=False):
-            batch.batch_chunk_run(job_id=job.pk, index=index)
+def _run(job: BatchJob, django_capture_on_commit_callbacks=None) -> BatchJob:
+    """Runs every task of the job's chord in this process, in an order workers may: the
+    header (verification, chunks), then the body."""
+    pending = batch.batch_job_start(job_id=job.pk) or []
+    batch.batch_input_verify(job_id=job.pk)
+    for index in pending:
+        batch.batch_chunk_run(job_id=job.pk, index=index)
     batch.batch_job_finish(job_id=job.pk)
     job.refresh_from_db()
     return job
@@ -172,10 +174,7 @@ def test_schema_bounds_and_integers_are_checked_as_the_predict_api_does(db):
         max_error_share=1,
         enqueue=False,
     )
-    for index in batch.batch_job_start(job_id=job.pk):
-        batch.batch_chunk_run(job_id=job.pk, index=index)
-    batch.batch_job_finish(job_id=job.pk)
-    job.refresh_from_db()
+    job = _run(job)
     errors = _read(job.errors_name, "csv")
     assert errors.to_dict("records") == [
         {"row": 0, "field": NAMES[0], "reason": "must be between 0 and 10"},
@@ -216,6 +215,7 @@ def test_a_retried_chunk_rewrites_its_part_and_counts_once(
     )
     indexes = batch.batch_job_start(job_id=job.pk)
     assert indexes == [0, 1, 2]
+    assert batch.batch_input_verify(job_id=job.pk) == "verified"
     assert batch.batch_chunk_run(job_id=job.pk, index=0) == "done"
     # A redelivery of a chunk that finished: skipped, nothing counted twice.
     assert batch.batch_chunk_run(job_id=job.pk, index=0) == "done"
@@ -224,10 +224,8 @@ def test_a_retried_chunk_rewrites_its_part_and_counts_once(
     storage = batch.get_artifact_storage()
     stale = batch._part_name(job, 1, "output")
     storage.save(stale, batch.ContentFile(b"half a part"))
-    with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        assert batch.batch_chunk_run(job_id=job.pk, index=1) == "done"
-        assert batch.batch_chunk_run(job_id=job.pk, index=2) == "done"
-    assert len(callbacks) == 1  # the finish, once: the chunk that completed the count
+    assert batch.batch_chunk_run(job_id=job.pk, index=1) == "done"
+    assert batch.batch_chunk_run(job_id=job.pk, index=2) == "done"
     assert BatchChunk.objects.get(job=job, index=1).attempts == 2
     job = BatchJob.objects.get(pk=job.pk)
     assert (job.rows_done, job.chunks_done) == (150, 3)
@@ -310,16 +308,45 @@ def test_a_dataset_file_is_scored_and_sql_datasets_are_refused(
     assert "dataset" in refused.value.fields
 
 
-def test_a_tampered_input_fails_the_job(iris_prod):
+def test_a_tampered_parquet_input_fails_the_job_and_publishes_nothing(iris_prod):
     job = batch.batch_job_create(
-        model=iris_prod, actor="tests", upload=_parquet(_frame(50)), enqueue=False
+        model=iris_prod, actor="tests", upload=_parquet(_frame(100)), chunk_rows=50, enqueue=False
+    )
+    pending = batch.batch_job_start(job_id=job.pk)
+    for index in pending:
+        assert batch.batch_chunk_run(job_id=job.pk, index=index) == "done"
+    # Every chunk is scored, but the input was never verified: the finish publishes nothing.
+    assert batch.batch_job_finish(job_id=job.pk).status == BatchStatus.RUNNING
+    # The same bytes, one changed after the footer was read: still readable, not the same file.
+    path = batch.get_artifact_storage().path(job.input_name)
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    open(path, "wb").write(bytes(data))
+    assert batch.batch_input_verify(job_id=job.pk) == "failed"
+    job = batch.batch_job_finish(job_id=job.pk)
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_integrity")
+    assert job.output_name == ""
+
+
+def test_a_tampered_csv_input_is_found_while_it_is_staged(iris_prod):
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_csv(_frame(50)), enqueue=False
     )
     path = batch.get_artifact_storage().path(job.input_name)
     with open(path, "ab") as handle:
-        handle.write(b"x")
-    assert batch.batch_job_start(job_id=job.pk) == []
+        handle.write(b"1,2,3,4\n")
+    assert batch.batch_job_start(job_id=job.pk) is None
     job.refresh_from_db()
     assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_integrity")
+
+
+def test_a_missing_input_fails_the_job(iris_prod):
+    for upload in (_parquet(_frame(20)), _csv(_frame(20))):
+        job = batch.batch_job_create(model=iris_prod, actor="tests", upload=upload, enqueue=False)
+        batch.get_artifact_storage().delete(job.input_name)
+        assert batch.batch_job_start(job_id=job.pk) is None
+        job.refresh_from_db()
+        assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_missing")
 
 
 def test_regression_output_has_no_probabilities(db, django_capture_on_commit_callbacks):
@@ -471,7 +498,7 @@ def test_an_unreadable_csv_and_an_oversized_input_fail_the_job_or_the_request(ir
     with open(path, "wb") as handle:
         handle.write(data)
     BatchJob.objects.filter(pk=job.pk).update(input_sha256=batch.hashlib.sha256(data).hexdigest())
-    assert batch.batch_job_start(job_id=job.pk) == []
+    assert batch.batch_job_start(job_id=job.pk) is None
     job.refresh_from_db()
     assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_unreadable")
 
@@ -479,7 +506,7 @@ def test_an_unreadable_csv_and_an_oversized_input_fail_the_job_or_the_request(ir
     job = batch.batch_job_create(
         model=iris_prod, actor="tests", upload=_parquet(_frame(10)), enqueue=False
     )
-    assert batch.batch_job_start(job_id=job.pk) == []
+    assert batch.batch_job_start(job_id=job.pk) is None
     job.refresh_from_db()
     assert (job.status, job.error_type) == (BatchStatus.FAILED, "too_many_rows")
 
@@ -499,7 +526,7 @@ def test_a_queued_job_can_be_resumed_and_a_finished_one_is_left_alone(iris_prod)
     job = batch.batch_job_resume(job=job, actor="tests")
     assert job.status == BatchStatus.QUEUED
     BatchJob.objects.filter(pk=job.pk).update(status=BatchStatus.SUCCEEDED)
-    assert batch.batch_job_start(job_id=job.pk) == []
+    assert batch.batch_job_start(job_id=job.pk) is None
     assert batch.batch_chunk_run(job_id=job.pk, index=0) == "skipped"
     assert batch._fail(job.pk, problem="x", message="y").status == BatchStatus.SUCCEEDED
 
