@@ -1,6 +1,7 @@
 """Artifact and backup storage: Django's storage API only (a folder or S3, chosen by
 ARTIFACT_STORAGE_URL / BACKUP_STORAGE_URL), atomic local writes, a read-through disk cache of
-verified bytes keyed by SHA-256, and presigned download URLs where the store can sign them.
+verified bytes keyed by SHA-256, presigned download URLs where the store can sign them, and
+random-access (ranged) reads of stored files for pyarrow.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.files.storage import FileSystemStorage, Storage, storages
 from storages.backends.s3 import S3Storage
+from storages.utils import clean_name
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +95,119 @@ class S3ArtifactStorage(S3Storage):
     def get_available_name(self, name, max_length=None):
         # The same name holds the same bytes: never invent "name_abc123".
         return name
+
+
+# --- random-access reads for pyarrow ------------------------------------------------------------
+
+# The process that started pyarrow's S3 support (the AWS SDK for C++) here, if any. The SDK is
+# not fork-safe: a child forked after it started inherits its state without its threads, and
+# may hang or fail to sign. Prefork servers (Celery, gunicorn) fork before any request or task,
+# so each child starts its own; a child that inherited one reads whole objects instead.
+_arrow_s3_pid: int | None = None
+_arrow_s3_fallback_logged = False
+
+
+def arrow_input(storage: Storage, name: str) -> Any:
+    """Storage file `name` as pyarrow reads it with random access, so a reader of a Parquet
+    footer or of a few row groups fetches only those bytes:
+
+    - a folder storage: the file's local path (str); pyarrow opens it itself;
+    - S3Storage: an open `pyarrow.NativeFile` over pyarrow's own `S3FileSystem`, built from the
+      storage's settings (keys or the AWS SDK's default credential chain, endpoint, region,
+      addressing style, CA bundle, proxy, timeouts) and naming the object by the storage's own
+      key (its `location` prefix and name normalisation). Each read is one HTTP Range GET of
+      the bytes asked for; opening costs one HEAD (the object's size);
+    - any other storage, an S3 setting pyarrow cannot follow (a session profile, TLS
+      verification off, gzipped storage, SSE-C keys, an endpoint URL with a path), or a
+      forked child whose parent already started pyarrow's S3: `storage.open(name, "rb")` (a
+      whole download on S3).
+
+    The caller closes what it gets when it has a `close` (`arrow_input_open` does). A missing
+    file raises FileNotFoundError: on S3 here, locally when pyarrow opens the path."""
+    try:
+        return storage.path(name)
+    except NotImplementedError:
+        pass
+    if isinstance(storage, S3Storage):
+        filesystem = _arrow_s3_filesystem(storage)
+        if filesystem is not None:
+            key = storage._normalize_name(clean_name(name))  # the key S3Storage itself uses
+            return filesystem.open_input_file(f"{storage.bucket_name}/{key}")
+    return storage.open(name, "rb")
+
+
+@contextlib.contextmanager
+def arrow_input_open(storage: Storage, name: str) -> Iterator[Any]:
+    """`arrow_input` as a context manager: closes the file it opened, if any."""
+    source = arrow_input(storage, name)
+    try:
+        yield source
+    finally:
+        if hasattr(source, "close"):
+            source.close()
+
+
+def _arrow_s3_filesystem(storage: S3Storage) -> Any:
+    """A `pyarrow.fs.S3FileSystem` reaching what `storage` reaches, or None (see arrow_input).
+    Built per call: it costs microseconds once the SDK has started, and holds nothing a
+    caller must close."""
+    global _arrow_s3_pid, _arrow_s3_fallback_logged
+    options = _arrow_s3_options(storage)
+    pid = os.getpid()
+    if options is not None and _arrow_s3_pid not in (None, pid):
+        options = None
+        if not _arrow_s3_fallback_logged:
+            _arrow_s3_fallback_logged = True
+            logger.warning(
+                "pyarrow's S3 was started before this process forked; "
+                "reading whole objects instead of byte ranges"
+            )
+    if options is None:
+        return None
+    from pyarrow.fs import S3FileSystem
+
+    _arrow_s3_pid = pid
+    return S3FileSystem(**options)
+
+
+def _arrow_s3_options(storage: S3Storage) -> dict[str, Any] | None:
+    """S3FileSystem keyword arguments equivalent to the storage's boto3 client, or None when a
+    setting has no pyarrow counterpart."""
+    object_parameters = storage.object_parameters or {}
+    endpoint = urlsplit(storage.endpoint_url or "")
+    if (
+        storage.session_profile
+        or storage.verify is False
+        or storage.gzip  # S3File un-gzips what it stored gzipped; pyarrow would not
+        or any(key.startswith("SSECustomer") for key in object_parameters)
+        or endpoint.path.strip("/")  # pyarrow takes a host[:port], not a URL with a path
+    ):
+        return None
+    config = storage.client_config
+    options: dict[str, Any] = {
+        "access_key": storage.access_key,
+        "secret_key": storage.secret_key,
+        "session_token": storage.security_token,
+        "scheme": "https" if storage.use_ssl else "http",
+        "force_virtual_addressing": (config.s3 or {}).get("addressing_style") == "virtual",
+        "connect_timeout": config.connect_timeout,
+        "request_timeout": config.read_timeout,
+    }
+    if endpoint.netloc:
+        options["scheme"] = endpoint.scheme or options["scheme"]
+        options["endpoint_override"] = endpoint.netloc
+    # boto3's region when none is set (AWS_DEFAULT_REGION, the config file, else us-east-1):
+    # the AWS SDK for C++ guesses differently.
+    options["region"] = storage.region_name or storage.connection.meta.client.meta.region_name
+    ca_bundle = (
+        storage.verify if isinstance(storage.verify, str) else os.environ.get("AWS_CA_BUNDLE")
+    )
+    if ca_bundle:
+        options["tls_ca_file_path"] = ca_bundle
+    proxy = (config.proxies or {}).get(options["scheme"])
+    if proxy:
+        options["proxy_options"] = proxy
+    return options
 
 
 # --- read-through cache ------------------------------------------------------------------------

@@ -57,7 +57,12 @@ from config.job_heartbeats import job_heartbeat
 from mlregistry.audit import Actor, audit_record, created_changes, deleted_changes
 from mlregistry.models import ModelVersion, RegisteredModel, Stage
 from mlregistry.selectors import model_version_by_alias_get
-from mlregistry.storage import get_artifact_storage, presigned_url, storage_delete_folder
+from mlregistry.storage import (
+    arrow_input,
+    get_artifact_storage,
+    presigned_url,
+    storage_delete_folder,
+)
 from predictions.loader import LoadedModel, model_cache
 from predictions.models import (
     BATCH_FINISHED,
@@ -164,11 +169,9 @@ def batch_version_resolve(
 
 
 def _open_arrow(storage: Storage, name: str) -> Any:
-    """A path pyarrow reads natively when the storage is a local folder, else a file object."""
-    try:
-        return storage.path(name)
-    except NotImplementedError:
-        return storage.open(name, "rb")
+    """A path or a random-access file pyarrow reads only the bytes it needs from (on S3, byte
+    ranges: a chunk fetches its row groups, not the whole input); the caller closes a file."""
+    return arrow_input(storage, name)
 
 
 def _format_of(upload: Any, name: str) -> str:
@@ -325,8 +328,12 @@ def batch_job_create(
                 f"The file of dataset {label!r} is gone.",
                 fields={"dataset": ["the dataset's file is missing"]},
             )
-        with storage.open(input_name, "rb") as handle:
-            columns, _ = _input_columns(handle, file_format)
+        source = _open_arrow(storage, input_name)
+        try:
+            columns, _ = _input_columns(source, file_format)
+        finally:
+            if hasattr(source, "close"):
+                source.close()
         _columns_check(columns, scored_by, field="dataset")
     user = None if isinstance(actor, str) else actor
     with transaction.atomic():
@@ -710,7 +717,8 @@ def _read_rows(storage: Storage, name: str, start: int, count: int, names: list[
 
     source = _open_arrow(storage, name)
     try:
-        parquet = pq.ParquetFile(source)
+        # From an object store, the chunk's column chunks in a few coalesced range requests.
+        parquet = pq.ParquetFile(source, pre_buffer=not isinstance(source, str))
         meta = parquet.metadata
         wanted, position, first = [], 0, None
         for i in range(meta.num_row_groups):

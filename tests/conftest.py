@@ -1,4 +1,5 @@
 import os
+import uuid
 
 import pytest
 from django.core.cache import cache
@@ -51,6 +52,28 @@ def s3_server():
     server = s3_server_start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def s3_relay(s3_server):
+    """A byte-counting relay in front of the session's S3 server (tests/s3.py CountingRelay)."""
+    from tests.s3 import CountingRelay
+
+    relay = CountingRelay(s3_server.endpoint)
+    yield relay
+    relay.stop()
+
+
+@pytest.fixture
+def s3_relayed(settings, s3_server, s3_relay):
+    """The artifact storage on S3 (a fresh prefix), reached through `s3_relay`, which counts
+    the bytes the server sends."""
+    from mlregistry.storage import get_artifact_storage
+
+    entry = s3_server.storage_entry("mlr-tests", f"{uuid.uuid4().hex[:12]}/artifacts")
+    entry["OPTIONS"]["endpoint_url"] = s3_relay.endpoint
+    settings.STORAGES = {**settings.STORAGES, "artifacts": entry}
+    return get_artifact_storage()
 
 
 @pytest.fixture(autouse=True)

@@ -19,11 +19,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
@@ -95,6 +97,49 @@ class S3Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class CountingRelay:
+    """A TCP relay on loopback in front of an S3 server that counts the bytes the server sends
+    back (`served`, HTTP headers included): what a client fetched over the wire, whichever S3
+    library it speaks. Point a storage's endpoint_url at `endpoint`; `stop()` when done."""
+
+    def __init__(self, target: str):
+        parts = urlsplit(target)
+        self._target = (parts.hostname, parts.port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.served = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # stopped
+            upstream = socket.create_connection(self._target)
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, source: socket.socket, target: socket.socket, counted: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if counted:
+                    # Counted before it is passed on: a client done reading is fully counted.
+                    with self._lock:
+                        self.served += len(data)
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            # Either side hanging up ends the exchange (HTTP clients never half-close).
+            source.close()
+            target.close()
+
+    def stop(self) -> None:
+        self._listener.close()
 
 
 def free_port() -> int:
