@@ -61,7 +61,9 @@ def _output(job) -> pd.DataFrame:
 def _scored(job, django_capture_on_commit_callbacks, relay=None) -> list[int]:
     """Runs the job's tasks in this process; the bytes served to each chunk, with a relay."""
     served = []
-    for index in batch.batch_job_start(job_id=job.pk):
+    pending = batch.batch_job_start(job_id=job.pk)
+    batch.batch_input_verify(job_id=job.pk)
+    for index in pending:
         before = relay.served if relay else 0
         with django_capture_on_commit_callbacks(execute=False):
             batch.batch_chunk_run(job_id=job.pk, index=index)
