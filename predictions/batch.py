@@ -727,7 +727,8 @@ def _read_rows(storage: Storage, name: str, start: int, count: int, names: list[
                 wanted.append(i)
                 first = position if first is None else first
             position += rows
-        present = [n for n in names if n in parquet.schema_arrow.names]
+        available = set(parquet.schema_arrow.names)
+        present = [n for n in names if n in available]
         # One thread: a worker process per core scores chunks side by side.
         table = parquet.read_row_groups(wanted, columns=present, use_threads=False)
     finally:
@@ -918,10 +919,12 @@ def _part_name(job: BatchJob, index: int, what: str) -> str:
 
 
 def _write(storage: Storage, name: str, data: bytes) -> None:
-    # A retried chunk replaces its own part: never a second copy under an invented name.
-    if storage.exists(name):
-        storage.delete(name)
-    storage.save(name, ContentFile(data))
+    # A retried chunk replaces its own part, never a second copy under an invented name: both
+    # product storages overwrite a name (atomically on a local disk, one PUT on S3), which
+    # saves a round trip or two per part over asking first.
+    saved = storage.save(name, ContentFile(data))
+    if saved != name:
+        raise RuntimeError(f"storage saved {name} as {saved}: batch parts need one that overwrites")
 
 
 def _part_bytes(table: Any, output_format: str) -> bytes:
@@ -1131,8 +1134,6 @@ def _merge(job: BatchJob, storage: Storage, what: str, file_format: str, target:
                             handle.readline()  # each part has its header
                         for block in iter(partial(handle.read, _HASH_BLOCK), b""):
                             out.write(block)
-        if storage.exists(target):
-            storage.delete(target)
         with open(path, "rb") as handle:
             return storage.save(target, File(handle))
 
