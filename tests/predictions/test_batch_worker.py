@@ -144,3 +144,39 @@ def test_a_dead_worker_s_job_is_reaped_with_a_reason_then_resumed_by_another(
     assert _output_rows(done) == list(range(150))
     frame = pd.DataFrame({"row": _output_rows(done)})
     assert not frame["row"].duplicated().any()
+
+
+def test_the_embedded_defaults_join_the_chord_without_a_server(tmp_path, job):
+    """`make run`'s setup: the folder broker and Celery's file result backend, where the
+    chord's join is Celery's polling unlock task rather than Redis's counter."""
+    folders = tmp_path / "var" / "celery"
+    worker = Worker(tmp_path, "filesystem://localhost//", "celery")
+    worker.env.pop("CELERY_RESULT_BACKEND", None)
+    worker.env.pop("BATCH_QUEUE", None)
+    publisher = Celery(
+        "tests",
+        broker="filesystem://localhost//",
+        broker_transport_options={
+            "data_folder_in": str(folders / "queue"),
+            "data_folder_out": str(folders / "queue"),
+            "processed_folder": str(folders / "processed"),
+            "control_folder": str(folders / "control"),
+            "store_processed": False,
+        },
+    )
+    for name in ("queue", "processed", "control"):
+        (folders / name).mkdir(parents=True, exist_ok=True)
+    try:
+        worker.start()
+        publisher.send_task("predictions.tasks.batch_job_start_task", args=[job.pk])
+        done = worker.wait_for(
+            lambda: _state(job).status in (BatchStatus.SUCCEEDED, BatchStatus.FAILED)
+            and _state(job),
+            "the job to finish",
+        )
+    finally:
+        worker.stop()
+    assert done.status == BatchStatus.SUCCEEDED, done.error
+    assert done.input_verified_at is not None
+    assert _output_rows(done) == list(range(150))
+    assert any((folders / "results").iterdir())  # the members reported in the folder
