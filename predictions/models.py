@@ -201,6 +201,15 @@ class BatchChunk(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["job", "index"], name="unique_batch_chunk_index")
         ]
+        # Every chunk asks which jobs have chunks queued (their heartbeats); finished jobs'
+        # chunks, the table's bulk until retention, stay out of that index.
+        indexes = [
+            models.Index(
+                fields=["job"],
+                condition=models.Q(status="pending"),
+                name="batch_chunk_pending",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.job_id}[{self.index}] {self.status}"
