@@ -955,9 +955,13 @@ def _parquet_options(table: Any) -> dict[str, Any]:
 def _part_table(storage: Storage, name: str) -> Any:
     import pyarrow as pa
 
-    with storage.open(name, "rb") as handle:
-        data = handle.read()
-    return pa.ipc.open_file(pa.py_buffer(data)).read_all()
+    source = _open_arrow(storage, name)
+    if isinstance(source, str):
+        source = pa.memory_map(source)  # read in place: no copy of the part
+    try:
+        return pa.ipc.open_file(source).read_all()
+    finally:
+        source.close()
 
 
 def _errors_bytes(errors: list[tuple[int, str, str]], *, header: bool) -> bytes:
