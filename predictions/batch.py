@@ -4,13 +4,12 @@ A job is created (`batch_job_create`, 202 from the API) over a file in the artif
 upload or a dataset's file). A worker plans it (`batch_job_start`): it stages a CSV as Parquet
 (row groups of `chunk_rows`, read with pyarrow, checking the CSV's SHA-256 as it reads it),
 reads a Parquet file's footer, and records one BatchChunk per slice of rows. Each run of a job
-is a Celery chord (predictions.tasks): its header is the input's verification
-(`batch_input_verify`, the SHA-256 of a Parquet input, read while the chunks are scored) and
-one task per pending chunk (`batch_chunk_run`), which any worker may take: it validates its
-rows against the version's schema column by column, scores the valid ones with the serving
-path's loader (the verified artifact and the same predict arithmetic), and writes its own
-part. The body, `batch_job_finish`, merges the parts into one output file and one errors file,
-and publishes nothing unless the input was verified.
+is a Celery chord (predictions.tasks): its header is one task per pending chunk
+(`batch_chunk_run`), which any worker may take: it validates its rows against the version's
+schema column by column, scores the valid ones with the serving path's loader (the verified
+artifact and the same predict arithmetic), and writes its own part. The body,
+`batch_job_finish`, merges the parts into one output file and one errors file while it checks
+a Parquet input's SHA-256, and publishes nothing unless it matches.
 
 The job row keeps the count: a chunk is counted once, under the job's row lock, however often
 it is delivered. Every task is idempotent: a done chunk is skipped, a retried one rewrites only
@@ -30,6 +29,7 @@ import math
 import os
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -606,14 +606,13 @@ def _row_groups(storage: Storage, name: str) -> list[int]:
 
 def batch_job_start(*, job_id: int) -> list[int] | None:
     """Plans a queued job (stages a CSV input, verifying it; records its chunks) and returns
-    the indexes of the chunks still to run, which the task sends to workers with the input's
-    verification as one chord; a job already planned gives its pending chunks again (none
-    when all are done: the chord is then the verification and the finish). None when the job
-    is finished or failed while planning: there is nothing to send. BatchJobFailed is
-    recorded on the job, not raised.
+    the indexes of the chunks still to run, which the task sends to workers as a chord whose
+    body is the finish; a job already planned gives its pending chunks again (none when all
+    are done: the finish is then sent alone). None when the job is finished or failed while
+    planning: there is nothing to send. BatchJobFailed is recorded on the job, not raised.
 
-    A Parquet input is not hashed here: `batch_input_verify` reads it while the chunks are
-    scored, and the finish publishes nothing until it has."""
+    A Parquet input is not hashed here: the finish reads it while it merges the parts, and
+    publishes nothing unless it matches."""
     with transaction.atomic():
         job = _locked(job_id)
         if job.status in BATCH_FINISHED:
@@ -669,29 +668,6 @@ def batch_job_start(*, job_id: int) -> list[int] | None:
         .order_by("index")
         .values_list("index", flat=True)
     )
-
-
-def batch_input_verify(*, job_id: int) -> str:
-    """Checks a running job's input against its SHA-256 once per run, in a worker of its own
-    while the chunks are scored: "verified" (recorded on the job), "skipped" (a finished
-    job), or "failed" (the job is failed: `input_integrity` when the bytes changed,
-    `input_missing` when the file is gone)."""
-    job = BatchJob.objects.filter(pk=job_id).first()
-    if job is None or job.status != BatchStatus.RUNNING:
-        return "skipped"
-    if job.input_verified_at is not None:
-        return "verified"
-    try:
-        with job_heartbeat(job, stamp_now=False):
-            if _sha256_of(get_artifact_storage(), job.input_name) != job.input_sha256:
-                raise _integrity_failed(job.input_name)
-    except BatchJobFailed as exc:
-        _fail(job_id, problem=exc.problem, message=exc.message)
-        return "failed"
-    BatchJob.objects.filter(pk=job_id, status=BatchStatus.RUNNING).update(
-        input_verified_at=timezone.now()
-    )
-    return "verified"
 
 
 # --- One chunk ------------------------------------------------------------------------------
@@ -1153,48 +1129,65 @@ def _merge(job: BatchJob, storage: Storage, what: str, file_format: str, target:
             return storage.save(target, File(handle))
 
 
+def _input_check(storage: Storage, job: BatchJob) -> None:
+    """BatchJobFailed (`input_integrity`, `input_missing`) unless the input's bytes still hash
+    to the SHA-256 the job was created with."""
+    if _sha256_of(storage, job.input_name) != job.input_sha256:
+        raise _integrity_failed(job.input_name)
+
+
 def batch_job_finish(*, job_id: int) -> BatchJob:
     """The chord's body: merges a job's parts into its output and errors files and marks it
-    succeeded, once all its chunks are done and its input verified; otherwise (or for a
-    finished job) changes nothing. A second finish running at the same time (a redelivered
-    body) loses at the final row lock and removes what it wrote."""
+    succeeded, once all its chunks are done; otherwise (or for a finished job) changes
+    nothing.
+
+    A Parquet input's SHA-256 is checked here, in a second thread while the parts are merged
+    (hashlib and pyarrow both release the GIL): it overlaps the one step that cannot be spread
+    over workers, and nothing is published unless it matches (`input_integrity` fails the job
+    and the merged files are removed). A second finish running at the same time (a redelivered
+    body) writes the same files under the same names and loses at the final row lock."""
     job = BatchJob.objects.get(pk=job_id)
     if job.status != BatchStatus.RUNNING or job.chunks_done != job.chunks_total:
         return job
-    if job.input_verified_at is None:
-        # The body runs after the verification member, which fails the job on a mismatch; a
-        # run whose verification never reported publishes nothing (the reaper ends it).
-        logger.warning("batch job not finished: input not verified", extra={"job": job_id})
-        return job
     storage = get_artifact_storage()
+    written: list[str] = []
     try:
         if job.chunks_total == 0:
             raise BatchJobFailed("empty", "The input holds no rows.")
-        with job_heartbeat(job, stamp_now=False):
-            output = _merge(
-                job,
-                storage,
-                "output",
-                job.output_format,
-                f"{PREFIX}/{job.pk}/output.{job.output_format}",
-            )
-            errors = _merge(
-                job, storage, "errors", BatchFormat.CSV, f"{PREFIX}/{job.pk}/errors.csv"
-            )
+        with (
+            job_heartbeat(job, stamp_now=False),
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-verify") as pool,
+        ):
+            check = None if job.input_verified_at else pool.submit(_input_check, storage, job)
+            try:
+                for what, file_format in (("output", job.output_format), ("errors", "csv")):
+                    target = f"{PREFIX}/{job.pk}/{what}.{file_format}"
+                    written.append(_merge(job, storage, what, file_format, target))
+            finally:
+                if check is not None:
+                    check.result()
     except BatchJobFailed as exc:
+        _files_delete(storage, written)
         return _fail(job_id, problem=exc.problem, message=exc.message) or job
+    output, errors = written
     with transaction.atomic():
         job = _locked(job_id)
         if job.status != BatchStatus.RUNNING:
-            mine = {output, errors} - {job.output_name, job.errors_name}
-            transaction.on_commit(partial(_files_delete, storage, sorted(mine)))
             return job
         job.status = BatchStatus.SUCCEEDED
         job.output_name = output
         job.errors_name = errors
         job.finished_at = timezone.now()
+        job.input_verified_at = job.input_verified_at or job.finished_at
         job.save(
-            update_fields=["status", "output_name", "errors_name", "finished_at", "updated_at"]
+            update_fields=[
+                "status",
+                "output_name",
+                "errors_name",
+                "finished_at",
+                "input_verified_at",
+                "updated_at",
+            ]
         )
         audit_record(
             actor=JOB_ACTOR,

@@ -8,8 +8,8 @@ from django.conf import settings
 from django.db import OperationalError
 
 # --- Batch scoring (predictions.batch): a Celery chord per run of a job ---
-# The header is the input's verification and one task per pending chunk, spread over the
-# workers; the body merges the parts once every member has reported. Members store their
+# The header is one task per pending chunk, spread over the workers; the body checks the
+# input and merges the parts once every member has reported. Members store their
 # (small) result: the join reads them (CELERY_RESULT_BACKEND). Every task is idempotent, so a
 # redelivered member, or a member of an earlier run of a resumed job, changes nothing twice.
 
@@ -20,8 +20,9 @@ def _batch_queue() -> dict[str, str]:
 
 @shared_task(acks_late=True, autoretry_for=(OperationalError,), retry_backoff=10, max_retries=5)
 def batch_job_start_task(job_id: int) -> int:
-    """Plans a batch job, then sends its run as a chord: verification and each pending chunk
-    to the workers, the finish once they are all done. Returns how many chunks it sent."""
+    """Plans a batch job, then sends its run as a chord: each pending chunk to the workers,
+    the finish once they are all done (alone when none is pending). Returns how many chunks
+    it sent."""
     from celery import chord
 
     from predictions.batch import batch_job_start
@@ -30,27 +31,12 @@ def batch_job_start_task(job_id: int) -> int:
     if pending is None:
         return 0
     queue = _batch_queue()
-    header = [batch_input_verify_task.si(job_id).set(**queue)]
-    header += [batch_chunk_run_task.si(job_id, index).set(**queue) for index in pending]
-    chord(header)(batch_job_finish_task.si(job_id).set(**queue))
+    finish = batch_job_finish_task.si(job_id).set(**queue)
+    if not pending:
+        finish.apply_async()
+        return 0
+    chord([batch_chunk_run_task.si(job_id, index).set(**queue) for index in pending])(finish)
     return len(pending)
-
-
-@shared_task(
-    acks_late=True,
-    ignore_result=False,
-    autoretry_for=(OperationalError,),
-    retry_backoff=10,
-    max_retries=5,
-    soft_time_limit=settings.BATCH_CHUNK_TIME_LIMIT_SECONDS,
-    time_limit=settings.BATCH_CHUNK_TIME_LIMIT_SECONDS + settings.JOB_TIME_LIMIT_GRACE_SECONDS,
-)
-def batch_input_verify_task(job_id: int) -> str:
-    """Checks the job's input against its SHA-256 while the chunks are scored (a mismatch
-    fails the job, so no output is published)."""
-    from predictions.batch import batch_input_verify
-
-    return batch_input_verify(job_id=job_id)
 
 
 @shared_task(
@@ -71,8 +57,8 @@ def batch_chunk_run_task(job_id: int, index: int) -> str:
 
 @shared_task(acks_late=True, autoretry_for=(OperationalError,), retry_backoff=10, max_retries=5)
 def batch_job_finish_task(job_id: int) -> str:
-    """The chord's body: merges a batch job's parts once every chunk is done and the input
-    verified."""
+    """The chord's body: checks the input and merges a batch job's parts once every chunk is
+    done."""
     from predictions.batch import batch_job_finish
 
     return batch_job_finish(job_id=job_id).status

@@ -198,7 +198,6 @@ def test_admin_lists_jobs_with_a_progress_bar_and_cancels_through_the_service(
     client.force_login(staff)
     running = batch.batch_job_create(model=iris, actor="tests", upload=_parquet(), enqueue=False)
     batch.batch_job_start(job_id=running.pk)
-    batch.batch_input_verify(job_id=running.pk)
     batch.batch_chunk_run(job_id=running.pk, index=0)
     batch.batch_job_finish(job_id=running.pk)
     page = client.get("/admin/predictions/batchjob/")

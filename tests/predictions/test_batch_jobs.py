@@ -64,9 +64,8 @@ def _csv(frame: pd.DataFrame) -> io.BytesIO:
 
 def _run(job: BatchJob, django_capture_on_commit_callbacks=None) -> BatchJob:
     """Runs every task of the job's chord in this process, in an order workers may: the
-    header (verification, chunks), then the body."""
+    header (the chunks), then the body."""
     pending = batch.batch_job_start(job_id=job.pk) or []
-    batch.batch_input_verify(job_id=job.pk)
     for index in pending:
         batch.batch_chunk_run(job_id=job.pk, index=index)
     batch.batch_job_finish(job_id=job.pk)
@@ -215,7 +214,6 @@ def test_a_retried_chunk_rewrites_its_part_and_counts_once(
     )
     indexes = batch.batch_job_start(job_id=job.pk)
     assert indexes == [0, 1, 2]
-    assert batch.batch_input_verify(job_id=job.pk) == "verified"
     assert batch.batch_chunk_run(job_id=job.pk, index=0) == "done"
     # A redelivery of a chunk that finished: skipped, nothing counted twice.
     assert batch.batch_chunk_run(job_id=job.pk, index=0) == "done"
@@ -312,20 +310,21 @@ def test_a_tampered_parquet_input_fails_the_job_and_publishes_nothing(iris_prod)
     job = batch.batch_job_create(
         model=iris_prod, actor="tests", upload=_parquet(_frame(100)), chunk_rows=50, enqueue=False
     )
+    storage = batch.get_artifact_storage()
     pending = batch.batch_job_start(job_id=job.pk)
     for index in pending:
         assert batch.batch_chunk_run(job_id=job.pk, index=index) == "done"
-    # Every chunk is scored, but the input was never verified: the finish publishes nothing.
-    assert batch.batch_job_finish(job_id=job.pk).status == BatchStatus.RUNNING
-    # The same bytes, one changed after the footer was read: still readable, not the same file.
-    path = batch.get_artifact_storage().path(job.input_name)
+    # Every chunk is scored; then one byte of the input changes (still a readable file, not
+    # the one submitted). The finish checks the input while it merges and publishes nothing.
+    path = storage.path(job.input_name)
     data = bytearray(open(path, "rb").read())
     data[len(data) // 2] ^= 0xFF
     open(path, "wb").write(bytes(data))
-    assert batch.batch_input_verify(job_id=job.pk) == "failed"
     job = batch.batch_job_finish(job_id=job.pk)
     assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_integrity")
     assert job.output_name == ""
+    assert not storage.exists(f"batch-jobs/{job.pk}/output.parquet")
+    assert job.input_verified_at is None
 
 
 def test_a_tampered_csv_input_is_found_while_it_is_staged(iris_prod):

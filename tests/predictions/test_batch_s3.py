@@ -62,7 +62,6 @@ def _scored(job, django_capture_on_commit_callbacks, relay=None) -> list[int]:
     """Runs the job's tasks in this process; the bytes served to each chunk, with a relay."""
     served = []
     pending = batch.batch_job_start(job_id=job.pk)
-    batch.batch_input_verify(job_id=job.pk)
     for index in pending:
         before = relay.served if relay else 0
         with django_capture_on_commit_callbacks(execute=False):
