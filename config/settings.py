@@ -307,16 +307,14 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
 # Where chord members report in (a batch job's chunks, whose join starts its finish); no other
 # task stores a result. A Redis broker keeps them too: its chord join counts each member once,
-# by task id, so a redelivered chunk cannot start the finish early. The folder broker's
-# default is a folder (one machine, like the broker). Another broker (RabbitMQ) needs a
-# CELERY_RESULT_BACKEND that supports chords (redis://...; rpc:// does not).
+# by task id, so a redelivered chunk cannot start the finish early. With another broker
+# (RabbitMQ), the cache's Redis when there is one; else a folder, which joins through Celery's
+# polling unlock task and serves one machine, like the folder broker. rpc:// cannot join.
 CELERY_RESULT_BACKEND = env_str(
     "CELERY_RESULT_BACKEND",
     CELERY_BROKER_URL
     if CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
-    else f"file://{VAR_DIR / 'celery' / 'results'}"
-    if CELERY_BROKER_URL.startswith("filesystem")
-    else "",
+    else REDIS_URL or f"file://{VAR_DIR / 'celery' / 'results'}",
 )
 CELERY_RESULT_EXPIRES = env_int("CELERY_RESULT_EXPIRES", 24 * 3600, minimum=60)
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)

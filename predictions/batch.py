@@ -74,7 +74,7 @@ from predictions.models import (
 
 # The predict arithmetic of the serving path: one import to follow if it moves.
 from predictions.serving import non_finite_rows, predict_arrays, rows_without_answer, version_info
-from predictions.validation import row_errors
+from predictions.validation import in_range, row_errors
 
 logger = logging.getLogger(__name__)
 
@@ -670,6 +670,17 @@ def batch_job_start(*, job_id: int) -> list[int] | None:
     )
 
 
+def batch_job_unjoinable(*, job_id: int, reason: str) -> None:
+    """Fails a job whose chord cannot be sent because the result backend cannot join one
+    (`unavailable`, resumable once CELERY_RESULT_BACKEND is fixed)."""
+    _fail(
+        job_id,
+        problem="unavailable",
+        message=f"Batch jobs need a result backend that joins Celery chords "
+        f"(CELERY_RESULT_BACKEND, e.g. the broker's Redis): {reason}",
+    )
+
+
 # --- One chunk ------------------------------------------------------------------------------
 
 
@@ -765,6 +776,36 @@ def _python_value(column: Any, values: np.ndarray, wrong: np.ndarray, feature: A
     return int(value) if feature.type == "integer" and value.is_integer() else value
 
 
+def _plain_matrix(table: Any, loaded: LoadedModel) -> np.ndarray | None:
+    """The chunk as the float64 matrix the model takes when every row is plainly valid (the
+    common case: numeric columns without nulls, every value finite, within the schema's
+    bounds, whole where the schema says integer), checked on the whole matrix at once as
+    predictions.validation.in_range checks a request's; else None, and `_validate` finds
+    and names the invalid rows column by column."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not loaded.numeric or any(f.type not in ("float", "integer") for f in loaded.features):
+        return None
+    columns = [table.column(f.name) for f in loaded.features]
+    if any(
+        c.null_count or not (pa.types.is_integer(c.type) or pa.types.is_floating(c.type))
+        for c in columns
+    ):
+        return None
+    x = np.empty((table.num_rows, len(columns)), dtype=np.float64)
+    for j, column in enumerate(columns):
+        if column.type != pa.float64():
+            column = pc.cast(column, pa.float64())
+        x[:, j] = column.to_numpy()
+    if not in_range(loaded, x):
+        return None
+    for j, feature in enumerate(loaded.features):
+        if feature.type == "integer" and (np.floor(x[:, j]) != x[:, j]).any():
+            return None
+    return x
+
+
 def _validate(
     table: Any, loaded: LoadedModel
 ) -> tuple[Any, np.ndarray, list[tuple[int, str, str]]]:
@@ -772,6 +813,9 @@ def _validate(
 
     Column by column in numpy; validation's own per-row check then names the reasons of the
     (few) invalid rows, so a file and a predict request get the same messages."""
+    plain = _plain_matrix(table, loaded)
+    if plain is not None:
+        return plain, np.arange(table.num_rows), []
     rows = table.num_rows
     bad = np.zeros(rows, dtype=bool)
     columns = []

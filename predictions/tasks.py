@@ -25,7 +25,7 @@ def batch_job_start_task(job_id: int) -> int:
     it sent."""
     from celery import chord
 
-    from predictions.batch import batch_job_start
+    from predictions.batch import batch_job_start, batch_job_unjoinable
 
     pending = batch_job_start(job_id=job_id)
     if pending is None:
@@ -35,7 +35,14 @@ def batch_job_start_task(job_id: int) -> int:
     if not pending:
         finish.apply_async()
         return 0
-    chord([batch_chunk_run_task.si(job_id, index).set(**queue) for index in pending])(finish)
+    header = [batch_chunk_run_task.si(job_id, index).set(**queue) for index in pending]
+    try:
+        chord(header)(finish)
+    except NotImplementedError as exc:
+        # Celery's answer for a result backend that cannot join (none, or rpc://): the job
+        # fails saying so instead of scoring chunks whose finish would never start.
+        batch_job_unjoinable(job_id=job_id, reason=str(exc).splitlines()[0])
+        return 0
     return len(pending)
 
 

@@ -135,11 +135,13 @@ def payload_rows(payload: Any) -> tuple[list[Any], bool]:
 def in_range(bounds: Any, matrix: np.ndarray) -> bool:
     """Whether every value of a float matrix (rows in schema order) is finite and within the
     schema's bounds (`bounds.lows`, `bounds.highs`: one float per feature, infinite when
-    unbounded), as validation would find it."""
+    unbounded), as validation would find it. A side with no finite bound is not compared:
+    on a batch's matrix those comparisons were most of the check's time."""
+    lows, highs = bounds.lows, bounds.highs
     return bool(
         np.isfinite(matrix).all()
-        and not (matrix < bounds.lows).any()
-        and not (matrix > bounds.highs).any()
+        and not (np.isfinite(lows).any() and (matrix < lows).any())
+        and not (np.isfinite(highs).any() and (matrix > highs).any())
     )
 
 

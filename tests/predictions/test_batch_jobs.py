@@ -553,3 +553,27 @@ def test_a_job_queued_behind_another_is_kept_alive_but_a_dead_chunk_s_job_is_not
     batch.batch_chunk_run(job_id=first.pk, index=0)  # a live worker's chunk
     assert stalled_jobs_reap(actor="tests")["batch"] == [dead.pk]
     assert BatchJob.objects.get(pk=waiting.pk).status == BatchStatus.RUNNING
+
+
+def test_without_a_result_backend_that_joins_chords_the_job_fails_saying_so(iris_prod):
+    from celery.backends.base import DisabledBackend
+
+    from config.celery import app
+    from predictions.tasks import batch_job_start_task
+
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(100)), chunk_rows=50, enqueue=False
+    )
+    had = getattr(app._local, "backend", None)
+    app._local.backend = DisabledBackend(app)  # Celery's own "no result backend"
+    try:
+        assert batch_job_start_task.run(job.pk) == 0
+    finally:
+        if had is None:
+            del app._local.backend
+        else:
+            app._local.backend = had
+    job.refresh_from_db()
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "unavailable")
+    assert "CELERY_RESULT_BACKEND" in job.error
+    assert job.error_type in batch.RESUMABLE_PROBLEMS

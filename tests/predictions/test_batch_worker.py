@@ -151,8 +151,8 @@ def test_the_embedded_defaults_join_the_chord_without_a_server(tmp_path, job):
     chord's join is Celery's polling unlock task rather than Redis's counter."""
     folders = tmp_path / "var" / "celery"
     worker = Worker(tmp_path, "filesystem://localhost//", "celery")
-    worker.env.pop("CELERY_RESULT_BACKEND", None)
-    worker.env.pop("BATCH_QUEUE", None)
+    for name in ("CELERY_RESULT_BACKEND", "BATCH_QUEUE", "REDIS_URL"):
+        worker.env.pop(name, None)
     publisher = Celery(
         "tests",
         broker="filesystem://localhost//",
