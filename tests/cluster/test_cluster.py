@@ -411,8 +411,9 @@ def test_a_backup_taken_by_a_worker_restores_into_an_empty_database_and_store(
     env = {
         "DATABASE_URL": restored_url,
         # A cache of its own: nothing the first cluster cached may answer for the restored one.
-        "REDIS_URL": running.env["REDIS_URL"].rsplit("/", 1)[0] + "/2",
-        "CELERY_BROKER_URL": running.env["REDIS_URL"].rsplit("/", 1)[0] + "/3",
+        "REDIS_URL": running.env["REDIS_URL"].rsplit("/", 1)[0] + "/3",
+        "CELERY_BROKER_URL": running.env["REDIS_URL"].rsplit("/", 1)[0] + "/4",
+        "CELERY_RESULT_BACKEND": running.env["REDIS_URL"].rsplit("/", 1)[0] + "/5",
         **storage,
     }
     out = running.manage("restore_backup", Path(folder).name, "--yes", **env)
