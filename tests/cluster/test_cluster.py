@@ -396,10 +396,17 @@ def test_a_backup_taken_by_a_worker_restores_into_an_empty_database_and_store(
         return found[0][1] if found and found[0][0] == "verified" else None
 
     folder = live.wait_for(verified, timeout=180, what="the backup")
-    taken_by = [
-        w.name for w in running.workers if "backup_create_task SUCCESS" in w.log_from(marks[w.name])
-    ]
-    assert len(taken_by) == 1, taken_by
+
+    def taken_by() -> list[str]:
+        return [
+            w.name
+            for w in running.workers
+            if "backup_create_task SUCCESS" in w.log_from(marks[w.name])
+        ]
+
+    # The worker logs the task's end after its last commit, so a moment after "verified".
+    finished_by = live.wait_for(taken_by, timeout=15, what="the backup task's end in a log")
+    assert len(finished_by) == 1, finished_by
 
     _, restored_url = running.database_create("restored")
     # An empty bucket for the artifacts; the backups are read where the worker wrote them.
