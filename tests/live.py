@@ -321,6 +321,32 @@ def http_json(
     return status, orjson.loads(raw) if raw else None
 
 
+def http_upload(
+    url: str,
+    *,
+    token: str | None = None,
+    fields: dict[str, str] | None = None,
+    files: dict[str, tuple[str, bytes]] | None = None,
+    timeout: float = 60,
+) -> tuple[int, Any]:
+    """One multipart/form-data POST (what the upload operations take): `fields` as text
+    parts, `files` as {field: (file name, bytes)}; (status, decoded JSON answer or None)."""
+    from urllib3 import encode_multipart_formdata
+
+    parts: dict[str, Any] = {**(fields or {}), **(files or {})}
+    data, content_type = encode_multipart_formdata(parts)
+    sent = {"Content-Type": content_type}
+    if token:
+        sent["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data, sent, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as error:
+        status, raw = error.code, error.read()
+    return status, orjson.loads(raw) if raw else None
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time `pid` has used so far (Linux /proc), 0 if it is gone."""
     try:

@@ -3,8 +3,9 @@
 Two web replicas (deploy/serve, each its own granian process group and so its own model
 cache), two Celery workers and one beat, sharing one PostgreSQL database (created here and
 dropped afterwards), one Redis (a redis-server of its own on a free port: db 0 the cache, db 1
-the broker) and one artifact and backup store. Each process has a VAR_DIR of its own, as if it
-ran on a machine of its own: only what the environment names is shared.
+the broker, db 2 Celery's result backend) and one artifact and backup store. Each process has
+a VAR_DIR of its own, as if it ran on a machine of its own: only what the environment names is
+shared.
 
 Nothing here is mocked. A test that kills a process leaves it dead; the `running` fixture starts
 it again (`Cluster.restart_dead`) before the next test, so one cluster serves the whole module.
@@ -228,6 +229,8 @@ def cluster(tmp_path_factory, s3_server) -> Iterator[Cluster]:
         DATABASE_URL=database_create(db_name),
         REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
         CELERY_BROKER_URL=f"redis://127.0.0.1:{redis_port}/1",
+        # Read by Celery itself; where a chord (a batch job's join) keeps its count.
+        CELERY_RESULT_BACKEND=f"redis://127.0.0.1:{redis_port}/2",
         DJANGO_ALLOWED_HOSTS="127.0.0.1,localhost",
         # Every answer is checked, none refused for its rate.
         THROTTLE_PREDICT_RATE="none",

@@ -4,17 +4,25 @@ workers and one beat on shared PostgreSQL, Redis and artifact storage."""
 from __future__ import annotations
 
 import http.client
+import io
 import os
 import random
 import signal
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from celery import Celery
+from mlregistry_client import Registry
 
 from tests import live
 from tests.cluster.conftest import (
@@ -288,8 +296,283 @@ def test_a_job_whose_whole_worker_is_killed_is_failed_by_the_reaper(running: Clu
     assert job["status"] == "succeeded", job
 
 
-# batch: SIGKILL of a worker in the middle of a batch-scoring job goes here (the batch session
-# adds it: each chunk redelivered and written once, or the job failed with its reason).
+# --- A worker killed in the middle of a batch-scoring job -----------------------------------
+
+# Small chunks, so a job runs for seconds and a kill lands in the middle of one: each chunk
+# reads its rows from the S3 server and writes its part there (~0.1 s; a pool process's first
+# chunk also loads the model, ~3 s). Enough chunks that the job is still running when the
+# killed process's chunk has been seen lost; not many more, as the survivor of a worker's death
+# scores the rest alone before the reaper's wait.
+BATCH_CHUNK_ROWS = 150
+POOL_KILL_CHUNKS, WORKER_KILL_CHUNKS = 80, 60
+
+
+@cache
+def _batch_input(chunks: int) -> tuple[pd.DataFrame, bytes]:
+    """(the rows, as a Parquet file in row groups of BATCH_CHUNK_ROWS): `chunks` chunks of
+    random iris rows inside the schema's ranges, so every row is scored."""
+    rng = np.random.default_rng(chunks)
+    frame = pd.DataFrame(
+        {
+            name: rng.uniform(low, high, chunks * BATCH_CHUNK_ROWS).round(2)
+            for name, low, high in zip(FEATURES, LOWS, HIGHS, strict=True)
+        }
+    )
+    sink = io.BytesIO()
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table, sink, row_group_size=BATCH_CHUNK_ROWS)
+    return frame, sink.getvalue()
+
+
+def _batch_job_submit(cluster: Cluster, chunks: int) -> int:
+    """A batch job of _batch_input(chunks), scored by v1, submitted through the first
+    replica."""
+    _, data = _batch_input(chunks)
+    status, body = live.http_upload(
+        f"{cluster.webs[0].url}{API}/batch-jobs",
+        token=cluster.staff,
+        fields={"version": "1", "chunk_rows": str(BATCH_CHUNK_ROWS)},
+        files={"file": ("rows.parquet", data)},
+    )
+    assert status == 202, body
+    return body["id"]
+
+
+def _batch_job(cluster: Cluster, job_id: int) -> dict:
+    status, body = live.http_json(
+        "GET", f"{cluster.webs[1].url}{API}/batch-jobs/{job_id}", token=cluster.staff
+    )
+    assert status == 200, body
+    return body
+
+
+def _batch_chunks(cluster: Cluster, job_id: int, status: str | None = None) -> dict[int, int]:
+    """{chunk index: attempts} of a job's chunks (those in `status`), from the database."""
+    rows = cluster.query(
+        "SELECT index, attempts FROM predictions_batchchunk WHERE job_id = %s "
+        "AND (%s IS NULL OR status = %s)",
+        (job_id, status, status),
+    )
+    return dict(rows)
+
+
+def _batch_started(cluster: Cluster, job_id: int):
+    """The job once a few of its chunks are done and most are still to run."""
+    job = _batch_job(cluster, job_id)
+    assert job["status"] in ("queued", "running"), job
+    if job["chunks_done"] >= 2:
+        assert job["chunks_done"] < job["chunks_total"] // 2, f"too fast to be killed: {job}"
+        return job
+    return None
+
+
+def _batch_finished(cluster: Cluster, job_id: int):
+    job = _batch_job(cluster, job_id)
+    return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+
+def _batch_output_check(cluster: Cluster, job: dict, chunks: int) -> None:
+    """The output file, read through the job's download link (on S3 a presigned URL to the
+    bucket, not the API), holds every input row exactly once, with the answers of the
+    version's estimator loaded in this process (downloaded through the API, SHA-256 checked)
+    predicting the same rows."""
+    frame, _ = _batch_input(chunks)
+    link = job["links"]["output"]
+    assert link.startswith(cluster.s3.endpoint) and "Signature=" in link, link
+    with urllib.request.urlopen(link, timeout=60) as response:
+        table = pq.read_table(io.BytesIO(response.read()))
+    rows = table["row"].to_numpy()
+    assert len(rows) == len(frame) and np.array_equal(np.sort(rows), np.arange(len(frame)))
+    order = np.argsort(rows)
+    with Registry(cluster.webs[1].url, cluster.staff) as registry:
+        estimator = registry.load_model("iris", job["version"])
+    assert np.array_equal(table["prediction"].to_numpy()[order], estimator.predict(frame))
+    expected = estimator.predict_proba(frame)
+    for j, label in enumerate(estimator.classes_):
+        scored = table[f"probability_{label}"].to_numpy()[order]
+        np.testing.assert_allclose(scored, expected[:, j], rtol=0, atol=1e-12)
+    assert set(table["version"].to_pylist()) == {job["version"]}
+
+
+def _finishes(cluster: Cluster, job_id: int) -> int:
+    """How many times the job was marked succeeded (its audit trail's "finish" rows)."""
+    ((count,),) = cluster.query(
+        "SELECT count(*) FROM mlregistry_auditevent WHERE object_type = 'predictions.batchjob' "
+        "AND object_id = %s AND verb = 'finish'",
+        (str(job_id),),
+    )
+    return count
+
+
+def _pool_process(worker: Member, not_in: set[int], timeout: float = 30) -> int:
+    """The worker's pool process (concurrency 1), once it is not one of `not_in` (killed)."""
+
+    def fresh() -> int | None:
+        assert worker.process.poll() is None, worker.run_log()[-3000:]
+        pids = [pid for pid in live.children(worker.process.pid) if pid not in not_in]
+        return pids[0] if pids else None
+
+    return live.wait_for(fresh, timeout=timeout, every=0.05, what=f"{worker.name}'s pool")
+
+
+TASK_END = '"outcome": "'  # the line a worker logs when a task returns (or raises)
+
+
+def _task_just_ended(worker: Member) -> None:
+    """Returns just after `worker` ended a task: with the queue full of chunks, it is scoring
+    the next one (not finishing an earlier job, nor between two tasks)."""
+    mark = worker.log_size()
+    live.wait_for(
+        lambda: TASK_END in worker.log_from(mark),
+        timeout=30,
+        every=0.02,
+        what=f"a task's end in {worker.name}",
+    )
+    time.sleep(0.05)  # the next chunk is taken in milliseconds and takes ~0.1 s
+
+
+def _lost_chunks(cluster: Cluster, job_id: int, timeout: float = 30) -> dict[int, int]:
+    """{index: attempts} of the chunks a killed pool process was scoring: running now, and,
+    once every live pool process has ended the task it runs now (one at a time, so a chunk
+    it scores is done by then), still running with the same attempts (its message is queued
+    again behind the others) or started again since."""
+    now = _batch_chunks(cluster, job_id, "running")
+    marks = {w.name: w.log_size() for w in cluster.workers}
+    live.wait_for(
+        lambda: (
+            all(TASK_END in w.log_from(marks[w.name]) for w in cluster.workers)
+            or _batch_finished(cluster, job_id)
+        ),
+        timeout=timeout,
+        every=0.1,
+        what="a task's end in each worker",
+    )
+    running = _batch_chunks(cluster, job_id, "running")
+    attempts = _batch_chunks(cluster, job_id)
+    return {i: tried for i, tried in now.items() if running.get(i) == tried or attempts[i] > tried}
+
+
+def test_a_batch_chunk_whose_pool_process_is_killed_is_redelivered_and_scored_once(
+    running: Cluster,
+):
+    """SIGKILL of the pool process scoring a chunk: the worker sees it lost and the chunk's
+    message goes back to the queue (acks_late, reject on worker lost); a worker scores the
+    chunk again, the job succeeds once, and its output holds every row exactly once with the
+    model's answers."""
+    victim = running.workers[0]
+    began = time.monotonic()
+    job_id = _batch_job_submit(running, POOL_KILL_CHUNKS)
+    live.wait_for(lambda: _batch_started(running, job_id), timeout=60, what="chunks")
+    started = time.monotonic()
+
+    # A kill between two chunks (or during another task) loses no chunk: kill again until
+    # one is lost.
+    killed: set[int] = set()
+    lost: dict[int, int] = {}
+    while not lost:
+        assert len(killed) < 4, f"no chunk lost after {len(killed)} kills"
+        assert not _batch_finished(running, job_id), "the job ended before a chunk was lost"
+        pid = _pool_process(victim, killed)
+        _task_just_ended(victim)
+        mark = victim.log_size()
+        os.kill(pid, signal.SIGKILL)
+        killed.add(pid)
+        live.wait_for(
+            lambda p=pid, m=mark: f"pid:{p} exited" in victim.log_from(m),
+            timeout=30,
+            what="the worker seeing its pool process die",
+        )
+        lost = _lost_chunks(running, job_id)
+    lost_at = time.monotonic()
+
+    job = live.wait_for(lambda: _batch_finished(running, job_id), timeout=120, what="the end")
+    ended = time.monotonic()
+    print(
+        f"\nbatch pool kill: {job['chunks_total']} chunks of {BATCH_CHUNK_ROWS} rows; "
+        f"{started - began:.1f}s to the first chunks; {len(killed)} kill(s) until chunk(s) "
+        f"{sorted(lost)} lost, seen {lost_at - started:.1f}s later; job {job['status']} "
+        f"{ended - lost_at:.1f}s after that; {ended - began:.1f}s in all"
+    )
+    assert job["status"] == "succeeded", job
+    assert (job["rows_done"], job["rows_failed"]) == (POOL_KILL_CHUNKS * BATCH_CHUNK_ROWS, 0)
+    assert job["chunks_done"] == job["chunks_total"] == POOL_KILL_CHUNKS, job
+    attempts = _batch_chunks(running, job_id)
+    assert _batch_chunks(running, job_id, "done") == attempts
+    # The lost chunks were started once more; every other chunk once.
+    assert {i: attempts[i] for i in lost} == {i: tried + 1 for i, tried in lost.items()}
+    assert {tried for i, tried in attempts.items() if i not in lost} == {1}, attempts
+    assert "WorkerLostError" in victim.run_log()
+    assert _finishes(running, job_id) == 1
+    _batch_output_check(running, job, POOL_KILL_CHUNKS)
+
+
+def test_a_batch_job_whose_whole_worker_is_killed_is_reaped_then_resumed_without_redoing_chunks(
+    running: Cluster,
+):
+    """SIGKILL of a whole worker (main process and pool) in the middle of a batch job: the
+    chunk it held goes back to the queue only after the broker's visibility timeout (hours).
+    The other worker scores the rest; then either it finished the job (the dead worker held
+    no chunk), or the reaper fails the job (`worker_lost`) within JOB_STALLED_AFTER_SECONDS of
+    its last heartbeat, and a resume through the API scores only the chunks not done."""
+    victim, survivor = running.workers
+    began = time.monotonic()
+    job_id = _batch_job_submit(running, WORKER_KILL_CHUNKS)
+    live.wait_for(lambda: _batch_started(running, job_id), timeout=60, what="chunks")
+    _task_just_ended(victim)
+    live.kill(victim.process)
+    killed_at = time.monotonic()
+
+    # The job's progress is polled so the reaper's delay is measured from its last change.
+    progress = {"chunks": -1, "at": killed_at}
+
+    def finished():
+        job = _batch_job(running, job_id)
+        if job["chunks_done"] != progress["chunks"]:
+            progress.update(chunks=job["chunks_done"], at=time.monotonic())
+        return job if job["status"] in ("succeeded", "failed", "cancelled") else None
+
+    bound = STALLED_AFTER + REAPER_EVERY + 10
+    job = live.wait_for(finished, timeout=120 + bound, what="the job's end or its reaping")
+    ended = time.monotonic()
+    timings = (
+        f"\nbatch worker kill: killed {killed_at - began:.1f}s after submitting; the survivor "
+        f"scored until +{progress['at'] - killed_at:.1f}s; job {job['status']} "
+        f"({job['error_type'] or '-'}) at +{ended - killed_at:.1f}s"
+    )
+    if job["status"] == "failed":
+        assert job["error_type"] == "worker_lost", job
+        assert "The worker running this job stopped" in job["error"], job
+        assert ended - progress["at"] < bound, timings
+        before = _batch_chunks(running, job_id)
+        done = _batch_chunks(running, job_id, "done")
+        assert 0 < len(done) < len(before) == job["chunks_total"], before
+
+        status, body = live.http_json(
+            "POST",
+            f"{running.webs[0].url}{API}/batch-jobs/{job_id}/resume",
+            token=running.staff,
+            body={},
+        )
+        assert status == 202 and body["status"] == "running", body
+        resumed = time.monotonic()
+        job = live.wait_for(lambda: _batch_finished(running, job_id), timeout=60, what="resume")
+        after = _batch_chunks(running, job_id)
+        timings += (
+            f"; resumed, {len(before) - len(done)} chunk(s) scored again by {survivor.name} "
+            f"in {time.monotonic() - resumed:.1f}s"
+        )
+        print(timings)
+        assert job["status"] == "succeeded", job
+        # Done chunks kept (not started again); each other one started once more.
+        assert {i: after[i] for i in done} == done
+        assert all(after[i] == before[i] + 1 for i in after if i not in done), (before, after)
+    else:
+        print(timings + " (the dead worker held no chunk)")
+        assert job["status"] == "succeeded", job
+    assert (job["rows_done"], job["rows_failed"]) == (WORKER_KILL_CHUNKS * BATCH_CHUNK_ROWS, 0)
+    assert len(_batch_chunks(running, job_id, "done")) == WORKER_KILL_CHUNKS
+    assert _finishes(running, job_id) == 1
+    _batch_output_check(running, job, WORKER_KILL_CHUNKS)
 
 
 # --- A web replica killed under load -------------------------------------------------------
@@ -396,10 +679,17 @@ def test_a_backup_taken_by_a_worker_restores_into_an_empty_database_and_store(
         return found[0][1] if found and found[0][0] == "verified" else None
 
     folder = live.wait_for(verified, timeout=180, what="the backup")
-    taken_by = [
-        w.name for w in running.workers if "backup_create_task SUCCESS" in w.log_from(marks[w.name])
-    ]
-    assert len(taken_by) == 1, taken_by
+
+    def taken_by() -> list[str]:
+        return [
+            w.name
+            for w in running.workers
+            if "backup_create_task SUCCESS" in w.log_from(marks[w.name])
+        ]
+
+    # The worker logs the task's end after its last commit, so a moment after "verified".
+    finished_by = live.wait_for(taken_by, timeout=15, what="the backup task's end in a log")
+    assert len(finished_by) == 1, finished_by
 
     _, restored_url = running.database_create("restored")
     # An empty bucket for the artifacts; the backups are read where the worker wrote them.
@@ -411,8 +701,9 @@ def test_a_backup_taken_by_a_worker_restores_into_an_empty_database_and_store(
     env = {
         "DATABASE_URL": restored_url,
         # A cache of its own: nothing the first cluster cached may answer for the restored one.
-        "REDIS_URL": running.env["REDIS_URL"].rsplit("/", 1)[0] + "/2",
-        "CELERY_BROKER_URL": running.env["REDIS_URL"].rsplit("/", 1)[0] + "/3",
+        "REDIS_URL": running.env["REDIS_URL"].rsplit("/", 1)[0] + "/3",
+        "CELERY_BROKER_URL": running.env["REDIS_URL"].rsplit("/", 1)[0] + "/4",
+        "CELERY_RESULT_BACKEND": running.env["REDIS_URL"].rsplit("/", 1)[0] + "/5",
         **storage,
     }
     out = running.manage("restore_backup", Path(folder).name, "--yes", **env)
