@@ -59,7 +59,7 @@ from config.archives import ArchiveError, ArchiveLimits, tar_check
 from config.errors import ConflictError, DomainError, NotFoundError
 from config.events import event_publish
 from config.job_heartbeats import STALLED_JOB_KINDS, StalledJobKind, job_heartbeat
-from mlregistry.audit import audit_rows_pruned, fields_snapshot
+from mlregistry.audit import audit_record, audit_rows_pruned, fields_snapshot
 from mlregistry.storage import (
     get_artifact_storage,
     get_backup_storage,
@@ -1242,18 +1242,20 @@ def stalled_jobs_reap(
     reaped: dict[str, list[int]] = {}
     for name, kind in sorted(STALLED_JOB_KINDS.items()):
         candidates = list(
-            _stalled(kind, cutoff).values_list("pk", "heartbeat_at", kind.started_field)
+            _stalled(kind, cutoff).values_list(
+                "pk", "heartbeat_at", kind.started_field, kind.status_field
+            )
         )
         if dry_run:
-            reaped[name] = [pk for pk, _, _ in candidates]
+            reaped[name] = [pk for pk, _, _, _ in candidates]
             continue
         reaped[name] = []
-        for pk, heartbeat_at, started_at in candidates:
+        for pk, heartbeat_at, started_at, status in candidates:
             last = heartbeat_at or started_at
             reason = (
                 f"The worker running this job stopped: no heartbeat since {last:%Y-%m-%d %H:%M:%S} "
                 f"UTC (more than {stalled_after} s before {now:%H:%M:%S}); failed by "
-                f"{_actor_name(actor)}. The next run starts afresh."
+                f"{_actor_name(actor)}. {kind.next_run}"
             )
             with transaction.atomic():
                 updated = (
@@ -1268,6 +1270,18 @@ def stalled_jobs_reap(
                         }
                     )
                 )
+                if updated:
+                    # Like every state change, with its actor: the job's history says who
+                    # ended it and why, not only that it stopped.
+                    audit_record(
+                        actor=actor,
+                        verb="fail",
+                        obj=apps.get_model(kind.model)._base_manager.get(pk=pk),
+                        changes={
+                            kind.status_field: [status, kind.failed],
+                            **{name: ["", value] for name, value in kind.extra.items()},
+                        },
+                    )
             if updated:
                 reaped[name].append(pk)
                 logger.error(

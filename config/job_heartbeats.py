@@ -35,7 +35,8 @@ class StalledJobKind:
     `model` is an app label and model name ("backups.Backup"). A row counts as running while
     `status_field` holds one of `running`; the reaper sets it to `failed`, puts the reason in
     `error_field` and `finished_field`, and sets `extra` (e.g. an error type) too. A row that
-    never beat is judged by `started_field`.
+    never beat is judged by `started_field`. `next_run` ends the reason the reaper writes: what
+    running the job again does.
     """
 
     name: str
@@ -47,6 +48,7 @@ class StalledJobKind:
     started_field: str = "started_at"
     finished_field: str = "finished_at"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    next_run: str = "The next run starts afresh."
 
 
 STALLED_JOB_KINDS: dict[str, StalledJobKind] = {}

@@ -25,6 +25,7 @@ class PredictionsConfig(AppConfig):
                 name="batch",
                 model="predictions.BatchJob",
                 extra={"error_type": "worker_lost"},
+                next_run="Resuming it runs its unfinished chunks; finished ones are kept.",
             )
         )
         # Rows are checked against the schema by name, then passed as a float array (much

@@ -68,6 +68,12 @@ def test_the_reaper_fails_running_backups_whose_heartbeat_stopped(settings):
     assert dead.finished_at is not None
     assert Backup.objects.get(pk=alive.pk).status == BackupStatus.RUNNING
     assert Backup.objects.get(pk=done.pk).status == BackupStatus.VERIFIED
+    # Audited like every state change: one row, for the job it failed, with its actor.
+    from mlregistry.models import AuditEvent
+
+    event = AuditEvent.objects.get(verb="fail", object_type="backups.backup")
+    assert (event.object_id, event.actor_name) == (str(dead.pk), "tests")
+    assert event.changes == {"status": ["running", "failed"]}
 
 
 def test_a_failed_slot_is_taken_over_by_its_next_attempt(registry, settings):

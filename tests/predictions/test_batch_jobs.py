@@ -281,6 +281,9 @@ def test_a_job_whose_workers_stopped_is_reaped_then_resumed_where_it_stopped(
     job.refresh_from_db()
     assert (job.status, job.error_type) == (BatchStatus.FAILED, "worker_lost")
     assert "no heartbeat" in job.error
+    assert "finished ones are kept" in job.error  # not "the next run starts afresh"
+    event = AuditEvent.objects.get(object_type="predictions.batchjob", verb="fail")
+    assert event.changes == {"status": ["running", "failed"], "error_type": ["", "worker_lost"]}
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         job = batch.batch_job_resume(job=job, actor="tests")
     assert len(callbacks) == 1
