@@ -24,11 +24,14 @@ import functools
 import gc
 import hashlib
 import io
+import itertools
 import logging
 import math
 import os
 import tempfile
 import time
+from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -1138,6 +1141,22 @@ def _chunk_done(
 # --- Finishing ------------------------------------------------------------------------------
 
 
+def _prefetched(load: Any, storage: Storage, names: list[str], ahead: int = 4) -> Iterator[Any]:
+    """load(storage, name) of each name, in order, up to `ahead` loading in threads while the
+    caller works on the current one: from an object store each part is a round trip, and the
+    merge would otherwise wait for them one by one. At most `ahead` + 1 parts are held."""
+    with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="batch-part") as pool:
+        pending: deque[Any] = deque()
+        names_left = iter(names)
+        for name in itertools.islice(names_left, ahead):
+            pending.append(pool.submit(load, storage, name))
+        while pending:
+            result = pending.popleft().result()
+            for name in itertools.islice(names_left, 1):
+                pending.append(pool.submit(load, storage, name))
+            yield result
+
+
 def _merge(job: BatchJob, storage: Storage, what: str, file_format: str, target: str) -> str:
     """Concatenates the chunks' parts, in row order, into one file saved as `target`;
     returns the name the storage gave it."""
@@ -1152,8 +1171,9 @@ def _merge(job: BatchJob, storage: Storage, what: str, file_format: str, target:
         path = os.path.join(folder, "merged")
         if file_format == BatchFormat.PARQUET:
             writer = None
-            for i in indexes:
-                table = _part_table(storage, _part_name(job, i, what))
+            for table in _prefetched(
+                _part_table, storage, [_part_name(job, i, what) for i in indexes]
+            ):
                 writer = writer or pq.ParquetWriter(path, table.schema, **_parquet_options(table))
                 writer.write_table(table)
             if writer is None:
