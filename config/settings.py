@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from kombu import Exchange, Queue
 
 from config.env import env_bool, env_float, env_int, env_list, env_str
 from config.storage_urls import is_remote as storage_is_remote
@@ -460,9 +461,17 @@ BATCH_MAX_INPUT_SIZE = env_int("BATCH_MAX_INPUT_SIZE", 2 * 1024 * 1024 * 1024, m
 BATCH_MAX_ROWS = env_int("BATCH_MAX_ROWS", 100_000_000, minimum=1)
 # Finished jobs (and their files) are deleted this long after they finished.
 BATCH_JOB_RETENTION_DAYS = env_int("BATCH_JOB_RETENTION_DAYS", 14, minimum=1)
-# The Celery queue of batch tasks ("" = the default queue): workers started with `-Q` on it
-# alone keep long scoring runs away from the scheduled jobs.
-BATCH_QUEUE = env_str("BATCH_QUEUE", "")
+# The Celery queue of batch tasks. Its own by default, which every worker consumes beside the
+# default queue (CELERY_TASK_QUEUES) taking from each in turn: the reaper, backups and webhook
+# deliveries then wait for one chunk per worker, not behind every chunk of a long job. Workers
+# started with `-Q batch` alone (or `-Q celery`) split the two; "" puts batch tasks in the
+# default queue.
+BATCH_QUEUE = env_str("BATCH_QUEUE", "batch")
+CELERY_TASK_QUEUES = [
+    # As Celery declares its default queue: a direct exchange of the same name and key.
+    Queue(name, Exchange(name), routing_key=name)
+    for name in dict.fromkeys(["celery", BATCH_QUEUE or "celery"])
+]
 BATCH_CHUNK_TIME_LIMIT_SECONDS = env_int("BATCH_CHUNK_TIME_LIMIT_SECONDS", 1800, minimum=1)
 SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"].update(
     {

@@ -82,7 +82,7 @@ class Worker:
         command = [sys.executable, "-m", "celery", "-A", app, "worker", "--loglevel", "INFO"]
         command += ["--concurrency", "1", "--pool", "prefork", "-Q", self.queue]
         command += ["--without-heartbeat", "--without-mingle", "--without-gossip"]
-        command += ["-n", f"{self.queue}-{len(self.processes)}@%h"]
+        command += ["-n", f"{self.queue.replace(',', '+')}-{len(self.processes)}@%h"]
         with open(self.log, "ab") as log:
             process = subprocess.Popen(
                 command,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -319,10 +320,10 @@ def test_a_tampered_parquet_input_fails_the_job_and_publishes_nothing(iris_prod)
         assert batch.batch_chunk_run(job_id=job.pk, index=index) == "done"
     # Every chunk is scored; then one byte of the input changes (still a readable file, not
     # the one submitted). The finish checks the input while it merges and publishes nothing.
-    path = storage.path(job.input_name)
-    data = bytearray(open(path, "rb").read())
+    path = Path(storage.path(job.input_name))
+    data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
-    open(path, "wb").write(bytes(data))
+    path.write_bytes(bytes(data))
     job = batch.batch_job_finish(job_id=job.pk)
     assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_integrity")
     assert job.output_name == ""

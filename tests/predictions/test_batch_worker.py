@@ -150,7 +150,8 @@ def test_the_embedded_defaults_join_the_chord_without_a_server(tmp_path, job):
     """`make run`'s setup: the folder broker and Celery's file result backend, where the
     chord's join is Celery's polling unlock task rather than Redis's counter."""
     folders = tmp_path / "var" / "celery"
-    worker = Worker(tmp_path, "filesystem://localhost//", "celery")
+    # The default queue and the batch queue, as a worker started with no -Q consumes them.
+    worker = Worker(tmp_path, "filesystem://localhost//", "celery,batch")
     for name in ("CELERY_RESULT_BACKEND", "BATCH_QUEUE", "REDIS_URL"):
         worker.env.pop(name, None)
     publisher = Celery(
@@ -170,8 +171,9 @@ def test_the_embedded_defaults_join_the_chord_without_a_server(tmp_path, job):
         worker.start()
         publisher.send_task("predictions.tasks.batch_job_start_task", args=[job.pk])
         done = worker.wait_for(
-            lambda: _state(job).status in (BatchStatus.SUCCEEDED, BatchStatus.FAILED)
-            and _state(job),
+            lambda: (
+                _state(job).status in (BatchStatus.SUCCEEDED, BatchStatus.FAILED) and _state(job)
+            ),
             "the job to finish",
         )
     finally:
