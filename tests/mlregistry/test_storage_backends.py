@@ -17,8 +17,7 @@ from config.storage_urls import is_remote, storage_from_url
 from mlregistry import artifacts
 from mlregistry.storage import ArtifactCache, get_artifact_storage, presigned_url
 from tests import factories
-
-BUCKET = "mlr-tests"
+from tests.storage import BUCKET
 
 
 @pytest.fixture

@@ -22,8 +22,11 @@ from mlregistry.models import AuditEvent, Stage
 from predictions import batch
 from predictions.models import BatchChunk, BatchJob, BatchStatus
 from tests import factories
+from tests.storage import store_read, store_write
 
 NAMES = factories.IRIS_FEATURES
+
+pytestmark = pytest.mark.storage
 
 
 @pytest.fixture
@@ -314,9 +317,7 @@ def test_a_tampered_input_fails_the_job(iris_prod):
     job = batch.batch_job_create(
         model=iris_prod, actor="tests", upload=_parquet(_frame(50)), enqueue=False
     )
-    path = batch.get_artifact_storage().path(job.input_name)
-    with open(path, "ab") as handle:
-        handle.write(b"x")
+    store_write(job.input_name, store_read(job.input_name) + b"x")
     assert batch.batch_job_start(job_id=job.pk) == []
     job.refresh_from_db()
     assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_integrity")
@@ -464,12 +465,10 @@ def test_a_crashing_chunk_fails_the_job_with_its_reason_and_can_be_resumed(
 def test_an_unreadable_csv_and_an_oversized_input_fail_the_job_or_the_request(iris_prod, settings):
     good = _csv(_frame(10))
     job = batch.batch_job_create(model=iris_prod, actor="tests", upload=good, enqueue=False)
-    path = batch.get_artifact_storage().path(job.input_name)
     # Rewritten under the same name with its digest updated: the bytes are verified, then
     # found malformed (a row with more fields than the header).
     data = b"sepal_length,sepal_width,petal_length,petal_width\n1,2,3,4,5,6\n"
-    with open(path, "wb") as handle:
-        handle.write(data)
+    store_write(job.input_name, data)
     BatchJob.objects.filter(pk=job.pk).update(input_sha256=batch.hashlib.sha256(data).hexdigest())
     assert batch.batch_job_start(job_id=job.pk) == []
     job.refresh_from_db()
