@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install install-dev run test test-cluster lint format bench migrate worker clean
+.PHONY: install install-dev run test test-storage-s3 test-cluster lint format bench migrate worker clean
 
 # `make run` needs only the runtime packages; the test tools (playwright, schemathesis,
 # hypothesis, ...) come with the first `make test` or `make lint`.
@@ -29,6 +29,19 @@ run: install
 # their processes are not measured by coverage, and they need PostgreSQL.
 test: install-dev
 	$(PY) -m pytest --cov --cov-report=term --cov-fail-under=90 --ignore=tests/cluster $(PYTEST_ARGS)
+
+# The storage tests again (marker `storage`) with artifacts and backups on S3: a prefix per
+# test on TEST_S3_ENDPOINT_URL's server, else moto started for the run (tests/storage.py).
+# STORAGE_S3_SLOW is left out by default to keep CI short: modules where storage is a small
+# part of a slow test (the admin, training, MLflow, killed workers, the restore drill in fresh
+# processes; ~7 more minutes). `make test-storage-s3 STORAGE_S3_SLOW=` runs them too.
+STORAGE_S3_SLOW ?= tests/mlregistry/test_admin.py tests/mlregistry/test_mlflow_models.py \
+	tests/mlregistry/test_mlflow_registry.py tests/quality/test_training.py \
+	tests/predictions/test_batch_worker.py tests/backups/test_worker.py \
+	tests/backups/test_restore_drill.py
+test-storage-s3: install-dev
+	TEST_STORAGE=s3 $(PY) -m pytest -q -m storage -p no:cacheprovider \
+		$(addprefix --ignore=,$(STORAGE_S3_SLOW)) $(PYTEST_ARGS)
 
 # Two web replicas, two Celery workers and beat on a database of their own on DATABASE_URL's
 # PostgreSQL server, a redis-server of their own and shared storage (docs/scaling.md).

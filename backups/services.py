@@ -768,9 +768,15 @@ def backup_verify(
 
 
 def backup_resolve(reference: str) -> tuple[Backup | None, BackupLocation]:
-    """A backup named by id, by folder name in the backup storage, or by a local folder or
-    manifest path (an off-site copy); the row too when the catalogue knows the folder."""
+    """A backup named by id, by folder name in the backup storage, by its location there as
+    backup_create prints it (`s3://bucket/prefix/folder`), or by a local folder or manifest
+    path (an off-site copy); the row too when the catalogue knows the folder."""
     has_schema = database_has_schema()
+    if "://" in reference:
+        root = str(BackupLocation(get_backup_storage(), ""))
+        if "://" not in root or not reference.startswith(root):
+            raise NotFoundError(f"No backup folder at {reference}: the backup storage is {root}.")
+        reference = reference[len(root) :].strip("/") or reference
     if reference.isdigit():
         if not has_schema:
             raise NotFoundError(

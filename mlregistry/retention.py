@@ -23,7 +23,8 @@ def artifacts_sweep(
     names (with `dry_run`, the names it would delete, deleting nothing). Works on any storage
     backend: it only lists, dates and deletes through the storage API."""
     now = now or timezone.now()
-    min_age = min_age or timedelta(seconds=settings.ARTIFACT_SWEEP_MIN_AGE_SECONDS)
+    if min_age is None:  # a zero timedelta is a margin of none, not the default
+        min_age = timedelta(seconds=settings.ARTIFACT_SWEEP_MIN_AGE_SECONDS)
     newest_allowed = now - min_age
     storage = get_artifact_storage()
     removed = []
@@ -63,7 +64,7 @@ def _tokens(*, now: datetime, dry_run: bool, actor: Actor) -> int:
 def _pending_uploads(*, now: datetime, dry_run: bool, actor: Actor) -> int:
     from mlregistry.services import pending_uploads_prune
 
-    return pending_uploads_prune(dry_run=dry_run)
+    return pending_uploads_prune(now=now, dry_run=dry_run)
 
 
 def _webhook_deliveries(*, now: datetime, dry_run: bool, actor: Actor) -> int:

@@ -10,7 +10,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import IO, Any
 
@@ -495,12 +495,16 @@ def pending_upload_discard(*, name: str) -> None:
 
 
 def pending_uploads_prune(
-    *, older_than: timedelta = timedelta(days=1), dry_run: bool = False
+    *,
+    older_than: timedelta = timedelta(days=1),
+    now: datetime | None = None,
+    dry_run: bool = False,
 ) -> int:
-    """Deletes parked uploads nobody confirmed; returns how many went (with `dry_run`, how
-    many would, deleting nothing)."""
+    """Deletes parked uploads nobody confirmed for `older_than` as of `now` (by the storage's
+    modification time); returns how many went (with `dry_run`, how many would, deleting
+    nothing)."""
     storage = get_artifact_storage()
-    cutoff = timezone.now() - older_than
+    cutoff = (now or timezone.now()) - older_than
     removed = 0
     try:
         tokens, _ = storage.listdir(PENDING_UPLOAD_PREFIX)

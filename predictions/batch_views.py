@@ -107,7 +107,7 @@ class BatchJobOutput(serializers.ModelSerializer):
         for what, name in (("output", job.output_name), ("errors", job.errors_name)):
             if not name:
                 continue
-            url = batch.batch_file_url(name)
+            url = batch.batch_file_url(name, filename=_download_name(job, what, name))
             if url is None:
                 path = reverse(
                     f"batch-job-{what}", kwargs={"name": job.model.name, "job_id": job.pk}
@@ -226,6 +226,12 @@ class BatchJobResumeView(GenericAPIView):
         return Response(body, status=status.HTTP_202_ACCEPTED)
 
 
+def _download_name(job: BatchJob, what: str, stored: str) -> str:
+    """The file name a download of a job's output or errors file is saved under, whether the
+    API streams it or the object store serves it from a presigned link."""
+    return f"{job.model.name}-batch-{job.pk}-{what}.{stored.rsplit('.', 1)[-1]}"
+
+
 def _file_response(name: str, job_id: int, what: str) -> HttpResponse:
     job = _job(name, job_id)
     stored = job.output_name if what == "output" else job.errors_name
@@ -235,11 +241,10 @@ def _file_response(name: str, job_id: int, what: str) -> HttpResponse:
         handle = batch.get_artifact_storage().open(stored, "rb")
     except FileNotFoundError:
         raise NotFoundError(f"The {what} file of batch job {job_id} is gone.") from None
-    suffix = stored.rsplit(".", 1)[-1]
     return FileResponse(
         handle,
         as_attachment=True,
-        filename=f"{name}-batch-{job_id}-{what}.{suffix}",
+        filename=_download_name(job, what, stored),
         content_type="application/octet-stream",
     )
 

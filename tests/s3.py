@@ -14,6 +14,7 @@ real HTTP, so django-storages and boto3 run unmocked.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -174,13 +175,14 @@ def s3_server_start(*, port: int | None = None, timeout: float = 30.0) -> S3Serv
 
 if __name__ == "__main__":  # pragma: no cover - operator entry point
     server = s3_server_start(port=int(sys.argv[1]) if len(sys.argv) > 1 else None)
-    # Stopped with this process (.ci/run's trap sends SIGTERM): never an orphaned server.
-    signal.signal(signal.SIGTERM, lambda *_: (server.stop(), sys.exit(0)))
+    # Stopped with this process (.ci/run's trap sends SIGTERM): never an orphaned server. The
+    # handler only signals: waiting for moto here, while the main thread holds Popen.wait's
+    # lock below, would block this process for ever.
+    signal.signal(signal.SIGTERM, lambda *_: server.process.terminate())
     print(f"export TEST_S3_ENDPOINT_URL={server.endpoint}")
     for key, value in server.env("mlregistry").items():
         print(f"export {key}={value}")
     sys.stdout.flush()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C reaches moto too
         server.process.wait()
-    except KeyboardInterrupt:
-        server.stop()
+    server.stop()

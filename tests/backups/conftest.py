@@ -1,24 +1,53 @@
-import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from django.conf import settings
 
+from backups import services as backups
+from backups.models import Backup
+from backups.services import BackupLocation
 from mlregistry import artifacts, selectors, services
 from mlregistry.models import Stage
-from mlregistry.storage import get_artifact_storage
+from mlregistry.storage import get_artifact_storage, get_backup_storage
 from tests import factories
+from tests.storage import is_local, store_digests, store_read, store_write
 
 
 def artifact_digests() -> dict[str, str]:
-    """sha256 of every file in the artifact store, by path relative to it."""
-    root = Path(settings.MODEL_STORE_DIR)
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+    """sha256 of every file in the artifact storage, by name."""
+    return store_digests()
+
+
+def backup_ref(backup: Backup) -> BackupLocation | Path:
+    """How an operator names a stored backup to verify or restore: its folder on a local
+    backup store (a path), its location in a bucket."""
+    if is_local("backups"):
+        return backups.backup_directory(backup)
+    return backups.backup_location(backup)
+
+
+def backup_read(backup: Backup, filename: str) -> bytes:
+    return store_read(backups.backup_location(backup).file(filename), get_backup_storage())
+
+
+def backup_write(backup: Backup, filename: str, data: bytes) -> None:
+    """Replaces one file of a stored backup as it is: damage done on purpose."""
+    store_write(backups.backup_location(backup).file(filename), data, get_backup_storage())
+
+
+def backup_manifest(backup: Backup) -> dict:
+    return json.loads(backup_read(backup, backups.MANIFEST_NAME))
+
+
+def backup_folders() -> list[str]:
+    """The backup folders in the backup storage (a local store also holds dot-named spool and
+    lock folders: those are not backups)."""
+    try:
+        folders, _ = get_backup_storage().listdir("")
+    except FileNotFoundError:
+        return []
+    return sorted(name for name in folders if not name.startswith("."))
 
 
 def production_predictions(model_name: str) -> np.ndarray:

@@ -4,8 +4,9 @@ from django.contrib.auth.models import User
 from backups import services
 from backups.models import Backup, BackupStatus
 from config.celery import app
+from tests.backups.conftest import backup_write
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.storage]
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def test_run_backup_now_needs_the_permission(client, db):
 def test_verify_action_reports_ok_and_corrupt_backups(admin_client, registry):
     good = services.backup_create(slot="good", actor="tests")
     bad = services.backup_create(slot="bad", actor="tests")
-    (services.backup_directory(bad) / "manifest.json").write_text("{}")
+    backup_write(bad, "manifest.json", b"{}")
 
     response = admin_client.post(
         "/admin/backups/backup/",

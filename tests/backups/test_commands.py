@@ -1,4 +1,3 @@
-import json
 from io import StringIO
 
 import pytest
@@ -9,8 +8,9 @@ from backups import services
 from backups.models import Backup, BackupStatus, JobRun
 from config.schedules import DEFAULT_SCHEDULES
 from mlregistry.models import ModelVersion
+from tests.backups.conftest import backup_manifest, backup_read, backup_write
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.storage]
 
 
 def _run(*args) -> str:
@@ -22,6 +22,9 @@ def _run(*args) -> str:
 def test_backup_create_command_writes_a_verified_backup_and_reuses_its_slot(registry):
     output = _run("backup_create", "--slot", "by-hand")
     assert "verified" in output
+    # What it prints names the backup for the other commands, on a folder as in a bucket.
+    printed = output.split(": ", 1)[1].rsplit(" (", 1)[0]
+    assert "match the manifest" in _run("backup_verify", printed)
     _run("backup_create", "--slot", "by-hand")
     assert Backup.objects.get().status == BackupStatus.VERIFIED
 
@@ -35,12 +38,14 @@ def test_backup_verify_checks_the_newest_backup_when_none_is_named(registry):
 def test_backup_verify_accepts_an_id_or_a_folder(registry):
     backup = services.backup_create(actor="tests")
     assert "match the manifest" in _run("backup_verify", str(backup.pk))
-    assert "match the manifest" in _run("backup_verify", str(services.backup_directory(backup)))
+    # Where backup_create says it is (a folder, or s3://bucket/prefix/folder), or its name.
+    assert "match the manifest" in _run("backup_verify", str(services.backup_location(backup)))
+    assert "match the manifest" in _run("backup_verify", backup.path)
 
 
 def test_backup_verify_exits_non_zero_on_a_mismatch(registry):
     backup = services.backup_create(actor="tests")
-    (services.backup_directory(backup) / "artifacts.tar.gz").write_bytes(b"truncated")
+    backup_write(backup, "artifacts.tar.gz", b"truncated")
     with pytest.raises(CommandError, match="failed verification"):
         _run("backup_verify", str(backup.pk))
 
@@ -80,13 +85,11 @@ def test_restore_with_yes_replaces_the_data(registry):
 
 def test_restore_refuses_a_corrupted_backup(registry):
     backup = services.backup_create(actor="tests")
-    directory = services.backup_directory(backup)
-    manifest = json.loads((directory / "manifest.json").read_text())
-    database = directory / manifest["database"]["file"]
-    database.write_bytes(database.read_bytes()[:-10])
+    database = backup_manifest(backup)["database"]["file"]
+    backup_write(backup, database, backup_read(backup, database)[:-10])
 
     with pytest.raises(CommandError, match="Refusing to restore"):
-        _run("restore_backup", str(directory), "--yes")
+        _run("restore_backup", str(services.backup_location(backup)), "--yes")
     assert ModelVersion.objects.count() == 3
 
 

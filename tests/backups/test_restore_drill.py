@@ -7,7 +7,6 @@ SQLite: an empty file.
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +15,15 @@ import numpy as np
 import psycopg2
 import pytest
 from django.conf import settings
+from django.core.files.storage import storages
 from django.db import connection
 
 from backups import services
+from mlregistry.storage import storage_walk
 from tests.backups.conftest import artifact_digests, production_predictions
+from tests.storage import store_digests, store_env, store_read, store_sibling
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.storage]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,18 +80,19 @@ def _drill(tmp_path: Path, database_url: str, *, offsite: bool) -> None:
     predictions = production_predictions("iris")
     older = services.backup_create(slot="older", actor="tests")
     backup = services.backup_create(slot="drill", actor="tests")
-    source = services.backup_directory(backup)
-    backup_dir = Path(settings.BACKUP_DIR)
+    # Named as backup_create prints it: a folder, or s3://bucket/prefix/folder.
+    source = str(services.backup_location(backup))
+    backups = settings.STORAGES["backups"]
     if offsite:
-        # The new server's backup folder is empty; the backup comes back from an off-site copy.
-        source = Path(shutil.copytree(source, tmp_path / "offsite" / source.name))
-        backup_dir = tmp_path / "new-server-backups"
-    store = tmp_path / "new-server-artifacts"
+        # The new server's backup storage is empty; the backup comes back from an off-site
+        # copy, a local folder.
+        source = str(_download(backup, tmp_path / "offsite"))
+        backups = store_sibling(tmp_path / "new-server-backups", private=True)
+    artifacts = store_sibling(tmp_path / "new-server-artifacts")
     env = {
         **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL",)},
         "DATABASE_URL": database_url,
-        "MODEL_STORE_DIR": str(store),
-        "BACKUP_DIR": str(backup_dir),
+        **store_env(artifacts, backups),
         "VAR_DIR": str(tmp_path / "var"),
         "CELERY_TASK_ALWAYS_EAGER": "false",
     }
@@ -107,18 +110,13 @@ def _drill(tmp_path: Path, database_url: str, *, offsite: bool) -> None:
     assert state["counts"] == counts
     assert state["unapplied"] == 0
     np.testing.assert_array_equal(np.array(state["predictions"]), predictions)
-    root = Path(settings.MODEL_STORE_DIR)
-    settings.MODEL_STORE_DIR = store
-    try:
-        assert artifact_digests() == digests
-    finally:
-        settings.MODEL_STORE_DIR = root
+    assert store_digests(storages.create_storage(artifacts)) == digests
     # The backup restored from is in the catalogue, verified, under the id it had, and its
     # folder is where verification and the next restore look.
     by_slot = {row["slot"]: row for row in state["catalogue"]}
     assert by_slot["drill"]["id"] == backup.pk
     assert by_slot["drill"]["status"] == "verified"
-    assert (backup_dir / by_slot["drill"]["path"] / "manifest.json").is_file()
+    assert storages.create_storage(backups).exists(f"{by_slot['drill']['path']}/manifest.json")
     if offsite:
         # The older backup's folder did not come along: no row claims files that are not here.
         assert "older" not in by_slot
@@ -133,6 +131,16 @@ def _drill(tmp_path: Path, database_url: str, *, offsite: bool) -> None:
     state = _inspect(env)
     ids = {row["slot"]: row["id"] for row in state["catalogue"]}
     assert ids["after-recovery"] > backup.pk
+
+
+def _download(backup, folder: Path) -> Path:
+    """A copy of a stored backup's folder in local `folder`, as an operator keeps off-site."""
+    location = services.backup_location(backup)
+    target = folder / location.name
+    target.mkdir(parents=True)
+    for name in storage_walk(location.storage, location.name):
+        (target / name.rsplit("/", 1)[-1]).write_bytes(store_read(name, location.storage))
+    return target
 
 
 @pytest.mark.parametrize("offsite", [False, True], ids=["in-place", "offsite-copy"])

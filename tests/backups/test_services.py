@@ -1,28 +1,40 @@
+import hashlib
 import io
 import json
-import os
-import shutil
 import subprocess
 import tarfile
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 from django.conf import settings
+from django.core.files.base import ContentFile
 from django.db import connection, connections, transaction
+from django.utils import timezone
 
 from backups import services
 from backups.models import Backup, BackupStatus
 from mlregistry import retention
 from mlregistry.models import ModelVersion, RegisteredModel, StageTransition
+from mlregistry.storage import get_artifact_storage, get_backup_storage
 from tests import factories
-from tests.backups.conftest import artifact_digests, production_predictions
+from tests.backups.conftest import (
+    artifact_digests,
+    backup_folders,
+    backup_manifest,
+    backup_read,
+    backup_ref,
+    backup_write,
+    production_predictions,
+)
+from tests.storage import is_local, store_clear, store_corrupt, store_write
 
 POSTGRES = pytest.mark.postgres
 # Backups read the database from outside the test's transaction (pg_dump, SQLite's backup
 # API), so the rows must be committed.
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.storage]
 
 
 def _wipe_registry() -> None:
@@ -30,7 +42,7 @@ def _wipe_registry() -> None:
     StageTransition.objects.all().delete()
     ModelVersion.objects.all().delete()
     RegisteredModel.objects.all().delete()
-    shutil.rmtree(settings.MODEL_STORE_DIR)
+    store_clear()
 
 
 def _round_trip(registry) -> Backup:
@@ -41,9 +53,7 @@ def _round_trip(registry) -> Backup:
     backup = services.backup_create(actor="tests")
     _wipe_registry()
     assert services.registry_row_counts()["mlregistry.modelversion"] == 0
-    result = services.backup_restore(
-        directory=services.backup_directory(backup), backup=backup, actor="tests"
-    )
+    result = services.backup_restore(directory=backup_ref(backup), backup=backup, actor="tests")
 
     assert artifact_digests() == digests
     assert services.registry_row_counts() == counts
@@ -56,20 +66,20 @@ def test_restore_on_sqlite_brings_back_rows_artifacts_and_predictions(registry):
     if connection.vendor != "sqlite":
         pytest.skip("the SQLite round trip; the PostgreSQL one is marked postgres")
     backup = _round_trip(registry)
-    assert (services.backup_directory(backup) / "database.sqlite3").read_bytes()[:6] == b"SQLite"
+    assert backup_read(backup, "database.sqlite3")[:6] == b"SQLite"
 
 
 @POSTGRES
 def test_restore_on_postgres_brings_back_rows_artifacts_and_predictions(registry):
     backup = _round_trip(registry)
     # pg_dump's custom format, restorable with pg_restore.
-    assert (services.backup_directory(backup) / "database.dump").read_bytes()[:5] == b"PGDMP"
+    assert backup_read(backup, "database.dump")[:5] == b"PGDMP"
 
 
 def test_restore_keeps_the_backup_catalogue_written_after_the_dump(registry):
     first = services.backup_create(slot="first", actor="tests")
     second = services.backup_create(slot="second", actor="tests")
-    services.backup_restore(directory=services.backup_directory(first), actor="tests")
+    services.backup_restore(directory=backup_ref(first), actor="tests")
     assert set(Backup.objects.values_list("slot", flat=True)) == {"first", "second"}
     # The id sequence moved past the kept rows: a new backup gets a fresh id.
     third = services.backup_create(slot="third", actor="tests")
@@ -79,18 +89,18 @@ def test_restore_keeps_the_backup_catalogue_written_after_the_dump(registry):
 def test_backup_writes_manifest_with_checksums_sizes_and_row_counts(registry):
     backup = services.backup_create(actor="tests")
 
-    directory = services.backup_directory(backup)
-    manifest = json.loads((directory / "manifest.json").read_text())
+    location = services.backup_location(backup)
+    manifest = backup_manifest(backup)
     assert backup.status == BackupStatus.VERIFIED
     assert set(manifest["files"]) == {manifest["database"]["file"], "artifacts.tar.gz"}
     for name, entry in manifest["files"].items():
-        assert (directory / name).stat().st_size == entry["size"]
+        assert location.storage.size(location.file(name)) == entry["size"]
         assert backup.checksums[name] == entry["sha256"]
     assert {n: e["sha256"] for n, e in manifest["artifacts"].items()} == artifact_digests()
     assert manifest["row_counts"]["mlregistry.modelversion"] == 3
     assert manifest["row_counts"]["mlregistry.registeredmodel"] == 2
     assert backup.artifact_count == 3
-    assert not list(Path(settings.BACKUP_DIR).glob(".tmp-*"))  # renamed into place
+    assert not list(Path(settings.BACKUP_DIR).glob(".tmp-*"))  # the local spool is emptied
 
 
 def test_a_slot_run_twice_yields_one_backup(registry):
@@ -98,7 +108,7 @@ def test_a_slot_run_twice_yields_one_backup(registry):
     again = services.backup_create(slot="scheduled-2026-01-01T02", actor="tests")
     assert again.pk == first.pk
     assert Backup.objects.count() == 1
-    assert len([p for p in Path(settings.BACKUP_DIR).iterdir() if p.name[0] != "."]) == 1
+    assert len(backup_folders()) == 1
 
 
 def test_a_backup_whose_worker_keeps_dying_is_failed_instead_of_started_again(registry, settings):
@@ -132,9 +142,7 @@ def test_a_failed_attempt_is_taken_over_by_the_retry_of_its_slot(registry, monke
     assert retried.pk == failed.pk
     assert retried.status == BackupStatus.VERIFIED
     assert retried.attempts == 2
-    assert [p.name for p in Path(settings.BACKUP_DIR).iterdir() if p.name[0] != "."] == [
-        retried.path
-    ]
+    assert backup_folders() == [retried.path]
 
 
 def test_an_attempt_killed_mid_write_is_taken_over_without_leftovers(registry, monkeypatch):
@@ -148,8 +156,9 @@ def test_an_attempt_killed_mid_write_is_taken_over_without_leftovers(registry, m
         services.backup_create(slot="nightly", actor="tests")
     assert Backup.objects.get(slot="nightly").status == BackupStatus.RUNNING
     Path(settings.BACKUP_DIR, f".tmp-{services._slot_tag('nightly')}-leftover").mkdir()
-    # Killed between the rename and the row update: a complete folder the row doesn't know.
-    Path(settings.BACKUP_DIR, f"20260101T020000Z-{services._slot_tag('nightly')}").mkdir()
+    # Killed while storing, before the row was updated: a stored folder the row doesn't know.
+    unknown = f"20260101T020000Z-{services._slot_tag('nightly')}"
+    store_write(f"{unknown}/database.dump", b"stored before the kill", get_backup_storage())
     # A slot whose name ends like this one's must keep its leftovers: they are not ours.
     others = Path(settings.BACKUP_DIR, f".tmp-{services._slot_tag('x-nightly')}-running")
     others.mkdir()
@@ -158,8 +167,9 @@ def test_an_attempt_killed_mid_write_is_taken_over_without_leftovers(registry, m
     backup = services.backup_create(slot="nightly", actor="tests")
     assert backup.status == BackupStatus.VERIFIED
     assert Backup.objects.count() == 1
-    left = {p.name for p in Path(settings.BACKUP_DIR).iterdir()} - {".locks"}
-    assert left == {backup.path, others.name}
+    assert backup_folders() == [backup.path]
+    spooled = {p.name for p in Path(settings.BACKUP_DIR).iterdir() if p.name.startswith(".tmp-")}
+    assert spooled == {others.name}
 
 
 def test_a_slot_held_by_another_live_process_is_refused(registry):
@@ -176,15 +186,9 @@ def test_a_slot_held_by_another_live_process_is_refused(registry):
     assert backup.status == BackupStatus.VERIFIED
 
 
-def _corrupt(path: Path) -> None:
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 def test_verify_finds_a_flipped_byte_and_marks_the_backup_corrupt(registry):
     backup = services.backup_create(actor="tests")
-    _corrupt(services.backup_directory(backup) / "artifacts.tar.gz")
+    store_corrupt(services.backup_location(backup).file("artifacts.tar.gz"), get_backup_storage())
     with pytest.raises(services.BackupCorrupt) as caught:
         services.backup_verify(backup=backup)
     assert caught.value.problems == ["artifacts.tar.gz: sha256 mismatch"]
@@ -195,39 +199,40 @@ def test_verify_finds_a_flipped_byte_and_marks_the_backup_corrupt(registry):
 
 def test_verify_refuses_an_edited_manifest(registry):
     backup = services.backup_create(actor="tests")
-    manifest_path = services.backup_directory(backup) / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
+    manifest = backup_manifest(backup)
     manifest["row_counts"]["mlregistry.modelversion"] = 99
-    manifest_path.write_text(json.dumps(manifest))
+    backup_write(backup, "manifest.json", json.dumps(manifest).encode())
     with pytest.raises(services.BackupCorrupt, match="failed verification"):
         services.backup_verify(backup=backup)
     # Without the row, the files are still checked against the (edited) manifest.
-    assert services.backup_verify(path=manifest_path.parent)["row_counts"]
+    assert services.backup_verify(path=backup_ref(backup))["row_counts"]
 
 
 def test_restore_refuses_a_corrupted_database_dump_and_changes_nothing(registry):
     backup = services.backup_create(actor="tests")
-    directory = services.backup_directory(backup)
-    manifest = json.loads((directory / "manifest.json").read_text())
-    _corrupt(directory / manifest["database"]["file"])
+    location = services.backup_location(backup)
+    store_corrupt(location.file(backup_manifest(backup)["database"]["file"]), location.storage)
     digests, counts = artifact_digests(), services.registry_row_counts()
 
     with pytest.raises(services.BackupCorrupt):
-        services.backup_restore(directory=directory, backup=backup, actor="tests")
+        services.backup_restore(directory=backup_ref(backup), backup=backup, actor="tests")
     assert artifact_digests() == digests
     assert services.registry_row_counts() == counts
 
 
-def _rewrite_archive(directory: Path, add) -> None:
+def _rewrite_archive(backup: Backup, add) -> None:
     """Swaps in a crafted archive and re-signs it, as someone with write access could."""
-    archive = directory / "artifacts.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
         add(tar)
-    manifest_path = directory / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    sha256, size = services._file_digest(archive)
-    manifest["files"]["artifacts.tar.gz"] = {"sha256": sha256, "size": size}
-    manifest_path.write_text(json.dumps(manifest))
+    data = archive.getvalue()
+    backup_write(backup, "artifacts.tar.gz", data)
+    manifest = backup_manifest(backup)
+    manifest["files"]["artifacts.tar.gz"] = {
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": len(data),
+    }
+    backup_write(backup, "manifest.json", json.dumps(manifest).encode())
 
 
 @pytest.mark.parametrize(
@@ -240,7 +245,6 @@ def _rewrite_archive(directory: Path, add) -> None:
 )
 def test_restore_refuses_archive_members_with_unsafe_paths(registry, member, reason, tmp_path):
     backup = services.backup_create(actor="tests")
-    directory = services.backup_directory(backup)
 
     def add(tar):
         info = tarfile.TarInfo(member)
@@ -248,9 +252,9 @@ def test_restore_refuses_archive_members_with_unsafe_paths(registry, member, rea
             info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
         tar.addfile(info, None if member == "link" else io.BytesIO(b""))
 
-    _rewrite_archive(directory, add)
+    _rewrite_archive(backup, add)
     with pytest.raises(services.BackupCorrupt) as caught:
-        services.backup_restore(directory=directory, actor="tests")
+        services.backup_restore(directory=backup_ref(backup), actor="tests")
     assert reason in " ".join(caught.value.problems)
     assert not (tmp_path / "escape.skops").exists()
     assert services.registry_row_counts()["mlregistry.modelversion"] == 3
@@ -282,7 +286,7 @@ def test_backup_and_restore_refuse_to_run_inside_a_transaction(registry):
         with pytest.raises(services.BackupError, match="transaction"):
             services.backup_create(actor="tests")
         with pytest.raises(services.BackupError, match="transaction"):
-            services.backup_restore(directory=services.backup_directory(backup), actor="tests")
+            services.backup_restore(directory=backup_ref(backup), actor="tests")
 
 
 def test_restore_refuses_a_dump_of_another_database_engine():
@@ -293,13 +297,14 @@ def test_restore_refuses_a_dump_of_another_database_engine():
 
 def test_resolve_finds_a_backup_by_id_folder_name_or_manifest(registry):
     backup = services.backup_create(actor="tests")
-    directory = services.backup_directory(backup)
     location = services.backup_location(backup)
     assert services.backup_resolve(str(backup.pk)) == (backup, location)
-    assert services.backup_resolve(str(directory)) == (backup, location)
-    assert services.backup_resolve(str(directory / "manifest.json")) == (backup, location)
     # By folder name alone: how an operator names a backup kept in a bucket.
     assert services.backup_resolve(backup.path) == (backup, location)
+    if is_local("backups"):
+        directory = services.backup_directory(backup)
+        assert services.backup_resolve(str(directory)) == (backup, location)
+        assert services.backup_resolve(str(directory / "manifest.json")) == (backup, location)
     with pytest.raises(services.NotFoundError):
         services.backup_resolve("999999")
     with pytest.raises(services.NotFoundError):
@@ -329,8 +334,7 @@ def test_retention_over_ten_days_keeps_exactly_the_last_seven(registry):
     kept = set(Backup.objects.values_list("slot", flat=True))
     assert kept == {f"day-{age}" for age in range(7)}
     assert sorted(deleted) == sorted(b.pk for b in backups[7:])
-    on_disk = {p.name for p in Path(settings.BACKUP_DIR).iterdir() if p.name[0] != "."}
-    assert on_disk == {b.path for b in backups[:7]}
+    assert set(backup_folders()) == {b.path for b in backups[:7]}
 
 
 def test_retention_never_deletes_the_newest_verified_backup(registry):
@@ -341,7 +345,7 @@ def test_retention_never_deletes_the_newest_verified_backup(registry):
     services.backup_retention_apply(now=NOW + timedelta(days=30), retention_days=7)
 
     assert list(Backup.objects.values_list("pk", flat=True)) == [backups[2].pk]
-    assert services.backup_directory(backups[2]).is_dir()
+    assert services.backup_location(backups[2]).exists("manifest.json")
 
 
 def test_retention_removes_leftover_temporary_folders_past_the_cutoff(registry):
@@ -353,53 +357,47 @@ def test_retention_removes_leftover_temporary_folders_past_the_cutoff(registry):
     assert not leftover.exists()
 
 
-def _age(path: Path, hours: float) -> None:
-    stamp = (datetime.now(UTC) - timedelta(hours=hours)).timestamp()
-    os.utime(path, (stamp, stamp))
+def _later(**delta: float) -> datetime:
+    """A sweep's clock moved on: the store dates its files itself (an object store's dates
+    cannot be set), so files are made old by sweeping later, not by backdating them."""
+    return timezone.now() + timedelta(**delta)
 
 
 def test_sweep_removes_only_old_unreferenced_artifacts(registry):
-    root = Path(settings.MODEL_STORE_DIR)
-    referenced = [root / v.artifact.name for v in ModelVersion.objects.all()]
-    for path in referenced:
-        _age(path, 48)
-    orphan = root / "sha256/00/orphan.skops"
-    young = root / "sha256/00/young.skops"
-    orphan.parent.mkdir(parents=True)
-    orphan.write_bytes(b"left by a deleted version")
-    young.write_bytes(b"an upload in flight")
-    _age(orphan, 2)
+    storage = get_artifact_storage()
+    referenced = [v.artifact.name for v in ModelVersion.objects.all()]
+    orphan = storage.save("sha256/00/orphan.skops", ContentFile(b"left by a deleted version"))
 
-    removed = retention.artifacts_sweep()
+    # Younger than ARTIFACT_SWEEP_MIN_AGE_SECONDS (an hour) it may be an upload in flight.
+    assert retention.artifacts_sweep() == []
+    removed = retention.artifacts_sweep(now=_later(hours=2))
 
-    assert removed == ["sha256/00/orphan.skops"]
-    assert young.exists()
-    assert all(path.exists() for path in referenced)
+    assert removed == ["sha256/00/orphan.skops"] == [orphan]
+    assert not storage.exists(orphan)
+    assert all(storage.exists(name) for name in referenced)
 
 
 def test_sweep_collects_artifacts_of_a_deleted_model_only(registry):
     from mlregistry import services as registry_services
 
+    storage = get_artifact_storage()
     other = RegisteredModel.objects.get(name="iris-other")
-    doomed = root_path(other.versions.get().artifact.name)
-    for path in Path(settings.MODEL_STORE_DIR).rglob("*.skops"):
-        _age(path, 48)
+    doomed = other.versions.get().artifact.name
     registry_services.registered_model_delete(model=other, actor="tests")
 
-    removed = retention.artifacts_sweep()
+    removed = retention.artifacts_sweep(now=_later(hours=48))
 
-    assert removed == [doomed.relative_to(settings.MODEL_STORE_DIR).as_posix()]
+    assert removed == [doomed]
     assert ModelVersion.objects.count() == 2
-    assert all(root_path(v.artifact.name).exists() for v in ModelVersion.objects.all())
+    assert all(storage.exists(v.artifact.name) for v in ModelVersion.objects.all())
 
 
 def test_sweep_keeps_dataset_files_and_parked_uploads(registry):
     """Dataset files and the admin's parked uploads share the store: only orphans of the
     swept namespaces go."""
-    import io
-
     from quality import training
 
+    storage = get_artifact_storage()
     dataset = training.dataset_create(
         name="flowers",
         file=io.BytesIO(b"a,b,y\n1,2,0\n3,4,1\n"),
@@ -408,33 +406,21 @@ def test_sweep_keeps_dataset_files_and_parked_uploads(registry):
         feature_columns=["a", "b"],
         actor="tests",
     )
-    root = Path(settings.MODEL_STORE_DIR)
-    kept = [root / dataset.file.name, root / "pending/tok/abc.upload"]
-    orphan_dataset = root / "datasets/00/orphan.csv"
-    for path in (kept[1], orphan_dataset):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"x")
-    for path in root.rglob("*"):
-        if path.is_file():
-            _age(path, 48)
+    kept = [dataset.file.name, storage.save("pending/tok/abc.upload", ContentFile(b"x"))]
+    storage.save("datasets/00/orphan.csv", ContentFile(b"x"))
 
-    removed = retention.artifacts_sweep()
+    removed = retention.artifacts_sweep(now=_later(hours=48))
 
     assert removed == ["datasets/00/orphan.csv"]
-    assert all(path.exists() for path in kept)
+    assert all(storage.exists(name) for name in kept)
 
 
 def test_cleanup_prunes_parked_uploads_after_a_day(registry):
-    parked = Path(settings.MODEL_STORE_DIR) / "pending/tok/abc.upload"
-    parked.parent.mkdir(parents=True, exist_ok=True)
-    parked.write_bytes(b"x")
-    _age(parked, 30)
-    summary = services.retention_cleanup_run(now=NOW)
-    assert summary["pending_uploads_pruned"] == 1 and not parked.exists()
-
-
-def root_path(name: str) -> Path:
-    return Path(settings.MODEL_STORE_DIR) / name
+    storage = get_artifact_storage()
+    parked = storage.save("pending/tok/abc.upload", ContentFile(b"x"))
+    assert services.retention_cleanup_run(now=_later(hours=20))["pending_uploads_pruned"] == 0
+    summary = services.retention_cleanup_run(now=_later(hours=30))
+    assert summary["pending_uploads_pruned"] == 1 and not storage.exists(parked)
 
 
 def test_cleanup_run_reports_each_part(registry):
@@ -445,28 +431,30 @@ def test_cleanup_run_reports_each_part(registry):
     assert "prediction_logs_pruned" in summary
 
 
+def _delete(backup: Backup, filename: str) -> None:
+    location = services.backup_location(backup)
+    location.storage.delete(location.file(filename))
+
+
 @pytest.mark.parametrize(
     ("damage", "problem"),
     [
-        (lambda d: (d / "manifest.json").unlink(), "manifest.json missing"),
-        (lambda d: (d / "manifest.json").write_text("{not json"), "manifest.json: unreadable"),
-        (lambda d: (d / "artifacts.tar.gz").unlink(), "artifacts.tar.gz: missing"),
+        (lambda b: _delete(b, "manifest.json"), "manifest.json missing"),
+        (lambda b: backup_write(b, "manifest.json", b"{not json"), "manifest.json: unreadable"),
+        (lambda b: _delete(b, "artifacts.tar.gz"), "artifacts.tar.gz: missing"),
     ],
 )
 def test_verify_by_path_names_what_is_wrong(registry, damage, problem):
     backup = services.backup_create(actor="tests")
-    directory = services.backup_directory(backup)
-    damage(directory)
+    damage(backup)
     with pytest.raises(services.BackupCorrupt) as caught:
-        services.backup_verify(path=directory)
+        services.backup_verify(path=backup_ref(backup))
     assert problem in caught.value.problems[0]
 
 
 def test_verify_refuses_a_re_signed_archive_whose_artifacts_differ(registry):
     backup = services.backup_create(actor="tests")
-    directory = services.backup_directory(backup)
-    manifest = json.loads((directory / "manifest.json").read_text())
-    name = next(iter(manifest["artifacts"]))
+    name = next(iter(backup_manifest(backup)["artifacts"]))
 
     def add(tar):
         data = b"not the model that was registered"
@@ -476,9 +464,9 @@ def test_verify_refuses_a_re_signed_archive_whose_artifacts_differ(registry):
         info = tarfile.TarInfo("sha256/ff/extra.skops")
         tar.addfile(info, io.BytesIO(b""))
 
-    _rewrite_archive(directory, add)
+    _rewrite_archive(backup, add)
     with pytest.raises(services.BackupCorrupt) as caught:
-        services.backup_verify(path=directory)
+        services.backup_verify(path=backup_ref(backup))
     problems = " ".join(caught.value.problems)
     assert f"{name} sha256 mismatch" in problems
     assert "extra.skops is not in the manifest" in problems
@@ -506,11 +494,10 @@ def test_pg_tools_come_from_pg_bin_dir_when_set(registry, settings, tmp_path):
 
 def test_restore_plan_warns_when_backup_and_database_schemas_differ(registry):
     backup = services.backup_create(actor="tests")
-    directory = services.backup_directory(backup)
-    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest = backup_manifest(backup)
     assert "backups.0001_backups_and_job_runs" in manifest["migrations"]
 
-    plan = services.restore_plan(directory=directory)
+    plan = services.restore_plan(directory=backup_ref(backup))
     assert plan.schema_warnings() == []
     plan.manifest["migrations"] = [*manifest["migrations"][1:], "mlregistry.9999_future"]
     warnings = " ".join(plan.describe())
@@ -536,21 +523,23 @@ def test_pg_tools_get_the_ssl_options_of_database_url(monkeypatch):
 
 
 def test_an_identical_upload_in_flight_keeps_its_orphaned_file_from_the_sweep(registry):
-    from django.core.files.base import ContentFile
-
-    from mlregistry.storage import get_artifact_storage
-
+    storage = get_artifact_storage()
     version = ModelVersion.objects.get(model__name="iris", version=2)
     name = version.artifact.name
-    version.delete()  # now an orphan, old enough to sweep
-    _age(root_path(name), 48)
+    version.delete()  # now an orphan
+    stored_at = storage.get_modified_time(name)
+    # Swept as of its own date, with no margin: it goes.
+    as_stored = {"now": stored_at, "min_age": timedelta(0)}
+    assert retention.artifacts_sweep(dry_run=True, **as_stored) == [name]
+    # An object store dates to the second: the upload below must land in a later one.
+    time.sleep(max(0.0, (stored_at + timedelta(seconds=1) - timezone.now()).total_seconds()))
 
     # An upload of the same bytes has stored its (content-addressed) file, and its row is not
     # committed yet: the sweep must not take the file from under it.
-    get_artifact_storage().save(name, ContentFile(factories.iris_classifier_bytes(0.1)))
+    storage.save(name, ContentFile(factories.iris_classifier_bytes(0.1)))
 
-    assert retention.artifacts_sweep() == []
-    assert root_path(name).exists()
+    assert retention.artifacts_sweep(**as_stored) == []
+    assert storage.exists(name)
 
 
 def test_restoring_a_backup_taken_before_the_quality_app_counts_its_rows_as_moved(registry):
@@ -558,13 +547,11 @@ def test_restoring_a_backup_taken_before_the_quality_app_counts_its_rows_as_move
 
     factories.iris_dataset_create()
     backup = services.backup_create(actor="tests")
-    directory = services.backup_directory(backup)
-    manifest_path = directory / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
+    manifest = backup_manifest(backup)
     assert manifest["row_counts"]["quality.dataset"] == 1
     # As such a backup's manifest counts them: under the app the model used to live in.
     manifest["row_counts"]["mlregistry.dataset"] = manifest["row_counts"].pop("quality.dataset")
-    manifest_path.write_text(json.dumps(manifest))
-    result = services.backup_restore(directory=directory, backup=None, actor="tests")
+    backup_write(backup, "manifest.json", json.dumps(manifest).encode())
+    result = services.backup_restore(directory=backup_ref(backup), backup=None, actor="tests")
     assert result.mismatches == []
     assert Dataset.objects.count() == 1

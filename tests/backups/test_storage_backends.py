@@ -3,7 +3,6 @@ the artifact and backup storages on Django's InMemoryStorage (no disk at all) an
 (moto's server on loopback, through django-storages and boto3 unmocked), and a backup made on
 one backend restores into the other with identical SHA-256s."""
 
-import hashlib
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -20,10 +19,9 @@ from mlregistry import retention
 from mlregistry.models import ModelVersion, RegisteredModel, StageTransition
 from mlregistry.storage import get_artifact_storage, get_backup_storage, storage_walk
 from tests.backups.conftest import production_predictions
+from tests.storage import BUCKET, store_clear, store_digests
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-BUCKET = "mlr-tests"
 
 
 def _entry(kind: str, role: str, tmp_path: Path, request) -> dict:
@@ -43,24 +41,12 @@ def _use(settings, *, artifacts: dict | None = None, backups: dict | None = None
     }
 
 
-def store_digests() -> dict[str, str]:
-    """sha256 of every file in the artifact storage, read through the storage API."""
-    storage = get_artifact_storage()
-    digests = {}
-    for name in storage_walk(storage):
-        with storage.open(name, "rb") as handle:
-            digests[name] = hashlib.sha256(handle.read()).hexdigest()
-    return digests
-
-
 def _wipe() -> None:
     """A lost server: no registry rows, an empty artifact storage."""
     StageTransition.objects.all().delete()
     ModelVersion.objects.all().delete()
     RegisteredModel.objects.all().delete()
-    storage = get_artifact_storage()
-    for name in list(storage_walk(storage)):
-        storage.delete(name)
+    store_clear()
 
 
 @pytest.fixture(params=["memory", "s3"])

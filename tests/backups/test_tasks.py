@@ -6,7 +6,7 @@ from celery.exceptions import Retry
 from backups import services, tasks
 from backups.models import Backup, BackupStatus, JobRun
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.storage]
 
 
 def _runs(job: str, outcome: str) -> int:

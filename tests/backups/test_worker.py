@@ -19,11 +19,14 @@ from kombu import Connection
 from backups.models import Backup, JobRun
 from config.logging import request_id_var
 from mlregistry.models import RegisteredModel
+from mlregistry.storage import get_backup_storage
 from quality import training
 from quality.models import TrainingJob
 from tests import factories, live
+from tests.backups.conftest import backup_folders
+from tests.storage import store_env
 
-pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True), pytest.mark.storage]
 
 REPO = Path(__file__).resolve().parents[2]
 WAIT_SECONDS = 120
@@ -70,8 +73,7 @@ class Worker:
             **os.environ,
             "DATABASE_URL": database_url,
             "CELERY_BROKER_URL": broker_url,
-            "MODEL_STORE_DIR": str(settings.MODEL_STORE_DIR),
-            "BACKUP_DIR": str(settings.BACKUP_DIR),
+            **store_env(),
             "VAR_DIR": str(tmp_path / "var"),
             "LOG_FORMAT": "json",
             "CELERY_TASK_ALWAYS_EAGER": "false",
@@ -157,7 +159,7 @@ def test_a_real_worker_runs_the_scheduled_backup_task_end_to_end(worker, broker)
 
     # No slot given: the hour the message was published, so a duplicate publish reuses it.
     assert backup["slot"].startswith("scheduled-")
-    assert (Path(settings.BACKUP_DIR) / backup["path"] / "manifest.json").is_file()
+    assert get_backup_storage().exists(f"{backup['path']}/manifest.json")
     finished = worker.wait_for(
         lambda: [
             line
@@ -190,8 +192,7 @@ def test_a_task_killed_mid_backup_is_redelivered_and_makes_one_backup(worker, br
     assert backup["slot"] == "killed-slot"
     assert backup["attempts"] == 2
     assert len(worker.backups()) == 1
-    folders = [p.name for p in Path(settings.BACKUP_DIR).iterdir() if not p.name.startswith(".")]
-    assert folders == [backup["path"]]
+    assert backup_folders() == [backup["path"]]
 
 
 def test_a_dead_worker_s_backup_is_reaped_and_the_next_run_goes_on(worker, broker):

@@ -14,8 +14,9 @@ from mlregistry import services
 from mlregistry.admin import PENDING_PER_SESSION, PENDING_SESSION_KEY
 from mlregistry.models import ModelVersion, Stage, StageTransition
 from tests import factories
+from tests.storage import store_write
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.storage]
 
 
 @pytest.fixture
@@ -253,9 +254,7 @@ def test_confirm_refuses_a_parked_file_that_changed_since_the_preview(staff_clie
     token = _pending_token(staff_client)
     parked = staff_client.session[PENDING_SESSION_KEY][token]["name"]
     # Fault injected on purpose: another file takes the previewed one's place in storage.
-    path = storages["artifacts"].path(parked)
-    with open(path, "wb") as handle:
-        handle.write(factories.iris_classifier_bytes(5.0))
+    store_write(parked, factories.iris_classifier_bytes(5.0))
     response = staff_client.post(UPLOAD_URL, {"token": token, "confirm": "1"}, follow=True)
     assert not ModelVersion.objects.exists()
     assert any("checksum mismatch" in m for m in _messages(response))

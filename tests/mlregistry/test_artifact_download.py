@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 
 import pytest
 
@@ -11,7 +10,7 @@ from mlregistry.downloads import byte_range
 from mlregistry.storage import get_artifact_storage
 from tests import factories
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.storage]
 URL = "/api/v1/models/iris/versions/1/artifact"
 
 
@@ -97,7 +96,7 @@ def test_octet_stream_accept_is_served_and_errors_stay_json(staff_api, stored):
 
 def test_a_missing_file_is_503_never_500(staff_api, stored):
     version, _ = stored
-    os.remove(get_artifact_storage().path(version.artifact.name))
+    get_artifact_storage().delete(version.artifact.name)
     response = staff_api.get(URL)
     assert response.status_code == 503
     assert response["Retry-After"]

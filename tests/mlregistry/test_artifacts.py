@@ -16,8 +16,9 @@ from config.errors import ForbiddenError, PayloadTooLarge
 from mlregistry import artifacts, services
 from mlregistry.models import ModelVersion
 from tests import factories
+from tests.storage import store_corrupt, store_files
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.storage]
 
 
 class RunsShellOnLoad:
@@ -36,8 +37,7 @@ def double(values):
 
 
 def _stored_files() -> list[str]:
-    root = Path(storages["artifacts"].location)
-    return [str(p) for p in root.rglob("*") if p.is_file()] if root.exists() else []
+    return store_files()
 
 
 def _upload(api, data: bytes, name: str = "model.skops", **fields):
@@ -229,10 +229,7 @@ def test_uploaded_file_name_never_decides_the_stored_path(staff_api, iris_model)
 
 def test_tampered_artifact_is_detected_before_load(iris_model):
     version = factories.version_create(iris_model)
-    path = Path(storages["artifacts"].path(version.artifact.name))
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    path.write_bytes(bytes(data))
+    store_corrupt(version.artifact.name)
     with pytest.raises(artifacts.ArtifactIntegrityError) as refused:
         artifacts.load_version_estimator(version)
     assert "checksum mismatch" in refused.value.message

@@ -20,8 +20,9 @@ from mlregistry import mlflow_import
 from mlregistry.models import ModelVersion, RegisteredModel
 from mlregistry.storage import get_artifact_storage
 from tests import factories, mlflow_env
+from tests.storage import store_files
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.storage]
 
 IRIS_COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 
@@ -60,8 +61,7 @@ def _upload(api, name: str, data: bytes, filename: str, **fields):
 
 
 def _stored_files() -> list[str]:
-    root = Path(get_artifact_storage().location)
-    return [p.name for p in root.rglob("*") if p.is_file()] if root.exists() else []
+    return store_files()
 
 
 def test_zip_upload_registers_the_inner_model_file_with_signature_and_example(

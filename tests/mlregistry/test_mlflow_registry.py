@@ -13,7 +13,7 @@ from mlregistry.artifacts import load_version_estimator
 from mlregistry.models import AuditEvent, ModelVersion, RegisteredModel
 from tests import factories, mlflow_env
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.storage]
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from mlregistry import services
 from mlregistry.models import ModelVersion, Stage, StageTransition
 from tests import factories
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.storage]
 
 
 def test_upload_infers_schema_classes_and_stores_by_sha256(iris_model, staff_user):

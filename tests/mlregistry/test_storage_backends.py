@@ -26,8 +26,7 @@ from mlregistry.storage import (
     presigned_url,
 )
 from tests import factories
-
-BUCKET = "mlr-tests"
+from tests.storage import BUCKET
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from mlregistry.models import ModelVersion
 from tests import factories
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.storage]
 
 COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 

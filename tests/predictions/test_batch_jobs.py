@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 from datetime import timedelta
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,8 +22,11 @@ from mlregistry.models import AuditEvent, Stage
 from predictions import batch
 from predictions.models import BatchChunk, BatchJob, BatchStatus
 from tests import factories
+from tests.storage import store_read, store_write
 
 NAMES = factories.IRIS_FEATURES
+
+pytestmark = pytest.mark.storage
 
 
 @pytest.fixture
@@ -320,10 +322,9 @@ def test_a_tampered_parquet_input_fails_the_job_and_publishes_nothing(iris_prod)
         assert batch.batch_chunk_run(job_id=job.pk, index=index) == "done"
     # Every chunk is scored; then one byte of the input changes (still a readable file, not
     # the one submitted). The finish checks the input while it merges and publishes nothing.
-    path = Path(storage.path(job.input_name))
-    data = bytearray(path.read_bytes())
+    data = bytearray(store_read(job.input_name))
     data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
+    store_write(job.input_name, bytes(data))
     job = batch.batch_job_finish(job_id=job.pk)
     assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_integrity")
     assert job.output_name == ""
@@ -335,9 +336,7 @@ def test_a_tampered_csv_input_is_found_while_it_is_staged(iris_prod):
     job = batch.batch_job_create(
         model=iris_prod, actor="tests", upload=_csv(_frame(50)), enqueue=False
     )
-    path = batch.get_artifact_storage().path(job.input_name)
-    with open(path, "ab") as handle:
-        handle.write(b"1,2,3,4\n")
+    store_write(job.input_name, store_read(job.input_name) + b"1,2,3,4\n")
     assert batch.batch_job_start(job_id=job.pk) is None
     job.refresh_from_db()
     assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_integrity")
@@ -494,12 +493,10 @@ def test_a_crashing_chunk_fails_the_job_with_its_reason_and_can_be_resumed(
 def test_an_unreadable_csv_and_an_oversized_input_fail_the_job_or_the_request(iris_prod, settings):
     good = _csv(_frame(10))
     job = batch.batch_job_create(model=iris_prod, actor="tests", upload=good, enqueue=False)
-    path = batch.get_artifact_storage().path(job.input_name)
     # Rewritten under the same name with its digest updated: the bytes are verified, then
     # found malformed (a row with more fields than the header).
     data = b"sepal_length,sepal_width,petal_length,petal_width\n1,2,3,4,5,6\n"
-    with open(path, "wb") as handle:
-        handle.write(data)
+    store_write(job.input_name, data)
     BatchJob.objects.filter(pk=job.pk).update(input_sha256=batch.hashlib.sha256(data).hexdigest())
     assert batch.batch_job_start(job_id=job.pk) is None
     job.refresh_from_db()

@@ -26,7 +26,12 @@ from predictions.models import BatchChunk, BatchJob, BatchStatus
 from tests import factories, live
 from tests.backups.test_worker import Worker
 
-pytestmark = [pytest.mark.worker, pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.worker,
+    pytest.mark.postgres,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.storage,
+]
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ from predictions.loader import model_cache
 from predictions.metrics import CACHE_REQUESTS
 from predictions.serving import routing_entry_get
 from tests.predictions.conftest import IRIS_ROW, OTHER_ROW, iris_version, promote
+from tests.storage import store_read, store_write
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.storage]
 
 
 def _predict(api, row=IRIS_ROW):
@@ -116,10 +117,9 @@ def test_model_cache_is_bounded_by_megabytes_too(client_api, iris_production, ir
 
 def test_tampered_artifact_is_refused_with_503(client_api, iris_production):
     version = ModelVersion.objects.get(pk=iris_production.pk)
-    path = get_artifact_storage().path(version.artifact.name)
-    with open(path, "r+b") as handle:
-        handle.seek(100)
-        handle.write(b"tampered")
+    data = bytearray(store_read(version.artifact.name))
+    data[100:108] = b"tampered"
+    store_write(version.artifact.name, bytes(data))
     response = _predict(client_api)
     assert response.status_code == 503
     assert response.json()["error"]["type"] == "artifact_integrity_error"

@@ -9,7 +9,7 @@ from quality import datasets, training
 from quality.models import Dataset, DatasetSource, TrainingStatus
 from tests import factories
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.storage]
 
 NAMES = factories.IRIS_FEATURES
 

@@ -13,7 +13,7 @@ from quality.models import TrainingDecision, TrainingJob, TrainingStatus
 from quality.tasks import retraining_scheduled_task, training_job_run_task
 from tests import factories
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.storage]
 
 NAMES = factories.IRIS_FEATURES
 

@@ -8,7 +8,7 @@ from quality import training
 from quality.models import Dataset, TrainingJob
 from tests import factories
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.storage]
 
 NAMES = factories.IRIS_FEATURES
 

@@ -18,10 +18,13 @@ from mlregistry.models import Stage
 from quality import training
 from quality.models import TrainingDecision, TrainingJob, TrainingStatus
 from tests import factories, live
+from tests.storage import store_env
 
 BROKER_URL = os.environ.get("CELERY_TEST_BROKER_URL", "redis://127.0.0.1:6379/5")
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = factories.IRIS_FEATURES
+
+pytestmark = pytest.mark.storage
 
 
 @pytest.mark.worker
@@ -55,7 +58,7 @@ def test_training_job_runs_end_to_end_in_a_real_worker(settings, tmp_path):
         **os.environ,
         "DATABASE_URL": live.test_database_url(),
         "CELERY_BROKER_URL": BROKER_URL,
-        "MODEL_STORE_DIR": str(settings.MODEL_STORE_DIR),
+        **store_env(),
         "SKOPS_TRUSTED_TYPES": "sklearn.tree._tree.Tree",
         "VAR_DIR": str(tmp_path / "var"),
         "LOG_FORMAT": "text",

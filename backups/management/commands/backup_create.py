@@ -24,6 +24,6 @@ class Command(BaseCommand):
         except DomainError as exc:
             raise CommandError(exc.message) from None
         self.stdout.write(
-            f"Backup {backup.pk} {backup.status}: {services.backup_directory(backup)} "
+            f"Backup {backup.pk} {backup.status}: {services.backup_location(backup)} "
             f"({backup.total_size} bytes, {backup.artifact_count} artifacts)"
         )

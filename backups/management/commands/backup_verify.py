@@ -26,7 +26,7 @@ class Command(BaseCommand):
                 backup = selectors.backup_newest()
                 if backup is None:
                     raise CommandError("There is no backup to verify.")
-                directory = services.backup_directory(backup)
+                directory = services.backup_location(backup)
             manifest = services.backup_verify(backup=backup, path=directory)
         except services.BackupCorrupt as exc:
             for problem in exc.problems:
