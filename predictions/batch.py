@@ -867,7 +867,13 @@ def _validate(
 def _score(loaded: LoadedModel, x: Any) -> tuple[Any, Any, list[int], str]:
     """(predictions, probabilities or None, rows without a finite answer, why)."""
     if len(x) == 0:
-        return np.empty(0), None, [], ""
+        # Typed as the model answers (its classes' dtype, a probability per class): every
+        # chunk's part must have the same columns, or the merge cannot concatenate them.
+        classes = getattr(loaded.estimator, "classes_", None)
+        if classes is None:
+            return np.empty(0), None, [], ""
+        probabilities = np.empty((0, len(classes))) if loaded.has_proba else None
+        return np.empty(0, dtype=np.asarray(classes).dtype), probabilities, [], ""
     try:
         predictions, probabilities = predict_arrays(loaded, x)
     except ValueError:
@@ -895,9 +901,11 @@ def _output_table(
     import pyarrow as pa
 
     values = np.asarray(predictions)
+    kind = None
     if values.dtype.kind == "O":
         values = np.array([str(v) for v in values.tolist()], dtype=object)
-    columns = {"row": pa.array(rows, type=pa.int64()), "prediction": pa.array(values)}
+        kind = pa.string()  # also when empty, which pyarrow would type as null
+    columns = {"row": pa.array(rows, type=pa.int64()), "prediction": pa.array(values, type=kind)}
     if probabilities is not None:
         columns["confidence"] = pa.array(
             probabilities.max(axis=1) if len(rows) else [], pa.float64()

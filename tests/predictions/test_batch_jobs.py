@@ -581,3 +581,36 @@ def test_without_a_result_backend_that_joins_chords_the_job_fails_saying_so(iris
     assert (job.status, job.error_type) == (BatchStatus.FAILED, "unavailable")
     assert "CELERY_RESULT_BACKEND" in job.error
     assert job.error_type in batch.RESUMABLE_PROBLEMS
+
+
+@pytest.mark.parametrize("output_format", ["parquet", "csv"])
+def test_a_chunk_whose_rows_are_all_invalid_has_the_columns_of_the_others(
+    iris_prod, output_format, django_capture_on_commit_callbacks
+):
+    """A chunk with no valid row scores nothing; its part still has a classifier's columns
+    (probabilities, the classes' type), so the merge can put it with the scored ones."""
+    frame = _frame(6).astype(object)
+    frame.loc[:1, "sepal_length"] = "x"  # all of chunk 0
+    job = batch.batch_job_create(
+        model=iris_prod,
+        actor="tests",
+        upload=_csv(frame),
+        chunk_rows=2,
+        output_format=output_format,
+        max_error_share=1,
+        enqueue=False,
+    )
+    job = _run(job, django_capture_on_commit_callbacks)
+    assert job.status == BatchStatus.SUCCEEDED, job.error
+    out = _read(job.output_name, output_format)
+    assert list(out.columns) == [
+        "row",
+        "prediction",
+        "confidence",
+        "probability_0",
+        "probability_1",
+        "probability_2",
+        "version",
+    ]
+    assert out["row"].tolist() == [2, 3, 4, 5]
+    assert out.notna().all().all()
