@@ -1015,21 +1015,34 @@ def _threadpools() -> Any:
 
 def _chunk_claim(job_id: int, index: int) -> BatchChunk | str:
     """Marks the chunk running (one more attempt) and returns it with its job, version and
-    model; or why it does not run: "done" (a redelivery of a chunk already counted) or
-    "skipped" (no such chunk, or its job is not running: cancelled, failed, finished)."""
+    model; or why it does not run: "done" (a redelivery of a chunk already counted),
+    "failed" (it was started JOB_MAX_ATTEMPTS times without finishing: the job is failed
+    `too_many_attempts`) or "skipped" (no such chunk, or its job is not running: cancelled,
+    failed, finished)."""
+    chunk = BatchChunk.objects.filter(job_id=job_id, index=index, job__status=BatchStatus.RUNNING)
     claimed = (
-        BatchChunk.objects.filter(job_id=job_id, index=index, job__status=BatchStatus.RUNNING)
-        .exclude(status=BatchChunk.Status.DONE)
+        chunk.exclude(status=BatchChunk.Status.DONE)
+        .filter(attempts__lt=settings.JOB_MAX_ATTEMPTS)
         .update(status=BatchChunk.Status.RUNNING, attempts=F("attempts") + 1)
     )
     if not claimed:
-        done = BatchChunk.objects.filter(
-            job_id=job_id,
-            index=index,
-            status=BatchChunk.Status.DONE,
-            job__status=BatchStatus.RUNNING,
-        ).exists()
-        return "done" if done else "skipped"
+        state = chunk.values_list("status", "attempts").first()
+        if state is None:
+            return "skipped"
+        if state[0] == BatchChunk.Status.DONE:
+            return "done"
+        # Every start ended without a result: its process was killed each time (the OOM
+        # killer, say) and the broker handed the message on again. Without this bound the
+        # message goes round the workers for ever, each claim keeping the job's heartbeat
+        # fresh, so the reaper never ends it either.
+        _fail(
+            job_id,
+            problem="too_many_attempts",
+            message=f"Chunk {index} was started {state[1]} times without finishing: its worker "
+            "stopped during each run (out of memory?). Not started again (JOB_MAX_ATTEMPTS); "
+            "a smaller chunk_rows holds fewer rows in memory at once.",
+        )
+        return "failed"
     return BatchChunk.objects.select_related("job__version__model").get(job_id=job_id, index=index)
 
 

@@ -614,3 +614,28 @@ def test_a_chunk_whose_rows_are_all_invalid_has_the_columns_of_the_others(
     ]
     assert out["row"].tolist() == [2, 3, 4, 5]
     assert out.notna().all().all()
+
+
+def test_a_chunk_whose_worker_dies_on_every_start_fails_the_job_after_job_max_attempts(
+    iris_prod, settings
+):
+    """A chunk that kills its worker each time (out of memory) is redelivered by the broker
+    (CELERY_TASK_REJECT_ON_WORKER_LOST); its claims keep the job's heartbeat fresh, so only a
+    bound on its starts ends it, as for training jobs and backups."""
+    settings.JOB_MAX_ATTEMPTS = 3
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(100)), chunk_rows=50, enqueue=False
+    )
+    batch.batch_job_start(job_id=job.pk)
+    # Each earlier start of chunk 1 died with its process: left running, no part counted.
+    BatchChunk.objects.filter(job=job, index=1).update(status="running", attempts=3)
+    assert batch.batch_chunk_run(job_id=job.pk, index=1) == "failed"
+    job.refresh_from_db()
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "too_many_attempts")
+    assert "Chunk 1 was started 3 times" in job.error
+    assert BatchChunk.objects.get(job=job, index=1).attempts == 3  # not started a 4th time
+    assert batch.batch_chunk_run(job_id=job.pk, index=0) == "skipped"
+    # Resuming would start it again only to lose another worker: a smaller chunk_rows is the
+    # way on, in a new job.
+    with pytest.raises(ConflictError):
+        batch.batch_job_resume(job=job, actor="tests")
