@@ -1332,7 +1332,9 @@ def batch_jobs_prune(
     deleted = 0
     for job_id in list(old.values_list("pk", flat=True)):
         with transaction.atomic():
-            job = BatchJob.objects.select_for_update().filter(pk=job_id).first()
+            # Asked again under the lock: a job resumed since the list was read is running
+            # again, not old and finished.
+            job = old.select_for_update().filter(pk=job_id).first()
             if job is None:
                 continue
             # The job's folder holds everything it wrote (staged input, parts, output, errors),

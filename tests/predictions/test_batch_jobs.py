@@ -639,3 +639,59 @@ def test_a_chunk_whose_worker_dies_on_every_start_fails_the_job_after_job_max_at
     # way on, in a new job.
     with pytest.raises(ConflictError):
         batch.batch_job_resume(job=job, actor="tests")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_job_resumed_while_retention_runs_is_kept(monkeypatch):
+    """Retention lists the old finished jobs, then deletes them one by one (minutes, with their
+    files); a job resumed in between is running again and must not go."""
+    import threading
+    import time
+
+    from django.db import connection, connections, transaction
+
+    model = factories.registered_model_create("iris")
+    version = factories.version_create(model)
+    services.model_version_transition(version=version, stage=Stage.PRODUCTION, actor="tests")
+    job = batch.batch_job_create(
+        model=model, actor="tests", upload=_parquet(_frame(20)), enqueue=False
+    )
+    batch.batch_job_start(job_id=job.pk)
+    long_ago = timezone.now() - timedelta(days=30)
+    BatchJob.objects.filter(pk=job.pk).update(
+        status=BatchStatus.FAILED, error_type="worker_lost", finished_at=long_ago
+    )
+    # Isolation, not a fault: the resumed job's start message goes to no broker.
+    monkeypatch.setattr(batch, "_enqueue", lambda *args: None)
+    pruned = []
+
+    def prune():
+        try:
+            cutoff = timezone.now() - timedelta(days=14)
+            pruned.append(batch.batch_jobs_prune(older_than=cutoff))
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():
+        batch.batch_job_resume(job=job, actor="tests")  # its row lock is held until commit
+        retention = threading.Thread(target=prune)
+        retention.start()
+        # Commit only once retention has listed the job and waits for its lock.
+        deadline = time.monotonic() + 20
+        waiting = 0
+        while not waiting and time.monotonic() < deadline:
+            with connection.cursor() as cursor:
+                # A transaction sees one snapshot of pg_stat_activity unless it drops it.
+                cursor.execute("SELECT pg_stat_clear_snapshot()")
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                )
+                waiting = cursor.fetchone()[0]
+            time.sleep(0.05)
+        assert waiting, "retention never waited for the job's lock"
+    retention.join(timeout=30)
+    assert pruned == [0]
+    assert BatchJob.objects.get(pk=job.pk).status == BatchStatus.RUNNING
+    assert batch.get_artifact_storage().exists(job.input_name)
