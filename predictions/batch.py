@@ -1108,16 +1108,18 @@ def batch_chunk_run(*, job_id: int, index: int) -> str:
 
 
 def _heartbeats_stamp(job_id: int) -> None:
-    """Stamps the heartbeat of this chunk's job and of every running job with chunks queued.
+    """Stamps the heartbeat of this chunk's job and of every running job with chunks queued,
+    or with every chunk done (its finish is queued).
 
-    Their chunks wait behind the work of a live worker (this one), so they are not stalled;
+    Their tasks wait behind the work of a live worker (this one), so they are not stalled;
     without this a job queued behind a long one would be reaped as `worker_lost` before its
-    first chunk ran. A job whose only unfinished chunks were taken by a dead worker has none
-    pending, so it is not stamped and the reaper finds it."""
+    first chunk ran, or before its finish did. A job whose only unfinished chunks were taken
+    by a dead worker has none pending, so it is not stamped and the reaper finds it."""
     pending = BatchChunk.objects.filter(status=BatchChunk.Status.PENDING).values("job_id")
-    BatchJob.objects.filter(Q(pk=job_id) | Q(pk__in=pending), status=BatchStatus.RUNNING).update(
-        heartbeat_at=timezone.now()
-    )
+    BatchJob.objects.filter(
+        Q(pk=job_id) | Q(pk__in=pending) | Q(chunks_done=F("chunks_total")),
+        status=BatchStatus.RUNNING,
+    ).update(heartbeat_at=timezone.now())
 
 
 def _chunk_done(

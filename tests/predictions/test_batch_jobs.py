@@ -695,3 +695,24 @@ def test_a_job_resumed_while_retention_runs_is_kept(monkeypatch):
     assert pruned == [0]
     assert BatchJob.objects.get(pk=job.pk).status == BatchStatus.RUNNING
     assert batch.get_artifact_storage().exists(job.input_name)
+
+
+def test_a_job_whose_finish_waits_behind_another_job_is_kept_alive(iris_prod, settings):
+    """Every chunk of `scored` is done; its finish (the chord's body) is queued behind the
+    chunks of a longer job, which a live worker is scoring: not a job whose workers died."""
+    from backups.services import stalled_jobs_reap
+
+    long_ago = timezone.now() - timedelta(seconds=settings.JOB_STALLED_AFTER_SECONDS + 5)
+    scored = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(50)), chunk_rows=50, enqueue=False
+    )
+    longer = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(100)), chunk_rows=50, enqueue=False
+    )
+    for job in (scored, longer):
+        batch.batch_job_start(job_id=job.pk)
+    assert batch.batch_chunk_run(job_id=scored.pk, index=0) == "done"
+    BatchJob.objects.filter(pk=scored.pk).update(heartbeat_at=long_ago)
+    batch.batch_chunk_run(job_id=longer.pk, index=0)  # a live worker's chunk
+    assert stalled_jobs_reap(actor="tests")["batch"] == []
+    assert batch.batch_job_finish(job_id=scored.pk).status == BatchStatus.SUCCEEDED
