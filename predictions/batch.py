@@ -381,7 +381,7 @@ def batch_job_cancel(*, job: BatchJob, actor: Actor) -> BatchJob:
 
 
 # A job failed for one of these reasons can go on where it stopped; others would fail again.
-RESUMABLE_PROBLEMS = ("worker_lost", "chunk_error", "unavailable")
+RESUMABLE_PROBLEMS = ("worker_lost", "chunk_error", "finish_error", "unavailable")
 
 
 def batch_job_resume(*, job: BatchJob, actor: Actor) -> BatchJob:
@@ -1231,8 +1231,10 @@ def batch_job_finish(*, job_id: int) -> BatchJob:
     A Parquet input's SHA-256 is checked here, in a second thread while the parts are merged
     (hashlib and pyarrow both release the GIL): it overlaps the one step that cannot be spread
     over workers, and nothing is published unless it matches (`input_integrity` fails the job
-    and the merged files are removed). A second finish running at the same time (a redelivered
-    body) writes the same files under the same names and loses at the final row lock."""
+    and the merged files are removed). Any other error (storage, a part that cannot be read)
+    fails the job `finish_error`, which a resume runs again; a database error is raised for
+    the task to retry. A second finish running at the same time (a redelivered body) writes
+    the same files under the same names and loses at the final row lock."""
     job = BatchJob.objects.get(pk=job_id)
     if job.status != BatchStatus.RUNNING or job.chunks_done != job.chunks_total:
         return job
@@ -1253,9 +1255,19 @@ def batch_job_finish(*, job_id: int) -> BatchJob:
             finally:
                 if check is not None:
                     check.result()
-    except BatchJobFailed as exc:
-        _files_delete(storage, written)
-        return _fail(job_id, problem=exc.problem, message=exc.message) or job
+    except OperationalError:
+        raise  # the task tries again
+    except Exception as exc:
+        if not isinstance(exc, BatchJobFailed):
+            # Said on the job now, rather than a reaper's "worker stopped" minutes later.
+            logger.exception("batch finish crashed", extra={"job": job_id})
+            exc = BatchJobFailed("finish_error", f"Merging the parts: {type(exc).__name__}: {exc}")
+        failed = _fail(job_id, problem=exc.problem, message=exc.message) or job
+        # Only once this finish failed the job: a concurrent finish that published files under
+        # the same names would otherwise lose them.
+        if failed.status == BatchStatus.FAILED and failed.error_type == exc.problem[:50]:
+            _files_delete(storage, written)
+        return failed
     output, errors = written
     with transaction.atomic():
         job = _locked(job_id)

@@ -716,3 +716,28 @@ def test_a_job_whose_finish_waits_behind_another_job_is_kept_alive(iris_prod, se
     batch.batch_chunk_run(job_id=longer.pk, index=0)  # a live worker's chunk
     assert stalled_jobs_reap(actor="tests")["batch"] == []
     assert batch.batch_job_finish(job_id=scored.pk).status == BatchStatus.SUCCEEDED
+
+
+def test_a_finish_that_crashes_fails_the_job_saying_why_and_a_resume_finishes_it(
+    iris_prod, monkeypatch
+):
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(100)), chunk_rows=50, enqueue=False
+    )
+    for index in batch.batch_job_start(job_id=job.pk):
+        batch.batch_chunk_run(job_id=job.pk, index=index)
+
+    # Fault injected on purpose: the merge's storage fails once.
+    def broken(*args):
+        raise OSError("storage unreachable")
+
+    monkeypatch.setattr(batch, "_merge", broken)
+    job = batch.batch_job_finish(job_id=job.pk)
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "finish_error")
+    assert "storage unreachable" in job.error
+    monkeypatch.undo()
+    batch.batch_job_resume(job=job, actor="tests")
+    assert batch.batch_job_start(job_id=job.pk) == []  # every chunk kept: the finish alone
+    job = batch.batch_job_finish(job_id=job.pk)
+    assert job.status == BatchStatus.SUCCEEDED
+    assert _read(job.output_name, "parquet")["row"].tolist() == list(range(100))
