@@ -684,6 +684,16 @@ def batch_job_unjoinable(*, job_id: int, reason: str) -> None:
     )
 
 
+def batch_job_unsent(*, job_id: int, reason: str) -> None:
+    """Fails a job whose chord could not be sent (`unavailable`, resumable): the broker or the
+    result backend did not answer. `reason` names the error."""
+    _fail(
+        job_id,
+        problem="unavailable",
+        message=f"The job's chunks could not be sent to the workers: {reason[:300]}",
+    )
+
+
 # --- One chunk ------------------------------------------------------------------------------
 
 

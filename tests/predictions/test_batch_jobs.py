@@ -741,3 +741,28 @@ def test_a_finish_that_crashes_fails_the_job_saying_why_and_a_resume_finishes_it
     job = batch.batch_job_finish(job_id=job.pk)
     assert job.status == BatchStatus.SUCCEEDED
     assert _read(job.output_name, "parquet")["row"].tolist() == list(range(100))
+
+
+def test_a_chord_that_cannot_be_sent_fails_the_job_resumably(iris_prod, monkeypatch):
+    """The broker or the result backend does not answer when the run is sent: the job says so
+    at once, instead of staying running with chunks no worker has (which other jobs' chunks
+    would keep alive as long as they run)."""
+    from celery import canvas
+    from kombu.exceptions import OperationalError as BrokerError
+
+    from predictions.tasks import batch_job_start_task
+
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(100)), chunk_rows=50, enqueue=False
+    )
+
+    # Fault injected on purpose: publishing the chord fails as with the broker down.
+    def unreachable(self, *args, **kwargs):
+        raise BrokerError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(canvas._chord, "apply_async", unreachable)
+    assert batch_job_start_task.run(job.pk) == 0
+    job.refresh_from_db()
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "unavailable")
+    assert "Connection refused" in job.error
+    assert job.error_type in batch.RESUMABLE_PROBLEMS
