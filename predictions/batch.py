@@ -763,7 +763,9 @@ def _column_values(column: Any, feature: Any) -> tuple[np.ndarray, np.ndarray, n
     if pa.types.is_boolean(typ):  # a boolean is not a number (validation's rule)
         return np.full(len(column), np.nan), nulls, ~nulls
     if pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ):
-        values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+        # Unchecked: an integer past 2**53 becomes the nearest float, as in a JSON request,
+        # where Arrow's checked cast would raise and crash the chunk.
+        values = pc.cast(column, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
         return values, nulls, np.zeros(len(column), dtype=bool)
     import pandas as pd
 
@@ -809,7 +811,7 @@ def _plain_matrix(table: Any, loaded: LoadedModel) -> np.ndarray | None:
     x = np.empty((table.num_rows, len(columns)), dtype=np.float64)
     for j, column in enumerate(columns):
         if column.type != pa.float64():
-            column = pc.cast(column, pa.float64())
+            column = pc.cast(column, pa.float64(), safe=False)  # as in _column_values
         x[:, j] = column.to_numpy()
     if not in_range(loaded, x):
         return None

@@ -766,3 +766,22 @@ def test_a_chord_that_cannot_be_sent_fails_the_job_resumably(iris_prod, monkeypa
     assert (job.status, job.error_type) == (BatchStatus.FAILED, "unavailable")
     assert "Connection refused" in job.error
     assert job.error_type in batch.RESUMABLE_PROBLEMS
+
+
+def test_an_integer_column_beyond_float_precision_is_scored_as_the_predict_api_does(
+    iris_prod, django_capture_on_commit_callbacks
+):
+    """JSON's 9007199254740993 reaches the model as the nearest float; a Parquet int64 column
+    holding it must too, not crash the chunk (Arrow's checked cast refuses to round it)."""
+    frame = _frame(10).round().astype("int64")
+    frame.loc[4, "sepal_length"] = 2**53 + 1
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(frame), enqueue=False
+    )
+    job = _run(job, django_capture_on_commit_callbacks)
+    assert job.status == BatchStatus.SUCCEEDED, job.error
+    out = _read(job.output_name, "parquet")
+    assert out["row"].tolist() == list(range(10))
+    estimator = batch.model_cache.get(batch.version_info(job.version), model_name="iris").estimator
+    expected = estimator.predict(frame.to_numpy(dtype="float64"))
+    assert out["prediction"].tolist() == expected.tolist()
