@@ -313,7 +313,13 @@ def batch_job_create(
     if upload is not None:
         file_format = _format_of(upload, getattr(upload, "name", "") or "")
         upload.seek(0)
-        columns, _ = _input_columns(upload, file_format)
+        columns, rows = _input_columns(upload, file_format)
+        if rows is not None and math.ceil(rows / chunk_rows) > settings.BATCH_MAX_CHUNKS:
+            raise ValidationFailed(
+                f"{rows} rows in chunks of {chunk_rows} make {math.ceil(rows / chunk_rows)} "
+                f"chunks; a job may have {settings.BATCH_MAX_CHUNKS} (BATCH_MAX_CHUNKS).",
+                fields={"chunk_rows": [f"at least {math.ceil(rows / settings.BATCH_MAX_CHUNKS)}"]},
+            )
         _columns_check(columns, scored_by, field="file")
         input_name, file_format, sha256 = _upload_store(upload)
         label = PurePath(getattr(upload, "name", "") or "upload").name[:300]
@@ -535,11 +541,14 @@ def _stage_csv(job: BatchJob, storage: Storage, features: list[dict[str, Any]]) 
             reader = pacsv.open_csv(source, convert_options=convert)
             with pq.ParquetWriter(target, reader.schema) as writer:
                 pending: list[Any] = []
-                held = 0
+                held = groups = 0
                 for batch in reader:
                     pending.append(batch)
                     held += batch.num_rows
                     while held >= job.chunk_rows:
+                        groups += 1
+                        if groups > settings.BATCH_MAX_CHUNKS:
+                            raise BatchJobFailed("too_many_chunks", _too_many_chunks(groups, job))
                         table = pa.Table.from_batches(pending)
                         writer.write_table(table.slice(0, job.chunk_rows))
                         rest = table.slice(job.chunk_rows)
@@ -607,6 +616,13 @@ def _row_groups(storage: Storage, name: str) -> list[int]:
             source.close()
 
 
+def _too_many_chunks(chunks: int, job: BatchJob) -> str:
+    return (
+        f"The input makes {chunks} or more chunks of at most {job.chunk_rows} rows; a job may "
+        f"have {settings.BATCH_MAX_CHUNKS} (BATCH_MAX_CHUNKS): ask for a larger chunk_rows."
+    )
+
+
 def batch_job_start(*, job_id: int) -> list[int] | None:
     """Plans a queued job (stages a CSV input, verifying it; records its chunks) and returns
     the indexes of the chunks still to run, which the task sends to workers as a chord whose
@@ -653,6 +669,9 @@ def batch_job_start(*, job_id: int) -> list[int] | None:
             )
             return None
         plan = _plan(groups, job.chunk_rows)
+        if len(plan) > settings.BATCH_MAX_CHUNKS:
+            _fail(job_id, problem="too_many_chunks", message=_too_many_chunks(len(plan), job))
+            return None
         with transaction.atomic():
             job = _locked(job_id)
             if job.status in BATCH_FINISHED:
@@ -665,9 +684,10 @@ def batch_job_start(*, job_id: int) -> list[int] | None:
                 job.rows_total = total
                 job.chunks_total = len(plan)
                 job.save(update_fields=["rows_total", "chunks_total", "updated_at"])
+    # Pending only: a chunk another run's worker holds is left to it (a resume sets the
+    # chunks of a dead worker back to pending), so a second start sends no duplicate work.
     return list(
-        BatchChunk.objects.filter(job_id=job_id)
-        .exclude(status=BatchChunk.Status.DONE)
+        BatchChunk.objects.filter(job_id=job_id, status=BatchChunk.Status.PENDING)
         .order_by("index")
         .values_list("index", flat=True)
     )

@@ -187,9 +187,9 @@ def test_a_local_store_has_no_presigned_url_the_caller_streams(settings):
 def test_parked_uploads_and_datasets_live_in_the_bucket(s3_artifacts, settings):
     from datetime import timedelta
 
-    from mlregistry import services
-
     from rest_framework.test import APIClient
+
+    from mlregistry import services
 
     staff_api = APIClient()
     user = factories.staff_create(extra_perms=["add_batchjob"])
@@ -305,12 +305,11 @@ def test_an_object_store_that_does_not_answer_is_a_503_with_retry_after(db, sett
 
     from botocore.config import Config
     from django.core.files.uploadedfile import SimpleUploadedFile
+    from rest_framework.test import APIClient
 
     from mlregistry.models import ModelVersion
     from mlregistry.services import model_version_transition
     from predictions.models import BatchJob
-
-    from rest_framework.test import APIClient
 
     staff_api = APIClient()
     user = factories.staff_create(extra_perms=["add_batchjob"])

@@ -785,3 +785,31 @@ def test_an_integer_column_beyond_float_precision_is_scored_as_the_predict_api_d
     estimator = batch.model_cache.get(batch.version_info(job.version), model_name="iris").estimator
     expected = estimator.predict(frame.to_numpy(dtype="float64"))
     assert out["prediction"].tolist() == expected.tolist()
+
+
+def test_a_job_of_too_many_chunks_is_refused_at_creation_or_while_planning(iris_prod, settings):
+    settings.BATCH_MAX_CHUNKS = 3
+    with pytest.raises(ValidationFailed) as refused:
+        batch.batch_job_create(
+            model=iris_prod, actor="tests", upload=_parquet(_frame(100)), chunk_rows=10
+        )
+    assert refused.value.fields == {"chunk_rows": ["at least 34"]}
+    assert not BatchJob.objects.exists()
+    # A CSV's rows are only known when it is staged: the job fails then, saying what to ask.
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_csv(_frame(100)), chunk_rows=10, enqueue=False
+    )
+    assert batch.batch_job_start(job_id=job.pk) is None
+    job.refresh_from_db()
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "too_many_chunks")
+    assert "larger chunk_rows" in job.error
+
+
+def test_a_second_start_sends_only_the_chunks_no_worker_holds(iris_prod):
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(150)), chunk_rows=50, enqueue=False
+    )
+    assert batch.batch_job_start(job_id=job.pk) == [0, 1, 2]
+    BatchChunk.objects.filter(job=job, index=1).update(status="running", attempts=1)
+    assert batch.batch_chunk_run(job_id=job.pk, index=0) == "done"
+    assert batch.batch_job_start(job_id=job.pk) == [2]
