@@ -93,7 +93,7 @@ class LengthRequired(DomainError):
 RETRY_AFTER_SECONDS = 5
 
 logger = logging.getLogger(__name__)
-_outage_logged = {"database": 0.0, "cache": 0.0}
+_outage_logged = {"database": 0.0, "cache": 0.0, "storage": 0.0}
 
 
 def _cache_error_types() -> tuple[type[BaseException], ...]:
@@ -116,11 +116,33 @@ def _cache_error_types() -> tuple[type[BaseException], ...]:
 
 _CACHE_ERRORS = _cache_error_types()
 
+# An object store's answers that mean "not now", not "no": S3's throttling and server errors
+# (boto3 raises them as ClientError once its own retries are spent).
+_STORAGE_UNAVAILABLE_CODES = frozenset(
+    {"InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "503", "500"}
+)
+
+
+def _storage_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` is the object store not answering: a connection or timeout error of
+    botocore (django-storages' S3 backend), an S3 error code that means try again, or pyarrow's
+    S3 filesystem reporting the AWS SDK's network error (an OSError naming it)."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # pragma: no cover - boto3 is in requirements.txt
+        return False
+    if isinstance(exc, ClientError):
+        return exc.response.get("Error", {}).get("Code") in _STORAGE_UNAVAILABLE_CODES
+    if isinstance(exc, BotoCoreError):
+        return True
+    return type(exc) is OSError and "AWS Error NETWORK_CONNECTION" in str(exc)
+
 
 def dependency_error(exc: BaseException) -> DomainError | None:
     """The API error for an exception that means a dependency or the client's connection
-    failed, not our code: a 503 for a database or cache connection failure (SQLite's "database
-    is locked" after its busy timeout included), a 408 for a body that broke off or timed out.
+    failed, not our code: a 503 for a database, cache or object-store connection failure
+    (SQLite's "database is locked" after its busy timeout included; S3's throttling and server
+    errors), a 408 for a body that broke off or timed out.
     None for anything else (a real bug stays a 500).
 
     Outages are logged once per RETRY_AFTER_SECONDS per dependency, not once per request.
@@ -135,6 +157,11 @@ def dependency_error(exc: BaseException) -> DomainError | None:
         return UnavailableError("The cache is unavailable; try again shortly.").with_type(
             "cache_unavailable"
         )
+    if _storage_unavailable(exc):
+        _log_outage("storage", exc)
+        return UnavailableError(
+            "The artifact storage is unavailable; try again shortly."
+        ).with_type("storage_unavailable")
     if isinstance(exc, DatabaseDataError):
         # A value the database cannot store (out of range, a character it refuses) that
         # validation let through: the client's input, not an outage, and nothing was written.

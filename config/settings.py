@@ -452,6 +452,9 @@ SPECTACULAR_SETTINGS.setdefault("ENUM_NAME_OVERRIDES", {}).update(
 # frame, matrix and outputs are held in one worker's memory at once (~200 B a row a feature).
 BATCH_CHUNK_ROWS = env_int("BATCH_CHUNK_ROWS", 50_000, minimum=1)
 BATCH_CHUNK_ROWS_MAX = env_int("BATCH_CHUNK_ROWS_MAX", 500_000, minimum=1)
+# Chunks a job may be cut into: each is a task, a row and a chord member, so chunk_rows=1 over
+# a large file must be refused, not queued as millions of tasks.
+BATCH_MAX_CHUNKS = env_int("BATCH_MAX_CHUNKS", 10_000, minimum=1)
 # Threads a chunk may use in BLAS and pyarrow. Workers run one process per core, so more than one
 # thread per chunk oversubscribes the cores (predictions.batch.batch_chunk_run).
 BATCH_CHUNK_THREADS = env_int("BATCH_CHUNK_THREADS", 1, minimum=1)

@@ -313,7 +313,13 @@ def batch_job_create(
     if upload is not None:
         file_format = _format_of(upload, getattr(upload, "name", "") or "")
         upload.seek(0)
-        columns, _ = _input_columns(upload, file_format)
+        columns, rows = _input_columns(upload, file_format)
+        if rows is not None and math.ceil(rows / chunk_rows) > settings.BATCH_MAX_CHUNKS:
+            raise ValidationFailed(
+                f"{rows} rows in chunks of {chunk_rows} make {math.ceil(rows / chunk_rows)} "
+                f"chunks; a job may have {settings.BATCH_MAX_CHUNKS} (BATCH_MAX_CHUNKS).",
+                fields={"chunk_rows": [f"at least {math.ceil(rows / settings.BATCH_MAX_CHUNKS)}"]},
+            )
         _columns_check(columns, scored_by, field="file")
         input_name, file_format, sha256 = _upload_store(upload)
         label = PurePath(getattr(upload, "name", "") or "upload").name[:300]
@@ -381,7 +387,7 @@ def batch_job_cancel(*, job: BatchJob, actor: Actor) -> BatchJob:
 
 
 # A job failed for one of these reasons can go on where it stopped; others would fail again.
-RESUMABLE_PROBLEMS = ("worker_lost", "chunk_error", "unavailable")
+RESUMABLE_PROBLEMS = ("worker_lost", "chunk_error", "finish_error", "unavailable")
 
 
 def batch_job_resume(*, job: BatchJob, actor: Actor) -> BatchJob:
@@ -535,11 +541,14 @@ def _stage_csv(job: BatchJob, storage: Storage, features: list[dict[str, Any]]) 
             reader = pacsv.open_csv(source, convert_options=convert)
             with pq.ParquetWriter(target, reader.schema) as writer:
                 pending: list[Any] = []
-                held = 0
+                held = groups = 0
                 for batch in reader:
                     pending.append(batch)
                     held += batch.num_rows
                     while held >= job.chunk_rows:
+                        groups += 1
+                        if groups > settings.BATCH_MAX_CHUNKS:
+                            raise BatchJobFailed("too_many_chunks", _too_many_chunks(groups, job))
                         table = pa.Table.from_batches(pending)
                         writer.write_table(table.slice(0, job.chunk_rows))
                         rest = table.slice(job.chunk_rows)
@@ -607,6 +616,13 @@ def _row_groups(storage: Storage, name: str) -> list[int]:
             source.close()
 
 
+def _too_many_chunks(chunks: int, job: BatchJob) -> str:
+    return (
+        f"The input makes {chunks} or more chunks of at most {job.chunk_rows} rows; a job may "
+        f"have {settings.BATCH_MAX_CHUNKS} (BATCH_MAX_CHUNKS): ask for a larger chunk_rows."
+    )
+
+
 def batch_job_start(*, job_id: int) -> list[int] | None:
     """Plans a queued job (stages a CSV input, verifying it; records its chunks) and returns
     the indexes of the chunks still to run, which the task sends to workers as a chord whose
@@ -653,6 +669,9 @@ def batch_job_start(*, job_id: int) -> list[int] | None:
             )
             return None
         plan = _plan(groups, job.chunk_rows)
+        if len(plan) > settings.BATCH_MAX_CHUNKS:
+            _fail(job_id, problem="too_many_chunks", message=_too_many_chunks(len(plan), job))
+            return None
         with transaction.atomic():
             job = _locked(job_id)
             if job.status in BATCH_FINISHED:
@@ -665,9 +684,10 @@ def batch_job_start(*, job_id: int) -> list[int] | None:
                 job.rows_total = total
                 job.chunks_total = len(plan)
                 job.save(update_fields=["rows_total", "chunks_total", "updated_at"])
+    # Pending only: a chunk another run's worker holds is left to it (a resume sets the
+    # chunks of a dead worker back to pending), so a second start sends no duplicate work.
     return list(
-        BatchChunk.objects.filter(job_id=job_id)
-        .exclude(status=BatchChunk.Status.DONE)
+        BatchChunk.objects.filter(job_id=job_id, status=BatchChunk.Status.PENDING)
         .order_by("index")
         .values_list("index", flat=True)
     )
@@ -681,6 +701,16 @@ def batch_job_unjoinable(*, job_id: int, reason: str) -> None:
         problem="unavailable",
         message=f"Batch jobs need a result backend that joins Celery chords "
         f"(CELERY_RESULT_BACKEND, e.g. the broker's Redis): {reason}",
+    )
+
+
+def batch_job_unsent(*, job_id: int, reason: str) -> None:
+    """Fails a job whose chord could not be sent (`unavailable`, resumable): the broker or the
+    result backend did not answer. `reason` names the error."""
+    _fail(
+        job_id,
+        problem="unavailable",
+        message=f"The job's chunks could not be sent to the workers: {reason[:300]}",
     )
 
 
@@ -753,7 +783,9 @@ def _column_values(column: Any, feature: Any) -> tuple[np.ndarray, np.ndarray, n
     if pa.types.is_boolean(typ):  # a boolean is not a number (validation's rule)
         return np.full(len(column), np.nan), nulls, ~nulls
     if pa.types.is_integer(typ) or pa.types.is_floating(typ) or pa.types.is_decimal(typ):
-        values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+        # Unchecked: an integer past 2**53 becomes the nearest float, as in a JSON request,
+        # where Arrow's checked cast would raise and crash the chunk.
+        values = pc.cast(column, pa.float64(), safe=False).to_numpy(zero_copy_only=False)
         return values, nulls, np.zeros(len(column), dtype=bool)
     import pandas as pd
 
@@ -799,7 +831,7 @@ def _plain_matrix(table: Any, loaded: LoadedModel) -> np.ndarray | None:
     x = np.empty((table.num_rows, len(columns)), dtype=np.float64)
     for j, column in enumerate(columns):
         if column.type != pa.float64():
-            column = pc.cast(column, pa.float64())
+            column = pc.cast(column, pa.float64(), safe=False)  # as in _column_values
         x[:, j] = column.to_numpy()
     if not in_range(loaded, x):
         return None
@@ -867,7 +899,13 @@ def _validate(
 def _score(loaded: LoadedModel, x: Any) -> tuple[Any, Any, list[int], str]:
     """(predictions, probabilities or None, rows without a finite answer, why)."""
     if len(x) == 0:
-        return np.empty(0), None, [], ""
+        # Typed as the model answers (its classes' dtype, a probability per class): every
+        # chunk's part must have the same columns, or the merge cannot concatenate them.
+        classes = getattr(loaded.estimator, "classes_", None)
+        if classes is None:
+            return np.empty(0), None, [], ""
+        probabilities = np.empty((0, len(classes))) if loaded.has_proba else None
+        return np.empty(0, dtype=np.asarray(classes).dtype), probabilities, [], ""
     try:
         predictions, probabilities = predict_arrays(loaded, x)
     except ValueError:
@@ -895,9 +933,11 @@ def _output_table(
     import pyarrow as pa
 
     values = np.asarray(predictions)
+    kind = None
     if values.dtype.kind == "O":
         values = np.array([str(v) for v in values.tolist()], dtype=object)
-    columns = {"row": pa.array(rows, type=pa.int64()), "prediction": pa.array(values)}
+        kind = pa.string()  # also when empty, which pyarrow would type as null
+    columns = {"row": pa.array(rows, type=pa.int64()), "prediction": pa.array(values, type=kind)}
     if probabilities is not None:
         columns["confidence"] = pa.array(
             probabilities.max(axis=1) if len(rows) else [], pa.float64()
@@ -1007,21 +1047,34 @@ def _threadpools() -> Any:
 
 def _chunk_claim(job_id: int, index: int) -> BatchChunk | str:
     """Marks the chunk running (one more attempt) and returns it with its job, version and
-    model; or why it does not run: "done" (a redelivery of a chunk already counted) or
-    "skipped" (no such chunk, or its job is not running: cancelled, failed, finished)."""
+    model; or why it does not run: "done" (a redelivery of a chunk already counted),
+    "failed" (it was started JOB_MAX_ATTEMPTS times without finishing: the job is failed
+    `too_many_attempts`) or "skipped" (no such chunk, or its job is not running: cancelled,
+    failed, finished)."""
+    chunk = BatchChunk.objects.filter(job_id=job_id, index=index, job__status=BatchStatus.RUNNING)
     claimed = (
-        BatchChunk.objects.filter(job_id=job_id, index=index, job__status=BatchStatus.RUNNING)
-        .exclude(status=BatchChunk.Status.DONE)
+        chunk.exclude(status=BatchChunk.Status.DONE)
+        .filter(attempts__lt=settings.JOB_MAX_ATTEMPTS)
         .update(status=BatchChunk.Status.RUNNING, attempts=F("attempts") + 1)
     )
     if not claimed:
-        done = BatchChunk.objects.filter(
-            job_id=job_id,
-            index=index,
-            status=BatchChunk.Status.DONE,
-            job__status=BatchStatus.RUNNING,
-        ).exists()
-        return "done" if done else "skipped"
+        state = chunk.values_list("status", "attempts").first()
+        if state is None:
+            return "skipped"
+        if state[0] == BatchChunk.Status.DONE:
+            return "done"
+        # Every start ended without a result: its process was killed each time (the OOM
+        # killer, say) and the broker handed the message on again. Without this bound the
+        # message goes round the workers for ever, each claim keeping the job's heartbeat
+        # fresh, so the reaper never ends it either.
+        _fail(
+            job_id,
+            problem="too_many_attempts",
+            message=f"Chunk {index} was started {state[1]} times without finishing: its worker "
+            "stopped during each run (out of memory?). Not started again (JOB_MAX_ATTEMPTS); "
+            "a smaller chunk_rows holds fewer rows in memory at once.",
+        )
+        return "failed"
     return BatchChunk.objects.select_related("job__version__model").get(job_id=job_id, index=index)
 
 
@@ -1087,16 +1140,18 @@ def batch_chunk_run(*, job_id: int, index: int) -> str:
 
 
 def _heartbeats_stamp(job_id: int) -> None:
-    """Stamps the heartbeat of this chunk's job and of every running job with chunks queued.
+    """Stamps the heartbeat of this chunk's job and of every running job with chunks queued,
+    or with every chunk done (its finish is queued).
 
-    Their chunks wait behind the work of a live worker (this one), so they are not stalled;
+    Their tasks wait behind the work of a live worker (this one), so they are not stalled;
     without this a job queued behind a long one would be reaped as `worker_lost` before its
-    first chunk ran. A job whose only unfinished chunks were taken by a dead worker has none
-    pending, so it is not stamped and the reaper finds it."""
+    first chunk ran, or before its finish did. A job whose only unfinished chunks were taken
+    by a dead worker has none pending, so it is not stamped and the reaper finds it."""
     pending = BatchChunk.objects.filter(status=BatchChunk.Status.PENDING).values("job_id")
-    BatchJob.objects.filter(Q(pk=job_id) | Q(pk__in=pending), status=BatchStatus.RUNNING).update(
-        heartbeat_at=timezone.now()
-    )
+    BatchJob.objects.filter(
+        Q(pk=job_id) | Q(pk__in=pending) | Q(chunks_done=F("chunks_total")),
+        status=BatchStatus.RUNNING,
+    ).update(heartbeat_at=timezone.now())
 
 
 def _chunk_done(
@@ -1208,8 +1263,10 @@ def batch_job_finish(*, job_id: int) -> BatchJob:
     A Parquet input's SHA-256 is checked here, in a second thread while the parts are merged
     (hashlib and pyarrow both release the GIL): it overlaps the one step that cannot be spread
     over workers, and nothing is published unless it matches (`input_integrity` fails the job
-    and the merged files are removed). A second finish running at the same time (a redelivered
-    body) writes the same files under the same names and loses at the final row lock."""
+    and the merged files are removed). Any other error (storage, a part that cannot be read)
+    fails the job `finish_error`, which a resume runs again; a database error is raised for
+    the task to retry. A second finish running at the same time (a redelivered body) writes
+    the same files under the same names and loses at the final row lock."""
     job = BatchJob.objects.get(pk=job_id)
     if job.status != BatchStatus.RUNNING or job.chunks_done != job.chunks_total:
         return job
@@ -1230,9 +1287,19 @@ def batch_job_finish(*, job_id: int) -> BatchJob:
             finally:
                 if check is not None:
                     check.result()
-    except BatchJobFailed as exc:
-        _files_delete(storage, written)
-        return _fail(job_id, problem=exc.problem, message=exc.message) or job
+    except OperationalError:
+        raise  # the task tries again
+    except Exception as exc:
+        if not isinstance(exc, BatchJobFailed):
+            # Said on the job now, rather than a reaper's "worker stopped" minutes later.
+            logger.exception("batch finish crashed", extra={"job": job_id})
+            exc = BatchJobFailed("finish_error", f"Merging the parts: {type(exc).__name__}: {exc}")
+        failed = _fail(job_id, problem=exc.problem, message=exc.message) or job
+        # Only once this finish failed the job: a concurrent finish that published files under
+        # the same names would otherwise lose them.
+        if failed.status == BatchStatus.FAILED and failed.error_type == exc.problem[:50]:
+            _files_delete(storage, written)
+        return failed
     output, errors = written
     with transaction.atomic():
         job = _locked(job_id)
@@ -1311,7 +1378,9 @@ def batch_jobs_prune(
     deleted = 0
     for job_id in list(old.values_list("pk", flat=True)):
         with transaction.atomic():
-            job = BatchJob.objects.select_for_update().filter(pk=job_id).first()
+            # Asked again under the lock: a job resumed since the list was read is running
+            # again, not old and finished.
+            job = old.select_for_update().filter(pk=job_id).first()
             if job is None:
                 continue
             # The job's folder holds everything it wrote (staged input, parts, output, errors),

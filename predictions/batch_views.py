@@ -3,6 +3,7 @@ render); the work is predictions.batch's."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.http import FileResponse, HttpResponse
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
@@ -13,7 +14,7 @@ from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.errors import NotFoundError
+from config.errors import NotFoundError, PayloadTooLarge
 from config.schema import error_responses
 from mlregistry.permissions import RegistryPermission
 from mlregistry.selectors import registered_model_get
@@ -157,6 +158,15 @@ class BatchJobListView(GenericAPIView):
         "poll the job for progress and download links",
     )
     def post(self, request: Request, name: str) -> Response:
+        # Refuse an oversize body before it is parsed: Django spools a multipart file to disk
+        # whole, and the file's own size check would come only after that.
+        declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        limit = settings.BATCH_MAX_INPUT_SIZE
+        if declared > limit + 1024 * 1024:
+            raise PayloadTooLarge(
+                f"The upload is larger than the limit of {limit} bytes (BATCH_MAX_INPUT_SIZE).",
+                fields={"file": [f"larger than {limit} bytes"]},
+            )
         model = registered_model_get(name=name)
         data = BatchJobInput(data=request.data)
         data.is_valid(raise_exception=True)

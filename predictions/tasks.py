@@ -25,7 +25,7 @@ def batch_job_start_task(job_id: int) -> int:
     it sent."""
     from celery import chord
 
-    from predictions.batch import batch_job_start, batch_job_unjoinable
+    from predictions.batch import batch_job_start, batch_job_unjoinable, batch_job_unsent
 
     pending = batch_job_start(job_id=job_id)
     if pending is None:
@@ -42,6 +42,12 @@ def batch_job_start_task(job_id: int) -> int:
         # Celery's answer for a result backend that cannot join (none, or rpc://): the job
         # fails saying so instead of scoring chunks whose finish would never start.
         batch_job_unjoinable(job_id=job_id, reason=str(exc).splitlines()[0])
+        return 0
+    except Exception as exc:
+        # The result backend or the broker is unreachable: failed now, resumable, rather than
+        # left running with chunks no worker was sent (the chunks of other jobs would keep its
+        # heartbeat fresh as long as they run).
+        batch_job_unsent(job_id=job_id, reason=f"{type(exc).__name__}: {exc}")
         return 0
     return len(pending)
 

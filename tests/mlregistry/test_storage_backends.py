@@ -78,6 +78,11 @@ def test_a_storage_url_that_names_no_store_is_refused_at_start_up(url, reason, t
 
 @pytest.mark.django_db
 def test_an_upload_lands_in_the_bucket_and_loads_verified(s3_artifacts, s3_server):
+    from rest_framework.test import APIClient
+
+    staff_api = APIClient()
+    user = factories.staff_create(extra_perms=["add_batchjob"])
+    staff_api.credentials(HTTP_AUTHORIZATION=f"Bearer {factories.token_create(user)}")
     model = factories.registered_model_create("iris")
     version = factories.version_create(model, c=1.0)
 
@@ -91,6 +96,11 @@ def test_an_upload_lands_in_the_bucket_and_loads_verified(s3_artifacts, s3_serve
 @pytest.mark.django_db
 def test_a_changed_object_in_the_bucket_is_refused_and_not_cached(s3_artifacts, settings, tmp_path):
     settings.ARTIFACT_CACHE_MAX_BYTES = 10 * 1024 * 1024
+    from rest_framework.test import APIClient
+
+    staff_api = APIClient()
+    user = factories.staff_create(extra_perms=["add_batchjob"])
+    staff_api.credentials(HTTP_AUTHORIZATION=f"Bearer {factories.token_create(user)}")
     model = factories.registered_model_create("iris")
     version = factories.version_create(model, c=1.0)
     s3_artifacts.save(version.artifact.name, ContentFile(b"tampered"))
@@ -103,6 +113,11 @@ def test_a_changed_object_in_the_bucket_is_refused_and_not_cached(s3_artifacts, 
 @pytest.mark.django_db
 def test_the_read_through_cache_serves_verified_bytes_by_sha256(s3_artifacts, settings):
     settings.ARTIFACT_CACHE_MAX_BYTES = 10 * 1024 * 1024
+    from rest_framework.test import APIClient
+
+    staff_api = APIClient()
+    user = factories.staff_create(extra_perms=["add_batchjob"])
+    staff_api.credentials(HTTP_AUTHORIZATION=f"Bearer {factories.token_create(user)}")
     model = factories.registered_model_create("iris")
     version = factories.version_create(model, c=1.0)
     name, sha256 = version.artifact.name, version.artifact_sha256
@@ -144,6 +159,11 @@ def test_the_cache_stays_within_its_bound_dropping_the_least_recently_used(tmp_p
 
 @pytest.mark.django_db
 def test_a_presigned_url_downloads_the_artifact_from_the_bucket(s3_artifacts):
+    from rest_framework.test import APIClient
+
+    staff_api = APIClient()
+    user = factories.staff_create(extra_perms=["add_batchjob"])
+    staff_api.credentials(HTTP_AUTHORIZATION=f"Bearer {factories.token_create(user)}")
     model = factories.registered_model_create("iris")
     version = factories.version_create(model, c=1.0)
 
@@ -166,8 +186,13 @@ def test_a_local_store_has_no_presigned_url_the_caller_streams(settings):
 def test_parked_uploads_and_datasets_live_in_the_bucket(s3_artifacts, settings):
     from datetime import timedelta
 
+    from rest_framework.test import APIClient
+
     from mlregistry import services
 
+    staff_api = APIClient()
+    user = factories.staff_create(extra_perms=["add_batchjob"])
+    staff_api.credentials(HTTP_AUTHORIZATION=f"Bearer {factories.token_create(user)}")
     model = factories.registered_model_create("iris")
     parked = services.model_version_preview(
         model=model, artifact=io.BytesIO(factories.iris_classifier_bytes(1.0)), actor="tests"
@@ -269,3 +294,61 @@ def test_a_child_forked_after_pyarrow_s3_started_reads_whole_objects_instead(s3_
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert report == "S3File True"
+
+
+def test_an_object_store_that_does_not_answer_is_a_503_with_retry_after(db, settings):
+    """The store on a loopback port nothing listens on (a real refused connection, no mock):
+    an upload and a batch job's file are 503 storage_unavailable with Retry-After, never a
+    500, and nothing is recorded."""
+    import socket
+
+    from botocore.config import Config
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from rest_framework.test import APIClient
+
+    from mlregistry.models import ModelVersion
+    from mlregistry.services import model_version_transition
+    from predictions.models import BatchJob
+
+    staff_api = APIClient()
+    user = factories.staff_create(extra_perms=["add_batchjob"])
+    staff_api.credentials(HTTP_AUTHORIZATION=f"Bearer {factories.token_create(user)}")
+    model = factories.registered_model_create("iris")
+    version = factories.version_create(model)  # on the test's working folder
+    model_version_transition(version=version, stage="production", actor="tests")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    entry = storage_from_url(
+        "s3://gone/artifacts",
+        default_location=Path("/nonexistent"),
+        setting="tests",
+        endpoint_url=f"http://127.0.0.1:{port}",
+        region_name="us-east-1",
+    )
+    entry["OPTIONS"].update(
+        access_key="testing",
+        secret_key="testing",
+        client_config=Config(retries={"max_attempts": 1}, connect_timeout=1),
+    )
+    settings.STORAGES = {**settings.STORAGES, "artifacts": entry}
+
+    upload = staff_api.post(
+        "/api/v1/models/iris/versions/",
+        {"artifact": SimpleUploadedFile("m.skops", factories.iris_classifier_bytes(2.0))},
+        format="multipart",
+    )
+    assert upload.status_code == 503, upload.content
+    assert upload.json()["error"]["type"] == "storage_unavailable"
+    assert int(upload["Retry-After"]) > 0
+    assert ModelVersion.objects.count() == 1
+
+    rows = b"sepal_length,sepal_width,petal_length,petal_width\n1,2,3,4\n"
+    job = staff_api.post(
+        "/api/v1/models/iris/batch-jobs",
+        {"file": SimpleUploadedFile("rows.csv", rows)},
+        format="multipart",
+    )
+    assert job.status_code == 503, job.content
+    assert job.json()["error"]["type"] == "storage_unavailable"
+    assert not BatchJob.objects.exists()

@@ -235,3 +235,18 @@ def test_admin_lists_jobs_with_a_progress_bar_and_cancels_through_the_service(
     assert AuditEvent.objects.filter(verb="cancel", actor_name="operator").count() == 1
     detail = client.get(f"/admin/predictions/batchjob/{running.pk}/change/")
     assert detail.status_code == 200
+
+
+def test_a_body_over_the_input_limit_is_a_413_before_it_is_read(batcher, iris, settings):
+    """The declared length settles it: Django would spool the whole multipart body to disk
+    (and this view read the file's header) before the upload's own size check."""
+    settings.BATCH_MAX_INPUT_SIZE = 1024
+    # Over the limit and its allowance for the form's other parts, and not a readable file:
+    # read, it would be a 400 naming its missing columns.
+    big = io.BytesIO(b"a,b\n" + b"1,2\n" * (300 * 1024))
+    big.name = "rows.csv"
+    response = batcher.post(URL, {"file": big}, format="multipart")
+    assert response.status_code == 413, response.json()
+    assert _field(response, "file")
+    assert "BATCH_MAX_INPUT_SIZE" in response.json()["error"]["message"]
+    assert not BatchJob.objects.exists()

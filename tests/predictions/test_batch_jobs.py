@@ -578,3 +578,235 @@ def test_without_a_result_backend_that_joins_chords_the_job_fails_saying_so(iris
     assert (job.status, job.error_type) == (BatchStatus.FAILED, "unavailable")
     assert "CELERY_RESULT_BACKEND" in job.error
     assert job.error_type in batch.RESUMABLE_PROBLEMS
+
+
+@pytest.mark.parametrize("output_format", ["parquet", "csv"])
+def test_a_chunk_whose_rows_are_all_invalid_has_the_columns_of_the_others(
+    iris_prod, output_format, django_capture_on_commit_callbacks
+):
+    """A chunk with no valid row scores nothing; its part still has a classifier's columns
+    (probabilities, the classes' type), so the merge can put it with the scored ones."""
+    frame = _frame(6).astype(object)
+    frame.loc[:1, "sepal_length"] = "x"  # all of chunk 0
+    job = batch.batch_job_create(
+        model=iris_prod,
+        actor="tests",
+        upload=_csv(frame),
+        chunk_rows=2,
+        output_format=output_format,
+        max_error_share=1,
+        enqueue=False,
+    )
+    job = _run(job, django_capture_on_commit_callbacks)
+    assert job.status == BatchStatus.SUCCEEDED, job.error
+    out = _read(job.output_name, output_format)
+    assert list(out.columns) == [
+        "row",
+        "prediction",
+        "confidence",
+        "probability_0",
+        "probability_1",
+        "probability_2",
+        "version",
+    ]
+    assert out["row"].tolist() == [2, 3, 4, 5]
+    assert out.notna().all().all()
+
+
+def test_a_chunk_whose_worker_dies_on_every_start_fails_the_job_after_job_max_attempts(
+    iris_prod, settings
+):
+    """A chunk that kills its worker each time (out of memory) is redelivered by the broker
+    (CELERY_TASK_REJECT_ON_WORKER_LOST); its claims keep the job's heartbeat fresh, so only a
+    bound on its starts ends it, as for training jobs and backups."""
+    settings.JOB_MAX_ATTEMPTS = 3
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(100)), chunk_rows=50, enqueue=False
+    )
+    batch.batch_job_start(job_id=job.pk)
+    # Each earlier start of chunk 1 died with its process: left running, no part counted.
+    BatchChunk.objects.filter(job=job, index=1).update(status="running", attempts=3)
+    assert batch.batch_chunk_run(job_id=job.pk, index=1) == "failed"
+    job.refresh_from_db()
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "too_many_attempts")
+    assert "Chunk 1 was started 3 times" in job.error
+    assert BatchChunk.objects.get(job=job, index=1).attempts == 3  # not started a 4th time
+    assert batch.batch_chunk_run(job_id=job.pk, index=0) == "skipped"
+    # Resuming would start it again only to lose another worker: a smaller chunk_rows is the
+    # way on, in a new job.
+    with pytest.raises(ConflictError):
+        batch.batch_job_resume(job=job, actor="tests")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_job_resumed_while_retention_runs_is_kept(monkeypatch):
+    """Retention lists the old finished jobs, then deletes them one by one (minutes, with their
+    files); a job resumed in between is running again and must not go."""
+    import threading
+    import time
+
+    from django.db import connection, connections, transaction
+
+    model = factories.registered_model_create("iris")
+    version = factories.version_create(model)
+    services.model_version_transition(version=version, stage=Stage.PRODUCTION, actor="tests")
+    job = batch.batch_job_create(
+        model=model, actor="tests", upload=_parquet(_frame(20)), enqueue=False
+    )
+    batch.batch_job_start(job_id=job.pk)
+    long_ago = timezone.now() - timedelta(days=30)
+    BatchJob.objects.filter(pk=job.pk).update(
+        status=BatchStatus.FAILED, error_type="worker_lost", finished_at=long_ago
+    )
+    # Isolation, not a fault: the resumed job's start message goes to no broker.
+    monkeypatch.setattr(batch, "_enqueue", lambda *args: None)
+    pruned = []
+
+    def prune():
+        try:
+            cutoff = timezone.now() - timedelta(days=14)
+            pruned.append(batch.batch_jobs_prune(older_than=cutoff))
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():
+        batch.batch_job_resume(job=job, actor="tests")  # its row lock is held until commit
+        retention = threading.Thread(target=prune)
+        retention.start()
+        # Commit only once retention has listed the job and waits for its lock.
+        deadline = time.monotonic() + 20
+        waiting = 0
+        while not waiting and time.monotonic() < deadline:
+            with connection.cursor() as cursor:
+                # A transaction sees one snapshot of pg_stat_activity unless it drops it.
+                cursor.execute("SELECT pg_stat_clear_snapshot()")
+                cursor.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                )
+                waiting = cursor.fetchone()[0]
+            time.sleep(0.05)
+        assert waiting, "retention never waited for the job's lock"
+    retention.join(timeout=30)
+    assert pruned == [0]
+    assert BatchJob.objects.get(pk=job.pk).status == BatchStatus.RUNNING
+    assert batch.get_artifact_storage().exists(job.input_name)
+
+
+def test_a_job_whose_finish_waits_behind_another_job_is_kept_alive(iris_prod, settings):
+    """Every chunk of `scored` is done; its finish (the chord's body) is queued behind the
+    chunks of a longer job, which a live worker is scoring: not a job whose workers died."""
+    from backups.services import stalled_jobs_reap
+
+    long_ago = timezone.now() - timedelta(seconds=settings.JOB_STALLED_AFTER_SECONDS + 5)
+    scored = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(50)), chunk_rows=50, enqueue=False
+    )
+    longer = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(100)), chunk_rows=50, enqueue=False
+    )
+    for job in (scored, longer):
+        batch.batch_job_start(job_id=job.pk)
+    assert batch.batch_chunk_run(job_id=scored.pk, index=0) == "done"
+    BatchJob.objects.filter(pk=scored.pk).update(heartbeat_at=long_ago)
+    batch.batch_chunk_run(job_id=longer.pk, index=0)  # a live worker's chunk
+    assert stalled_jobs_reap(actor="tests")["batch"] == []
+    assert batch.batch_job_finish(job_id=scored.pk).status == BatchStatus.SUCCEEDED
+
+
+def test_a_finish_that_crashes_fails_the_job_saying_why_and_a_resume_finishes_it(
+    iris_prod, monkeypatch
+):
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(100)), chunk_rows=50, enqueue=False
+    )
+    for index in batch.batch_job_start(job_id=job.pk):
+        batch.batch_chunk_run(job_id=job.pk, index=index)
+
+    # Fault injected on purpose: the merge's storage fails once.
+    def broken(*args):
+        raise OSError("storage unreachable")
+
+    monkeypatch.setattr(batch, "_merge", broken)
+    job = batch.batch_job_finish(job_id=job.pk)
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "finish_error")
+    assert "storage unreachable" in job.error
+    monkeypatch.undo()
+    batch.batch_job_resume(job=job, actor="tests")
+    assert batch.batch_job_start(job_id=job.pk) == []  # every chunk kept: the finish alone
+    job = batch.batch_job_finish(job_id=job.pk)
+    assert job.status == BatchStatus.SUCCEEDED
+    assert _read(job.output_name, "parquet")["row"].tolist() == list(range(100))
+
+
+def test_a_chord_that_cannot_be_sent_fails_the_job_resumably(iris_prod, monkeypatch):
+    """The broker or the result backend does not answer when the run is sent: the job says so
+    at once, instead of staying running with chunks no worker has (which other jobs' chunks
+    would keep alive as long as they run)."""
+    from celery import canvas
+    from kombu.exceptions import OperationalError as BrokerError
+
+    from predictions.tasks import batch_job_start_task
+
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(100)), chunk_rows=50, enqueue=False
+    )
+
+    # Fault injected on purpose: publishing the chord fails as with the broker down.
+    def unreachable(self, *args, **kwargs):
+        raise BrokerError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(canvas._chord, "apply_async", unreachable)
+    assert batch_job_start_task.run(job.pk) == 0
+    job.refresh_from_db()
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "unavailable")
+    assert "Connection refused" in job.error
+    assert job.error_type in batch.RESUMABLE_PROBLEMS
+
+
+def test_an_integer_column_beyond_float_precision_is_scored_as_the_predict_api_does(
+    iris_prod, django_capture_on_commit_callbacks
+):
+    """JSON's 9007199254740993 reaches the model as the nearest float; a Parquet int64 column
+    holding it must too, not crash the chunk (Arrow's checked cast refuses to round it)."""
+    frame = _frame(10).round().astype("int64")
+    frame.loc[4, "sepal_length"] = 2**53 + 1
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(frame), enqueue=False
+    )
+    job = _run(job, django_capture_on_commit_callbacks)
+    assert job.status == BatchStatus.SUCCEEDED, job.error
+    out = _read(job.output_name, "parquet")
+    assert out["row"].tolist() == list(range(10))
+    estimator = batch.model_cache.get(batch.version_info(job.version), model_name="iris").estimator
+    expected = estimator.predict(frame.to_numpy(dtype="float64"))
+    assert out["prediction"].tolist() == expected.tolist()
+
+
+def test_a_job_of_too_many_chunks_is_refused_at_creation_or_while_planning(iris_prod, settings):
+    settings.BATCH_MAX_CHUNKS = 3
+    with pytest.raises(ValidationFailed) as refused:
+        batch.batch_job_create(
+            model=iris_prod, actor="tests", upload=_parquet(_frame(100)), chunk_rows=10
+        )
+    assert refused.value.fields == {"chunk_rows": ["at least 34"]}
+    assert not BatchJob.objects.exists()
+    # A CSV's rows are only known when it is staged: the job fails then, saying what to ask.
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_csv(_frame(100)), chunk_rows=10, enqueue=False
+    )
+    assert batch.batch_job_start(job_id=job.pk) is None
+    job.refresh_from_db()
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "too_many_chunks")
+    assert "larger chunk_rows" in job.error
+
+
+def test_a_second_start_sends_only_the_chunks_no_worker_holds(iris_prod):
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(150)), chunk_rows=50, enqueue=False
+    )
+    assert batch.batch_job_start(job_id=job.pk) == [0, 1, 2]
+    BatchChunk.objects.filter(job=job, index=1).update(status="running", attempts=1)
+    assert batch.batch_chunk_run(job_id=job.pk, index=0) == "done"
+    assert batch.batch_job_start(job_id=job.pk) == [2]
