@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage, Storage, storages
 from storages.backends.s3 import S3Storage
 from storages.utils import clean_name
@@ -323,6 +324,15 @@ class ArtifactCache:
             total -= size
 
 
+class ScratchFile(ContentFile):
+    """Content its writer can make again (a batch chunk's part, checked when it is read back):
+    AtomicFileSystemStorage still writes it to a temporary name and renames it, but does not
+    wait for the disk (fsync), which cost more than scoring a chunk on a slow disk. A crash may
+    lose it; nothing else is weakened. Object stores ignore the difference."""
+
+    durable = False
+
+
 class AtomicFileSystemStorage(FileSystemStorage):
     """Writes to a temporary file in the target folder, fsyncs, then renames into place.
 
@@ -334,6 +344,7 @@ class AtomicFileSystemStorage(FileSystemStorage):
     """
 
     def _save(self, name, content):
+        durable = getattr(content, "durable", True)
         full_path = self.path(name)
         directory = os.path.dirname(full_path)
         self._folder_create(directory)
@@ -358,14 +369,16 @@ class AtomicFileSystemStorage(FileSystemStorage):
                 for chunk in content.chunks():
                     tmp.write(chunk)
                 tmp.flush()
-                os.fsync(tmp.fileno())
+                if durable:
+                    os.fsync(tmp.fileno())
             os.chmod(tmp_path, self.file_permissions_mode or 0o644)
             os.replace(tmp_path, full_path)
-            dir_fd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            if durable:
+                dir_fd = os.open(directory, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
         except BaseException:
             if os.path.exists(tmp_path):
                 os.unlink(tmp_path)

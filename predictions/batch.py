@@ -20,6 +20,7 @@ stalled-job reaper fails a job whose workers all stopped (`worker_lost`), and
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import hashlib
@@ -45,7 +46,7 @@ from django.conf import settings
 from django.core.files import File
 from django.core.files.base import ContentFile
 from django.core.files.storage import Storage
-from django.db import OperationalError, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -61,6 +62,7 @@ from mlregistry.audit import Actor, audit_record, created_changes, deleted_chang
 from mlregistry.models import ModelVersion, RegisteredModel, Stage
 from mlregistry.selectors import model_version_by_alias_get
 from mlregistry.storage import (
+    ScratchFile,
     arrow_input,
     get_artifact_storage,
     presigned_url,
@@ -387,7 +389,7 @@ def batch_job_cancel(*, job: BatchJob, actor: Actor) -> BatchJob:
 
 
 # A job failed for one of these reasons can go on where it stopped; others would fail again.
-RESUMABLE_PROBLEMS = ("worker_lost", "chunk_error", "finish_error", "unavailable")
+RESUMABLE_PROBLEMS = ("worker_lost", "chunk_error", "finish_error", "unavailable", "part_lost")
 
 
 def batch_job_resume(*, job: BatchJob, actor: Actor) -> BatchJob:
@@ -976,11 +978,11 @@ def _part_name(job: BatchJob, index: int, what: str) -> str:
     return f"{PREFIX}/{job.pk}/parts/{index:06d}.{what}.{suffix}"
 
 
-def _write(storage: Storage, name: str, data: bytes) -> None:
+def _write(storage: Storage, name: str, data: bytes, *, durable: bool = True) -> None:
     # A retried chunk replaces its own part, never a second copy under an invented name: both
     # product storages overwrite a name (atomically on a local disk, one PUT on S3), which
     # saves a round trip or two per part over asking first.
-    saved = storage.save(name, ContentFile(data))
+    saved = storage.save(name, ContentFile(data) if durable else ScratchFile(data))
     if saved != name:
         raise RuntimeError(f"storage saved {name} as {saved}: batch parts need one that overwrites")
 
@@ -1015,14 +1017,30 @@ def _parquet_options(table: Any) -> dict[str, Any]:
     }
 
 
+class BatchPartLost(Exception):
+    """A done chunk's part is missing or not whole (a crash lost it before it reached the
+    disk): the chunk must be scored again."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.index = int(PurePath(name).name.split(".")[0])
+
+
 def _part_table(storage: Storage, name: str) -> Any:
+    """A Parquet output's part as a table; BatchPartLost when it is missing or torn (an Arrow
+    IPC file ends with a footer and magic bytes that a torn write lacks)."""
     import pyarrow as pa
 
-    source = _open_arrow(storage, name)
-    if isinstance(source, str):
-        source = pa.memory_map(source)  # read in place: no copy of the part
+    try:
+        source = _open_arrow(storage, name)
+        if isinstance(source, str):
+            source = pa.memory_map(source)  # read in place: no copy of the part
+    except (FileNotFoundError, pa.ArrowInvalid):
+        raise BatchPartLost(name) from None
     try:
         return pa.ipc.open_file(source).read_all()
+    except pa.ArrowInvalid:
+        raise BatchPartLost(name) from None
     finally:
         source.close()
 
@@ -1045,6 +1063,20 @@ def _threadpools() -> Any:
     return ThreadpoolController()
 
 
+@contextlib.contextmanager
+def _bookkeeping() -> Iterator[None]:
+    """A transaction for a chunk's own bookkeeping (claimed, heartbeat, counted) that does not
+    wait for PostgreSQL to flush its log to disk (synchronous_commit off, for this transaction
+    only). A database crash may forget the last such commits, never corrupt them: the chunk
+    then reads as not done and is scored again, which every chunk task allows. On a slow disk
+    the flush was most of a chunk's time. The job's start, failure and finish still wait."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        yield
+
+
 def _chunk_claim(job_id: int, index: int) -> BatchChunk | str:
     """Marks the chunk running (one more attempt) and returns it with its job, version and
     model; or why it does not run: "done" (a redelivery of a chunk already counted),
@@ -1052,11 +1084,12 @@ def _chunk_claim(job_id: int, index: int) -> BatchChunk | str:
     `too_many_attempts`) or "skipped" (no such chunk, or its job is not running: cancelled,
     failed, finished)."""
     chunk = BatchChunk.objects.filter(job_id=job_id, index=index, job__status=BatchStatus.RUNNING)
-    claimed = (
-        chunk.exclude(status=BatchChunk.Status.DONE)
-        .filter(attempts__lt=settings.JOB_MAX_ATTEMPTS)
-        .update(status=BatchChunk.Status.RUNNING, attempts=F("attempts") + 1)
-    )
+    with _bookkeeping():
+        claimed = (
+            chunk.exclude(status=BatchChunk.Status.DONE)
+            .filter(attempts__lt=settings.JOB_MAX_ATTEMPTS)
+            .update(status=BatchChunk.Status.RUNNING, attempts=F("attempts") + 1)
+        )
     if not claimed:
         state = chunk.values_list("status", "attempts").first()
         if state is None:
@@ -1111,7 +1144,15 @@ def batch_chunk_run(*, job_id: int, index: int) -> str:
             finally:
                 gc.enable()
             storage = get_artifact_storage()
-            _write(storage, _part_name(job, index, "output"), output)
+            # An Arrow IPC part checks itself when the merge reads it (its footer), and a lost
+            # one is scored again (BatchPartLost), so it need not wait for the disk; a CSV
+            # part has no footer to show it whole, so it does.
+            _write(
+                storage,
+                _part_name(job, index, "output"),
+                output,
+                durable=job.output_format == BatchFormat.CSV,
+            )
             # No errors, no part (one write and fsync less per chunk): the merge reads the
             # errors parts of the chunks whose counted attempt had errors, so a part left by
             # an earlier attempt is never read.
@@ -1148,16 +1189,17 @@ def _heartbeats_stamp(job_id: int) -> None:
     first chunk ran, or before its finish did. A job whose only unfinished chunks were taken
     by a dead worker has none pending, so it is not stamped and the reaper finds it."""
     pending = BatchChunk.objects.filter(status=BatchChunk.Status.PENDING).values("job_id")
-    BatchJob.objects.filter(
-        Q(pk=job_id) | Q(pk__in=pending) | Q(chunks_done=F("chunks_total")),
-        status=BatchStatus.RUNNING,
-    ).update(heartbeat_at=timezone.now())
+    with _bookkeeping():
+        BatchJob.objects.filter(
+            Q(pk=job_id) | Q(pk__in=pending) | Q(chunks_done=F("chunks_total")),
+            status=BatchStatus.RUNNING,
+        ).update(heartbeat_at=timezone.now())
 
 
 def _chunk_done(
     job_id: int, index: int, rows_failed: int, seconds: float, *, row_count: int | None = None
 ) -> str:
-    with transaction.atomic():
+    with _bookkeeping():
         job = _locked(job_id)
         if job.status != BatchStatus.RUNNING:
             return "discarded"  # cancelled or failed while it ran
@@ -1248,6 +1290,32 @@ def _merge(job: BatchJob, storage: Storage, what: str, file_format: str, target:
             return storage.save(target, File(handle))
 
 
+def _part_lost(job_id: int, index: int) -> BatchJob:
+    """Un-counts done chunk `index`, whose part the merge found missing or torn, and fails the
+    job `part_lost` (resumable: a resume scores that chunk again and merges)."""
+    with transaction.atomic():
+        job = _locked(job_id)
+        if job.status != BatchStatus.RUNNING:
+            return job
+        chunk = BatchChunk.objects.select_for_update().get(job=job, index=index)
+        if chunk.status == BatchChunk.Status.DONE:
+            job.rows_done -= chunk.row_count
+            job.rows_failed -= chunk.rows_failed
+            job.chunks_done -= 1
+            job.save(update_fields=["rows_done", "rows_failed", "chunks_done", "updated_at"])
+            chunk.status = BatchChunk.Status.PENDING
+            chunk.save(update_fields=["status"])
+    return (
+        _fail(
+            job_id,
+            problem="part_lost",
+            message=f"The part of chunk {index} is missing or torn (a crash before it reached "
+            "the disk?): resume the job to score that chunk again.",
+        )
+        or job
+    )
+
+
 def _input_check(storage: Storage, job: BatchJob) -> None:
     """BatchJobFailed (`input_integrity`, `input_missing`) unless the input's bytes still hash
     to the SHA-256 the job was created with."""
@@ -1289,6 +1357,8 @@ def batch_job_finish(*, job_id: int) -> BatchJob:
                     check.result()
     except OperationalError:
         raise  # the task tries again
+    except BatchPartLost as exc:
+        return _part_lost(job_id, exc.index)
     except Exception as exc:
         if not isinstance(exc, BatchJobFailed):
             # Said on the job now, rather than a reaper's "worker stopped" minutes later.

@@ -810,3 +810,28 @@ def test_a_second_start_sends_only_the_chunks_no_worker_holds(iris_prod):
     BatchChunk.objects.filter(job=job, index=1).update(status="running", attempts=1)
     assert batch.batch_chunk_run(job_id=job.pk, index=0) == "done"
     assert batch.batch_job_start(job_id=job.pk) == [2]
+
+
+@pytest.mark.parametrize("damage", ["missing", "torn"])
+def test_a_part_lost_before_it_reached_the_disk_is_scored_again_on_resume(iris_prod, damage):
+    """Parquet outputs' parts are written without waiting for the disk: the merge checks each
+    and a lost one makes its chunk pending again."""
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(150)), chunk_rows=50, enqueue=False
+    )
+    for index in batch.batch_job_start(job_id=job.pk):
+        batch.batch_chunk_run(job_id=job.pk, index=index)
+    part = batch._part_name(job, 1, "output")
+    if damage == "missing":
+        batch.get_artifact_storage().delete(part)
+    else:
+        store_write(part, store_read(part)[:-64])
+    job = batch.batch_job_finish(job_id=job.pk)
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "part_lost")
+    assert "chunk 1" in job.error
+    assert (job.rows_done, job.chunks_done) == (100, 2)
+    assert BatchChunk.objects.get(job=job, index=1).status == "pending"
+    batch.batch_job_resume(job=job, actor="tests")
+    job = _run(job)
+    assert job.status == BatchStatus.SUCCEEDED
+    assert _read(job.output_name, "parquet")["row"].tolist() == list(range(150))
