@@ -306,6 +306,9 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True
+# Celery's Django fixup closes database connections around every task unless this is set;
+# config.celery closes them as Django does between requests instead (CONN_MAX_AGE).
+CELERY_DB_REUSE_MAX = 2**31
 # Where chord members report in (a batch job's chunks, whose join starts its finish); no other
 # task stores a result. A Redis broker keeps them too: its chord join counts each member once,
 # by task id, so a redelivered chunk cannot start the finish early. With another broker
