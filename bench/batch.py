@@ -102,25 +102,37 @@ def _model():
     return model, version
 
 
-def _in_process(path: Path, version) -> float:
+def _in_process(path: Path, version, *, one_thread: bool = False) -> float:
     """Seconds for pyarrow to read the file and scikit-learn to predict and predict_proba it
-    (the estimator loaded and verified as a worker loads it; best of three)."""
-    import numpy as np
-    import pyarrow.parquet as pq
+    (the estimator loaded and verified as a worker loads it; best of three). With
+    `one_thread`, BLAS and pyarrow use one thread, as each worker process does: the same work
+    per core."""
+    import contextlib
+
+    from threadpoolctl import threadpool_limits
 
     from predictions.loader import ModelCache
     from predictions.serving import version_info
 
     estimator = ModelCache().get(version_info(version), model_name=version.model.name).estimator
     best = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        table = pq.read_table(path, columns=FEATURES)
-        x = np.column_stack([table.column(n).to_numpy() for n in FEATURES])
-        estimator.predict(x)
-        estimator.predict_proba(x)
-        best = min(best, time.perf_counter() - started)
+    limits = threadpool_limits(limits=1) if one_thread else contextlib.nullcontext()
+    with limits:
+        for _ in range(3):
+            best = min(best, _in_process_once(path, estimator, one_thread))
     return best
+
+
+def _in_process_once(path: Path, estimator, one_thread: bool) -> float:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    started = time.perf_counter()
+    table = pq.read_table(path, columns=FEATURES, use_threads=not one_thread)
+    x = np.column_stack([table.column(n).to_numpy() for n in FEATURES])
+    estimator.predict(x)
+    estimator.predict_proba(x)
+    return time.perf_counter() - started
 
 
 def _start_workers(count: int, env: dict[str, str], log: Path) -> list[subprocess.Popen]:
@@ -235,6 +247,7 @@ def main() -> None:
     _input(path, args.rows, args.chunk_rows)
     model, version = _model()
     in_process = _in_process(path, version)
+    one_thread = _in_process(path, version, one_thread=True)
     report = {
         "rows": args.rows,
         "features": len(FEATURES),
@@ -245,6 +258,7 @@ def main() -> None:
         if env.get("DATABASE_URL", os.environ.get("DATABASE_URL", "")).startswith("postgres")
         else "sqlite",
         "in_process": {"seconds": in_process, "rows_per_s": args.rows / in_process},
+        "in_process_one_thread": {"seconds": one_thread, "rows_per_s": args.rows / one_thread},
         "workers": {},
     }
     try:
@@ -275,6 +289,10 @@ def main() -> None:
     )
     print(f"{'':24}{'seconds':>10}{'rows/s':>14}{'vs in-process':>16}")
     print(f"{'in-process sklearn':24}{in_process:>10.2f}{args.rows / in_process:>14,.0f}{1:>16.2f}")
+    print(
+        f"{'  same, one thread':24}{one_thread:>10.2f}{args.rows / one_thread:>14,.0f}"
+        f"{in_process / one_thread:>16.2f}"
+    )
     for count, figures in report["workers"].items():
         print(
             f"{count + ' worker process(es)':24}{figures['seconds']:>10.2f}"
