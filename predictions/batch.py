@@ -64,6 +64,7 @@ from mlregistry.selectors import model_version_by_alias_get
 from mlregistry.storage import (
     ScratchFile,
     arrow_input,
+    arrow_input_open,
     get_artifact_storage,
     presigned_url,
     storage_delete_folder,
@@ -164,12 +165,6 @@ def batch_version_resolve(
 
 
 # --- Reading inputs -------------------------------------------------------------------------
-
-
-def _open_arrow(storage: Storage, name: str) -> Any:
-    """A path or a random-access file pyarrow reads only the bytes it needs from (on S3, byte
-    ranges: a chunk fetches its row groups, not the whole input); the caller closes a file."""
-    return arrow_input(storage, name)
 
 
 def _format_of(upload: Any, name: str) -> str:
@@ -332,12 +327,9 @@ def batch_job_create(
                 f"The file of dataset {label!r} is gone.",
                 fields={"dataset": ["the dataset's file is missing"]},
             )
-        source = _open_arrow(storage, input_name)
-        try:
+        # Only the footer, by byte ranges on S3 (mlregistry.storage.arrow_input).
+        with arrow_input_open(storage, input_name) as source:
             columns, _ = _input_columns(source, file_format)
-        finally:
-            if hasattr(source, "close"):
-                source.close()
         _columns_check(columns, scored_by, field="dataset")
     user = None if isinstance(actor, str) else actor
     with transaction.atomic():
@@ -600,22 +592,16 @@ def _row_groups(storage: Storage, name: str) -> list[int]:
     import pyarrow.parquet as pq
 
     try:
-        source = _open_arrow(storage, name)
+        with arrow_input_open(storage, name) as source:
+            meta = pq.ParquetFile(source).metadata
+            return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     except FileNotFoundError:
         raise BatchJobFailed("input_missing", f"The input file {name} is gone.") from None
-    try:
-        meta = pq.ParquetFile(source).metadata
-        return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
     except (pa.ArrowException, OSError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise BatchJobFailed("input_missing", f"The input file {name} is gone.") from None
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         raise BatchJobFailed(
             "input_unreadable", f"The Parquet file is not readable: {detail}"
         ) from None
-    finally:
-        if hasattr(source, "close"):
-            source.close()
 
 
 def _too_many_chunks(chunks: int, job: BatchJob) -> str:
@@ -730,8 +716,7 @@ def _read_rows(storage: Storage, name: str, start: int, count: int, names: list[
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    source = _open_arrow(storage, name)
-    try:
+    with arrow_input_open(storage, name) as source:
         # From an object store, the chunk's column chunks in a few coalesced range requests;
         # from a local file, decoded straight from its mapped pages (one copy less).
         local = isinstance(source, str)
@@ -748,9 +733,6 @@ def _read_rows(storage: Storage, name: str, start: int, count: int, names: list[
         present = [n for n in names if n in available]
         # One thread: a worker process per core scores chunks side by side.
         table = parquet.read_row_groups(wanted, columns=present, use_threads=False)
-    finally:
-        if hasattr(source, "close"):
-            source.close()
     table = table.slice(start - (first or 0), count)
     for n in names:
         if n not in table.column_names:
@@ -1032,7 +1014,7 @@ def _part_table(storage: Storage, name: str) -> Any:
     import pyarrow as pa
 
     try:
-        source = _open_arrow(storage, name)
+        source = arrow_input(storage, name)
         if isinstance(source, str):
             source = pa.memory_map(source)  # read in place: no copy of the part
     except (FileNotFoundError, pa.ArrowInvalid):
