@@ -59,6 +59,10 @@ class LoadedModel:
     all_required_floats: bool  # eligible for validation.fast_numeric_rows
     lows: Any
     highs: Any
+    # Whether any feature has a finite low / high bound: a side with none is not compared
+    # (validation.in_range), a cost every request would pay for nothing.
+    bounded_low: bool = True
+    bounded_high: bool = True
     # scikit-learn's exact answer without its per-call input checks (fastpath.py), or None.
     fast_predict: Any = None
     # Typed JSON decoding of plainly valid rows (body.py), for required-float schemas only.
@@ -118,6 +122,8 @@ def _prepare(info: VersionInfo, estimator: Any) -> LoadedModel:
         all_required_floats=all_required_floats,
         lows=np.array([f.low for f in features], dtype=np.float64),
         highs=np.array([f.high for f in features], dtype=np.float64),
+        bounded_low=any(math.isfinite(f.low) for f in features),
+        bounded_high=any(math.isfinite(f.high) for f in features),
         fast_predict=(
             fast_predict_for(estimator, width=len(features), has_proba=has_proba)
             if numeric

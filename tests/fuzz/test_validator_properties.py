@@ -118,7 +118,10 @@ def test_a_row_that_is_not_an_object_is_named(payload):
 
 DECODER = RowDecoder(tuple(f.name for f in FLOATS_ONLY))
 BOUNDS = SimpleNamespace(
-    lows=np.array([f.low for f in FLOATS_ONLY]), highs=np.array([f.high for f in FLOATS_ONLY])
+    lows=np.array([f.low for f in FLOATS_ONLY]),
+    highs=np.array([f.high for f in FLOATS_ONLY]),
+    bounded_low=any(np.isfinite(f.low) for f in FLOATS_ONLY),
+    bounded_high=any(np.isfinite(f.high) for f in FLOATS_ONLY),
 )
 float_names = frozenset(f.name for f in FLOATS_ONLY)
 top_level = st.fixed_dictionaries(
