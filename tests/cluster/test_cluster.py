@@ -299,12 +299,14 @@ def test_a_job_whose_whole_worker_is_killed_is_failed_by_the_reaper(running: Clu
 # --- A worker killed in the middle of a batch-scoring job -----------------------------------
 
 # Small chunks, so a job runs for seconds and a kill lands in the middle of one: each chunk
-# reads its rows from the S3 server and writes its part there (~0.1 s; a pool process's first
-# chunk also loads the model, ~3 s). Enough chunks that the job is still running when the
-# killed process's chunk has been seen lost; not many more, as the survivor of a worker's death
-# scores the rest alone before the reaper's wait.
+# reads its rows from the S3 server and writes its part there (~0.05-0.1 s; a pool process's
+# first chunk also loads the model, ~3 s). For the pool kill, enough chunks that the job is
+# still running after a kill that landed between two chunks, the replacement pool process's
+# model load and a second kill: the other worker goes on scoring alone meanwhile (80 chunks
+# were all done in ~6 s). For the whole worker's kill, not many more than a few seconds'
+# worth, as the survivor scores the rest alone before the reaper's wait.
 BATCH_CHUNK_ROWS = 150
-POOL_KILL_CHUNKS, WORKER_KILL_CHUNKS = 80, 60
+POOL_KILL_CHUNKS, WORKER_KILL_CHUNKS = 300, 60
 
 
 @cache

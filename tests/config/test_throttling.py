@@ -6,7 +6,7 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def rates(settings):
+def rates(settings, throttle_window_room):
     def apply(**overrides):
         rates = {
             "predict": None,
@@ -18,6 +18,7 @@ def rates(settings):
         }
         rates.update(overrides)
         settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}
+        throttle_window_room(3600)
 
     return apply
 

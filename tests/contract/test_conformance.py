@@ -51,7 +51,7 @@ def _broken_model():
         file.write(b"!")
 
 
-def test_every_operation_answers_as_documented(live_world, settings):
+def test_every_operation_answers_as_documented(live_world, settings, throttle_window_room):
     staff_user = live_world.staff_user
     staff_user.user_permissions.add(
         *Permission.objects.filter(
@@ -321,6 +321,7 @@ def test_every_operation_answers_as_documented(live_world, settings):
         **django_settings.REST_FRAMEWORK,
         "DEFAULT_THROTTLE_RATES": {"predict": "1/min", "read": "1/min"},
     }
+    throttle_window_room(60)
     client.post(predict, json={"features": IRIS_ROW})
     assert client.post(predict, json=one).status_code == 429
     client.get("/api/v1/models/")

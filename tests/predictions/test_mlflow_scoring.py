@@ -199,10 +199,13 @@ def test_served_rows_are_logged_cached_and_follow_the_split(client_api, iris_pro
     assert set(versions) == {2}
 
 
-def test_the_predict_throttle_counts_invocations(client_api, iris_production, settings):
+def test_the_predict_throttle_counts_invocations(
+    client_api, iris_production, settings, throttle_window_room
+):
     rates = {k: None for k in settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]}
     rates["predict"] = "2/min"
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}
+    throttle_window_room(60)
     payload = {"dataframe_records": [IRIS_ROW]}
     statuses = [_invoke(client_api, payload).status_code for _ in range(3)]
     assert statuses == [200, 200, 429]

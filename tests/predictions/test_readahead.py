@@ -99,9 +99,10 @@ def test_a_miss_with_write_behind_is_one_round_trip_too(
 
 
 def test_the_throttle_refuses_over_the_limit_counting_from_the_pipeline(
-    client_api, iris_production, settings, round_trips
+    client_api, iris_production, settings, round_trips, throttle_window_room
 ):
     _rates(settings, predict="3/hour")
+    throttle_window_room(3600)
     # The first request is counted by the throttle itself (the token's user is not known yet),
     # the next ones by the pipeline: each is counted exactly once.
     for _ in range(3):
@@ -145,9 +146,10 @@ def test_a_revoked_token_is_refused_though_its_user_is_remembered(client_user, i
 
 
 def test_refused_requests_with_a_revoked_token_do_not_use_up_its_users_budget(
-    client_user, iris_production, settings
+    client_user, iris_production, settings, throttle_window_room
 ):
     _rates(settings, predict="3/hour")
+    throttle_window_room(3600)
     revoked_token, revoked_secret = AuthToken.objects.create(user=client_user)
     revoked, kept = APIClient(), APIClient()
     revoked.credentials(HTTP_AUTHORIZATION=f"Bearer {revoked_secret}")

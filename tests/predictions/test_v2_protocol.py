@@ -377,10 +377,13 @@ def test_infer_is_logged_and_single_rows_are_cached(client_api, iris_production,
 
 
 @pytest.mark.django_db
-def test_the_predict_throttle_counts_infer(client_api, iris_production, settings):
+def test_the_predict_throttle_counts_infer(
+    client_api, iris_production, settings, throttle_window_room
+):
     rates = {k: None for k in settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]}
     rates["predict"] = "1/min"
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}
+    throttle_window_room(60)
     request_body = {"inputs": _per_feature(_rows(1))}
     assert _infer(client_api, request_body).status_code == 200
     limited = _infer(client_api, request_body)
