@@ -62,12 +62,14 @@ from mlregistry.audit import Actor, audit_record, created_changes, deleted_chang
 from mlregistry.models import ModelVersion, RegisteredModel, Stage
 from mlregistry.selectors import model_version_by_alias_get
 from mlregistry.storage import (
+    MovableFile,
     ScratchFile,
     arrow_input,
     arrow_input_open,
     get_artifact_storage,
     presigned_url,
     storage_delete_folder,
+    stored_sha256,
 )
 from predictions.loader import LoadedModel, model_cache
 from predictions.models import (
@@ -490,14 +492,10 @@ def _integrity_failed(name: str) -> BatchJobFailed:
 
 
 def _sha256_of(storage: Storage, name: str) -> str:
-    digest = hashlib.sha256()
     try:
-        with storage.open(name, "rb") as handle:
-            for block in iter(partial(handle.read, _HASH_BLOCK), b""):
-                digest.update(block)
+        return stored_sha256(storage, name)
     except FileNotFoundError:
         raise BatchJobFailed("input_missing", f"The input file {name} is gone.") from None
-    return digest.hexdigest()
 
 
 def _staged_name(job: BatchJob) -> str:
@@ -522,7 +520,8 @@ def _stage_csv(job: BatchJob, storage: Storage, features: list[dict[str, Any]]) 
         include_missing_columns=True,
         strings_can_be_null=True,
     )
-    with tempfile.TemporaryDirectory() as folder:
+    name = _staged_name(job)
+    with _work_folder(storage, name) as folder:
         target = os.path.join(folder, "input.parquet")
         try:
             handle = storage.open(job.input_name, "rb")
@@ -561,11 +560,23 @@ def _stage_csv(job: BatchJob, storage: Storage, features: list[dict[str, Any]]) 
             handle.close()
         if sha256 != job.input_sha256:
             raise _integrity_failed(job.input_name)
-        name = _staged_name(job)
         if storage.exists(name):
             storage.delete(name)
-        with open(target, "rb") as staged:
-            storage.save(name, File(staged))
+        with MovableFile(target) as staged:
+            storage.save(name, staged)
+
+
+def _work_folder(storage: Storage, target: str) -> tempfile.TemporaryDirectory:
+    """A temporary folder for writing a file that is then saved as storage file `target`:
+    next to it for a folder storage, so that saving renames it into place (MovableFile)
+    instead of copying it; the system's temporary folder for an object store."""
+    try:
+        near: str | None = os.path.dirname(storage.path(target))
+    except NotImplementedError:
+        near = None
+    else:
+        os.makedirs(near, exist_ok=True)
+    return tempfile.TemporaryDirectory(dir=near, prefix=".tmp-")
 
 
 def _plan(row_groups: list[int], chunk_rows: int) -> list[tuple[int, int]]:
@@ -1072,6 +1083,8 @@ def _chunk_claim(job_id: int, index: int) -> BatchChunk | str:
             .filter(attempts__lt=settings.JOB_MAX_ATTEMPTS)
             .update(status=BatchChunk.Status.RUNNING, attempts=F("attempts") + 1)
         )
+        if claimed:
+            _heartbeats_stamp(job_id)  # in the same commit: one wait for the database less
     if not claimed:
         state = chunk.values_list("status", "attempts").first()
         if state is None:
@@ -1090,7 +1103,36 @@ def _chunk_claim(job_id: int, index: int) -> BatchChunk | str:
             "a smaller chunk_rows holds fewer rows in memory at once.",
         )
         return "failed"
-    return BatchChunk.objects.select_related("job__version__model").get(job_id=job_id, index=index)
+    # Only what a chunk reads: the version's schema and metadata (JSON) are decoded once per
+    # process, by _chunk_model on a miss, not on every chunk.
+    return (
+        BatchChunk.objects.select_related("job__version")
+        .only(*_CHUNK_FIELDS)
+        .get(job_id=job_id, index=index)
+    )
+
+
+_CHUNK_FIELDS = (
+    "row_start",
+    "row_count",
+    "job__output_format",
+    "job__input_format",
+    "job__input_name",
+    "job__version_number",
+    "job__version__artifact_sha256",
+)
+
+
+def _chunk_model(job: BatchJob) -> LoadedModel:
+    """The estimator of the job's version, loaded as serving loads it (verified, cached per
+    process). ModelVersion.DoesNotExist when the version was deleted."""
+    if job.version_id is None:
+        raise ModelVersion.DoesNotExist
+    loaded = model_cache.peek(job.version_id, job.version.artifact_sha256)
+    if loaded is not None:
+        return loaded
+    version = ModelVersion.objects.select_related("model").get(pk=job.version_id)
+    return model_cache.get(version_info(version), model_name=version.model.name)
 
 
 def batch_chunk_run(*, job_id: int, index: int) -> str:
@@ -1107,14 +1149,10 @@ def batch_chunk_run(*, job_id: int, index: int) -> str:
     if isinstance(chunk, str):
         return chunk
     job = chunk.job
-    _heartbeats_stamp(job_id)
     started = time.perf_counter()
     try:
         with job_heartbeat(job, stamp_now=False):
-            version = job.version
-            if version is None:
-                raise ModelVersion.DoesNotExist
-            loaded = model_cache.get(version_info(version), model_name=version.model.name)
+            loaded = _chunk_model(job)
             # The chunk's arrays are freed by reference counting; the cyclic collector, set off
             # by their many allocations, only rescanned the worker's long-lived objects (the
             # model, Django's) again and again: a third of a chunk's time.
@@ -1169,13 +1207,13 @@ def _heartbeats_stamp(job_id: int) -> None:
     Their tasks wait behind the work of a live worker (this one), so they are not stalled;
     without this a job queued behind a long one would be reaped as `worker_lost` before its
     first chunk ran, or before its finish did. A job whose only unfinished chunks were taken
-    by a dead worker has none pending, so it is not stamped and the reaper finds it."""
+    by a dead worker has none pending, so it is not stamped and the reaper finds it. Runs in
+    the transaction of the chunk's claim."""
     pending = BatchChunk.objects.filter(status=BatchChunk.Status.PENDING).values("job_id")
-    with _bookkeeping():
-        BatchJob.objects.filter(
-            Q(pk=job_id) | Q(pk__in=pending) | Q(chunks_done=F("chunks_total")),
-            status=BatchStatus.RUNNING,
-        ).update(heartbeat_at=timezone.now())
+    BatchJob.objects.filter(
+        Q(pk=job_id) | Q(pk__in=pending) | Q(chunks_done=F("chunks_total")),
+        status=BatchStatus.RUNNING,
+    ).update(heartbeat_at=timezone.now())
 
 
 def _chunk_done(
@@ -1246,7 +1284,7 @@ def _merge(job: BatchJob, storage: Storage, what: str, file_format: str, target:
         indexes = (
             job.chunks.filter(rows_failed__gt=0).order_by("index").values_list("index", flat=True)
         )
-    with tempfile.TemporaryDirectory() as folder:
+    with _work_folder(storage, target) as folder:
         path = os.path.join(folder, "merged")
         if file_format == BatchFormat.PARQUET:
             writer = None
@@ -1268,8 +1306,8 @@ def _merge(job: BatchJob, storage: Storage, what: str, file_format: str, target:
                             handle.readline()  # each part has its header
                         for block in iter(partial(handle.read, _HASH_BLOCK), b""):
                             out.write(block)
-        with open(path, "rb") as handle:
-            return storage.save(target, File(handle))
+        with MovableFile(path) as merged:
+            return storage.save(target, merged)
 
 
 def _part_lost(job_id: int, index: int) -> BatchJob:
