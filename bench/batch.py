@@ -9,12 +9,13 @@ file in a temporary folder; SQLite serialises the workers' writes). Each worker 
 wall clock from sending the job to its "succeeded": planning (reading the Parquet footer), the
 chunks, and the finish (merging the parts into one output file while the input's SHA-256 is
 checked). Each worker count scores the file `--repeat` times with the same workers and the
-best run counts (the first, which also loads the model in each worker, is printed too), as
-the in-process yardstick is the best of three with the model loaded: it reads the same file
+best run counts (the first, which also loads the model in each worker, is printed too; so is
+the median of the others), as the in-process yardstick is the best of three with the model
+loaded: it reads the same file
 with pyarrow and computes the same outputs (predict and predict_proba) with the same
 estimator, writing nothing.
 
-    .venv/bin/python bench/batch.py [--rows 2000000] [--chunk-rows 50000] [--repeat 3]
+    .venv/bin/python bench/batch.py [--rows 2000000] [--chunk-rows 50000] [--repeat 5]
                                     [--json PATH]
 """
 
@@ -230,7 +231,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--chunk-rows", type=int, default=50_000)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "batch.json"))
     args = parser.parse_args()
 
@@ -271,6 +272,8 @@ def main() -> None:
             figures = min(runs, key=lambda run: run["seconds"])
             figures["first_run_seconds"] = runs[0]["seconds"]
             figures["runs_seconds"] = [round(run["seconds"], 3) for run in runs]
+            warm = sorted(run["seconds"] for run in runs[1:]) or [runs[0]["seconds"]]
+            figures["warm_median_seconds"] = warm[len(warm) // 2]
             logs = [(workdir / f"worker{count}").with_suffix(f".{n}.log") for n in range(count)]
             figures["task_seconds"] = _task_seconds(logs)
             figures["rows_per_s"] = args.rows / figures["seconds"]
@@ -298,6 +301,12 @@ def main() -> None:
             f"{count + ' worker process(es)':24}{figures['seconds']:>10.2f}"
             f"{figures['rows_per_s']:>14,.0f}{figures['vs_in_process']:>16.2f}"
         )
+    one_median, two_median = one["warm_median_seconds"], two["warm_median_seconds"]
+    print(
+        f"medians of the warm runs: one worker {one_median:.2f} s "
+        f"({in_process / one_median:.2f} of in-process), two {two_median:.2f} s "
+        f"({one_median / two_median:.2f}x one)"
+    )
     for count, figures in report["workers"].items():
         print(
             f"  {count} worker(s): runs {figures['runs_seconds']} s (the first loads the model); "
