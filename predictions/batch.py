@@ -183,9 +183,10 @@ def _format_of(upload: Any, name: str) -> str:
     return BatchFormat.CSV
 
 
-def _input_columns(source: Any, file_format: str) -> tuple[list[str], int | None]:
-    """(column names, rows or None when unknown without a full read); ValidationFailed naming
-    `input.file` when pyarrow cannot read it."""
+def _input_columns(source: Any, file_format: str) -> tuple[Any, int | None]:
+    """(the columns' Arrow schema, rows or None when unknown without a full read);
+    ValidationFailed naming `file` when pyarrow cannot read it. A CSV's types are pyarrow's
+    guess from its first block: its features are staged as text and parsed row by row."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
@@ -193,9 +194,9 @@ def _input_columns(source: Any, file_format: str) -> tuple[list[str], int | None
     try:
         if file_format == BatchFormat.PARQUET:
             meta = pq.ParquetFile(source).metadata
-            return list(meta.schema.to_arrow_schema().names), meta.num_rows
+            return meta.schema.to_arrow_schema(), meta.num_rows
         reader = pacsv.open_csv(source, read_options=pacsv.ReadOptions(block_size=1 << 20))
-        return list(reader.schema.names), None
+        return reader.schema, None
     except (pa.ArrowException, OSError, ValueError) as exc:
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         raise ValidationFailed(
@@ -204,11 +205,17 @@ def _input_columns(source: Any, file_format: str) -> tuple[list[str], int | None
         ) from None
 
 
-def _columns_check(columns: list[str], version: ModelVersion, *, field: str) -> None:
+def _columns_check(columns: Any, version: ModelVersion, *, field: str, typed: bool) -> None:
+    """ValidationFailed naming `field` when a required feature column is missing, or (for a
+    `typed` input: Parquet) when a feature column holds values no feature can take: dates and
+    times, binary, lists, structs or maps. Each would otherwise be scored as something it is
+    not (a timestamp as its nanoseconds) or fail every chunk; numbers, text and booleans are
+    checked row by row, bad rows going to the errors file."""
+    names = set(columns.names)
     missing = [
         f["name"]
         for f in version.input_schema
-        if f.get("required", True) and f["name"] not in columns
+        if f.get("required", True) and f["name"] not in names
     ]
     if missing:
         raise ValidationFailed(
@@ -216,6 +223,35 @@ def _columns_check(columns: list[str], version: ModelVersion, *, field: str) -> 
             f"of v{version.version}'s schema.",
             fields={field: [f"missing columns: {', '.join(missing)}"]},
         )
+    if not typed:
+        return
+    unusable = [
+        f"{feature['name']} ({columns.field(feature['name']).type})"
+        for feature in version.input_schema
+        if feature["name"] in names and not _usable_type(columns.field(feature["name"]).type)
+    ]
+    if unusable:
+        raise ValidationFailed(
+            f"Feature column(s) of a type no feature takes: {', '.join(unusable)}. Features "
+            "are numbers, text or booleans; convert these columns before scoring.",
+            fields={field: [f"unusable column types: {', '.join(unusable)}"]},
+        )
+
+
+def _usable_type(arrow_type: Any) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(arrow_type):
+        return _usable_type(arrow_type.value_type)
+    return (
+        pa.types.is_integer(arrow_type)
+        or pa.types.is_floating(arrow_type)
+        or pa.types.is_decimal(arrow_type)
+        or pa.types.is_boolean(arrow_type)
+        or pa.types.is_string(arrow_type)
+        or pa.types.is_large_string(arrow_type)
+        or pa.types.is_null(arrow_type)
+    )
 
 
 def _upload_store(upload: Any) -> tuple[str, str, str]:
@@ -319,7 +355,7 @@ def batch_job_create(
                 f"chunks; a job may have {settings.BATCH_MAX_CHUNKS} (BATCH_MAX_CHUNKS).",
                 fields={"chunk_rows": [f"at least {math.ceil(rows / settings.BATCH_MAX_CHUNKS)}"]},
             )
-        _columns_check(columns, scored_by, field="file")
+        _columns_check(columns, scored_by, field="file", typed=file_format == BatchFormat.PARQUET)
         input_name, file_format, sha256 = _upload_store(upload)
         label = PurePath(getattr(upload, "name", "") or "upload").name[:300]
     else:
@@ -332,7 +368,9 @@ def batch_job_create(
         # Only the footer, by byte ranges on S3 (mlregistry.storage.arrow_input).
         with arrow_input_open(storage, input_name) as source:
             columns, _ = _input_columns(source, file_format)
-        _columns_check(columns, scored_by, field="dataset")
+        _columns_check(
+            columns, scored_by, field="dataset", typed=file_format == BatchFormat.PARQUET
+        )
     user = None if isinstance(actor, str) else actor
     with transaction.atomic():
         job = BatchJob.objects.create(

@@ -6,7 +6,7 @@ test_batch_worker.py runs them in real worker processes."""
 from __future__ import annotations
 
 import io
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -857,3 +857,73 @@ def test_a_chunk_on_a_warm_worker_reads_no_version_row_and_few_queries(iris_prod
     settings_local = 2 if connection.vendor == "postgresql" else 0  # SET LOCAL per commit
     assert len(statements) == 6 + settings_local, statements
     assert not [sql for sql in statements if "input_schema" in sql]
+
+
+def _typed_parquet(columns: dict) -> io.BytesIO:
+    sink = io.BytesIO()
+    pq.write_table(pa.table(columns), sink)
+    sink.seek(0)
+    sink.name = "typed.parquet"
+    return sink
+
+
+def test_feature_columns_of_any_number_text_or_boolean_type_are_scored(
+    iris_prod, django_capture_on_commit_callbacks
+):
+    """Dictionary-encoded text (pandas' categoricals), large strings, decimals and narrow
+    integers are read as the numbers they hold, a text that is no number making an invalid
+    row, as in a predict request."""
+    from decimal import Decimal
+
+    frame = _frame(12)
+    values = [f"{v:.1f}" for v in frame["sepal_length"]]
+    values[3] = "five"
+    upload = _typed_parquet(
+        {
+            "sepal_length": pa.array(values).dictionary_encode(),
+            "sepal_width": pa.array([f"{v:.1f}" for v in frame["sepal_width"]], pa.large_string()),
+            "petal_length": pa.array(
+                [Decimal(f"{v:.1f}") for v in frame["petal_length"]], pa.decimal128(4, 1)
+            ),
+            "petal_width": pa.array((frame["petal_width"] * 10).round(), pa.int16()),
+        }
+    )
+    job = batch.batch_job_create(model=iris_prod, actor="tests", upload=upload, enqueue=False)
+    job = _run(job, django_capture_on_commit_callbacks)
+    assert job.status == BatchStatus.SUCCEEDED, job.error
+    assert (job.rows_done, job.rows_failed) == (12, 1)
+    out = _read(job.output_name, "parquet")
+    assert out["row"].tolist() == [r for r in range(12) if r != 3]
+    errors = _read(job.errors_name, "csv")
+    assert errors["row"].tolist() == [3] and errors["field"].tolist() == ["sepal_length"]
+    expected = frame.round(1).astype("float64")
+    expected["petal_width"] = (frame["petal_width"] * 10).round()
+    estimator = batch.model_cache.get(batch.version_info(job.version), model_name="iris").estimator
+    scored = estimator.predict(expected.drop(index=3).to_numpy())
+    assert out["prediction"].tolist() == scored.tolist()
+
+
+@pytest.mark.parametrize(
+    ("column", "shown"),
+    [
+        (pa.array([datetime(2026, 1, 1)] * 3, pa.timestamp("ns")), "timestamp[ns]"),
+        (pa.array([[1.0, 2.0]] * 3), "list<element: double>"),
+        (pa.array([b"\x01"] * 3, pa.binary()), "binary"),
+        (pa.array([{"a": 1.0}] * 3), "struct<a: double>"),
+    ],
+)
+def test_a_feature_column_no_feature_can_take_is_refused_at_creation_naming_it(
+    iris_prod, column, shown
+):
+    upload = _typed_parquet(
+        {
+            "sepal_length": column,
+            "sepal_width": [3.5] * 3,
+            "petal_length": [1.4] * 3,
+            "petal_width": [0.2] * 3,
+        }
+    )
+    with pytest.raises(ValidationFailed) as refused:
+        batch.batch_job_create(model=iris_prod, actor="tests", upload=upload, enqueue=False)
+    assert refused.value.fields == {"file": [f"unusable column types: sepal_length ({shown})"]}
+    assert not BatchJob.objects.exists()
