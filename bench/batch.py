@@ -4,16 +4,16 @@ to in-process scikit-learn on the same data read from the same file.
 
 A figure, not a test. Needs a Redis broker: CELERY_BROKER_URL, else CELERY_TEST_BROKER_URL,
 else REDIS_URL (the chord joins there too). Uses DATABASE_URL (Postgres when set, else a SQLite
-file in a temporary folder; SQLite serialises the workers' writes). Each worker is its own
-`celery worker` process (prefork, concurrency 1) on a queue of its own (BATCH_QUEUE). Times are
-wall clock from sending the job to its "succeeded": planning (reading the Parquet footer), the
-chunks, and the finish (merging the parts into one output file while the input's SHA-256 is
-checked). Each worker count scores the file `--repeat` times with the same workers and the
-best run counts (the first, which also loads the model in each worker, is printed too; so is
-the median of the others), as the in-process yardstick is the best of three with the model
-loaded: it reads the same file
-with pyarrow and computes the same outputs (predict and predict_proba) with the same
-estimator, writing nothing.
+file in a temporary folder; SQLite serialises the workers' writes). Two sets of workers run
+side by side, one `celery worker` process and two (prefork, concurrency 1 each), each set on a
+queue of its own (BATCH_QUEUE). Times are wall clock from sending the job to its "succeeded":
+planning (reading the Parquet footer), the chunks, and the finish (merging the parts into one
+output file while the input's SHA-256 is checked). Each of `--repeat` rounds times, in turn,
+in-process scikit-learn (pyarrow reads the same file, the same estimator computes the same
+outputs, predict and predict_proba, writing nothing; with its threads, then with one) and a
+job on each worker set, so that a shared machine's slow spell slows every configuration alike.
+The best run of each counts, against the faster of the two in-process ways; the workers'
+first, which also loads the model in each worker, is printed too, and so are the medians.
 
     .venv/bin/python bench/batch.py [--rows 2000000] [--chunk-rows 50000] [--repeat 5]
                                     [--json PATH]
@@ -103,25 +103,25 @@ def _model():
     return model, version
 
 
-def _in_process(path: Path, version, *, one_thread: bool = False) -> float:
-    """Seconds for pyarrow to read the file and scikit-learn to predict and predict_proba it
-    (the estimator loaded and verified as a worker loads it; best of three). With
-    `one_thread`, BLAS and pyarrow use one thread, as each worker process does: the same work
-    per core."""
+def _in_process_estimator(version):
+    """The estimator loaded and verified as a worker loads it."""
+    from predictions.loader import ModelCache
+    from predictions.serving import version_info
+
+    return ModelCache().get(version_info(version), model_name=version.model.name).estimator
+
+
+def _in_process(path: Path, estimator, *, one_thread: bool = False) -> float:
+    """Seconds for pyarrow to read the file and scikit-learn to predict and predict_proba it.
+    With `one_thread`, BLAS and pyarrow use one thread, as each worker process does: the same
+    work per core."""
     import contextlib
 
     from threadpoolctl import threadpool_limits
 
-    from predictions.loader import ModelCache
-    from predictions.serving import version_info
-
-    estimator = ModelCache().get(version_info(version), model_name=version.model.name).estimator
-    best = float("inf")
     limits = threadpool_limits(limits=1) if one_thread else contextlib.nullcontext()
     with limits:
-        for _ in range(3):
-            best = min(best, _in_process_once(path, estimator, one_thread))
-    return best
+        return _in_process_once(path, estimator, one_thread)
 
 
 def _in_process_once(path: Path, estimator, one_thread: bool) -> float:
@@ -137,6 +137,7 @@ def _in_process_once(path: Path, estimator, one_thread: bool) -> float:
 
 
 def _start_workers(count: int, env: dict[str, str], log: Path) -> list[subprocess.Popen]:
+    """`count` worker processes (concurrency 1) consuming env's BATCH_QUEUE only."""
     workers = []
     for n in range(count):
         command = [sys.executable, "-m", "celery", "-A", "config", "worker", "--loglevel", "INFO"]
@@ -247,8 +248,25 @@ def main() -> None:
     path = workdir / "input.parquet"
     _input(path, args.rows, args.chunk_rows)
     model, version = _model()
-    in_process = _in_process(path, version)
-    one_thread = _in_process(path, version, one_thread=True)
+    estimator = _in_process_estimator(version)
+    # Both worker sets stay up, each on a queue of its own (an idle worker only waits on
+    # Redis), and each round times every configuration once, in turn: a shared machine's
+    # slow minute then slows all of them, not one configuration's runs.
+    sets = {count: {**env, "BATCH_QUEUE": f"{env['BATCH_QUEUE']}-{count}w"} for count in (1, 2)}
+    workers = {
+        count: _start_workers(count, sets[count], workdir / f"worker{count}") for count in sets
+    }
+    runs: dict[str, list] = {"in_process": [], "in_process_one_thread": [], "1": [], "2": []}
+    try:
+        for _ in range(args.repeat):
+            runs["in_process"].append(_in_process(path, estimator))
+            runs["in_process_one_thread"].append(_in_process(path, estimator, one_thread=True))
+            for count in sets:
+                runs[str(count)].append(_job_seconds(model, path, args.chunk_rows, sets[count]))
+    finally:
+        for started in workers.values():
+            _stop(started)
+    in_process, one_thread = min(runs["in_process"]), min(runs["in_process_one_thread"])
     report = {
         "rows": args.rows,
         "features": len(FEATURES),
@@ -258,26 +276,31 @@ def main() -> None:
         "database": "postgres"
         if env.get("DATABASE_URL", os.environ.get("DATABASE_URL", "")).startswith("postgres")
         else "sqlite",
-        "in_process": {"seconds": in_process, "rows_per_s": args.rows / in_process},
+        "rounds": args.repeat,
+        "in_process": {
+            "seconds": in_process,
+            "rows_per_s": args.rows / in_process,
+            "median_seconds": sorted(runs["in_process"])[args.repeat // 2],
+        },
         "in_process_one_thread": {"seconds": one_thread, "rows_per_s": args.rows / one_thread},
         "workers": {},
     }
+    # The faster of the two ways scikit-learn runs in one process is the yardstick: on a busy
+    # 2-core machine its own threads were sometimes the slower way.
+    yardstick = min(in_process, one_thread)
+    report["yardstick_seconds"] = yardstick
     try:
-        for count in (1, 2):
-            workers = _start_workers(count, env, workdir / f"worker{count}")
-            try:
-                runs = [_job_seconds(model, path, args.chunk_rows, env) for _ in range(args.repeat)]
-            finally:
-                _stop(workers)
-            figures = min(runs, key=lambda run: run["seconds"])
-            figures["first_run_seconds"] = runs[0]["seconds"]
-            figures["runs_seconds"] = [round(run["seconds"], 3) for run in runs]
-            warm = sorted(run["seconds"] for run in runs[1:]) or [runs[0]["seconds"]]
+        for count in sets:
+            jobs = runs[str(count)]
+            figures = min(jobs, key=lambda run: run["seconds"])
+            figures["first_run_seconds"] = jobs[0]["seconds"]
+            figures["runs_seconds"] = [round(run["seconds"], 3) for run in jobs]
+            warm = sorted(run["seconds"] for run in jobs[1:]) or [jobs[0]["seconds"]]
             figures["warm_median_seconds"] = warm[len(warm) // 2]
             logs = [(workdir / f"worker{count}").with_suffix(f".{n}.log") for n in range(count)]
             figures["task_seconds"] = _task_seconds(logs)
             figures["rows_per_s"] = args.rows / figures["seconds"]
-            figures["vs_in_process"] = figures["rows_per_s"] / report["in_process"]["rows_per_s"]
+            figures["vs_in_process"] = yardstick / figures["seconds"]
             report["workers"][str(count)] = figures
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -291,10 +314,13 @@ def main() -> None:
         f"{report['database']}, {report['cpus']} CPUs"
     )
     print(f"{'':24}{'seconds':>10}{'rows/s':>14}{'vs in-process':>16}")
-    print(f"{'in-process sklearn':24}{in_process:>10.2f}{args.rows / in_process:>14,.0f}{1:>16.2f}")
+    print(
+        f"{'in-process sklearn':24}{in_process:>10.2f}{args.rows / in_process:>14,.0f}"
+        f"{yardstick / in_process:>16.2f}"
+    )
     print(
         f"{'  same, one thread':24}{one_thread:>10.2f}{args.rows / one_thread:>14,.0f}"
-        f"{in_process / one_thread:>16.2f}"
+        f"{yardstick / one_thread:>16.2f}"
     )
     for count, figures in report["workers"].items():
         print(
@@ -302,10 +328,14 @@ def main() -> None:
             f"{figures['rows_per_s']:>14,.0f}{figures['vs_in_process']:>16.2f}"
         )
     one_median, two_median = one["warm_median_seconds"], two["warm_median_seconds"]
+    median = min(
+        report["in_process"]["median_seconds"],
+        sorted(runs["in_process_one_thread"])[args.repeat // 2],
+    )
     print(
-        f"medians of the warm runs: one worker {one_median:.2f} s "
-        f"({in_process / one_median:.2f} of in-process), two {two_median:.2f} s "
-        f"({one_median / two_median:.2f}x one)"
+        f"medians (the workers' warm runs): in-process {median:.2f} s (the faster way), one "
+        f"worker {one_median:.2f} s ({median / one_median:.2f} of in-process), two "
+        f"{two_median:.2f} s ({one_median / two_median:.2f}x one)"
     )
     for count, figures in report["workers"].items():
         print(
