@@ -7,10 +7,11 @@ random-access (ranged) reads of stored files for pyarrow.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
-import mmap
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,19 +57,36 @@ def storage_walk(storage: Storage, prefix: str = "") -> Iterator[str]:
 
 
 def storage_delete_folder(storage: Storage, prefix: str) -> int:
-    """Deletes every file under `prefix`, and on a local disk the emptied folders; returns how
-    many files went."""
+    """Deletes every file under `prefix`, and on a local disk the folder itself, with any
+    temporary files left in it; returns how many (non-temporary) files went."""
     removed = 0
     for name in list(storage_walk(storage, prefix)):
         storage.delete(name)
         removed += 1
-    with contextlib.suppress(NotImplementedError, OSError):
-        # Object stores have no folders; a local disk keeps empty ones until removed.
-        root = Path(storage.path(prefix))
-        for folder in sorted((p for p in root.rglob("*") if p.is_dir()), reverse=True):
-            folder.rmdir()
-        root.rmdir()
+    if prefix.strip("/"):  # never the storage's own root
+        with contextlib.suppress(NotImplementedError):
+            # Object stores have no folders. On a local disk the folder goes whole, with what
+            # storage_walk leaves out: the temporary files of a writer that crashed mid-write.
+            shutil.rmtree(storage.path(prefix), ignore_errors=True)
     return removed
+
+
+def storage_work_folder(storage: Storage, name: str) -> tempfile.TemporaryDirectory:
+    """A temporary folder to write a file in that is then saved as storage file `name`: next
+    to it for a folder storage, so that saving a MovableFile renames it into place instead of
+    copying it; the system's temporary folder otherwise. Named ".tmp-*", which storage_walk
+    leaves out (backups, sweeps); a crash's leftover goes with storage_delete_folder."""
+    try:
+        storage.path(name)
+    except NotImplementedError:
+        return tempfile.TemporaryDirectory(prefix=".tmp-")
+    folder = os.path.dirname(name)
+    if isinstance(storage, AtomicFileSystemStorage):
+        near = storage.folder_create(folder)
+    else:
+        near = storage.path(folder)
+        os.makedirs(near, exist_ok=True)
+    return tempfile.TemporaryDirectory(dir=near, prefix=".tmp-")
 
 
 def presigned_url(
@@ -336,9 +354,10 @@ class ScratchFile(ContentFile):
 
 class MovableFile(File):
     """A finished local file its writer hands over (a batch job's merged output):
-    AtomicFileSystemStorage fsyncs it and renames it into place when it is on the same
-    filesystem, instead of copying its bytes; elsewhere (another filesystem, an object store)
-    it is read like any other content. The caller's file is gone after a move."""
+    AtomicFileSystemStorage fsyncs it and renames it into place when the rename can be done
+    (the same filesystem), instead of copying its bytes; otherwise (another filesystem, an
+    object store, a name that already holds these bytes) it is read like any other content.
+    Use it in a `with` block: a file that was not moved is closed there."""
 
     movable = True
 
@@ -399,17 +418,28 @@ class AtomicFileSystemStorage(FileSystemStorage):
 
     def _moved(self, content: MovableFile, full_path: str, durable: bool) -> bool:
         """Renames a MovableFile into place, its bytes on disk first when `durable`; False
-        (nothing done) when it is on another filesystem."""
-        if os.stat(content.path).st_dev != os.stat(os.path.dirname(full_path)).st_dev:
-            return False
+        (nothing done, the file still open to be copied) when the rename cannot cross
+        filesystems (EXDEV: another disk, a bind mount)."""
         if durable:
             os.fsync(content.file.fileno())
-        content.close()
         os.chmod(content.path, self.file_permissions_mode or 0o644)
-        os.replace(content.path, full_path)
+        try:
+            os.replace(content.path, full_path)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                return False
+            raise
+        content.close()
         if durable:
             _folder_sync(os.path.dirname(full_path))
         return True
+
+    def folder_create(self, name: str) -> str:
+        """The local folder of storage name `name` (a folder), made as the storage makes its
+        folders (directory_permissions_mode); its path."""
+        directory = self.path(name)
+        self._folder_create(directory)
+        return directory
 
     def get_available_name(self, name, max_length=None):
         # Content-addressed: the same name means the same bytes, so never invent "name_abc123".
@@ -437,30 +467,17 @@ def _folder_sync(directory: str) -> None:
         os.close(fd)
 
 
-_MAPPED_BLOCK = 16 * 1024 * 1024
-
-
 def _file_sha256(path: str) -> str:
-    """The hex SHA-256 of local file `path`, hashed from its mapped pages: no copy of each
-    block into a Python buffer first, ~20% of the time on a 400 MB file. hashlib releases the
-    GIL on blocks this large, so other threads go on meanwhile."""
-    digest = hashlib.sha256()
+    """The hex SHA-256 of local file `path` (hashlib.file_digest: one reused buffer, the GIL
+    released while it hashes). Not from mapped pages: a file truncated meanwhile, or a stale
+    network mount, would kill the process with SIGBUS instead of raising."""
     with open(path, "rb") as handle:
-        if os.fstat(handle.fileno()).st_size == 0:
-            return digest.hexdigest()  # an empty file cannot be mapped
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            view = memoryview(mapped)
-            try:
-                for start in range(0, len(view), _MAPPED_BLOCK):
-                    digest.update(view[start : start + _MAPPED_BLOCK])
-            finally:
-                view.release()
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def stored_sha256(storage: Storage, name: str) -> str:
-    """The hex SHA-256 of storage file `name`: from the mapped local file for a folder
-    storage, else streamed in CHUNK_SIZE blocks (one GET on S3). Raises FileNotFoundError."""
+    """The hex SHA-256 of storage file `name`: read from the local file for a folder storage,
+    else streamed in CHUNK_SIZE blocks (one GET on S3). Raises FileNotFoundError."""
     try:
         path = storage.path(name)
     except NotImplementedError:

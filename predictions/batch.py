@@ -29,7 +29,6 @@ import itertools
 import logging
 import math
 import os
-import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -69,6 +68,7 @@ from mlregistry.storage import (
     get_artifact_storage,
     presigned_url,
     storage_delete_folder,
+    storage_work_folder,
     stored_sha256,
 )
 from predictions.loader import LoadedModel, model_cache
@@ -206,12 +206,13 @@ def _input_columns(source: Any, file_format: str) -> tuple[Any, int | None]:
 
 
 def _columns_check(columns: Any, version: ModelVersion, *, field: str, typed: bool) -> None:
-    """ValidationFailed naming `field` when a required feature column is missing, or (for a
-    `typed` input: Parquet) when a feature column holds values no feature can take: dates and
-    times, binary, lists, structs or maps. Each would otherwise be scored as something it is
-    not (a timestamp as its nanoseconds) or fail every chunk; numbers, text and booleans are
-    checked row by row, bad rows going to the errors file."""
-    names = set(columns.names)
+    """ValidationFailed naming `field` when a required feature column is missing, a feature's
+    column appears more than once, or (for a `typed` input: Parquet) a feature's column holds
+    values it cannot take: a number or boolean feature from dates, times, binary or nested
+    values (lists, structs, maps), a text feature from nested values. Each would otherwise be
+    scored as something it is not (a timestamp as its nanoseconds) or fail every chunk;
+    numbers, text and booleans are checked row by row, bad rows going to the errors file."""
+    names = list(columns.names)
     missing = [
         f["name"]
         for f in version.input_schema
@@ -223,26 +224,41 @@ def _columns_check(columns: Any, version: ModelVersion, *, field: str, typed: bo
             f"of v{version.version}'s schema.",
             fields={field: [f"missing columns: {', '.join(missing)}"]},
         )
+    repeated = [f["name"] for f in version.input_schema if names.count(f["name"]) > 1]
+    if repeated:
+        raise ValidationFailed(
+            f"Feature column(s) named more than once: {', '.join(map(repr, repeated))}.",
+            fields={field: [f"repeated columns: {', '.join(repeated)}"]},
+        )
     if not typed:
         return
-    unusable = [
-        f"{feature['name']} ({columns.field(feature['name']).type})"
-        for feature in version.input_schema
-        if feature["name"] in names and not _usable_type(columns.field(feature["name"]).type)
-    ]
+    unusable = []
+    for feature in version.input_schema:
+        if feature["name"] not in names:
+            continue  # an absent optional feature
+        arrow_type = columns.field(feature["name"]).type
+        if not _usable_type(arrow_type, feature.get("type", "float")):
+            unusable.append(f"{feature['name']} ({_shorter(str(arrow_type))})")
     if unusable:
         raise ValidationFailed(
-            f"Feature column(s) of a type no feature takes: {', '.join(unusable)}. Features "
-            "are numbers, text or booleans; convert these columns before scoring.",
+            f"Feature column(s) of a type their feature cannot take: {', '.join(unusable)}. "
+            "Number and boolean features take numbers, text or booleans; text features any "
+            "value but lists, structs and maps. Convert these columns before scoring.",
             fields={field: [f"unusable column types: {', '.join(unusable)}"]},
         )
 
 
-def _usable_type(arrow_type: Any) -> bool:
+def _usable_type(arrow_type: Any, kind: str) -> bool:
+    """Whether a column of `arrow_type` can feed a feature of schema type `kind`, as
+    _column_values reads it."""
     import pyarrow as pa
 
     if pa.types.is_dictionary(arrow_type):
-        return _usable_type(arrow_type.value_type)
+        return _usable_type(arrow_type.value_type, kind)
+    if pa.types.is_nested(arrow_type):
+        return False
+    if kind == "string":
+        return True  # cast to text
     return (
         pa.types.is_integer(arrow_type)
         or pa.types.is_floating(arrow_type)
@@ -250,8 +266,13 @@ def _usable_type(arrow_type: Any) -> bool:
         or pa.types.is_boolean(arrow_type)
         or pa.types.is_string(arrow_type)
         or pa.types.is_large_string(arrow_type)
+        or pa.types.is_string_view(arrow_type)
         or pa.types.is_null(arrow_type)
     )
+
+
+def _shorter(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _upload_store(upload: Any) -> tuple[str, str, str]:
@@ -559,7 +580,7 @@ def _stage_csv(job: BatchJob, storage: Storage, features: list[dict[str, Any]]) 
         strings_can_be_null=True,
     )
     name = _staged_name(job)
-    with _work_folder(storage, name) as folder:
+    with storage_work_folder(storage, name) as folder:
         target = os.path.join(folder, "input.parquet")
         try:
             handle = storage.open(job.input_name, "rb")
@@ -602,19 +623,6 @@ def _stage_csv(job: BatchJob, storage: Storage, features: list[dict[str, Any]]) 
             storage.delete(name)
         with MovableFile(target) as staged:
             storage.save(name, staged)
-
-
-def _work_folder(storage: Storage, target: str) -> tempfile.TemporaryDirectory:
-    """A temporary folder for writing a file that is then saved as storage file `target`:
-    next to it for a folder storage, so that saving renames it into place (MovableFile)
-    instead of copying it; the system's temporary folder for an object store."""
-    try:
-        near: str | None = os.path.dirname(storage.path(target))
-    except NotImplementedError:
-        near = None
-    else:
-        os.makedirs(near, exist_ok=True)
-    return tempfile.TemporaryDirectory(dir=near, prefix=".tmp-")
 
 
 def _plan(row_groups: list[int], chunk_rows: int) -> list[tuple[int, int]]:
@@ -1118,13 +1126,14 @@ def _chunk_claim(job_id: int, index: int) -> BatchChunk | str:
     failed, finished)."""
     chunk = BatchChunk.objects.filter(job_id=job_id, index=index, job__status=BatchStatus.RUNNING)
     with _bookkeeping():
+        # One commit for both. Job rows first, then the chunk's, the order every other writer
+        # of both takes (counting a chunk, resuming a job, a lost part): no deadlock.
+        _heartbeats_stamp(job_id)
         claimed = (
             chunk.exclude(status=BatchChunk.Status.DONE)
             .filter(attempts__lt=settings.JOB_MAX_ATTEMPTS)
             .update(status=BatchChunk.Status.RUNNING, attempts=F("attempts") + 1)
         )
-        if claimed:
-            _heartbeats_stamp(job_id)  # in the same commit: one wait for the database less
     if not claimed:
         state = chunk.values_list("status", "attempts").first()
         if state is None:
@@ -1168,7 +1177,7 @@ def _chunk_model(job: BatchJob) -> LoadedModel:
     process). ModelVersion.DoesNotExist when the version was deleted."""
     if job.version_id is None:
         raise ModelVersion.DoesNotExist
-    loaded = model_cache.peek(job.version_id, job.version.artifact_sha256)
+    loaded = model_cache.peek(job.version_id, job.version.artifact_sha256, touch=True)
     if loaded is not None:
         return loaded
     version = ModelVersion.objects.select_related("model").get(pk=job.version_id)
@@ -1324,7 +1333,7 @@ def _merge(job: BatchJob, storage: Storage, what: str, file_format: str, target:
         indexes = (
             job.chunks.filter(rows_failed__gt=0).order_by("index").values_list("index", flat=True)
         )
-    with _work_folder(storage, target) as folder:
+    with storage_work_folder(storage, target) as folder:
         path = os.path.join(folder, "merged")
         if file_format == BatchFormat.PARQUET:
             writer = None

@@ -154,9 +154,17 @@ class ModelCache:
         # forgotten when a load of it succeeds. Bounded by the versions ever routed to.
         self.failures: dict[tuple[int, str], str] = {}
 
-    def peek(self, version_id: int, sha256: str) -> LoadedModel | None:
-        """The loaded model if this process has it (never loads)."""
-        return self._items.get((version_id, sha256))
+    def peek(self, version_id: int, sha256: str, *, touch: bool = False) -> LoadedModel | None:
+        """The loaded model if this process has it (never loads); with `touch`, it counts as
+        used, as a get does, for the LRU."""
+        key = (version_id, sha256)
+        if not touch:
+            return self._items.get(key)
+        with self._lock:
+            loaded = self._items.get(key)
+            if loaded is not None:
+                self._items.move_to_end(key)
+            return loaded
 
     def get(self, info: VersionInfo, *, model_name: str) -> LoadedModel:
         key = (info.id, info.sha256)

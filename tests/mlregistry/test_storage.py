@@ -114,7 +114,7 @@ def test_the_storage_replaces_any_name_whose_bytes_differ():
     assert store_read(name) == b"good bytes"
 
 
-def test_a_stored_files_sha256_is_its_bytes_hash_on_either_backend(tmp_path):
+def test_a_stored_files_sha256_is_its_bytes_hash_on_either_backend():
     from mlregistry.storage import stored_sha256
 
     storage = storages["artifacts"]
@@ -147,10 +147,10 @@ def test_a_movable_file_is_saved_whole_and_its_temporary_copy_is_gone(tmp_path):
 
 
 @local_only
-def test_a_movable_file_on_another_filesystem_is_copied_not_moved(tmp_path, monkeypatch):
-    """A rename cannot cross filesystems: st_dev is made to differ on purpose, as a file on
-    /tmp and a store on another disk would."""
-    import os as os_module
+def test_a_movable_file_that_cannot_be_renamed_there_is_copied(tmp_path, monkeypatch):
+    """A rename cannot cross filesystems (EXDEV): injected on purpose, as a file on another
+    disk or a bind mount would fail."""
+    import errno
 
     from mlregistry import storage as storage_module
     from mlregistry.storage import MovableFile
@@ -158,21 +158,31 @@ def test_a_movable_file_on_another_filesystem_is_copied_not_moved(tmp_path, monk
     storage = storages["artifacts"]
     written = tmp_path / "merged"
     written.write_bytes(b"other disk")
-    real_stat = os_module.stat
+    real_replace = storage_module.os.replace
 
-    class _Stat:
-        def __init__(self, result, device):
-            self._result, self.st_dev = result, device
+    def replace(source, target):
+        if str(source) == str(written):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_replace(source, target)
 
-        def __getattr__(self, name):
-            return getattr(self._result, name)
-
-    def stat(path, *args, **kwargs):
-        result = real_stat(path, *args, **kwargs)
-        return _Stat(result, -1) if str(path) == str(written) else result
-
-    monkeypatch.setattr(storage_module.os, "stat", stat)
+    monkeypatch.setattr(storage_module.os, "replace", replace)
     with MovableFile(str(written)) as content:
         storage.save("moved/copied.bin", content)
     assert written.read_bytes() == b"other disk"  # still the caller's
     assert store_read("moved/copied.bin") == b"other disk"
+
+
+@local_only
+def test_a_work_folder_sits_beside_its_target_and_a_crashs_leftover_goes_with_the_folder():
+    from mlregistry.storage import storage_delete_folder, storage_walk, storage_work_folder
+
+    storage = storages["artifacts"]
+    storage.save("jobs/7/kept.bin", ContentFile(b"kept"))
+    work = storage_work_folder(storage, "jobs/7/output.parquet")
+    left = Path(work.name) / "merged"
+    left.write_bytes(b"half a merge")  # the writer was killed before it saved
+    assert left.parent.parent == Path(storage.path("jobs/7"))
+    assert list(storage_walk(storage, "jobs")) == ["jobs/7/kept.bin"]  # backups skip it
+    assert storage_delete_folder(storage, "jobs/7") == 1
+    assert not Path(storage.path("jobs/7")).exists()
+    work.cleanup()

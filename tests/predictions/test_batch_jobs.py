@@ -870,49 +870,85 @@ def _typed_parquet(columns: dict) -> io.BytesIO:
 def test_feature_columns_of_any_number_text_or_boolean_type_are_scored(
     iris_prod, django_capture_on_commit_callbacks
 ):
-    """Dictionary-encoded text (pandas' categoricals), large strings, decimals and narrow
-    integers are read as the numbers they hold, a text that is no number making an invalid
-    row, as in a predict request."""
+    """Dictionary-encoded text (pandas' categoricals), large strings, string views, decimals
+    (128 and 256 bits), half floats and narrow integers are read as the numbers they hold, a
+    text that is no number making an invalid row, as in a predict request."""
     from decimal import Decimal
 
     frame = _frame(12)
     values = [f"{v:.1f}" for v in frame["sepal_length"]]
     values[3] = "five"
-    upload = _typed_parquet(
+    widths = [f"{v:.1f}" for v in frame["sepal_width"]]
+    lengths = [Decimal(f"{v:.1f}") for v in frame["petal_length"]]
+    columns = {
+        "sepal_length": pa.array(values).dictionary_encode(),
+        "sepal_width": pa.array(widths, pa.large_string()),
+        "petal_length": pa.array(lengths, pa.decimal128(4, 1)),
+        "petal_width": pa.array((frame["petal_width"] * 10).round(), pa.int16()),
+    }
+    variants = [
+        columns,
         {
-            "sepal_length": pa.array(values).dictionary_encode(),
-            "sepal_width": pa.array([f"{v:.1f}" for v in frame["sepal_width"]], pa.large_string()),
-            "petal_length": pa.array(
-                [Decimal(f"{v:.1f}") for v in frame["petal_length"]], pa.decimal128(4, 1)
-            ),
-            "petal_width": pa.array((frame["petal_width"] * 10).round(), pa.int16()),
-        }
-    )
-    job = batch.batch_job_create(model=iris_prod, actor="tests", upload=upload, enqueue=False)
-    job = _run(job, django_capture_on_commit_callbacks)
-    assert job.status == BatchStatus.SUCCEEDED, job.error
-    assert (job.rows_done, job.rows_failed) == (12, 1)
-    out = _read(job.output_name, "parquet")
-    assert out["row"].tolist() == [r for r in range(12) if r != 3]
-    errors = _read(job.errors_name, "csv")
-    assert errors["row"].tolist() == [3] and errors["field"].tolist() == ["sepal_length"]
+            **columns,
+            "sepal_width": pa.array(widths, pa.string_view()),
+            "petal_length": pa.array(lengths, pa.decimal256(4, 1)),
+            "petal_width": pa.array((frame["petal_width"] * 10).round(), pa.float16()),
+        },
+    ]
     expected = frame.round(1).astype("float64")
     expected["petal_width"] = (frame["petal_width"] * 10).round()
-    estimator = batch.model_cache.get(batch.version_info(job.version), model_name="iris").estimator
-    scored = estimator.predict(expected.drop(index=3).to_numpy())
-    assert out["prediction"].tolist() == scored.tolist()
+    for variant in variants:
+        job = batch.batch_job_create(
+            model=iris_prod, actor="tests", upload=_typed_parquet(variant), enqueue=False
+        )
+        job = _run(job, django_capture_on_commit_callbacks)
+        assert job.status == BatchStatus.SUCCEEDED, job.error
+        assert (job.rows_done, job.rows_failed) == (12, 1)
+        out = _read(job.output_name, "parquet")
+        assert out["row"].tolist() == [r for r in range(12) if r != 3]
+        errors = _read(job.errors_name, "csv")
+        assert errors["row"].tolist() == [3] and errors["field"].tolist() == ["sepal_length"]
+        estimator = batch.model_cache.get(
+            batch.version_info(job.version), model_name="iris"
+        ).estimator
+        scored = estimator.predict(expected.drop(index=3).to_numpy())
+        assert out["prediction"].tolist() == scored.tolist()
+
+
+def test_an_all_null_column_makes_invalid_rows_not_a_refusal(
+    iris_prod, django_capture_on_commit_callbacks
+):
+    upload = _typed_parquet(
+        {
+            "sepal_length": pa.nulls(3),
+            "sepal_width": [3.5] * 3,
+            "petal_length": [1.4] * 3,
+            "petal_width": [0.2] * 3,
+        }
+    )
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=upload, max_error_share=1, enqueue=False
+    )
+    job = _run(job, django_capture_on_commit_callbacks)
+    assert (job.status, job.rows_failed) == (BatchStatus.SUCCEEDED, 3), job.error
+    assert set(_read(job.errors_name, "csv")["field"]) == {"sepal_length"}
 
 
 @pytest.mark.parametrize(
     ("column", "shown"),
     [
         (pa.array([datetime(2026, 1, 1)] * 3, pa.timestamp("ns")), "timestamp[ns]"),
+        (pa.array([datetime(2026, 1, 1).date()] * 3, pa.date32()), "date32[day]"),
         (pa.array([[1.0, 2.0]] * 3), "list<element: double>"),
         (pa.array([b"\x01"] * 3, pa.binary()), "binary"),
         (pa.array([{"a": 1.0}] * 3), "struct<a: double>"),
+        (
+            pa.array([{f"field_{i}": 1.0 for i in range(50)}] * 3),
+            "struct<field_0: double, field_1: double, field_2: double, field_3: double, fi...",
+        ),
     ],
 )
-def test_a_feature_column_no_feature_can_take_is_refused_at_creation_naming_it(
+def test_a_feature_column_its_feature_cannot_take_is_refused_at_creation_naming_it(
     iris_prod, column, shown
 ):
     upload = _typed_parquet(
@@ -927,3 +963,68 @@ def test_a_feature_column_no_feature_can_take_is_refused_at_creation_naming_it(
         batch.batch_job_create(model=iris_prod, actor="tests", upload=upload, enqueue=False)
     assert refused.value.fields == {"file": [f"unusable column types: sepal_length ({shown})"]}
     assert not BatchJob.objects.exists()
+
+
+def test_a_feature_column_named_twice_is_refused_at_creation(iris_prod):
+    table = pa.Table.from_arrays(
+        [pa.array([value] * 3) for value in (5.1, 5.2, 3.5, 1.4, 0.2)],
+        names=["sepal_length", "sepal_length", "sepal_width", "petal_length", "petal_width"],
+    )
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    sink.seek(0)
+    sink.name = "twice.parquet"
+    with pytest.raises(ValidationFailed) as refused:
+        batch.batch_job_create(model=iris_prod, actor="tests", upload=sink, enqueue=False)
+    assert refused.value.fields == {"file": ["repeated columns: sepal_length"]}
+
+
+def test_text_features_take_any_flat_column_and_numbers_no_dates():
+    """The rule per feature type, as _column_values reads a column: text features cast any
+    value but a nested one to text; number and boolean features parse text, so take text,
+    numbers and booleans, not dates, times or bytes."""
+    cases = {
+        pa.timestamp("ms"): {"string": True, "float": False, "boolean": False},
+        pa.binary(): {"string": True, "integer": False},
+        pa.list_(pa.float64()): {"string": False, "float": False},
+        pa.map_(pa.string(), pa.float64()): {"string": False},
+        pa.dictionary(pa.int8(), pa.date32()): {"string": True, "float": False},
+        pa.dictionary(pa.int8(), pa.int64()): {"integer": True, "boolean": True},
+        pa.float16(): {"float": True, "string": True},
+        pa.null(): {"float": True, "boolean": True},
+    }
+    for arrow_type, kinds in cases.items():
+        for kind, usable in kinds.items():
+            assert batch._usable_type(arrow_type, kind) is usable, (arrow_type, kind)
+
+
+def test_a_dataset_input_gets_the_same_column_checks(iris_prod):
+    from quality import training
+
+    sink = io.BytesIO()
+    pq.write_table(
+        pa.table(
+            {
+                "sepal_length": pa.array([datetime(2026, 1, 1)] * 3, pa.timestamp("ns")),
+                "sepal_width": [3.5] * 3,
+                "petal_length": [1.4] * 3,
+                "petal_width": [0.2] * 3,
+                "species": [0, 1, 2],
+            }
+        ),
+        sink,
+    )
+    sink.seek(0)
+    dataset = training.dataset_create(
+        name="dates",
+        actor="tests",
+        target_column="species",
+        feature_columns=list(factories.IRIS_FEATURES),
+        file=sink,
+        file_format="parquet",
+    )
+    with pytest.raises(ValidationFailed) as refused:
+        batch.batch_job_create(model=iris_prod, actor="tests", dataset=dataset.pk, enqueue=False)
+    assert refused.value.fields == {
+        "dataset": ["unusable column types: sepal_length (timestamp[ns])"]
+    }
