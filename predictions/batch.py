@@ -774,10 +774,10 @@ def _read_rows(storage: Storage, name: str, start: int, count: int, names: list[
     import pyarrow.parquet as pq
 
     with arrow_input_open(storage, name) as source:
-        # From an object store, the chunk's column chunks in a few coalesced range requests;
-        # from a local file, decoded straight from its mapped pages (one copy less).
-        local = isinstance(source, str)
-        parquet = pq.ParquetFile(source, pre_buffer=not local, memory_map=local)
+        # The chunk's column chunks in a few coalesced reads (range requests on an object
+        # store). Read, not mapped: a mapped file truncated meanwhile, or a stale network
+        # mount, kills the process with SIGBUS instead of raising.
+        parquet = pq.ParquetFile(source, pre_buffer=True)
         meta = parquet.metadata
         wanted, position, first = [], 0, None
         for i in range(meta.num_row_groups):
@@ -1075,7 +1075,7 @@ def _part_table(storage: Storage, name: str) -> Any:
     try:
         source = arrow_input(storage, name)
         if isinstance(source, str):
-            source = pa.memory_map(source)  # read in place: no copy of the part
+            source = pa.OSFile(source)  # read, not mapped: see _read_rows
     except (FileNotFoundError, pa.ArrowInvalid):
         raise BatchPartLost(name) from None
     try:
