@@ -283,7 +283,7 @@ def main() -> None:
     }
     from celery import Celery
 
-    sender = Celery("bench", broker=env["CELERY_BROKER_URL"])
+    sender = Celery("bench", broker=env["CELERY_BROKER_URL"], set_as_current=False)
     sender.connection_for_write().ensure_connection()
     measures = {
         "in_process": lambda: _in_process(path, estimator),

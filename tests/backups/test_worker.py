@@ -39,7 +39,7 @@ def broker():
         pytest.skip("no broker answers: set CELERY_TEST_BROKER_URL or start RabbitMQ/Redis")
     # A queue of its own: other test runs may share the broker.
     queue = f"test-backups-{uuid.uuid4().hex[:10]}"
-    publisher = Celery("tests", broker=url)
+    publisher = Celery("tests", broker=url, set_as_current=False)
     yield url, queue, publisher
     try:
         with Connection(url, connect_timeout=2) as conn:

@@ -672,7 +672,9 @@ def test_a_backup_taken_by_a_worker_restores_into_an_empty_database_and_store(
 
     marks = {w.name: w.log_size() for w in running.workers}
     slot = f"cluster-{uuid.uuid4().hex[:8]}"
-    publisher = Celery("cluster-test", broker=running.env["CELERY_BROKER_URL"])
+    publisher = Celery(
+        "cluster-test", broker=running.env["CELERY_BROKER_URL"], set_as_current=False
+    )
     publisher.send_task("backups.tasks.backup_create_task", kwargs={"slot": slot})
 
     def verified():

@@ -40,7 +40,7 @@ def broker():
     if url is None:
         pytest.skip("no broker answers: set CELERY_TEST_BROKER_URL or start Redis")
     queue = f"test-batch-{uuid.uuid4().hex[:10]}"
-    publisher = Celery("tests", broker=url)
+    publisher = Celery("tests", broker=url, set_as_current=False)
     yield url, queue, publisher
     try:
         with Connection(url, connect_timeout=2) as conn:
@@ -169,6 +169,7 @@ def test_the_embedded_defaults_join_the_chord_without_a_server(tmp_path, job):
             "control_folder": str(folders / "control"),
             "store_processed": False,
         },
+        set_as_current=False,
     )
     for name in ("queue", "processed", "control"):
         (folders / name).mkdir(parents=True, exist_ok=True)

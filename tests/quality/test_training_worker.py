@@ -86,7 +86,7 @@ def test_training_job_runs_end_to_end_in_a_real_worker(settings, tmp_path):
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    sender = Celery("tests-sender", broker=BROKER_URL)
+    sender = Celery("tests-sender", broker=BROKER_URL, set_as_current=False)
     try:
         sender.send_task("mlregistry.tasks.training_job_run_task", args=[job.pk], queue=queue)
         deadline = time.monotonic() + 180
