@@ -414,6 +414,14 @@ def broker_url() -> str | None:
     return next((url for url in candidates if broker_answers(url)), None)
 
 
+def redis_broker_url() -> str | None:
+    """CELERY_TEST_BROKER_URL when it is a Redis one, else the local Redis (db 3) when it
+    answers; None otherwise."""
+    configured = os.environ.get("CELERY_TEST_BROKER_URL", "")
+    url = configured if configured.startswith("redis") else "redis://127.0.0.1:6379/3"
+    return url if broker_answers(url) else None
+
+
 def _postgres_admin(sql: str) -> None:
     import psycopg2
 

@@ -33,8 +33,15 @@ WAIT_SECONDS = 120
 
 
 @pytest.fixture
-def broker():
+def broker(request):
     url = live.broker_url()
+    if request.node.get_closest_marker("keeps_a_dead_workers_message"):
+        # RabbitMQ hands a dead consumer's unacknowledged message on as soon as its connection
+        # drops, so the next worker runs the job again (the pool-kill tests show that). Redis
+        # keeps it until the visibility timeout, hours: only the reaper ends such a job.
+        url = url if url and url.startswith("redis") else live.redis_broker_url()
+        if url is None:
+            pytest.skip("needs a Redis broker (a dead worker's message stays unacknowledged)")
     if url is None:
         pytest.skip("no broker answers: set CELERY_TEST_BROKER_URL or start RabbitMQ/Redis")
     # A queue of its own: other test runs may share the broker.
@@ -195,6 +202,7 @@ def test_a_task_killed_mid_backup_is_redelivered_and_makes_one_backup(worker, br
     assert backup_folders() == [backup["path"]]
 
 
+@pytest.mark.keeps_a_dead_workers_message
 def test_a_dead_worker_s_backup_is_reaped_and_the_next_run_goes_on(worker, broker):
     _, queue, publisher = broker
     # Beats every second, stalled after five: the same reaper, on a test's clock.
@@ -238,6 +246,7 @@ def test_a_dead_worker_s_backup_is_reaped_and_the_next_run_goes_on(worker, broke
     }
 
 
+@pytest.mark.keeps_a_dead_workers_message
 def test_a_dead_worker_s_training_job_is_reaped_and_the_next_job_runs(tmp_path, broker, registry):
     url, queue, publisher = broker
     model = RegisteredModel.objects.get(name="iris")
