@@ -123,14 +123,6 @@ def _file_digest(path: Path) -> tuple[str, int]:
         return _stream_digest(handle)
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _slot_tag(slot: str) -> str:
     """A file-name-safe name for the slot; the hash keeps "a/b" and "a_b" (or "x" and "y-x")
     apart, so cleaning up one slot's leftovers can never touch another's."""
