@@ -115,6 +115,26 @@ def test_model_cache_is_bounded_by_megabytes_too(client_api, iris_production, ir
     assert next(iter(model_cache._items.values())).size_bytes > 0
 
 
+def test_a_touching_peek_counts_as_use_for_the_lru(
+    client_api, iris_production, iris_model, settings
+):
+    """A batch worker finds its model with peek(touch=True) on every chunk: that model must
+    not be the first one evicted. A plain peek (readiness) changes nothing."""
+    from predictions.serving import version_info
+
+    settings.PREDICTION_MODEL_CACHE_SIZE = 2
+    v2, v3 = iris_version(iris_model, c=0.01), iris_version(iris_model, c=0.1)
+    v1 = iris_production
+    model_cache.get(version_info(v1), model_name="iris")
+    model_cache.get(version_info(v2), model_name="iris")
+    assert model_cache.peek(v1.pk, v1.artifact_sha256, touch=True) is not None  # v1 now newest
+    assert model_cache.peek(v2.pk, v2.artifact_sha256) is not None  # v2 stays the oldest
+    model_cache.get(version_info(v3), model_name="iris")
+    assert model_cache.peek(v1.pk, v1.artifact_sha256) is not None
+    assert model_cache.peek(v2.pk, v2.artifact_sha256) is None
+    assert model_cache.peek(v1.pk, "0" * 64, touch=True) is None
+
+
 def test_tampered_artifact_is_refused_with_503(client_api, iris_production):
     version = ModelVersion.objects.get(pk=iris_production.pk)
     data = bytearray(store_read(version.artifact.name))
