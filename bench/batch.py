@@ -123,23 +123,18 @@ def _in_process(path: Path, estimator, *, one_thread: bool = False) -> float:
     work per core."""
     import contextlib
 
+    import numpy as np
+    import pyarrow.parquet as pq
     from threadpoolctl import threadpool_limits
 
     limits = threadpool_limits(limits=1) if one_thread else contextlib.nullcontext()
     with limits:
-        return _in_process_once(path, estimator, one_thread)
-
-
-def _in_process_once(path: Path, estimator, one_thread: bool) -> float:
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    started = time.perf_counter()
-    table = pq.read_table(path, columns=FEATURES, use_threads=not one_thread)
-    x = np.column_stack([table.column(n).to_numpy() for n in FEATURES])
-    estimator.predict(x)
-    estimator.predict_proba(x)
-    return time.perf_counter() - started
+        started = time.perf_counter()
+        table = pq.read_table(path, columns=FEATURES, use_threads=not one_thread)
+        x = np.column_stack([table.column(n).to_numpy() for n in FEATURES])
+        estimator.predict(x)
+        estimator.predict_proba(x)
+        return time.perf_counter() - started
 
 
 def _in_process_batched(path: Path, estimator, chunk_rows: int) -> float:
