@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -364,6 +365,58 @@ class MovableFile(File):
     def __init__(self, path: str):
         super().__init__(open(path, "rb"), name=os.path.basename(path))  # noqa: SIM115
         self.path = path
+
+
+class WriteBehind:
+    """Starts the disk writes of a local file while its writer is still producing it, so that
+    the fsync which makes it durable at the end waits for its last megabytes rather than for
+    all of them: each `nudge()` runs fdatasync in a background thread unless one is running
+    already. (Linux's sync_file_range would start the writes without a thread, but Python does
+    not expose it.) On the batch merge's 76 MB output, writing plus the final fsync went from
+    0.35-0.40 s to 0.17-0.20 s. Nothing is promised by it: the fsync at the end still is.
+
+    When `durable`, `path` is opened first (created empty when missing, for its writer to
+    open after). A no-op otherwise:
+    a file an object store uploads, or a folder storage does not fsync, gains nothing from
+    being written early. Use it in a `with` block, which waits for the flush still running and
+    raises its OSError."""
+
+    def __init__(self, path: str, *, durable: bool = True):
+        self._fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o600) if durable else None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-behind")
+        self._running: Future | None = None
+        # macOS has no fdatasync; fsync does the same and a little more.
+        self._sync = getattr(os, "fdatasync", os.fsync)
+
+    def nudge(self) -> None:
+        """Starts writing what the file holds so far, unless that is under way; OSError when a
+        previous flush failed."""
+        if self._fd is None:
+            return
+        if self._running is not None:
+            if not self._running.done():
+                return
+            # Raised here, not left to the final fsync: Linux reports a writeback error once
+            # per open file, and the final fsync may come through one opened after it.
+            self._running.result()
+        self._running = self._pool.submit(self._sync, self._fd)
+
+    def __enter__(self) -> WriteBehind:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        try:
+            self._pool.shutdown(wait=True)
+            if exc_type is None and self._running is not None:
+                self._running.result()
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+
+
+def storage_fsyncs(storage: Storage) -> bool:
+    """Whether `storage` makes the files it saves durable on a local disk itself (fsync)."""
+    return isinstance(storage, AtomicFileSystemStorage)
 
 
 class AtomicFileSystemStorage(FileSystemStorage):

@@ -63,11 +63,13 @@ from mlregistry.selectors import model_version_by_alias_get
 from mlregistry.storage import (
     MovableFile,
     ScratchFile,
+    WriteBehind,
     arrow_input,
     arrow_input_open,
     get_artifact_storage,
     presigned_url,
     storage_delete_folder,
+    storage_fsyncs,
     storage_work_folder,
     stored_sha256,
 )
@@ -1041,19 +1043,25 @@ def _part_bytes(table: Any, output_format: str) -> bytes:
 
 
 def _parquet_options(table: Any) -> dict[str, Any]:
-    """How the merge encodes the output. A dictionary only for text class labels: pyarrow
-    tries one on every column by default, and on probabilities (all distinct) that attempt was
-    ~90% of the write time; on integer labels and the version it cost a sixth of the write to
-    save 4% of the size that snappy mostly saves anyway. No compression for floating-point
-    columns (probabilities do not compress: snappy only spent a sixth of the merge's time).
-    Statistics where a reader filters: row ranges, predictions, confidence thresholds."""
+    """How the merge encodes the output. Integer columns (row numbers, integer labels, the
+    version) in DELTA_BINARY_PACKED: consecutive row numbers and a repeated version take next
+    to nothing, labels a few bits each, and it encodes faster than snappy on plain values.
+    A dictionary only for text class labels: pyarrow tries one on every column by default, and
+    on probabilities (all distinct) that attempt was ~90% of the write time. No compression
+    but snappy on text: probabilities do not compress, and the integers are packed already.
+    On 2,000,000 rows of 3 classes: 65 MB encoded in 0.12 s, against 76 MB in 0.17 s with
+    snappy on plain integers. Statistics where a reader filters: row ranges, predictions,
+    confidence thresholds."""
     import pyarrow as pa
 
-    floating = {f.name for f in table.schema if pa.types.is_floating(f.type)}
+    integer = [f.name for f in table.schema if pa.types.is_integer(f.type)]
     text = pa.types.is_string(table.schema.field("prediction").type)
     return {
         "use_dictionary": ["prediction"] if text else False,
-        "compression": {n: "none" if n in floating else "snappy" for n in table.column_names},
+        "column_encoding": dict.fromkeys(integer, "DELTA_BINARY_PACKED"),
+        "compression": {
+            f.name: "snappy" if pa.types.is_string(f.type) else "none" for f in table.schema
+        },
         "write_statistics": ["row", "prediction", "confidence"],
     }
 
@@ -1335,26 +1343,34 @@ def _merge(job: BatchJob, storage: Storage, what: str, file_format: str, target:
         )
     with storage_work_folder(storage, target) as folder:
         path = os.path.join(folder, "merged")
-        if file_format == BatchFormat.PARQUET:
-            writer = None
-            for table in _prefetched(
-                _part_table, storage, [_part_name(job, i, what) for i in indexes]
-            ):
-                writer = writer or pq.ParquetWriter(path, table.schema, **_parquet_options(table))
-                writer.write_table(table)
-            if writer is None:
-                raise BatchJobFailed("empty", "The input holds no rows.")
-            writer.close()
-        else:
-            with open(path, "wb") as out:
-                if what == "errors":
-                    out.write(_errors_bytes([], header=True))
-                for n, i in enumerate(indexes):
-                    with storage.open(_part_name(job, i, what), "rb") as handle:
-                        if what == "output" and n:
-                            handle.readline()  # each part has its header
-                        for block in iter(partial(handle.read, _HASH_BLOCK), b""):
-                            out.write(block)
+        # The disk writes start part by part: the storage's fsync at the end waits for the last
+        # parts only.
+        with WriteBehind(path, durable=storage_fsyncs(storage)) as disk:
+            if file_format == BatchFormat.PARQUET:
+                writer = None
+                for table in _prefetched(
+                    _part_table, storage, [_part_name(job, i, what) for i in indexes]
+                ):
+                    writer = writer or pq.ParquetWriter(
+                        path, table.schema, **_parquet_options(table)
+                    )
+                    writer.write_table(table)
+                    disk.nudge()
+                if writer is None:
+                    raise BatchJobFailed("empty", "The input holds no rows.")
+                writer.close()
+            else:
+                with open(path, "wb") as out:
+                    if what == "errors":
+                        out.write(_errors_bytes([], header=True))
+                    for n, i in enumerate(indexes):
+                        with storage.open(_part_name(job, i, what), "rb") as handle:
+                            if what == "output" and n:
+                                handle.readline()  # each part has its header
+                            for block in iter(partial(handle.read, _HASH_BLOCK), b""):
+                                out.write(block)
+                        out.flush()
+                        disk.nudge()
         with MovableFile(path) as merged:
             return storage.save(target, merged)
 

@@ -85,6 +85,19 @@ def _read(name: str, file_format: str) -> pd.DataFrame:
     return pd.read_csv(io.BytesIO(data))
 
 
+def _encodings(name: str) -> dict[str, tuple[set[str], str]]:
+    """{column: (its data pages' encodings, compression)} of a stored Parquet file, as its
+    footer says (the levels' RLE left out)."""
+    with batch.get_artifact_storage().open(name, "rb") as handle:
+        meta = pq.ParquetFile(io.BytesIO(handle.read())).metadata
+    found: dict[str, tuple[set[str], str]] = {}
+    for i in range(meta.num_columns):
+        column = meta.row_group(0).column(i)
+        encodings = set(column.encodings) - {"RLE"}
+        found[column.path_in_schema] = (encodings, column.compression)
+    return found
+
+
 def test_parquet_job_scores_every_row_as_serving_does(
     iris_prod, django_capture_on_commit_callbacks
 ):
@@ -114,6 +127,14 @@ def test_parquet_job_scores_every_row_as_serving_does(
         estimator.predict_proba(frame.to_numpy()),
     )
     assert (out["version"] == 1).all()
+    # Integers delta-packed (consecutive rows and one version take next to nothing), the
+    # probabilities plain: no dictionary tried on every column, no compression that gains
+    # nothing on them.
+    encodings = _encodings(job.output_name)
+    for column in ("row", "prediction", "version"):
+        assert encodings[column] == ({"DELTA_BINARY_PACKED"}, "UNCOMPRESSED"), column
+    for column in ("confidence", "probability_0"):
+        assert encodings[column] == ({"PLAIN"}, "UNCOMPRESSED"), column
     assert _read(job.errors_name, "csv").empty
     assert AuditEvent.objects.filter(object_type="predictions.batchjob", verb="finish").exists()
 
@@ -460,6 +481,8 @@ def test_a_mixed_type_schema_is_validated_and_scored_as_a_frame(
         ).tolist()
     )
     assert {"probability_a", "probability_b"} <= set(out.columns)
+    # Text labels go through a dictionary, its pages snappy-compressed.
+    assert _encodings(job.output_name)["prediction"] == ({"RLE_DICTIONARY", "PLAIN"}, "SNAPPY")
     errors = _read(job.errors_name, "csv")
     assert errors.to_dict("records") == [
         {"row": 2, "field": "colour", "reason": "must not be null"},
