@@ -18,7 +18,10 @@ OTHER_ROW = {"sepal_length": 6.3, "sepal_width": 2.5, "petal_length": 4.9, "peta
 @pytest.fixture(autouse=True)
 def _serving_state(settings):
     """Per-test serving state: no flusher thread (it would write outside the test's
-    transaction), empty per-process caches."""
+    transaction), empty per-process caches, and a batch chunk's first claim stamps the
+    heartbeats as a fresh worker process's does."""
+    from predictions import batch
+
     settings.PREDICTION_LOG_FLUSH_SECONDS = 0
     settings.PREDICTION_LOG_FLUSH_ROWS = 100_000
     settings.PREDICTION_CACHE_WRITE_BEHIND = False  # cache hits asserted right after a miss
@@ -26,6 +29,8 @@ def _serving_state(settings):
     prediction_log_buffer.clear()
     routing_fallback_clear()
     cache_reset()
+    batch._heartbeats_stamped_at = None
+    batch._chunk_job.cache_clear()
     yield
     prediction_log_buffer.clear()
     routing_fallback_clear()
