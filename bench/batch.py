@@ -17,9 +17,9 @@ thread, as a worker reads and scores. Each of `--repeat` rounds times every conf
 once, in an order that turns round by one each round, so a shared machine's slow spell or a
 job's tail does not always land on the same one. The best run of each counts, against the
 faster whole-file way; the workers' first runs (which load the model) are left out of the
-medians. Two against one is also given as the median of each round's ratio, and beside it the
-ceiling this machine sets: the scoring alone, in blocks, split between two forked processes
-against one.
+medians. Two against one is also given as the median of each round's ratio, and beside it
+what the machine gives a second process on the scoring alone: in blocks, split between two
+forked processes, against one.
 
     .venv/bin/python bench/batch.py [--rows 2000000] [--chunk-rows 50000] [--repeat 5]
                                     [--json PATH]
@@ -161,8 +161,10 @@ def _in_process_batched(path: Path, estimator, *, processes: int = 1) -> float:
     """Seconds for the work of the workers' chunks alone, in blocks whose arrays stay in the
     CPU's caches where the whole file's do not: in this process, or split between
     `processes` forked ones (row groups dealt in turn), timed until the last is done. Two
-    processes against one is what this machine gives two worker processes before any work of
-    the job's: the ceiling of their ratio."""
+    processes against one is what this machine gives a second process on this work alone:
+    decoding and arithmetic that share the caches and the memory bus (well under 2x on a
+    2-core VM). Workers, whose chunks also wait on the database and the broker, leave each
+    other more room than that."""
     import pyarrow.parquet as pq
 
     groups = pq.ParquetFile(path).metadata.num_row_groups
