@@ -9,9 +9,16 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from config.celery import app as celery_app
+from config.celery import longest_task_time_limit
 from config.retention import prune_register, store_namespace_register, store_namespaces
 from mlregistry.audit import Actor
-from mlregistry.storage import get_artifact_storage, storage_walk
+from mlregistry.storage import (
+    get_artifact_storage,
+    storage_temporaries,
+    storage_temporary_delete,
+    storage_walk,
+)
 
 
 def artifacts_sweep(
@@ -19,9 +26,11 @@ def artifacts_sweep(
 ) -> list[str]:
     """Deletes files of the artifact storage, under the namespaces apps register (version
     artifacts here, dataset files in quality), that no row references; never files younger than
-    ARTIFACT_SWEEP_MIN_AGE_SECONDS (uploads in flight), never files elsewhere. Returns their
-    names (with `dry_run`, the names it would delete, deleting nothing). Works on any storage
-    backend: it only lists, dates and deletes through the storage API."""
+    ARTIFACT_SWEEP_MIN_AGE_SECONDS (uploads in flight), never files elsewhere. On a local disk,
+    also the temporary files and work folders of writers that died mid-write, once older than
+    that and than the longest task time limit (mlregistry.storage.storage_temporaries).
+    Returns their names (with `dry_run`, the names it would delete, deleting nothing). Works on
+    any storage backend: it lists, dates and deletes through the storage API."""
     now = now or timezone.now()
     if min_age is None:  # a zero timedelta is a margin of none, not the default
         min_age = timedelta(seconds=settings.ARTIFACT_SWEEP_MIN_AGE_SECONDS)
@@ -46,6 +55,13 @@ def artifacts_sweep(
             if not dry_run:
                 storage.delete(name)
             removed.append(name)
+    # What crashed writers left: older than any task may run (a batch merge's work folder,
+    # a restore's half-written file) and than min_age (an upload through the web).
+    writers = timedelta(seconds=longest_task_time_limit(celery_app))
+    for name in storage_temporaries(storage, older_than=(now - max(min_age, writers)).timestamp()):
+        if not dry_run:
+            storage_temporary_delete(storage, name)
+        removed.append(name)
     return removed
 
 

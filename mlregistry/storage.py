@@ -72,6 +72,58 @@ def storage_delete_folder(storage: Storage, prefix: str) -> int:
     return removed
 
 
+def storage_temporaries(storage: Storage, *, older_than: float) -> list[str]:
+    """Names, under the storage's root, of the temporary files (".tmp-*.part") and work
+    folders (".tmp-*/") that writers killed mid-write left on a local disk, with nothing in
+    them changed since `older_than` (a POSIX timestamp): storage_walk, and so every sweep,
+    backup and prune, leaves them out, so without this they stay for ever. A folder is judged
+    by its newest entry: a merge still writing keeps it young. None on an object store, where
+    an upload is one request (a multipart one that dies is for the bucket's lifecycle rule to
+    abort, docs/scaling.md)."""
+    try:
+        root = storage.path("")
+    except NotImplementedError:
+        return []
+    found = []
+    for folder, folders, files in os.walk(root):
+        for name in [n for n in folders if n.startswith(".tmp-")]:
+            folders.remove(name)  # judged whole, not walked into
+            if _newest_change(os.path.join(folder, name)) < older_than:
+                found.append(os.path.relpath(os.path.join(folder, name), root))
+        for name in files:
+            if name.startswith(".tmp-"):
+                with contextlib.suppress(FileNotFoundError):
+                    if os.lstat(os.path.join(folder, name)).st_mtime < older_than:
+                        found.append(os.path.relpath(os.path.join(folder, name), root))
+    return sorted(found)
+
+
+def storage_temporary_delete(storage: Storage, name: str) -> None:
+    """Deletes a temporary file or work folder that storage_temporaries named."""
+    path = storage.path(name)
+    if not os.path.basename(path).startswith(".tmp-"):
+        raise ValueError(f"{name} is not a temporary file or folder")
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def _newest_change(path: str) -> float:
+    """The latest mtime of a folder and of everything in it (0 when it is gone)."""
+    newest = 0.0
+    with contextlib.suppress(FileNotFoundError):
+        newest = os.lstat(path).st_mtime
+    for folder, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
+        with contextlib.suppress(FileNotFoundError):
+            newest = max(newest, os.lstat(folder).st_mtime)
+    return newest
+
+
 def storage_work_folder(storage: Storage, name: str) -> tempfile.TemporaryDirectory:
     """A temporary folder to write a file in that is then saved as storage file `name`: next
     to it for a folder storage, so that saving a MovableFile renames it into place instead of

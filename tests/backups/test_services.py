@@ -377,6 +377,51 @@ def test_sweep_removes_only_old_unreferenced_artifacts(registry):
     assert all(storage.exists(name) for name in referenced)
 
 
+def test_sweep_removes_what_crashed_writers_left_once_no_task_can_still_be_writing(registry):
+    """A write killed between its temporary file and the rename, and a batch merge killed in
+    its work folder, leave ".tmp-*" entries that every walk of the store skips: the sweep
+    removes them once older than the longest task time limit, and a folder whose newest
+    entry is young stays (a merge still writing)."""
+    import os
+
+    storage = get_artifact_storage()
+    if not is_local():
+        assert retention.artifacts_sweep(now=_later(days=30)) == []  # one PUT: nothing left
+        return
+    kept = [v.artifact.name for v in ModelVersion.objects.all()]
+    root = Path(storage.path(""))
+    part = root / "sha256" / "00" / ".tmp-dead.part"
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(b"half an artifact")
+    work = root / "batch-jobs" / "7" / ".tmp-merge"
+    work.mkdir(parents=True)
+    (work / "merged").write_bytes(b"half a merge")
+    writing = root / "batch-jobs" / "8" / ".tmp-merge"
+    writing.mkdir(parents=True)
+    (writing / "merged").write_bytes(b"a merge going on")
+    long_ago = time.time() - 3 * 24 * 3600
+    os.utime(writing, (long_ago, long_ago))  # the folder is old, what is written in it is not
+
+    assert retention.artifacts_sweep() == []  # young: their writers may be alive
+    limit = _longest_task_seconds()
+    assert retention.artifacts_sweep(now=_later(seconds=limit - 60)) == []
+    later = _later(seconds=limit + 60)
+    os.utime(writing / "merged", (later.timestamp(), later.timestamp()))  # still writing
+    expected = ["batch-jobs/7/.tmp-merge", "sha256/00/.tmp-dead.part"]
+    assert retention.artifacts_sweep(now=later, dry_run=True) == expected
+    assert part.exists() and work.exists()
+    assert retention.artifacts_sweep(now=later) == expected
+    assert not part.exists() and not work.exists()
+    assert (writing / "merged").exists()
+    assert all(storage.exists(name) for name in kept)
+
+
+def _longest_task_seconds() -> int:
+    from config.celery import app, longest_task_time_limit
+
+    return longest_task_time_limit(app)
+
+
 def test_sweep_collects_artifacts_of_a_deleted_model_only(registry):
     from mlregistry import services as registry_services
 
