@@ -434,7 +434,9 @@ class WriteBehind:
     raises its OSError."""
 
     def __init__(self, path: str, *, durable: bool = True):
-        self._fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o600) if durable else None
+        # Open for writing (never truncated here): POSIX lets fdatasync refuse a read-only
+        # descriptor, and some network filesystems do.
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600) if durable else None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="write-behind")
         self._running: Future | None = None
         # macOS has no fdatasync; fsync does the same and a little more.

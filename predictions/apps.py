@@ -14,6 +14,11 @@ class PredictionsConfig(AppConfig):
         from predictions.urls import predict_routes, v2_routes
 
         retention.register()
+        from django.core import checks
+
+        from predictions.checks import sqlite_returning_check
+
+        checks.register(sqlite_returning_check)
 
         health.register(READINESS_CHECKS, DEEP_CHECKS)
         top_level_routes_register([*predict_routes("api/v1/"), *v2_routes()])

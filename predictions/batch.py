@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import PurePath
 from typing import IO, Any
@@ -1143,7 +1143,8 @@ def _bookkeeping_sql(vendor: str) -> dict[str, str]:
         f"AND EXISTS (SELECT 1 FROM {job} j WHERE j.id = {chunk}.job_id AND j.status = %s) "
         f"RETURNING row_start, row_count, "
         f"(SELECT j.version_id FROM {job} j WHERE j.id = {chunk}.job_id), "
-        f"(SELECT j.created_at FROM {job} j WHERE j.id = {chunk}.job_id)"
+        f"(SELECT j.created_at FROM {job} j WHERE j.id = {chunk}.job_id), "
+        f"(SELECT j.heartbeat_at >= %s FROM {job} j WHERE j.id = {chunk}.job_id)"
     )
     count = (
         f"UPDATE {chunk} SET status = %s, rows_failed = %s, seconds = %s "  # noqa: S608
@@ -1181,17 +1182,16 @@ def _now() -> Any:
 _heartbeats_stamped_at: float | None = None
 
 
-def _chunk_claim(job_id: int, index: int) -> BatchChunk | str:
-    """Marks the chunk running (one more attempt) and returns it with its job, version and
-    model; or why it does not run: "done" (a redelivery of a chunk already counted),
-    "failed" (it was started JOB_MAX_ATTEMPTS times without finishing: the job is failed
-    `too_many_attempts`) or "skipped" (no such chunk, or its job is not running: cancelled,
-    failed, finished)."""
+def _chunk_claim(job_id: int, index: int) -> tuple[BatchChunk, bool] | str:
+    """Marks the chunk running (one more attempt) and returns it with its job and whether
+    the job's own heartbeat is due (older than JOB_HEARTBEAT_SECONDS / 2: the chunk's run
+    stamps it first); or why it does not run: "done" (a redelivery of a chunk already
+    counted), "failed" (it was started JOB_MAX_ATTEMPTS times without finishing, or its
+    version was deleted: the job is failed) or "skipped" (no such chunk, or its job is not
+    running: cancelled, failed, finished)."""
     global _heartbeats_stamped_at
-    stamp = (
-        _heartbeats_stamped_at is None
-        or time.monotonic() - _heartbeats_stamped_at >= settings.JOB_HEARTBEAT_SECONDS / 2
-    )
+    half = settings.JOB_HEARTBEAT_SECONDS / 2
+    stamp = _heartbeats_stamped_at is None or time.monotonic() - _heartbeats_stamped_at >= half
     with _bookkeeping():
         if stamp:
             # In the claim's commit, job rows first (the order every other writer of both
@@ -1207,6 +1207,7 @@ def _chunk_claim(job_id: int, index: int) -> BatchChunk | str:
                 BatchChunk.Status.DONE,
                 settings.JOB_MAX_ATTEMPTS,
                 BatchStatus.RUNNING,
+                connection.ops.adapt_datetimefield_value(timezone.now() - timedelta(seconds=half)),
             ],
         )
     if stamp:
@@ -1220,6 +1221,8 @@ def _chunk_claim(job_id: int, index: int) -> BatchChunk | str:
             return "skipped"
         if state[0] == BatchChunk.Status.DONE:
             return "done"
+        if state[1] < settings.JOB_MAX_ATTEMPTS:
+            return "skipped"  # its job was not running at the claim; a resume since is not ours
         # Every start ended without a result: its process was killed each time (the OOM
         # killer, say) and the broker handed the message on again. Without this bound the
         # message goes round the workers for ever, each claim keeping the job's heartbeat
@@ -1232,7 +1235,7 @@ def _chunk_claim(job_id: int, index: int) -> BatchChunk | str:
             "a smaller chunk_rows holds fewer rows in memory at once.",
         )
         return "failed"
-    row_start, row_count, version_id, created_at = claimed
+    row_start, row_count, version_id, created_at, heartbeat_fresh = claimed
     if version_id is None:  # deleted since the job was planned (the key is SET_NULL)
         _fail(job_id, problem="version_gone", message="The scoring version was deleted.")
         return "failed"
@@ -1240,7 +1243,7 @@ def _chunk_claim(job_id: int, index: int) -> BatchChunk | str:
     # The creation time tells a job from an earlier one that had its id (a rolled-back
     # creation on SQLite); what is read never changes while a job exists.
     chunk.job = _chunk_job(job_id, str(created_at))
-    return chunk
+    return chunk, not heartbeat_fresh  # None (never stamped) is due too
 
 
 @functools.lru_cache(maxsize=16)
@@ -1282,13 +1285,14 @@ def batch_chunk_run(*, job_id: int, index: int) -> str:
     BATCH_CHUNK_THREADS threads in BLAS and pyarrow: the workers' processes are the
     parallelism, and a 50,000 x 20 matrix product was 6x slower with two BLAS threads than
     with one on a busy 2-core machine."""
-    chunk = _chunk_claim(job_id, index)
-    if isinstance(chunk, str):
-        return chunk
+    claimed = _chunk_claim(job_id, index)
+    if isinstance(claimed, str):
+        return claimed
+    chunk, heartbeat_due = claimed
     job = chunk.job
     started = time.perf_counter()
     try:
-        with job_heartbeat(job, stamp_now=False):
+        with job_heartbeat(job, stamp_now=heartbeat_due):
             loaded = _chunk_model(job)
             # The chunk's arrays are freed by reference counting; the cyclic collector, set off
             # by their many allocations, only rescanned the worker's long-lived objects (the

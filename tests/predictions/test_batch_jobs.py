@@ -907,6 +907,29 @@ def test_a_version_deleted_while_its_job_runs_fails_the_job_at_the_next_chunk(ir
     assert batch.batch_chunk_run(job_id=job.pk, index=2) == "skipped"
 
 
+def test_a_chunk_whose_job_was_resumed_after_its_claim_missed_it_is_skipped(iris_prod, monkeypatch):
+    """The claim found the job not running (cancelled or failed) and a resume committed
+    before the claim looked at why: the chunk is left to the resume's own chord, and the job
+    is not failed for attempts it never made. The interleaving is injected on purpose: the
+    claim statement answers "no row" once."""
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(100)), chunk_rows=50, enqueue=False
+    )
+    batch.batch_job_start(job_id=job.pk)
+    real_sql = batch._sql
+
+    def claim_missed(name, params):
+        return None if name == "claim" else real_sql(name, params)
+
+    monkeypatch.setattr(batch, "_sql", claim_missed)
+    assert batch.batch_chunk_run(job_id=job.pk, index=0) == "skipped"
+    monkeypatch.setattr(batch, "_sql", real_sql)
+    job.refresh_from_db()
+    assert job.status == BatchStatus.RUNNING
+    assert BatchChunk.objects.get(job=job, index=0).status == "pending"
+    assert batch.batch_chunk_run(job_id=job.pk, index=0) == "done"
+
+
 def test_a_worker_stamps_the_heartbeats_again_after_half_the_heartbeat_interval(
     iris_prod, settings
 ):
@@ -923,10 +946,13 @@ def test_a_worker_stamps_the_heartbeats_again_after_half_the_heartbeat_interval(
     for job in (running, queued):
         batch.batch_job_start(job_id=job.pk)
     batch.batch_chunk_run(job_id=running.pk, index=0)  # stamps: the process's first claim
-    BatchJob.objects.filter(pk=queued.pk).update(heartbeat_at=long_ago)
+    BatchJob.objects.filter(pk__in=[running.pk, queued.pk]).update(heartbeat_at=long_ago)
     batch._heartbeats_stamped_at = time.monotonic() - 3  # stamped 3 s ago
     batch.batch_chunk_run(job_id=running.pk, index=1)
     assert BatchJob.objects.get(pk=queued.pk).heartbeat_at == long_ago
+    # The chunk's own job is stamped whenever its heartbeat is half an interval old: its
+    # chunk may have been redelivered from a dead worker, with no other chunk queued.
+    assert BatchJob.objects.get(pk=running.pk).heartbeat_at > long_ago
     batch._heartbeats_stamped_at = time.monotonic() - 5  # half the interval ago
     batch.batch_chunk_run(job_id=running.pk, index=2)
     assert BatchJob.objects.get(pk=queued.pk).heartbeat_at > long_ago
@@ -1101,3 +1127,23 @@ def test_a_dataset_input_gets_the_same_column_checks(iris_prod):
     assert refused.value.fields == {
         "dataset": ["unusable column types: sepal_length (timestamp[ns])"]
     }
+
+
+def test_a_sqlite_too_old_for_returning_fails_the_system_check(monkeypatch):
+    """The chunks' bookkeeping needs SQLite 3.35; Django 5.2 starts on 3.31 without it. The
+    library's version and the configured engines are replaced on purpose."""
+    from django.core.management import call_command
+    from django.core.management.base import SystemCheckError
+
+    from predictions import checks
+
+    monkeypatch.setattr(checks, "_engines", lambda: {"django.db.backends.sqlite3"})
+    assert checks.sqlite_returning_check() == []  # this machine's Python
+    monkeypatch.setattr(checks.sqlite3, "sqlite_version_info", (3, 31, 1))
+    monkeypatch.setattr(checks.sqlite3, "sqlite_version", "3.31.1")
+    [error] = checks.sqlite_returning_check()
+    assert error.id == "predictions.E001" and "3.31.1" in error.msg
+    with pytest.raises(SystemCheckError, match=r"predictions\.E001"):
+        call_command("check")
+    monkeypatch.setattr(checks, "_engines", lambda: {"django.db.backends.postgresql"})
+    assert checks.sqlite_returning_check() == []
