@@ -1250,7 +1250,8 @@ def _chunk_claim(job_id: int, index: int) -> tuple[BatchChunk, bool] | str:
 def _chunk_job(job_id: int, created_at: str) -> BatchJob:
     """What a chunk reads of its job and version, read once per job and process: the
     version's schema and metadata (JSON) are decoded by _chunk_model on a model-cache miss,
-    not by every chunk."""
+    not by every chunk. The instance is shared by the process's chunks of the job: read only
+    _CHUNK_FIELDS from it (a deferred field, say `status`, would be loaded once and kept)."""
     return BatchJob.objects.select_related("version").only(*_CHUNK_FIELDS).get(pk=job_id)
 
 
