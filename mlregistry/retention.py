@@ -26,11 +26,12 @@ def artifacts_sweep(
 ) -> list[str]:
     """Deletes files of the artifact storage, under the namespaces apps register (version
     artifacts here, dataset files in quality), that no row references; never files younger than
-    ARTIFACT_SWEEP_MIN_AGE_SECONDS (uploads in flight), never files elsewhere. On a local disk,
-    also the temporary files and work folders of writers that died mid-write, once older than
-    that and than the longest task time limit (mlregistry.storage.storage_temporaries).
-    Returns their names (with `dry_run`, the names it would delete, deleting nothing). Works on
-    any storage backend: it lists, dates and deletes through the storage API."""
+    ARTIFACT_SWEEP_MIN_AGE_SECONDS (uploads in flight), never other files. Works on any storage
+    backend: it lists, dates and deletes through the storage API. On a local disk it also
+    deletes, anywhere under the storage's root, the ".tmp-*" files and work folders of writers
+    that died mid-write, once unchanged for longer than that and than the longest task time
+    limit (mlregistry.storage.storage_temporaries). Returns the names (with `dry_run`, the
+    names it would delete, deleting nothing)."""
     now = now or timezone.now()
     if min_age is None:  # a zero timedelta is a margin of none, not the default
         min_age = timedelta(seconds=settings.ARTIFACT_SWEEP_MIN_AGE_SECONDS)
@@ -56,7 +57,10 @@ def artifacts_sweep(
                 storage.delete(name)
             removed.append(name)
     # What crashed writers left: older than any task may run (a batch merge's work folder,
-    # a restore's half-written file) and than min_age (an upload through the web).
+    # a restore's half-written file) and than min_age (an upload through the web). Every
+    # app's tasks are imported first: outside a worker (cron's cleanup_retention) only the
+    # ones something imported are registered, and their limits would be missed.
+    celery_app.loader.import_default_modules()
     writers = timedelta(seconds=longest_task_time_limit(celery_app))
     for name in storage_temporaries(storage, older_than=(now - max(min_age, writers)).timestamp()):
         if not dry_run:

@@ -401,17 +401,26 @@ def test_sweep_removes_what_crashed_writers_left_once_no_task_can_still_be_writi
     (writing / "merged").write_bytes(b"a merge going on")
     long_ago = time.time() - 3 * 24 * 3600
     os.utime(writing, (long_ago, long_ago))  # the folder is old, what is written in it is not
+    # A link named like a work folder is judged, and removed, by itself: never followed.
+    outside = Path(storage.path("")).parent / "outside"
+    outside.mkdir(exist_ok=True)
+    (outside / "fresh").write_bytes(b"not the store's")
+    link = root / "batch-jobs" / ".tmp-link"
+    link.symlink_to(outside, target_is_directory=True)
 
     assert retention.artifacts_sweep() == []  # young: their writers may be alive
     limit = _longest_task_seconds()
     assert retention.artifacts_sweep(now=_later(seconds=limit - 60)) == []
     later = _later(seconds=limit + 60)
     os.utime(writing / "merged", (later.timestamp(), later.timestamp()))  # still writing
-    expected = ["batch-jobs/7/.tmp-merge", "sha256/00/.tmp-dead.part"]
+    os.utime(link, (long_ago, long_ago), follow_symlinks=False)
+    os.utime(outside / "fresh", (later.timestamp(), later.timestamp()))
+    expected = ["batch-jobs/.tmp-link", "batch-jobs/7/.tmp-merge", "sha256/00/.tmp-dead.part"]
     assert retention.artifacts_sweep(now=later, dry_run=True) == expected
     assert part.exists() and work.exists()
     assert retention.artifacts_sweep(now=later) == expected
-    assert not part.exists() and not work.exists()
+    assert not part.exists() and not work.exists() and not link.is_symlink()
+    assert (outside / "fresh").read_bytes() == b"not the store's"
     assert (writing / "merged").exists()
     assert all(storage.exists(name) for name in kept)
 
