@@ -61,6 +61,7 @@ from config.events import event_publish
 from config.job_heartbeats import STALLED_JOB_KINDS, StalledJobKind, job_heartbeat
 from mlregistry.audit import audit_record, audit_rows_pruned, fields_snapshot
 from mlregistry.storage import (
+    TEMPORARY_PREFIX,
     get_artifact_storage,
     get_backup_storage,
     storage_delete_folder,
@@ -387,7 +388,7 @@ def _artifact_files(root: Path) -> Iterator[tuple[str, Path]]:
         return
     for path in sorted(root.rglob("*")):
         # Links are never followed into a restore.
-        if path.is_symlink() or not path.is_file() or path.name.startswith(".tmp-"):
+        if path.is_symlink() or not path.is_file() or path.name.startswith(TEMPORARY_PREFIX):
             continue
         yield path.relative_to(root).as_posix(), path
 

@@ -40,6 +40,12 @@ def get_backup_storage() -> Storage:
     return storages["backups"]
 
 
+# What every writer of a local storage names a file or folder that is not whole yet: walks
+# (backups, sweeps, prunes) leave such names out, and the artifact sweep removes the ones a
+# killed writer left (storage_temporaries).
+TEMPORARY_PREFIX = ".tmp-"
+
+
 def storage_walk(storage: Storage, prefix: str = "") -> Iterator[str]:
     """Every file name under `prefix` (a folder name, "" for all), depth first, sorted; names
     of temporary files (".tmp-*", uploads in flight on a local disk) are left out. A missing
@@ -50,10 +56,10 @@ def storage_walk(storage: Storage, prefix: str = "") -> Iterator[str]:
         return
     base = f"{prefix.rstrip('/')}/" if prefix else ""
     for filename in sorted(files):
-        if not filename.startswith(".tmp-"):
+        if not filename.startswith(TEMPORARY_PREFIX):
             yield base + filename
     for folder in sorted(folders):
-        if not folder.startswith(".tmp-"):
+        if not folder.startswith(TEMPORARY_PREFIX):
             yield from storage_walk(storage, base + folder)
 
 
@@ -86,12 +92,12 @@ def storage_temporaries(storage: Storage, *, older_than: float) -> list[str]:
         return []
     found = []
     for folder, folders, files in os.walk(root):
-        for name in [n for n in folders if n.startswith(".tmp-")]:
+        for name in [n for n in folders if n.startswith(TEMPORARY_PREFIX)]:
             folders.remove(name)  # judged whole, not walked into
             if _newest_change(os.path.join(folder, name)) < older_than:
                 found.append(os.path.relpath(os.path.join(folder, name), root))
         for name in files:
-            if name.startswith(".tmp-"):
+            if name.startswith(TEMPORARY_PREFIX):
                 with contextlib.suppress(FileNotFoundError):
                     if os.lstat(os.path.join(folder, name)).st_mtime < older_than:
                         found.append(os.path.relpath(os.path.join(folder, name), root))
@@ -101,7 +107,7 @@ def storage_temporaries(storage: Storage, *, older_than: float) -> list[str]:
 def storage_temporary_delete(storage: Storage, name: str) -> None:
     """Deletes a temporary file or work folder that storage_temporaries named."""
     path = storage.path(name)
-    if not os.path.basename(path).startswith(".tmp-"):
+    if not os.path.basename(path).startswith(TEMPORARY_PREFIX):
         raise ValueError(f"{name} is not a temporary file or folder")
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
@@ -131,18 +137,19 @@ def storage_work_folder(storage: Storage, name: str) -> tempfile.TemporaryDirect
     """A temporary folder to write a file in that is then saved as storage file `name`: next
     to it for a folder storage, so that saving a MovableFile renames it into place instead of
     copying it; the system's temporary folder otherwise. Named ".tmp-*", which storage_walk
-    leaves out (backups, sweeps); a crash's leftover goes with storage_delete_folder."""
+    leaves out (backups, sweeps); a crash's leftover goes with storage_delete_folder, or with
+    the artifact sweep (storage_temporaries)."""
     try:
         storage.path(name)
     except NotImplementedError:
-        return tempfile.TemporaryDirectory(prefix=".tmp-")
+        return tempfile.TemporaryDirectory(prefix=TEMPORARY_PREFIX)
     folder = os.path.dirname(name)
     if isinstance(storage, AtomicFileSystemStorage):
         near = storage.folder_create(folder)
     else:
         near = storage.path(folder)
         os.makedirs(near, exist_ok=True)
-    return tempfile.TemporaryDirectory(dir=near, prefix=".tmp-")
+    return tempfile.TemporaryDirectory(dir=near, prefix=TEMPORARY_PREFIX)
 
 
 def presigned_url(
@@ -368,7 +375,7 @@ class ArtifactCache:
         path = self.path(sha256)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX, suffix=".part")
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
@@ -427,14 +434,13 @@ class WriteBehind:
     the fsync which makes it durable at the end waits for its last megabytes rather than for
     all of them: each `nudge()` runs fdatasync in a background thread unless one is running
     already. (Linux's sync_file_range would start the writes without a thread, but Python does
-    not expose it.) On the batch merge's output (76 MB then), writing plus the final fsync went from
-    0.35-0.40 s to 0.17-0.20 s. Nothing is promised by it: the fsync at the end still is.
+    not expose it.) On the batch merge's output (76 MB then), writing plus the final fsync
+    went from 0.35-0.40 s to 0.17-0.20 s. Nothing is promised by it: the fsync at the end is.
 
-    When `durable`, `path` is opened first (created empty when missing, for its writer to
-    open after). A no-op otherwise:
-    a file an object store uploads, or a folder storage does not fsync, gains nothing from
-    being written early. Use it in a `with` block, which waits for the flush still running and
-    raises its OSError."""
+    When `durable`, `path` is opened first (created empty when missing, for its writer to open
+    after); otherwise it is a no-op: a file an object store uploads, or a folder storage does
+    not fsync, gains nothing from being written early. Use it in a `with` block, which waits
+    for the flush still running and raises its OSError."""
 
     def __init__(self, path: str, *, durable: bool = True):
         # Open for writing (never truncated here): POSIX lets fdatasync refuse a read-only
@@ -506,7 +512,7 @@ class AtomicFileSystemStorage(FileSystemStorage):
             )
         if getattr(content, "movable", False) and self._moved(content, full_path, durable):
             return name
-        fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+        fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=TEMPORARY_PREFIX, suffix=".part")
         try:
             with os.fdopen(fd, "wb") as tmp:
                 if hasattr(content, "seek"):
