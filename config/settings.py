@@ -122,6 +122,9 @@ if REDIS_URL:
                 # Short timeouts: a slow Redis must not slow predictions down, they go uncached.
                 "SOCKET_CONNECT_TIMEOUT": env_float("REDIS_CONNECT_TIMEOUT", 0.25),
                 "SOCKET_TIMEOUT": env_float("REDIS_SOCKET_TIMEOUT", 0.25),
+                # Values come back only through an allow-list unpickler: writing to Redis must
+                # not be a way to run code here (config/cache_serializer.py).
+                "SERIALIZER": "config.cache_serializer.RestrictedPickleSerializer",
             },
         }
     }

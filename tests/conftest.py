@@ -91,10 +91,24 @@ def _prediction_log_stays_in_its_test(settings):
 
 
 @pytest.fixture(autouse=True)
-def _clear_cache():
+def _clear_cache(request):
+    """A clean cache per test; and no cached value refused by the cache's restricted unpickler
+    (config/cache_serializer.py) unless the test plants one (`cache_refusals_expected`): a
+    refusal elsewhere means a cached type is missing from the allow-list, which in production
+    would quietly turn every read of it into a miss."""
+    from config import cache_serializer
+
     cache.clear()
+    refused_before = cache_serializer.refusals
     yield
     cache.clear()
+    if "cache_refusals_expected" not in request.fixturenames:
+        assert cache_serializer.refusals == refused_before, "a cached value was refused"
+
+
+@pytest.fixture
+def cache_refusals_expected():
+    """Marks a test that plants values the cache's unpickler must refuse."""
 
 
 @pytest.fixture

@@ -1,14 +1,18 @@
 """The serving path's typed data: what a routing entry and a version's serving info hold.
 
-Both are cached (pickled) in the shared cache, so they hold only plain values; both are frozen,
-and the read-ahead hands one decoded instance to every request that reads the same bytes."""
+Both are cached (pickled) in the shared cache, so they hold only plain values, and are marked
+`cache_value` so the cache's restricted unpickler may rebuild them; both are frozen, and the
+read-ahead hands one decoded instance to every request that reads the same bytes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from config.cache_serializer import cache_value
 
+
+@cache_value
 @dataclass(frozen=True, slots=True)
 class VersionInfo:
     """What serving needs about one model version: `id` (database pk), `version` (its number),
@@ -28,6 +32,7 @@ class VersionInfo:
         return tuple(feature["name"] for feature in self.schema)
 
 
+@cache_value
 @dataclass(frozen=True, slots=True)
 class RoutingEntry:
     """A model's routing: its non-archived versions (`versions` by id, `by_number` number ->

@@ -1,0 +1,110 @@
+"""The shared cache's serializer: values are pickled on the way in, and on the way out are
+unpickled by an unpickler that imports nothing but an exact allow-list of globals.
+
+django-redis pickles what it stores (its default PickleSerializer), and `pickle.loads` imports
+and calls whatever the bytes name: anyone who can write to Redis (a neighbour on its network,
+a leaked password, a shared instance) could run code in every web process and worker by
+planting one value. The values this product caches are plain data (numbers, strings, bytes,
+lists, tuples, dicts, sets), datetimes, the serving path's frozen dataclasses, and Django model
+instances (the token cache keeps the token's user and token). Plain data needs no global at
+all (pickle has opcodes for it); the rest is the list below, plus the classes an app marks
+with `cache_value` (predictions.serving.types).
+
+A Django model instance is rebuilt by `django.db.models.base.model_unpickle`, which only looks
+the class up among the installed models (`apps.get_model`) and makes a bare instance of it;
+its fields come from the pickle's state, never from a call the bytes choose.
+
+A value the unpickler refuses reads as a miss (None): the caller computes the value again and
+its write replaces the planted one. Each refusal is logged at ERROR, naming the global, and
+counted (`refusals`), since it means either someone wrote to the cache or a new cached type
+was not added here; the test suite fails on any refusal it did not ask for.
+
+Writing to Redis still lets an attacker plant a *value* (a forged token entry, say), so Redis
+must stay private (README, "Running in production"); this closes running code, the worse harm.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import threading
+from typing import Any, TypeVar
+
+from django_redis.serializers.pickle import PickleSerializer
+
+logger = logging.getLogger(__name__)
+
+# (module, qualified name) pairs any cached value may import, beyond the `cache_value` classes.
+ALLOWED_GLOBALS = frozenset(
+    {
+        # Constructors of plain data that pickle's protocols before 5 reach through a global.
+        ("builtins", "bytearray"),
+        ("builtins", "complex"),
+        ("datetime", "date"),
+        ("datetime", "datetime"),
+        ("datetime", "time"),
+        ("datetime", "timedelta"),
+        ("datetime", "timezone"),
+        ("decimal", "Decimal"),
+        ("uuid", "UUID"),
+        ("django.db.models.base", "model_unpickle"),
+        ("django.db.models.base", "ModelState"),
+    }
+)
+
+_registered: dict[tuple[str, str], type] = {}
+_lock = threading.Lock()
+refusals = 0
+
+T = TypeVar("T", bound=type)
+
+
+def cache_value(cls: T) -> T:
+    """Class decorator: instances of `cls` may be read back from the shared cache. For plain
+    data holders only (dataclasses): unpickling one calls `cls.__new__` and sets its state,
+    so a class whose `__setstate__` or `__reduce__` acts must not be marked."""
+    _registered[(cls.__module__, cls.__qualname__)] = cls
+    return cls
+
+
+def global_allowed(module: str, name: str) -> bool:
+    return (module, name) in ALLOWED_GLOBALS or (module, name) in _registered
+
+
+class _CacheUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        registered = _registered.get((module, name))
+        if registered is not None:
+            return registered
+        if (module, name) not in ALLOWED_GLOBALS:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not on the allow-list")
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("persistent ids are not allowed")
+
+
+def restricted_loads(data: bytes) -> Any:
+    """The value pickled in `data`, importing only allowed globals; pickle.UnpicklingError
+    naming the global otherwise (and on malformed bytes, whatever pickle raises)."""
+    return _CacheUnpickler(io.BytesIO(data)).load()
+
+
+class RestrictedPickleSerializer(PickleSerializer):
+    """django-redis serializer (OPTIONS["SERIALIZER"]): pickle.dumps out, `restricted_loads`
+    in; a refused or unreadable value is None (a miss), logged and counted."""
+
+    def loads(self, value: bytes) -> Any:
+        global refusals
+        try:
+            return restricted_loads(value)
+        except Exception as exc:
+            with _lock:
+                refusals += 1
+            logger.error(
+                "cache value refused: %s (someone wrote to the cache, or a cached type is "
+                "missing from config/cache_serializer.py)",
+                exc,
+            )
+            return None
