@@ -518,8 +518,8 @@ def test_an_unreadable_csv_and_an_oversized_input_fail_the_job_or_the_request(ir
     good = _csv(_frame(10))
     job = batch.batch_job_create(model=iris_prod, actor="tests", upload=good, enqueue=False)
     # Rewritten under the same name with its digest updated: the bytes are verified, then
-    # found malformed (a row with more fields than the header).
-    data = b"sepal_length,sepal_width,petal_length,petal_width\n1,2,3,4,5,6\n"
+    # found unreadable (a value that is not UTF-8).
+    data = b"sepal_length,sepal_width,petal_length,petal_width\n\xff\xfe,2,3,4\n"
     store_write(job.input_name, data)
     BatchJob.objects.filter(pk=job.pk).update(input_sha256=batch.hashlib.sha256(data).hexdigest())
     assert batch.batch_job_start(job_id=job.pk) is None
@@ -1147,3 +1147,74 @@ def test_a_sqlite_too_old_for_returning_fails_the_system_check(monkeypatch):
         call_command("check")
     monkeypatch.setattr(checks, "_engines", lambda: {"django.db.backends.postgresql"})
     assert checks.sqlite_returning_check() == []
+
+
+def test_a_csv_line_with_more_or_fewer_fields_is_an_invalid_row_and_later_rows_keep_their_numbers(
+    iris_prod, django_capture_on_commit_callbacks
+):
+    """pyarrow cannot say which line was ragged, so such a file is staged record by record:
+    the ragged lines go to the errors file under their own row numbers, a quoted value holding
+    a newline is still one row, blank lines are skipped as pyarrow skips them, and the error
+    share counts them like any invalid row."""
+    header = ",".join(NAMES)
+    lines = [f"{5 + i % 3}.1,3.5,1.4,0.2" for i in range(120)]
+    lines[4] = "5.1,3.5,1.4,0.2,9.9"  # one field too many
+    lines[70] = "5.1,3.5"  # two too few
+    lines[71] = '"5.1\nx",3.5,1.4,0.2'  # a quoted newline: one row, whose value is no number
+    lines[100] = "5.1,3.5,1.4,0.2,,,"
+    data = io.BytesIO(("\n".join([header, *lines[:50], "", *lines[50:]]) + "\n").encode())
+    data.name = "rows.csv"
+    job = batch.batch_job_create(
+        model=iris_prod,
+        actor="tests",
+        upload=data,
+        chunk_rows=64,
+        output_format="csv",
+        enqueue=False,
+    )
+    job = _run(job, django_capture_on_commit_callbacks)
+    assert job.status == BatchStatus.SUCCEEDED, job.error
+    assert (job.rows_total, job.rows_done, job.rows_failed) == (120, 120, 4)
+    out = _read(job.output_name, "csv")
+    assert out["row"].tolist() == [i for i in range(120) if i not in (4, 70, 71, 100)]
+    errors = _read(job.errors_name, "csv").to_dict("records")
+    assert errors == [
+        {"row": 4, "field": "features", "reason": "the line has 5 fields where the header has 4"},
+        {"row": 70, "field": "features", "reason": "the line has 2 fields where the header has 4"},
+        {"row": 71, "field": "sepal_length", "reason": "must be a number"},
+        {"row": 100, "field": "features", "reason": "the line has 7 fields where the header has 4"},
+    ]
+
+    # Past the error share, the job fails saying so, as for any invalid rows.
+    data.seek(0)
+    job = batch.batch_job_create(
+        model=iris_prod,
+        actor="tests",
+        upload=data,
+        chunk_rows=64,
+        max_error_share=0.01,
+        enqueue=False,
+    )
+    job = _run(job, django_capture_on_commit_callbacks)
+    assert job.status == BatchStatus.FAILED
+    assert job.error_type == "too_many_invalid_rows", job.error_type
+
+
+def test_a_ragged_csv_is_still_checked_against_its_sha256_and_bad_text_is_unreadable(iris_prod):
+    data = f"{','.join(NAMES)}\n1,2,3,4,5\n1,2,3,4\n".encode()
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=io.BytesIO(data), enqueue=False
+    )
+    store_write(job.input_name, data + b"1,2,3,4\n")
+    assert batch.batch_job_start(job_id=job.pk) is None
+    job.refresh_from_db()
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_integrity")
+
+    # Text that is not UTF-8, read record by record, is as unreadable as pyarrow finds it.
+    upload = io.BytesIO(f"{','.join(NAMES)}\n1,2,3,4,5\n\xff\xfe,2,3,4\n".encode("latin-1"))
+    upload.name = "rows.csv"
+    job = batch.batch_job_create(model=iris_prod, actor="tests", upload=upload, enqueue=False)
+    assert batch.batch_job_start(job_id=job.pk) is None
+    job.refresh_from_db()
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_unreadable")
+    assert "utf-8" in job.error
