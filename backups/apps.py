@@ -23,7 +23,10 @@ class BackupsConfig(AppConfig):
 
 
 def _stalled_jobs_register() -> None:
+    from backups.services import backup_failed_publish
     from config.job_heartbeats import StalledJobKind, stalled_job_kind_register
 
     # A slot whose row says "failed" is taken over by the next attempt of that slot.
-    stalled_job_kind_register(StalledJobKind(name="backup", model="backups.Backup"))
+    stalled_job_kind_register(
+        StalledJobKind(name="backup", model="backups.Backup", on_failed=backup_failed_publish)
+    )

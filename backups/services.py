@@ -538,6 +538,7 @@ def _backup_claim(*, slot: str, actor: str, now: datetime) -> Backup:
         )
         backup.finished_at = now
         backup.save(update_fields=["status", "error", "finished_at"])
+        backup_failed_publish(backup)
         logger.error("backup failed: its worker keeps dying", extra={"slot": slot})
         raise BackupError(backup.error)
     if backup.status != BackupStatus.VERIFIED:
@@ -653,6 +654,12 @@ def _backup_write(backup: Backup) -> None:
 _EVENT_FIELDS = ("slot", "status", "error", "actor", "attempts", "started_at", "finished_at")
 
 
+def backup_failed_publish(backup: Backup) -> None:
+    """Announces a failed backup (`backup.failed`, data: the backup's id and _EVENT_FIELDS):
+    from its own failure path, and from the reaper when its worker died."""
+    event_publish("backup.failed", data={"id": backup.pk, **fields_snapshot(backup, _EVENT_FIELDS)})
+
+
 def backup_create(
     *, slot: str | None = None, actor: AbstractBaseUser | str, now: datetime | None = None
 ) -> Backup:
@@ -682,10 +689,7 @@ def backup_create(
                 backup.error = f"{type(exc).__name__}: {exc}"[:5000]
                 backup.finished_at = timezone.now()
                 backup.save(update_fields=["status", "error", "finished_at"])
-                event_publish(
-                    "backup.failed",
-                    data={"id": backup.pk, **fields_snapshot(backup, _EVENT_FIELDS)},
-                )
+                backup_failed_publish(backup)
                 raise
             backup_verify(backup=backup)
     return backup
@@ -1270,17 +1274,20 @@ def stalled_jobs_reap(
                     )
                 )
                 if updated:
+                    job = apps.get_model(kind.model)._base_manager.get(pk=pk)
                     # Like every state change, with its actor: the job's history says who
                     # ended it and why, not only that it stopped.
                     audit_record(
                         actor=actor,
                         verb="fail",
-                        obj=apps.get_model(kind.model)._base_manager.get(pk=pk),
+                        obj=job,
                         changes={
                             kind.status_field: [status, kind.failed],
                             **{name: ["", value] for name, value in kind.extra.items()},
                         },
                     )
+                    if kind.on_failed is not None:
+                        kind.on_failed(job)
             if updated:
                 reaped[name].append(pk)
                 logger.error(

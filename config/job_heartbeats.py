@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +36,9 @@ class StalledJobKind:
     `status_field` holds one of `running`; the reaper sets it to `failed`, puts the reason in
     `error_field` and `finished_field`, and sets `extra` (e.g. an error type) too. A row that
     never beat is judged by `started_field`. `next_run` ends the reason the reaper writes: what
-    running the job again does.
+    running the job again does. `on_failed`, if given, is called with the failed row inside the
+    transaction that failed it, to do what the kind's own failure path does besides the row
+    (publish the event that announces it: config.events sends it only if that commits).
     """
 
     name: str
@@ -49,6 +51,7 @@ class StalledJobKind:
     finished_field: str = "finished_at"
     extra: Mapping[str, Any] = field(default_factory=dict)
     next_run: str = "The next run starts afresh."
+    on_failed: Callable[[Any], None] | None = None
 
 
 STALLED_JOB_KINDS: dict[str, StalledJobKind] = {}

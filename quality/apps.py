@@ -8,6 +8,7 @@ class QualityConfig(AppConfig):
     def ready(self) -> None:
         from config.job_heartbeats import StalledJobKind, stalled_job_kind_register
         from quality import retention
+        from quality.training import training_job_finished_publish
 
         retention.register()
 
@@ -17,5 +18,6 @@ class QualityConfig(AppConfig):
                 name="training",
                 model="quality.TrainingJob",
                 extra={"error_type": "worker_lost"},
+                on_failed=training_job_finished_publish,
             )
         )

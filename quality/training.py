@@ -641,7 +641,7 @@ def _decide(job_id: int) -> TrainingJob:
         job.status = TrainingStatus.SUCCEEDED
         job.finished_at = timezone.now()
         job.save(update_fields=["decision", "details", "status", "finished_at"])
-        _finished_publish(job)
+        training_job_finished_publish(job)
     logger.info(
         "training job decided",
         extra={"job": job.pk, "decision": job.decision, "reason": reason},
@@ -649,7 +649,9 @@ def _decide(job_id: int) -> TrainingJob:
     return job
 
 
-def _finished_publish(job: TrainingJob) -> None:
+def training_job_finished_publish(job: TrainingJob) -> None:
+    """Announces a finished job (`training_job.finished`, data: its API body), whichever way it
+    ended: decided, failed, or failed by the reaper when its worker died."""
     from quality.views import TrainingJobOutput  # the views import this module
 
     event_publish("training_job.finished", model=job.model.name, data=TrainingJobOutput(job).data)
@@ -663,7 +665,7 @@ def _fail(job_id: int, *, problem: str, message: str) -> TrainingJob:
         job.error = message
         job.finished_at = timezone.now()
         job.save(update_fields=["status", "error_type", "error", "finished_at"])
-        _finished_publish(job)
+        training_job_finished_publish(job)
     logger.warning("training job failed", extra={"job": job_id, "problem": problem})
     return job
 
@@ -689,6 +691,7 @@ def training_job_run(*, job_id: int) -> TrainingJob:
             )
             job.finished_at = timezone.now()
             job.save(update_fields=["status", "error_type", "error", "finished_at"])
+            training_job_finished_publish(job)
             logger.error("training job failed: its worker keeps dying", extra={"job": job_id})
             return job
         job.status = TrainingStatus.RUNNING

@@ -90,3 +90,43 @@ def test_a_failed_backup_is_announced(monkeypatch):
     assert payload["data"]["status"] == "failed"
     assert "disk full" in payload["data"]["error"]
     assert WebhookDelivery.objects.get(event="backup.failed").model_name == ""
+
+
+def test_jobs_failed_because_their_worker_died_are_announced_too(iris_model, settings):
+    """A job failed by the stalled-job reaper, or refused after JOB_MAX_ATTEMPTS starts, ends
+    as surely as one that failed by itself: a subscriber waiting for it hears of it."""
+    from datetime import UTC, datetime, timedelta
+
+    from backups import services as backups
+    from backups.models import Backup, BackupStatus
+    from quality.models import TrainingJob
+
+    settings.JOB_STALLED_AFTER_SECONDS = 60
+    settings.JOB_MAX_ATTEMPTS = 3
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    dataset = factories.iris_dataset_create("reaped", actor="tests")
+    reaped, dying = (
+        training.training_job_create(
+            model=iris_model, dataset=dataset, actor="tests", enqueue=False
+        )
+        for _ in range(2)
+    )
+    TrainingJob.objects.filter(pk=reaped.pk).update(
+        status=TrainingStatus.RUNNING, started_at=long_ago, heartbeat_at=long_ago
+    )
+    TrainingJob.objects.filter(pk=dying.pk).update(status=TrainingStatus.RUNNING, attempts=3)
+    Backup.objects.create(slot="reaped", actor="tests", started_at=long_ago, heartbeat_at=long_ago)
+    Backup.objects.create(slot="dying", actor="tests", started_at=long_ago, attempts=3)
+
+    assert backups.stalled_jobs_reap(actor="tests")["training"] == [reaped.pk]
+    assert training.training_job_run(job_id=dying.pk).status == TrainingStatus.FAILED
+    with pytest.raises(backups.BackupError):
+        backups.backup_create(slot="dying", actor="tests")
+
+    finished = {p["data"]["id"]: p["data"] for p in _payloads("training_job.finished")}
+    assert set(finished) == {reaped.pk, dying.pk}
+    assert {d["status"] for d in finished.values()} == {"failed"}
+    assert "no heartbeat since" in finished[reaped.pk]["error"]
+    failed = {p["data"]["slot"]: p["data"] for p in _payloads("backup.failed")}
+    assert set(failed) == {"reaped", "dying"}
+    assert all(d["status"] == BackupStatus.FAILED for d in failed.values())
