@@ -1,5 +1,6 @@
-"""The shared cache's serializer: values are pickled on the way in, and on the way out are
-unpickled by an unpickler that imports nothing but an exact allow-list of globals.
+"""The shared cache's serializer: values are pickled and signed on the way in; on the way out
+the signature is checked, then the pickle is read by an unpickler that imports nothing but an
+exact allow-list of globals.
 
 django-redis pickles what it stores (its default PickleSerializer), and `pickle.loads` imports
 and calls whatever the bytes name: anyone who can write to Redis (a neighbour on its network,
@@ -10,27 +11,38 @@ instances (the token cache keeps the token's user and token). Plain data needs n
 all (pickle has opcodes for it); the rest is the list below, plus the classes an app marks
 with `cache_value` (predictions.serving.types).
 
+Signed: each value starts with an HMAC-SHA256 of its pickle under a key derived from
+SECRET_KEY (which every replica and worker shares), so a value nobody with the key wrote reads
+as a miss before anything is unpickled; the allow-list is the second wall, should the key leak.
+A signature does not bind a value to its key, so the reads where moving a value from one key
+to another would matter check what they read: the token entry holds the token's digest
+(predictions.auth), the access entry its user (mlregistry.access), the routing entry its model
+(predictions.serving.routing).
+
 A Django model instance is rebuilt by `django.db.models.base.model_unpickle`, which only looks
 the class up among the installed models (`apps.get_model`) and makes a bare instance of it;
 its fields come from the pickle's state, never from a call the bytes choose.
 
-A value the unpickler refuses reads as a miss (None): the caller computes the value again and
-its write replaces the planted one. Each refusal is logged at ERROR, naming the global, and
-counted (`refusals`), since it means either someone wrote to the cache or a new cached type
-was not added here; the test suite fails on any refusal it did not ask for.
-
-Writing to Redis still lets an attacker plant a *value* (a forged token entry, say), so Redis
-must stay private (README, "Running in production"); this closes running code, the worse harm.
+A value refused (unsigned, signed with another key, or naming a global off the list) reads as
+a miss (None): the caller computes the value again and its write replaces the refused one.
+Each refusal is logged at ERROR and counted (`refusals`), since it means someone wrote to the
+cache, SECRET_KEY changed, or a new cached type was not added here; the test suite fails on
+any refusal it did not ask for. settings.CACHES sets a VERSION of its own for this format, so
+values an older release wrote are never read.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
 import io
 import logging
 import pickle
 import threading
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django_redis.serializers.pickle import PickleSerializer
 
 logger = logging.getLogger(__name__)
@@ -38,9 +50,6 @@ logger = logging.getLogger(__name__)
 # (module, qualified name) pairs any cached value may import, beyond the `cache_value` classes.
 ALLOWED_GLOBALS = frozenset(
     {
-        # Constructors of plain data that pickle's protocols before 5 reach through a global.
-        ("builtins", "bytearray"),
-        ("builtins", "complex"),
         ("datetime", "date"),
         ("datetime", "datetime"),
         ("datetime", "time"),
@@ -91,20 +100,41 @@ def restricted_loads(data: bytes) -> Any:
     return _CacheUnpickler(io.BytesIO(data)).load()
 
 
+_TAG_BYTES = 32
+
+
+@functools.cache
+def _signing_key(secret: str) -> bytes:
+    # A key of its own, derived from SECRET_KEY as Django derives its salted HMAC keys.
+    return hashlib.sha256(b"model-registry.cache-values" + secret.encode()).digest()
+
+
+def _tag(payload: bytes) -> bytes:
+    return hmac.digest(_signing_key(settings.SECRET_KEY), payload, "sha256")
+
+
 class RestrictedPickleSerializer(PickleSerializer):
-    """django-redis serializer (OPTIONS["SERIALIZER"]): pickle.dumps out, `restricted_loads`
-    in; a refused or unreadable value is None (a miss), logged and counted."""
+    """django-redis serializer (OPTIONS["SERIALIZER"]): out, HMAC-SHA256 tag + pickle; in, the
+    tag checked, then `restricted_loads`. A refused or unreadable value is None (a miss),
+    logged and counted."""
+
+    def dumps(self, value: Any) -> bytes:
+        payload = super().dumps(value)
+        return _tag(payload) + payload
 
     def loads(self, value: bytes) -> Any:
         global refusals
         try:
-            return restricted_loads(value)
+            tag, payload = value[:_TAG_BYTES], value[_TAG_BYTES:]
+            if not hmac.compare_digest(tag, _tag(payload)):
+                raise pickle.UnpicklingError("the value is not signed with this SECRET_KEY")
+            return restricted_loads(payload)
         except Exception as exc:
             with _lock:
                 refusals += 1
             logger.error(
-                "cache value refused: %s (someone wrote to the cache, or a cached type is "
-                "missing from config/cache_serializer.py)",
+                "cache value refused: %s (someone else wrote to the cache, SECRET_KEY changed, "
+                "or a cached type is missing from config/cache_serializer.py)",
                 exc,
             )
             return None

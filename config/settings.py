@@ -118,6 +118,9 @@ if REDIS_URL:
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": env_str("CACHE_KEY_PREFIX", "mlr"),
+            # The values' format (config/cache_serializer.py: signed): what an older release
+            # wrote under version 1 is never read, so nothing is refused on an upgrade.
+            "VERSION": 2,
             "OPTIONS": {
                 # Short timeouts: a slow Redis must not slow predictions down, they go uncached.
                 "SOCKET_CONNECT_TIMEOUT": env_float("REDIS_CONNECT_TIMEOUT", 0.25),

@@ -56,15 +56,19 @@ def api_client_allowed_models(*, user: Any) -> frozenset[str] | None:
         cached = guarded_get(key)
     else:
         memo_put(key, cached)
-    if cached is None:
+    # The entry names its user: one copied under another user's key (config/cache_serializer.py
+    # signs values, it does not bind them to keys), or anything else there, is a miss.
+    if not (isinstance(cached, tuple) and len(cached) == 2 and cached[0] == user.pk):
         policy = ApiClientPolicy.objects.filter(user_id=user.pk).first()
         cached = (
+            user.pk,
             _UNRESTRICTED
             if policy is None
-            else sorted(policy.allowed_models.values_list("name", flat=True))
+            else sorted(policy.allowed_models.values_list("name", flat=True)),
         )
         guarded_set(key, cached, settings.ACCESS_POLICY_CACHE_TTL)
-    return None if cached == _UNRESTRICTED else frozenset(cached)
+    allowed = cached[1]
+    return None if allowed == _UNRESTRICTED else frozenset(allowed)
 
 
 def _read_ahead(plan: ReadAheadPlan) -> None:

@@ -15,9 +15,11 @@ import copy
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.utils import timezone
 from drf_spectacular.contrib.knox_auth_token import KnoxTokenScheme
 from knox.crypto import hash_token
+from knox.models import AuthToken
 
 from config.readahead import ORDER_AUTHENTICATION, ReadAheadPlan, readahead_register
 from config.throttling import ThrottledTokenAuthentication
@@ -98,7 +100,7 @@ class CachedTokenAuthentication(ThrottledTokenAuthentication):
         except (TypeError, ValueError, UnicodeDecodeError):
             return super().authenticate_credentials(token)
         hit = cache_get(key)
-        if hit is not None:
+        if _token_entry_of(hit, key):
             user, auth_token = hit
             if user.is_active and (auth_token.expiry is None or auth_token.expiry > timezone.now()):
                 _remember(key, user.pk)
@@ -110,6 +112,19 @@ class CachedTokenAuthentication(ThrottledTokenAuthentication):
         cache_set(key, (user, auth_token), ttl)
         _remember(key, user.pk)
         return user, auth_token
+
+
+def _token_entry_of(hit: Any, key: str) -> bool:
+    """True when `hit` is a token entry (user, token) cached for `key` itself: a signed entry
+    copied under another token's key, or anything else there, is a miss
+    (config/cache_serializer.py)."""
+    return (
+        isinstance(hit, tuple)
+        and len(hit) == 2
+        and isinstance(hit[0], get_user_model())
+        and isinstance(hit[1], AuthToken)
+        and auth_cache_key(hit[1].digest) == key
+    )
 
 
 def _own_copy(instance: Any) -> Any:

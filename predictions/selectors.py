@@ -41,7 +41,7 @@ def predict_alias_resolve(*, model_id: str) -> str:
             raise NotFoundError(f"No registered model named {model_id!r}.")
         return model_id
     numeric_names = cache_get(NUMERIC_NAMES_CACHE_KEY)
-    if numeric_names is None:
+    if not isinstance(numeric_names, frozenset):
         numeric_names = frozenset(
             RegisteredModel.objects.filter(name__regex=r"^[0-9]+$").values_list("name", flat=True)
         )
@@ -53,7 +53,7 @@ def predict_alias_resolve(*, model_id: str) -> str:
     pk = int(model_id)
     key = predict_alias_cache_key(pk)
     name = cache_get(key)
-    if name is None:
+    if not isinstance(name, str):
         name = RegisteredModel.objects.filter(pk=pk).values_list("name", flat=True).first()
         if name is None:
             raise NotFoundError(f"No registered model with id {model_id}.")

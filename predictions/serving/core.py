@@ -507,12 +507,15 @@ def _answer(
         return labels, probabilities, None, False
     key = key or result_cache_key(version, _plain(values[0]))
     hit = cache_get(key)
-    if hit is not None:
+    if isinstance(hit, dict) and "prediction" in hit:
         metrics.labelled(metrics.CACHE_REQUESTS, result="hit").inc()
         return [hit["prediction"]], FROM_ROWS, [hit], True
     metrics.labelled(metrics.CACHE_REQUESTS, result="miss").inc()
     labels, probabilities = _predict(loaded, values, batch=False)
-    listed = labels.tolist() if hasattr(labels, "tolist") else list(labels)
+    # Plain Python values (not numpy scalars, which a custom model's list may hold): the cache
+    # reads back only plain data (config/cache_serializer.py).
+    listed = np.asarray(labels).tolist() if hasattr(labels, "tolist") else list(labels)
+    listed = [value.item() if isinstance(value, np.generic) else value for value in listed]
     rows = _native_rows(listed, probabilities, loaded.class_labels)
     cache_set_later(key, rows[0], ttl)
     return labels, probabilities, rows, False

@@ -89,8 +89,16 @@ def _generation_start(key: str) -> str:
     """The current generation token, creating one when there is none (first use, eviction)."""
     token = secrets.token_hex(8)
     try:
-        caches["default"].add(key, token, None)
-        return caches["default"].get(key) or token
+        cache = caches["default"]
+        if cache.add(key, token, None):
+            return token
+        current = cache.get(key)
+        if isinstance(current, str):
+            return current
+        # Something unreadable holds the key (the cache's serializer refused it): replaced, or
+        # every request would rebuild the entry against a token of its own.
+        cache.set(key, token, None)
+        return token
     except Exception:
         # The entry is then stamped with a token nobody else holds: the next request rebuilds.
         return token
@@ -108,9 +116,11 @@ def routing_entry_get(*, name: str) -> RoutingEntry:
     generation = cache_get(routing_generation_key(name))
     entry = cache_get(routing_cache_key(name))
     # Anything else under the key (an entry of another shape, written by an older release
-    # during a rolling deploy) is a miss, rebuilt below.
-    if type(entry) is RoutingEntry and (
-        not cache_available() or (generation is not None and entry.generation == generation)
+    # during a rolling deploy, or another model's entry moved here) is a miss, rebuilt below.
+    if (
+        type(entry) is RoutingEntry
+        and entry.name == name
+        and (not cache_available() or (generation is not None and entry.generation == generation))
     ):
         return entry
     if not cache_available():

@@ -1,7 +1,8 @@
-"""The shared cache's restricted unpickler (config/cache_serializer.py): what the product caches
-comes back whole; a planted value that would import or call anything else reads as a miss and
-runs nothing. The Redis tests plant raw bytes under the product's own keys with redis-py and
-need REDIS_URL (set by .ci/run)."""
+"""The shared cache's serializer (config/cache_serializer.py): what the product caches comes back
+whole; a value not signed with this SECRET_KEY, or naming a global off the allow-list, reads as
+a miss and runs nothing; a signed value moved under another key is not taken for that key's.
+The Redis tests write raw bytes under the product's own keys with redis-py and need REDIS_URL
+(set by .ci/run)."""
 
 import datetime
 import decimal
@@ -41,6 +42,10 @@ def _hostile(marker) -> list[bytes]:
         pickle.dumps(_RunsCode(subprocess.call, ["sh", "-c", command])),
         pickle.dumps(_RunsCode(builtins.exec, f"open({str(marker)!r}, 'w')")),
         pickle.dumps(_RunsCode(getattr, "text", "upper")),
+        # Not code, but memory: a 34-byte pickle that allocates 300 MB.
+        b"\x80\x04\x8c\x08builtins\x94\x8c\tbytearray\x94\x93J"
+        + (300_000_000).to_bytes(4, "little")
+        + b"\x85R.",
         # A global named through the older protocol's opcodes, and a persistent id.
         b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.",
         b"\x80\x02P0\n.",
@@ -62,12 +67,25 @@ def test_the_serializer_reads_a_refused_value_as_a_miss_and_says_so(
     serializer = RestrictedPickleSerializer({})
     before = cache_serializer.refusals
     hostile = _hostile(marker)
+    # Unsigned (what someone without SECRET_KEY can write): refused before unpickling.
     assert [serializer.loads(data) for data in hostile] == [None] * len(hostile)
-    assert not marker.exists()
-    assert cache_serializer.refusals == before + len(hostile)
+    assert "the value is not signed with this SECRET_KEY" in caplog.text
+    # Signed (SECRET_KEY leaked): the allow-list still refuses them.
+    signed = [cache_serializer._tag(data) + data for data in hostile]
+    assert [serializer.loads(data) for data in signed] == [None] * len(hostile)
     assert "cache value refused: global posix.system is not on the allow-list" in caplog.text
+    assert not marker.exists()
+    assert cache_serializer.refusals == before + 2 * len(hostile)
     # Torn bytes are a miss as well, not an error for the caller.
-    assert serializer.loads(pickle.dumps({"a": 1})[:-3]) is None
+    assert serializer.loads(serializer.dumps({"a": 1})[:-3]) is None
+
+
+def test_a_value_signed_with_another_secret_key_is_a_miss(settings, cache_refusals_expected):
+    serializer = RestrictedPickleSerializer({})
+    written = serializer.dumps({"prediction": 1})
+    assert serializer.loads(written) == {"prediction": 1}
+    settings.SECRET_KEY = "another-" + settings.SECRET_KEY
+    assert serializer.loads(written) is None
 
 
 def test_plain_values_need_no_global_and_come_back_equal():
@@ -79,8 +97,6 @@ def test_plain_values_need_no_global_and_come_back_equal():
         ("t", (1, 2)),
         {1, 2},
         frozenset({"x"}),
-        bytearray(b"ab"),
-        complex(1, 2),
         "*",
         datetime.datetime(2026, 12, 1, 18, 0, tzinfo=datetime.UTC),
         datetime.date(2026, 12, 1),
@@ -129,52 +145,106 @@ def test_a_marked_class_is_allowed_and_an_unmarked_one_is_not():
     assert not cache_serializer.global_allowed("django.db.models.base", "Model")
 
 
-@needs_redis
-@pytest.mark.django_db
-def test_values_planted_in_redis_under_the_serving_keys_run_nothing(
-    tmp_path, settings, iris_model, client_user, cache_refusals_expected
-):
-    """With the product's Redis cache: a hostile value under the routing key, the token key and
-    a result key makes those reads misses; the request is answered from the database, runs
-    nothing, and the product's own entries replace the planted ones."""
+@pytest.fixture
+def redis_cache(settings):
+    """The product's Redis cache, under a key prefix of this test's own; (backend, redis-py)."""
     import redis
     from django.core.cache import caches
-
-    from mlregistry.selectors import routing_cache_key
-    from predictions.auth import auth_cache_key, hash_token
-    from tests.conftest import _api_client
-    from tests.predictions.conftest import iris_version, promote
 
     settings.CACHES = {
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": f"mlr-refuse-{uuid.uuid4().hex[:8]}",
+            "VERSION": 2,
             "OPTIONS": {"SERIALIZER": "config.cache_serializer.RestrictedPickleSerializer"},
         }
     }
     backend = caches["default"]
-    promote(iris_version(iris_model))
-    from tests import factories
+    yield backend, redis.Redis.from_url(REDIS_URL)
+    backend.clear()
 
+
+def _predict(token: str):
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return api.post("/api/v1/models/iris/predict", {"features": IRIS_ROW}, format="json")
+
+
+@needs_redis
+@pytest.mark.django_db
+def test_values_planted_in_redis_under_the_serving_keys_run_nothing(
+    tmp_path, redis_cache, iris_model, client_user, cache_refusals_expected
+):
+    """A hostile value under the routing key, its generation key and the token key makes
+    those reads misses: the request is answered from the database, runs nothing, and the
+    product's own entries replace the planted ones (the add-only generation key too)."""
+    from mlregistry.selectors import routing_cache_key, routing_generation_key
+    from predictions.auth import auth_cache_key, hash_token
+    from tests import factories
+    from tests.predictions.conftest import iris_version, promote
+
+    backend, raw = redis_cache
+    promote(iris_version(iris_model))
     token = factories.token_create(client_user)
     marker = tmp_path / "ran"
     hostile = pickle.dumps(_RunsCode(os.system, f"touch {marker}"))
-    raw = redis.Redis.from_url(REDIS_URL)
-    keys = [routing_cache_key("iris"), auth_cache_key(hash_token(token))]
-    try:
-        for key in keys:
-            raw.set(backend.make_key(key), hostile, ex=60)
-        before = cache_serializer.refusals
-        api = _api_client(client_user)
-        api.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-        answer = api.post("/api/v1/models/iris/predict", {"features": IRIS_ROW}, format="json")
-        assert answer.status_code == 200, answer.content
-        assert answer.json()["model_version"] == 1
-        assert not marker.exists()
-        assert cache_serializer.refusals > before
-        # The planted bytes were replaced by the product's own entries, read back as such.
-        assert backend.get(routing_cache_key("iris")).name == "iris"
-        assert raw.get(backend.make_key(keys[0])) != hostile
-    finally:
-        backend.clear()
+    keys = [
+        routing_cache_key("iris"),
+        routing_generation_key("iris"),
+        auth_cache_key(hash_token(token)),
+    ]
+    for key in keys:
+        raw.set(backend.make_key(key), hostile, ex=60)
+    before = cache_serializer.refusals
+    answer = _predict(token)
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["model_version"] == 1
+    assert not marker.exists()
+    assert cache_serializer.refusals > before
+    assert all(raw.get(backend.make_key(key)) != hostile for key in keys)
+    # Replaced by the product's own entries: the next request reads them, refusing nothing.
+    before = cache_serializer.refusals
+    # (The result written behind the first answer rides the second request's round trip.)
+    assert [_predict(token).json()["cached"] for _ in range(2)] == [False, True]
+    assert cache_serializer.refusals == before
+    assert backend.get(routing_cache_key("iris")).name == "iris"
+
+
+@needs_redis
+@pytest.mark.django_db
+def test_a_signed_entry_moved_under_another_key_is_not_taken_for_it(
+    redis_cache, iris_model, client_user
+):
+    """Signatures do not bind values to keys, so the reads where a move would grant something
+    check: a token entry copied under an invented token's key, and an unrestricted client's
+    access entry copied under a restricted client's key, change nothing."""
+    from mlregistry.access import access_cache_key
+    from predictions.auth import auth_cache_key, hash_token
+    from tests import factories
+    from tests.predictions.conftest import iris_version, promote
+
+    backend, raw = redis_cache
+    promote(iris_version(iris_model))
+    token = factories.token_create(client_user)
+    assert _predict(token).status_code == 200
+    invented = "f" * 64
+    entry = raw.get(backend.make_key(auth_cache_key(hash_token(token))))
+    assert entry is not None
+    raw.set(backend.make_key(auth_cache_key(hash_token(invented))), entry, ex=60)
+    assert _predict(invented).status_code == 401
+
+    from mlregistry.models import ApiClientPolicy as Policy
+
+    restricted = factories.user_create("restricted")
+    Policy.objects.create(user=restricted).allowed_models.set(
+        [factories.registered_model_create("wine")]
+    )
+    restricted_token = factories.token_create(restricted)
+    assert _predict(restricted_token).status_code == 404
+    unrestricted = raw.get(backend.make_key(access_cache_key(client_user.pk)))
+    assert unrestricted is not None
+    raw.set(backend.make_key(access_cache_key(restricted.pk)), unrestricted, ex=60)
+    assert _predict(restricted_token).status_code == 404
