@@ -694,17 +694,28 @@ def _csv_batches_arrow(names: list[str], source: Any) -> tuple[Any, Iterator[Any
 
 
 def _csv_batches_by_record(names: list[str], source: Any) -> tuple[Any, Iterator[Any]]:
-    """The CSV as pyarrow reads it (blank lines skipped, pyarrow's null spellings as nulls,
-    a missing feature column all null, values as text), record by record, plus
-    MALFORMED_COLUMN: why a line is not a row, or null."""
+    """The CSV as pyarrow reads it (a byte-order mark dropped, blank lines skipped, pyarrow's
+    null spellings as nulls, a missing feature column all null, values as text), record by
+    record, plus MALFORMED_COLUMN: why a line is not a row, or null. A line longer than
+    pyarrow's block (1 MiB) makes the file unreadable, as it does for pyarrow: the csv module
+    would otherwise hold a line of any length, field by field, in memory."""
     import csv
 
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    records = csv.reader(io.TextIOWrapper(io.BufferedReader(source), "utf-8", newline=""))
+    limit = pacsv.ReadOptions().block_size
+    text = io.TextIOWrapper(io.BufferedReader(source), "utf-8-sig", newline="")
+
+    def lines() -> Iterator[str]:
+        for line in iter(partial(text.readline, limit + 1), ""):
+            if len(line) > limit:
+                raise ValueError(f"a line is longer than {limit} characters")
+            yield line
+
+    records = (record for record in csv.reader(lines()) if record)
     header = next(records, None)
-    if not header:
+    if header is None:
         raise ValueError("Empty CSV file")
     at = {name: header.index(name) for name in names if name in header}
     null_values = frozenset(pacsv.ConvertOptions().null_values)
@@ -713,8 +724,6 @@ def _csv_batches_by_record(names: list[str], source: Any) -> tuple[Any, Iterator
     def batches() -> Iterator[Any]:
         columns: list[list[Any]] = [[] for _ in range(len(names) + 1)]
         for record in records:
-            if not record:
-                continue
             if len(record) != len(header):
                 for column in columns[:-1]:
                     column.append(None)

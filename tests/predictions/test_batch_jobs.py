@@ -1218,3 +1218,33 @@ def test_a_ragged_csv_is_still_checked_against_its_sha256_and_bad_text_is_unread
     job.refresh_from_db()
     assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_unreadable")
     assert "utf-8" in job.error
+
+
+def test_a_ragged_csv_read_record_by_record_reads_as_pyarrow_reads_a_clean_one(
+    iris_prod, django_capture_on_commit_callbacks, settings
+):
+    """A byte-order mark (Excel's UTF-8 CSV) and blank lines before the header are dropped as
+    pyarrow drops them, so the first feature is not lost; a line past pyarrow's block size
+    makes the file unreadable instead of filling the worker's memory."""
+    header = ",".join(NAMES)
+    rows = [f"{5 + i % 3}.1,3.5,1.4,0.2" for i in range(20)]
+    rows[2] = "5.1,3.5,1.4,0.2,7"
+    data = io.BytesIO(("\ufeff\n\n" + "\n".join([header, *rows]) + "\n").encode())
+    data.name = "rows.csv"
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=data, output_format="csv", enqueue=False
+    )
+    job = _run(job, django_capture_on_commit_callbacks)
+    assert job.status == BatchStatus.SUCCEEDED, job.error
+    assert (job.rows_total, job.rows_failed) == (20, 1)
+    assert _read(job.errors_name, "csv")["row"].tolist() == [2]
+
+    # Past the first block, which the request itself reads for the header.
+    long_line = "," * (2 << 20)
+    data = io.BytesIO(("\n".join([header, rows[2], *rows * 4000, long_line]) + "\n").encode())
+    data.name = "rows.csv"
+    job = batch.batch_job_create(model=iris_prod, actor="tests", upload=data, enqueue=False)
+    assert batch.batch_job_start(job_id=job.pk) is None
+    job.refresh_from_db()
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_unreadable")
+    assert "longer than" in job.error
