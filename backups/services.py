@@ -528,19 +528,23 @@ def _backup_claim(*, slot: str, actor: str, now: datetime) -> Backup:
             )
     except IntegrityError:
         backup = Backup.objects.get(slot=slot)
-    if backup.status == BackupStatus.RUNNING and backup.attempts >= settings.JOB_MAX_ATTEMPTS:
+    if backup.status != BackupStatus.VERIFIED and backup.attempts >= settings.JOB_MAX_ATTEMPTS:
         # Every earlier attempt died mid-run (a backup that kills its worker is redelivered at
-        # once): failed, or it would run, die and say "running" for ever.
-        backup.status = BackupStatus.FAILED
-        backup.error = (
+        # once, or after the reaper failed it): failed, or it would run, die and say "running"
+        # for ever. Announced once: a row the reaper failed was announced then.
+        error = (
             f"The backup started {backup.attempts} times without finishing: its worker stopped "
             "during each run (out of memory?). Not started again (JOB_MAX_ATTEMPTS)."
         )
-        backup.finished_at = now
-        backup.save(update_fields=["status", "error", "finished_at"])
-        backup_failed_publish(backup)
-        logger.error("backup failed: its worker keeps dying", extra={"slot": slot})
-        raise BackupError(backup.error)
+        if backup.status == BackupStatus.RUNNING:
+            with transaction.atomic():
+                backup.status = BackupStatus.FAILED
+                backup.error = error
+                backup.finished_at = now
+                backup.save(update_fields=["status", "error", "finished_at"])
+                backup_failed_publish(backup)
+            logger.error("backup failed: its worker keeps dying", extra={"slot": slot})
+        raise BackupError(error)
     if backup.status != BackupStatus.VERIFIED:
         # Holding the slot lock, a row still "running" (or failed by the reaper) belongs to an
         # attempt that died: this attempt takes the slot over rather than adding a second one.
@@ -688,8 +692,16 @@ def backup_create(
                 backup.status = BackupStatus.FAILED
                 backup.error = f"{type(exc).__name__}: {exc}"[:5000]
                 backup.finished_at = timezone.now()
-                backup.save(update_fields=["status", "error", "finished_at"])
-                backup_failed_publish(backup)
+                with transaction.atomic():
+                    # Only a row still running: one the reaper failed meanwhile (its worker
+                    # was stalled, not dead) keeps that end, announced once.
+                    if (
+                        Backup.objects.filter(pk=backup.pk, status=BackupStatus.RUNNING).update(
+                            status=backup.status, error=backup.error, finished_at=backup.finished_at
+                        )
+                        == 1
+                    ):
+                        backup_failed_publish(backup)
                 raise
             backup_verify(backup=backup)
     return backup
@@ -1260,34 +1272,12 @@ def stalled_jobs_reap(
                 f"UTC (more than {stalled_after} s before {now:%H:%M:%S}); failed by "
                 f"{_actor_name(actor)}. {kind.next_run}"
             )
-            with transaction.atomic():
-                updated = (
-                    _stalled(kind, cutoff)
-                    .filter(pk=pk)
-                    .update(
-                        **{
-                            kind.status_field: kind.failed,
-                            kind.error_field: reason,
-                            kind.finished_field: now,
-                            **kind.extra,
-                        }
-                    )
-                )
-                if updated:
-                    job = apps.get_model(kind.model)._base_manager.get(pk=pk)
-                    # Like every state change, with its actor: the job's history says who
-                    # ended it and why, not only that it stopped.
-                    audit_record(
-                        actor=actor,
-                        verb="fail",
-                        obj=job,
-                        changes={
-                            kind.status_field: [status, kind.failed],
-                            **{name: ["", value] for name, value in kind.extra.items()},
-                        },
-                    )
-                    if kind.on_failed is not None:
-                        kind.on_failed(job)
+            try:
+                updated = _stalled_job_fail(kind, cutoff, pk, status, reason, actor, now)
+            except Exception:
+                # This job stays running and is tried again next run; the others go on.
+                logger.exception("failing a stalled job", extra={"job_kind": name, "job_id": pk})
+                continue
             if updated:
                 reaped[name].append(pk)
                 logger.error(
@@ -1295,3 +1285,46 @@ def stalled_jobs_reap(
                     extra={"job_kind": name, "job_id": pk, "last_heartbeat": str(last)},
                 )
     return reaped
+
+
+def _stalled_job_fail(
+    kind: StalledJobKind,
+    cutoff: datetime,
+    pk: Any,
+    status: str,
+    reason: str,
+    actor: AbstractBaseUser | str,
+    now: datetime,
+) -> bool:
+    """Fails job `pk` of `kind` if it is still stalled, audits it and runs the kind's
+    on_failed, all in one transaction; whether it failed it."""
+    with transaction.atomic():
+        updated = (
+            _stalled(kind, cutoff)
+            .filter(pk=pk)
+            .update(
+                **{
+                    kind.status_field: kind.failed,
+                    kind.error_field: reason,
+                    kind.finished_field: now,
+                    **kind.extra,
+                }
+            )
+        )
+        if not updated:
+            return False
+        job = apps.get_model(kind.model)._base_manager.get(pk=pk)
+        # Like every state change, with its actor: the job's history says who ended it and
+        # why, not only that it stopped.
+        audit_record(
+            actor=actor,
+            verb="fail",
+            obj=job,
+            changes={
+                kind.status_field: [status, kind.failed],
+                **{name: ["", value] for name, value in kind.extra.items()},
+            },
+        )
+        if kind.on_failed is not None:
+            kind.on_failed(job)
+    return True

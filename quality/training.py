@@ -601,7 +601,9 @@ def _candidate_register(job_id: int, trained: Trained) -> TrainingJob:
 def _decide(job_id: int) -> TrainingJob:
     with transaction.atomic():
         job = _job_locked(job_id, "model")
-        if job.status == TrainingStatus.SUCCEEDED:
+        if job.status in (TrainingStatus.SUCCEEDED, TrainingStatus.FAILED):
+            # The first end stands: a job the reaper failed while its worker was only stalled
+            # is not promoted (nor announced) a second time; its candidate stays registered.
             return job
         candidate = ModelVersion.objects.filter(pk=job.candidate_version_id).first()
         if candidate is None:
@@ -660,6 +662,8 @@ def training_job_finished_publish(job: TrainingJob) -> None:
 def _fail(job_id: int, *, problem: str, message: str) -> TrainingJob:
     with transaction.atomic():
         job = _job_locked(job_id)
+        if job.status in (TrainingStatus.SUCCEEDED, TrainingStatus.FAILED):
+            return job  # the first end stands (the reaper's, say), announced once
         job.status = TrainingStatus.FAILED
         job.error_type = problem[:50]
         job.error = message

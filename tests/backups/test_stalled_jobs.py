@@ -117,6 +117,36 @@ def test_other_job_kinds_join_the_reaper_by_registering(monkeypatch, settings):
     assert Backup.objects.get(pk=dead.pk).status == "corrupt"
 
 
+def test_a_kind_whose_on_failed_raises_keeps_that_job_and_the_reaper_goes_on(monkeypatch, settings):
+    settings.JOB_STALLED_AFTER_SECONDS = 180
+    calls = []
+
+    def on_failed(backup):  # fault injected on purpose for one job
+        calls.append(backup.slot)
+        if backup.slot == "first":
+            raise RuntimeError("the announcement failed")
+
+    monkeypatch.setitem(
+        STALLED_JOB_KINDS,
+        "backup",
+        StalledJobKind(name="backup", model="backups.Backup", on_failed=on_failed),
+    )
+    first, second = _backup("first", heartbeat_age=600), _backup("second", heartbeat_age=600)
+    stale = _training_job(heartbeat_age=900)
+    reaped = services.stalled_jobs_reap(actor="tests")
+    assert reaped["backup"] == [second.pk] and reaped["training"] == [stale.pk]
+    assert sorted(calls) == ["first", "second"]
+    # The one whose hook failed was rolled back whole: still running, no audit row, retried.
+    assert Backup.objects.get(pk=first.pk).status == BackupStatus.RUNNING
+    from mlregistry.models import AuditEvent
+
+    assert not AuditEvent.objects.filter(
+        verb="fail", object_type="backups.backup", object_id=str(first.pk)
+    ).exists()
+    assert services.stalled_jobs_reap(actor="tests")["backup"] == []
+    assert calls.count("first") == 2
+
+
 def test_dry_run_lists_stalled_jobs_and_changes_nothing():
     dead = _backup("dead", heartbeat_age=600)
     assert services.stalled_jobs_reap(actor="tests", dry_run=True)["backup"] == [dead.pk]

@@ -92,6 +92,7 @@ def test_a_failed_backup_is_announced(monkeypatch):
     assert WebhookDelivery.objects.get(event="backup.failed").model_name == ""
 
 
+@pytest.mark.django_db(transaction=True)
 def test_jobs_failed_because_their_worker_died_are_announced_too(iris_model, settings):
     """A job failed by the stalled-job reaper, or refused after JOB_MAX_ATTEMPTS starts, ends
     as surely as one that failed by itself: a subscriber waiting for it hears of it."""
@@ -120,7 +121,7 @@ def test_jobs_failed_because_their_worker_died_are_announced_too(iris_model, set
 
     assert backups.stalled_jobs_reap(actor="tests")["training"] == [reaped.pk]
     assert training.training_job_run(job_id=dying.pk).status == TrainingStatus.FAILED
-    with pytest.raises(backups.BackupError):
+    with pytest.raises(backups.BackupError, match="started 3 times"):
         backups.backup_create(slot="dying", actor="tests")
 
     finished = {p["data"]["id"]: p["data"] for p in _payloads("training_job.finished")}
@@ -130,3 +131,55 @@ def test_jobs_failed_because_their_worker_died_are_announced_too(iris_model, set
     failed = {p["data"]["slot"]: p["data"] for p in _payloads("backup.failed")}
     assert set(failed) == {"reaped", "dying"}
     assert all(d["status"] == BackupStatus.FAILED for d in failed.values())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_job_ends_once_when_its_stalled_worker_comes_back_after_the_reaper(
+    iris_model, settings, monkeypatch
+):
+    """The reaper failed a job whose worker was only stalled; the worker's own end that follows
+    (a failure, a decision, a failed backup, a retry past JOB_MAX_ATTEMPTS) changes nothing
+    and announces nothing a second time."""
+    from datetime import UTC, datetime, timedelta
+
+    from backups import services as backups
+    from backups.models import Backup, BackupStatus
+    from quality.models import TrainingJob
+
+    settings.JOB_STALLED_AFTER_SECONDS = 60
+    settings.JOB_MAX_ATTEMPTS = 2
+    long_ago = datetime.now(UTC) - timedelta(hours=1)
+    job = training.training_job_create(
+        model=iris_model,
+        dataset=factories.iris_dataset_create("stalled", actor="tests"),
+        actor="tests",
+        enqueue=False,
+    )
+    TrainingJob.objects.filter(pk=job.pk).update(
+        status=TrainingStatus.RUNNING, started_at=long_ago, heartbeat_at=long_ago
+    )
+    Backup.objects.create(
+        slot="stalled", actor="tests", started_at=long_ago, heartbeat_at=long_ago, attempts=1
+    )
+    backups.stalled_jobs_reap(actor="tests")
+
+    assert training._fail(job.pk, problem="training_error", message="late").error_type == (
+        "worker_lost"
+    )
+    assert training._decide(job.pk).status == TrainingStatus.FAILED
+
+    # The backup's next attempt stalls too: the reaper fails it mid-run, then the attempt
+    # itself fails; and a retry is past JOB_MAX_ATTEMPTS.
+    def reaped_then_broken(target):  # faults injected on purpose
+        Backup.objects.filter(slot="stalled").update(status=BackupStatus.FAILED)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(backups, "_artifacts_archive_write", reaped_then_broken)
+    with pytest.raises(OSError, match="disk full"):
+        backups.backup_create(slot="stalled", actor="tests")
+    assert "disk full" not in Backup.objects.get(slot="stalled").error
+    with pytest.raises(backups.BackupError, match="started 2 times"):
+        backups.backup_create(slot="stalled", actor="tests")
+
+    assert [p["data"]["error_type"] for p in _payloads("training_job.finished")] == ["worker_lost"]
+    assert [p["data"]["slot"] for p in _payloads("backup.failed")] == ["stalled"]
