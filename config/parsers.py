@@ -18,6 +18,7 @@ import orjson
 from django.conf import settings
 from django.http import UnreadablePostError
 from django.utils.http import parse_header_parameters
+from rest_framework import parsers
 from rest_framework.exceptions import NotAcceptable, ParseError, UnsupportedMediaType
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import BaseParser
@@ -183,3 +184,15 @@ class HTTPContentNegotiation(DefaultContentNegotiation):
                 f"{SUPPORTED_CHARSET}."
             )
         return kept
+
+
+class MultiPartParser(parsers.MultiPartParser):
+    """DRF's multipart parser, with the media type compared case-insensitively as RFC 9110
+    §8.3.1 requires: negotiation already matches `Multipart/Form-Data`, but Django's parser
+    then checks `startswith("multipart/")` and refused it as "Invalid Content-Type"."""
+
+    def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
+        if media_type:
+            kind, separator, parameters = media_type.partition(";")
+            media_type = kind.strip().lower() + separator + parameters
+        return super().parse(stream, media_type, parser_context)

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import json
-
 from django.conf import settings
 from django.db.models import Max, OuterRef, Subquery
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.generics import GenericAPIView
-from rest_framework.parsers import MultiPartParser
 from rest_framework.permissions import IsAdminUser
-from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.errors import PayloadTooLarge
+from config.parsers import MultiPartParser
+from config.renderers import BinaryRenderer
 from config.schema import error_responses
 from mlregistry import selectors, services
 from mlregistry.access import api_client_allowed_models
@@ -401,18 +400,6 @@ class ModelAliasDetailView(GenericAPIView):
             comment=data.validated_data["comment"],
         )
         return Response(status=status.HTTP_204_NO_CONTENT)
-
-
-class BinaryRenderer(BaseRenderer):
-    """Lets a client ask for the artifact with `Accept: application/octet-stream` (DRF refuses
-    an Accept no renderer offers); an error reaching it is still the JSON error body."""
-
-    media_type = "application/octet-stream"
-    format = "bin"
-    charset = None
-
-    def render(self, data, accepted_media_type=None, renderer_context=None) -> bytes:
-        return data if isinstance(data, bytes) else json.dumps(data).encode()
 
 
 _BINARY = "application/octet-stream"

@@ -9,12 +9,15 @@ from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import serializers, status
+from rest_framework.exceptions import NotAcceptable
 from rest_framework.generics import GenericAPIView
-from rest_framework.parsers import MultiPartParser
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.errors import NotFoundError, PayloadTooLarge
+from config.parsers import MultiPartParser
+from config.renderers import BinaryRenderer, CSVRenderer
 from config.schema import error_responses
 from mlregistry.permissions import RegistryPermission
 from mlregistry.selectors import registered_model_get
@@ -242,11 +245,21 @@ def _download_name(job: BatchJob, what: str, stored: str) -> str:
     return f"{job.model.name}-batch-{job.pk}-{what}.{stored.rsplit('.', 1)[-1]}"
 
 
-def _file_response(name: str, job_id: int, what: str) -> HttpResponse:
+def _file_response(request: Request, name: str, job_id: int, what: str) -> HttpResponse:
+    """The file streamed as `text/csv` (a CSV) or `application/octet-stream` (Parquet); 406
+    when the request accepts only the other one."""
     job = _job(name, job_id)
     stored = job.output_name if what == "output" else job.errors_name
     if not stored:
         raise NotFoundError(f"Batch job {job_id} has no {what} file (it is {job.status}).")
+    is_csv = stored.endswith(".csv")
+    content_type = "text/csv; charset=utf-8" if is_csv else "application/octet-stream"
+    if isinstance(request.accepted_renderer, CSVRenderer) and not is_csv:
+        # The error itself in JSON, as every error (the accepted renderer would label it CSV).
+        request.accepted_renderer, request.accepted_media_type = JSONRenderer(), "application/json"
+        raise NotAcceptable(
+            f"The {what} file of batch job {job_id} is Parquet: accept application/octet-stream."
+        )
     try:
         handle = batch.get_artifact_storage().open(stored, "rb")
     except FileNotFoundError:
@@ -255,12 +268,18 @@ def _file_response(name: str, job_id: int, what: str) -> HttpResponse:
         handle,
         as_attachment=True,
         filename=_download_name(job, what, stored),
-        content_type="application/octet-stream",
+        content_type=content_type,
     )
+
+
+# Accept: application/octet-stream or text/csv (what the schema documents) as well as JSON,
+# which errors are rendered in.
+_DOWNLOAD_RENDERERS = [JSONRenderer, BinaryRenderer, CSVRenderer]
 
 
 class BatchJobOutputFileView(GenericAPIView):
     permission_classes = [RegistryPermission]
+    renderer_classes = _DOWNLOAD_RENDERERS
 
     @extend_schema(
         operation_id="download_batch_job_output",
@@ -268,28 +287,34 @@ class BatchJobOutputFileView(GenericAPIView):
         responses={
             (200, "application/octet-stream"): OpenApiResponse(
                 OpenApiTypes.BINARY,
-                description="the scored rows (Parquet or CSV): row, prediction, confidence, "
+                description="the scored rows of a Parquet output: row, prediction, confidence, "
                 "probability_<class> per class, version",
-            )
+            ),
+            (200, "text/csv"): OpenApiResponse(
+                OpenApiTypes.BINARY, description="the same columns, of a CSV output"
+            ),
+            **error_responses(406),
         },
         summary="Download a succeeded job's output (streamed)",
     )
     def get(self, request: Request, name: str, job_id: int) -> HttpResponse:
-        return _file_response(name, job_id, "output")
+        return _file_response(request, name, job_id, "output")
 
 
 class BatchJobErrorsFileView(GenericAPIView):
     permission_classes = [RegistryPermission]
+    renderer_classes = _DOWNLOAD_RENDERERS
 
     @extend_schema(
         operation_id="download_batch_job_errors",
         tags=["batch"],
         responses={
-            (200, "application/octet-stream"): OpenApiResponse(
+            (200, "text/csv"): OpenApiResponse(
                 OpenApiTypes.BINARY, description="CSV of the invalid rows: row, field, reason"
-            )
+            ),
+            **error_responses(406),
         },
         summary="Download a succeeded job's errors file (streamed)",
     )
     def get(self, request: Request, name: str, job_id: int) -> HttpResponse:
-        return _file_response(name, job_id, "errors")
+        return _file_response(request, name, job_id, "errors")

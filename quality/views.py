@@ -5,11 +5,11 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import GenericAPIView
-from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.errors import NotFoundError
+from config.parsers import MultiPartParser
 from config.schema import error_responses
 from mlregistry import selectors
 from mlregistry.permissions import RegistryPermission

@@ -13,7 +13,7 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from config.errors import NotFoundError
+from config.errors import NotFoundError, ValidationFailed
 from config.events import EVENT_TYPES
 from config.schema import error_responses
 from mlregistry import selectors
@@ -40,6 +40,10 @@ class WebhookPermission(BasePermission):
         user = request.user
         if not (user and user.is_authenticated and user.is_staff):
             return False
+        if request.method.lower() not in view.http_method_names or not hasattr(
+            view, request.method.lower()
+        ):
+            return True  # the view answers 405 naming the methods it has
         perm = getattr(view, "required_permission", None) or _PERMISSION_BY_METHOD.get(
             request.method
         )
@@ -63,6 +67,16 @@ class WebhookInput(serializers.Serializer):
 
 
 class WebhookUpdateInput(WebhookInput):
+    # No defaults in a PATCH body: the schema would show them, and a generated client sends a
+    # field's default with every update (re-enabling a disabled webhook on a rename).
+    model = serializers.SlugField(
+        max_length=100,
+        required=False,
+        allow_null=True,
+        help_text="only this registered model's events; null for every model",
+    )
+    active = serializers.BooleanField(required=False)
+
     def validate(self, attrs):
         if "secret" in self.initial_data:
             raise serializers.ValidationError({"secret": ["read-only: it is set at creation"]})
@@ -136,9 +150,14 @@ def _webhook_get(webhook_id: int) -> Webhook:
 
 
 def _model_arg(validated: dict) -> dict:
+    """`model` (a name) as the registered model; ValidationFailed naming `model` when there is
+    none of that name (the webhook's own path exists: a 404 would say it does not)."""
     if "model" in validated:
         name = validated.pop("model")
-        validated["model"] = None if name is None else selectors.registered_model_get(name=name)
+        try:
+            validated["model"] = None if name is None else selectors.registered_model_get(name=name)
+        except NotFoundError as exc:
+            raise ValidationFailed(exc.message, fields={"model": [exc.message]}) from None
     return validated
 
 

@@ -173,9 +173,39 @@ def test_api_refuses_bad_input_naming_the_field_and_changes_nothing(hooks_api, r
         {"name": "x", "url": "http://93.184.215.14/", "events": ["drift.detected"], "model": "n"},
         format="json",
     )
-    assert unknown_model.status_code == 404
+    # The webhooks route exists: an unknown model is a bad field, not a missing resource.
+    assert unknown_model.status_code == 400
+    assert unknown_model.json()["error"]["fields"]["model"] == ["No registered model named 'n'."]
     assert not Webhook.objects.exists()
     assert not AuditEvent.objects.filter(object_type="mlregistry.webhook").exists()
+
+
+def test_a_patch_changes_only_what_it_sends_and_the_schema_shows_no_defaults_for_it(
+    hooks_api, receiver
+):
+    """A generated client sends every field that has a default in the schema: a default
+    `active: true` in the PATCH body re-enabled a disabled webhook on a rename."""
+    from drf_spectacular.generators import SchemaGenerator
+
+    hook = _hook(receiver)
+    hooks_api.patch(f"/api/v1/webhooks/{hook.pk}/", {"active": False}, format="json")
+    renamed = hooks_api.patch(f"/api/v1/webhooks/{hook.pk}/", {"name": "new"}, format="json")
+    assert (renamed.json()["name"], renamed.json()["active"]) == ("new", False)
+    unknown = hooks_api.patch(f"/api/v1/webhooks/{hook.pk}/", {"model": "nope"}, format="json")
+    assert unknown.status_code == 400 and "model" in unknown.json()["error"]["fields"]
+    # A method the view does not have is a 405 naming the ones it has, not a 403.
+    put = hooks_api.put(f"/api/v1/webhooks/{hook.pk}/", {"name": "x"}, format="json")
+    assert put.status_code == 405 and "PATCH" in put["Allow"]
+
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    for name, component in schema["components"]["schemas"].items():
+        if name.startswith("Patched"):
+            defaults = {
+                field: spec["default"]
+                for field, spec in component.get("properties", {}).items()
+                if "default" in spec
+            }
+            assert defaults == {}, (name, defaults)
 
 
 def test_only_staff_with_the_webhook_permissions_may_use_the_api(client_api, staff_api):

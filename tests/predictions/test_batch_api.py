@@ -250,3 +250,45 @@ def test_a_body_over_the_input_limit_is_a_413_before_it_is_read(batcher, iris, s
     assert _field(response, "file")
     assert "BATCH_MAX_INPUT_SIZE" in response.json()["error"]["message"]
     assert not BatchJob.objects.exists()
+
+
+def test_downloads_answer_the_media_types_the_schema_names_and_406_the_other(
+    batcher, iris, eager, django_capture_on_commit_callbacks
+):
+    """`Accept: application/octet-stream` (what generated clients send) or `text/csv` for a
+    CSV file; a Parquet output asked for as CSV is a 406; the multipart type is matched
+    case-insensitively, as RFC 9110 says media types are."""
+    if not is_local():
+        pytest.skip("the API streams the files only from a local folder")
+    jobs = {}
+    for output_format in ("csv", "parquet"):
+        file = _parquet()
+        with django_capture_on_commit_callbacks(execute=True):
+            created = batcher.post(
+                URL, {"file": file, "output_format": output_format}, format="multipart"
+            )
+        assert created.status_code == 202, created.content
+        jobs[output_format] = created.json()["id"]
+    raw = _parquet()
+    from django.test.client import BOUNDARY, encode_multipart
+
+    upper = batcher.post(
+        URL,
+        encode_multipart(BOUNDARY, {"file": raw}),
+        content_type=f"Multipart/Form-Data; boundary={BOUNDARY}",
+    )
+    assert upper.status_code == 202, upper.content
+
+    csv_job, parquet_job = jobs["csv"], jobs["parquet"]
+    for accept in ("application/octet-stream", "text/csv", "*/*"):
+        answer = batcher.get(f"{URL}/{csv_job}/output", HTTP_ACCEPT=accept)
+        assert answer.status_code == 200, (accept, answer.content)
+        assert answer["Content-Type"] == "text/csv; charset=utf-8"
+        errors = batcher.get(f"{URL}/{csv_job}/errors", HTTP_ACCEPT=accept)
+        assert errors.status_code == 200 and errors["Content-Type"].startswith("text/csv")
+    parquet = batcher.get(f"{URL}/{parquet_job}/output", HTTP_ACCEPT="application/octet-stream")
+    assert (parquet.status_code, parquet["Content-Type"]) == (200, "application/octet-stream")
+    refused = batcher.get(f"{URL}/{parquet_job}/output", HTTP_ACCEPT="text/csv")
+    assert refused.status_code == 406
+    assert refused.json()["error"]["type"] == "not_acceptable"
+    assert batcher.get(f"{URL}/{parquet_job}/output", HTTP_ACCEPT="image/png").status_code == 406
