@@ -272,13 +272,41 @@ def path_files(path: Path) -> dict[str, bytes]:
 # --- reading the model directory --------------------------------------------------------------
 
 
+# The size an MLmodel or python_env.yaml may have, counted as if every YAML alias were written
+# out (a value counts 1, text its length more): MLflow's own files hold a few dozen values and
+# some KB of signature text. Aliases ("billion laughs") let a few KB stand for billions of
+# values that are cheap to load but not to store, show or send on.
+YAML_MAX_EXPANDED = 4 * 1024 * 1024
+
+
 def _yaml(data: bytes, what: str) -> Any:
+    """`data` parsed with yaml.safe_load; MlflowModelError when it is not YAML or is larger
+    than YAML_MAX_EXPANDED once its aliases are expanded."""
     import yaml
 
     try:
-        return yaml.safe_load(data.decode("utf-8"))
+        loaded = yaml.safe_load(data.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise MlflowModelError(f"{what} is not readable YAML ({type(exc).__name__}).") from None
+    pending, seen = [loaded], 0
+    while pending:
+        value = pending.pop()
+        seen += 1 + (len(value) if isinstance(value, str | bytes) else 0)
+        if seen > YAML_MAX_EXPANDED:
+            raise MlflowModelError(
+                f"{what} is larger than {YAML_MAX_EXPANDED} once its YAML aliases are expanded."
+            )
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+    return loaded
+
+
+def _short_text(value: Any, limit: int = 200) -> str | None:
+    """`value` when it is text of at most `limit` characters (an id, a time), else None."""
+    return value if isinstance(value, str) and len(value) <= limit else None
 
 
 def signature_schema(signature: Any) -> list[dict[str, Any]] | None:
@@ -443,7 +471,8 @@ def model_read(files: Mapping[str, bytes]) -> MlflowModel:
     notes: list[str] = []
     if flavor.get("code"):
         notes.append(
-            f"The model was logged with code paths ({flavor['code']}); they are not imported: "
+            f"The model was logged with code paths ({str(flavor['code'])[:200]}); they are not "
+            "imported: "
             "a model whose classes live there is refused when it is opened."
         )
     schema = signature_schema(spec.get("signature"))
@@ -466,13 +495,13 @@ def model_read(files: Mapping[str, bytes]) -> MlflowModel:
     notes += version_notes
 
     mlflow_metadata = {
-        key: spec[key]
+        key: _short_text(spec[key])
         for key in ("run_id", "model_uuid", "model_id", "artifact_path", "utc_time_created")
-        if spec.get(key)
+        if _short_text(spec.get(key))
     }
     mlflow_metadata.update(
         {
-            "mlflow_version": spec.get("mlflow_version"),
+            "mlflow_version": _short_text(spec.get("mlflow_version")),
             "serialization_format": serialization,
             "model_file": payload_name,
             "signature": {

@@ -423,3 +423,25 @@ def test_mlmodel_that_is_not_yaml_or_names_an_unknown_format_is_refused(saved):
         mlflow_import.model_read({**files, "MLmodel": yaml.safe_dump(spec).encode()})
     with pytest.raises(mlflow_import.MlflowModelError, match="no MLmodel"):
         mlflow_import.model_read({})
+
+
+def test_an_mlmodel_whose_yaml_aliases_expand_past_the_limit_is_refused_at_once():
+    """A 'billion laughs': nine anchors of nine aliases each stand for 9**8 values in a few
+    hundred bytes. Loading them is cheap; storing or showing them took 7 GB. A small file
+    with an ordinary anchor still reads."""
+    import time
+
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    bomb = ("\n".join([*lines, "run_id: *a8", "flavors: {}"]) + "\n").encode()
+    started = time.monotonic()
+    with pytest.raises(mlflow_import.MlflowModelError, match="once its YAML aliases are expanded"):
+        mlflow_import.model_read({"MLmodel": bomb})
+    assert time.monotonic() - started < 5
+    long_text = b"t: &t " + b"x" * 100_000 + b"\nl: [" + b", ".join([b"*t"] * 50) + b"]\n"
+    with pytest.raises(mlflow_import.MlflowModelError, match="larger than"):
+        mlflow_import._yaml(long_text, "MLmodel")
+    assert mlflow_import._yaml(b"e: &e {a: 1}\nf: *e\n", "MLmodel") == {
+        "e": {"a": 1},
+        "f": {"a": 1},
+    }
