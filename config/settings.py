@@ -471,6 +471,11 @@ BATCH_CHUNK_THREADS = env_int("BATCH_CHUNK_THREADS", 1, minimum=1)
 BATCH_MAX_ERROR_SHARE = env_float("BATCH_MAX_ERROR_SHARE", 0.1)
 BATCH_MAX_INPUT_SIZE = env_int("BATCH_MAX_INPUT_SIZE", 2 * 1024 * 1024 * 1024, minimum=1024)
 BATCH_MAX_ROWS = env_int("BATCH_MAX_ROWS", 100_000_000, minimum=1)
+# A chunk decodes whole row groups: one may hold at most this many bytes once decoded, counted
+# as rows x feature columns x 8 (a constant column of 50M rows is a few hundred KB on disk).
+BATCH_MAX_ROW_GROUP_BYTES = env_int("BATCH_MAX_ROW_GROUP_BYTES", 256 * 1024 * 1024, minimum=1)
+# Every chunk parses the footer: millions of tiny row groups make one of hundreds of MB.
+BATCH_MAX_FOOTER_BYTES = env_int("BATCH_MAX_FOOTER_BYTES", 16 * 1024 * 1024, minimum=1024)
 # Finished jobs (and their files) are deleted this long after they finished.
 BATCH_JOB_RETENTION_DAYS = env_int("BATCH_JOB_RETENTION_DAYS", 14, minimum=1)
 # The Celery queue of batch tasks. Its own by default, which every worker consumes beside the

@@ -185,18 +185,25 @@ def _format_of(upload: Any, name: str) -> str:
     return BatchFormat.CSV
 
 
-def _input_columns(source: Any, file_format: str) -> tuple[Any, int | None]:
-    """(the columns' Arrow schema, rows or None when unknown without a full read);
-    ValidationFailed naming `file` when pyarrow cannot read it. A CSV's types are pyarrow's
-    guess from its first block: its features are staged as text and parsed row by row."""
+def _input_columns(
+    source: Any, file_format: str, *, field: str = "file"
+) -> tuple[Any, int | None, list[int] | None]:
+    """(the columns' Arrow schema, rows or None when unknown without a full read, rows per row
+    group of a Parquet file); ValidationFailed naming `field` when pyarrow cannot read it or its
+    footer is past BATCH_MAX_FOOTER_BYTES. A CSV's types are pyarrow's guess from its first
+    block: its features are staged as text and parsed row by row."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     try:
         if file_format == BatchFormat.PARQUET:
+            problem = _footer_problem(source)
+            if problem:
+                raise ValidationFailed(problem, fields={field: [problem]})
             meta = pq.ParquetFile(source).metadata
-            return meta.schema.to_arrow_schema(), meta.num_rows
+            groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+            return meta.schema.to_arrow_schema(), meta.num_rows, groups
         # Only the header matters here; a line with the wrong field count is an invalid row
         # of the job (_stage_csv), not an unreadable file.
         reader = pacsv.open_csv(
@@ -204,13 +211,54 @@ def _input_columns(source: Any, file_format: str) -> tuple[Any, int | None]:
             read_options=pacsv.ReadOptions(block_size=1 << 20),
             parse_options=pacsv.ParseOptions(invalid_row_handler=lambda row: "skip"),
         )
-        return reader.schema, None
+        return reader.schema, None, None
     except (pa.ArrowException, OSError, ValueError) as exc:
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         raise ValidationFailed(
             f"The file is not readable as {file_format}: {detail}",
-            fields={"file": [f"not a readable {file_format} file"]},
+            fields={field: [f"not a readable {file_format} file"]},
         ) from None
+
+
+def _footer_problem(source: Any) -> str | None:
+    """Why a Parquet file's footer is too large to parse in every chunk, read from its last 8
+    bytes before pyarrow parses it (None when it is not, or the file is no Parquet: pyarrow
+    then says why)."""
+    if isinstance(source, str):
+        with open(source, "rb") as handle:
+            return _footer_problem(handle)
+    position = source.tell()
+    try:
+        source.seek(-8, os.SEEK_END)
+        tail = source.read(8)
+    except (OSError, ValueError):
+        return None
+    finally:
+        source.seek(position)
+    if len(tail) != 8 or tail[4:] != PARQUET_MAGIC:
+        return None
+    length = int.from_bytes(tail[:4], "little")
+    if length <= settings.BATCH_MAX_FOOTER_BYTES:
+        return None
+    return (
+        f"The Parquet footer is {length} bytes (BATCH_MAX_FOOTER_BYTES: "
+        f"{settings.BATCH_MAX_FOOTER_BYTES}): write the file with fewer, larger row groups."
+    )
+
+
+def _row_group_problem(groups: list[int], width: int) -> str | None:
+    """Why a row group is too large for a chunk to decode (BATCH_MAX_ROW_GROUP_BYTES, counted
+    as rows x `width` feature columns x 8 bytes), or None."""
+    limit = settings.BATCH_MAX_ROW_GROUP_BYTES
+    for i, rows in enumerate(groups):
+        if rows * max(width, 1) * 8 > limit:
+            most = max(1, limit // (max(width, 1) * 8))
+            return (
+                f"Row group {i} holds {rows} rows, about {rows * max(width, 1) * 8} bytes of "
+                f"{width} features once decoded (BATCH_MAX_ROW_GROUP_BYTES: {limit}): write "
+                f"the file with row groups of at most {most} rows."
+            )
+    return None
 
 
 def _columns_check(columns: Any, version: ModelVersion, *, field: str, typed: bool) -> None:
@@ -377,7 +425,10 @@ def batch_job_create(
     if upload is not None:
         file_format = _format_of(upload, getattr(upload, "name", "") or "")
         upload.seek(0)
-        columns, rows = _input_columns(upload, file_format)
+        columns, rows, groups = _input_columns(upload, file_format)
+        problem = groups and _row_group_problem(groups, len(scored_by.input_schema or []))
+        if problem:
+            raise ValidationFailed(problem, fields={"file": [problem]})
         if rows is not None and math.ceil(rows / chunk_rows) > settings.BATCH_MAX_CHUNKS:
             raise ValidationFailed(
                 f"{rows} rows in chunks of {chunk_rows} make {math.ceil(rows / chunk_rows)} "
@@ -396,7 +447,10 @@ def batch_job_create(
             )
         # Only the footer, by byte ranges on S3 (mlregistry.storage.arrow_input).
         with arrow_input_open(storage, input_name) as source:
-            columns, _ = _input_columns(source, file_format)
+            columns, _, groups = _input_columns(source, file_format, field="dataset")
+        problem = groups and _row_group_problem(groups, len(scored_by.input_schema or []))
+        if problem:
+            raise ValidationFailed(problem, fields={"dataset": [problem]})
         _columns_check(
             columns, scored_by, field="dataset", typed=file_format == BatchFormat.PARQUET
         )
@@ -769,15 +823,23 @@ def _plan(row_groups: list[int], chunk_rows: int) -> list[tuple[int, int]]:
     return chunks
 
 
-def _row_groups(storage: Storage, name: str) -> list[int]:
-    """Rows per row group, from the Parquet footer (BatchJobFailed when unreadable)."""
+def _row_groups(storage: Storage, name: str, width: int) -> list[int]:
+    """Rows per row group, from the Parquet footer; BatchJobFailed when unreadable, or
+    (`input_too_large`) when its footer or a row group of `width` features is past its limit
+    (checked at creation too; here for a job made before the limits or under others)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         with arrow_input_open(storage, name) as source:
-            meta = pq.ParquetFile(source).metadata
-            return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+            problem = _footer_problem(source)
+            if not problem:
+                meta = pq.ParquetFile(source).metadata
+                groups = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+                problem = _row_group_problem(groups, width)
+            if problem:
+                raise BatchJobFailed("input_too_large", problem)
+            return groups
     except FileNotFoundError:
         raise BatchJobFailed("input_missing", f"The input file {name} is gone.") from None
     except (pa.ArrowException, OSError) as exc:
@@ -823,7 +885,7 @@ def batch_job_start(*, job_id: int) -> list[int] | None:
                 if job.input_format == BatchFormat.CSV:
                     _stage_csv(job, storage, version.input_schema)
                     BatchJob.objects.filter(pk=job_id).update(input_verified_at=timezone.now())
-                groups = _row_groups(storage, _staged_name(job))
+                groups = _row_groups(storage, _staged_name(job), len(version.input_schema or []))
         except BatchJobFailed as exc:
             _fail(job_id, problem=exc.problem, message=exc.message)
             return None

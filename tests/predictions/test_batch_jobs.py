@@ -1248,3 +1248,36 @@ def test_a_ragged_csv_read_record_by_record_reads_as_pyarrow_reads_a_clean_one(
     job.refresh_from_db()
     assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_unreadable")
     assert "longer than" in job.error
+
+
+def test_a_parquet_input_whose_row_groups_or_footer_would_take_the_memory_is_refused(
+    iris_prod, settings
+):
+    """A chunk decodes whole row groups and parses the footer: 50 million rows of a constant
+    are a few hundred KB on disk and gigabytes decoded; a million one-row groups make a footer
+    of hundreds of MB. Refused at creation naming the file, and at planning for a job made
+    before the limits."""
+    table = pa.table({name: pa.array(np.full(2_000_000, 1.5)) for name in NAMES})
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=2_000_000, compression="zstd")
+    assert len(sink.getvalue()) < 200_000
+    settings.BATCH_MAX_ROW_GROUP_BYTES = 32 * 1024 * 1024  # 2M rows x 4 features x 8 = 64 MB
+    sink.seek(0)
+    sink.name = "bomb.parquet"
+    with pytest.raises(ValidationFailed) as refused:
+        batch.batch_job_create(model=iris_prod, actor="tests", upload=sink, enqueue=False)
+    assert "Row group 0 holds 2000000 rows" in refused.value.fields["file"][0]
+    assert "at most 1048576 rows" in refused.value.message
+
+    settings.BATCH_MAX_ROW_GROUP_BYTES = 256 * 1024 * 1024
+    sink.seek(0)
+    job = batch.batch_job_create(model=iris_prod, actor="tests", upload=sink, enqueue=False)
+    settings.BATCH_MAX_ROW_GROUP_BYTES = 32 * 1024 * 1024
+    assert batch.batch_job_start(job_id=job.pk) is None
+    job.refresh_from_db()
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_too_large")
+
+    settings.BATCH_MAX_FOOTER_BYTES = 4096
+    many = _parquet(_frame(300), row_group_size=5)
+    with pytest.raises(ValidationFailed, match="The Parquet footer is .* bytes"):
+        batch.batch_job_create(model=iris_prod, actor="tests", upload=many, enqueue=False)
