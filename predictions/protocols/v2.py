@@ -84,14 +84,26 @@ def _bad(message: str, field: str = "inputs") -> ValidationFailed:
 # --- requests -----------------------------------------------------------------------------
 
 
+# numpy refuses shapes whose byte size would not fit its index type even when a dimension is
+# 0 (no data to hold): dimensions are bounded so that such a shape is a 400, not numpy's
+# ValueError. Tensors here are rows x features: 2**31 - 1 is far past any batch limit.
+_MAX_DIMENSION = 2**31 - 1
+_MAX_DIMENSIONS = 8
+
+
 def _shape(tensor: dict[str, Any], where: str) -> list[int]:
     shape = tensor.get("shape")
     if (
         not isinstance(shape, list)
         or not shape
-        or not all(type(d) is int and d >= 0 for d in shape)
+        or len(shape) > _MAX_DIMENSIONS
+        or not all(type(d) is int and 0 <= d <= _MAX_DIMENSION for d in shape)
     ):
-        raise _bad(f"{where}.shape must be a non-empty list of non-negative integers.", where)
+        raise _bad(
+            f"{where}.shape must be a list of 1 to {_MAX_DIMENSIONS} integers from 0 to "
+            f"{_MAX_DIMENSION}.",
+            where,
+        )
     return shape
 
 
@@ -175,7 +187,10 @@ def _tensors(header: dict[str, Any], binary: bytes) -> list[tuple[str, np.ndarra
             offset += size
         else:
             array = _from_json_data(tensor.get("data"), datatype, count, where)
-        tensors.append((name, array.reshape(shape)))
+        try:
+            tensors.append((name, array.reshape(shape)))
+        except ValueError as exc:
+            raise _bad(f"{where}.shape {shape} cannot hold its data: {exc}", where) from None
     if offset != len(binary):
         raise _bad(f"{len(binary) - offset} bytes of binary data belong to no input.")
     return tensors

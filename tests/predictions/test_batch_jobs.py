@@ -1279,5 +1279,5 @@ def test_a_parquet_input_whose_row_groups_or_footer_would_take_the_memory_is_ref
 
     settings.BATCH_MAX_FOOTER_BYTES = 4096
     many = _parquet(_frame(300), row_group_size=5)
-    with pytest.raises(ValidationFailed, match="The Parquet footer is .* bytes"):
+    with pytest.raises(ValidationFailed, match=r"The Parquet footer is \d+ bytes"):
         batch.batch_job_create(model=iris_prod, actor="tests", upload=many, enqueue=False)

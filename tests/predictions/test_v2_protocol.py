@@ -276,6 +276,15 @@ def test_regressor_has_predict_only(client_api):
         {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 4], "data": [[1, 2], [3]]}]},
         {"inputs": [{"name": "x", "datatype": "FP64", "shape": [-1, 4], "data": [1.0] * 4}]},
         {"inputs": [{"name": "x", "datatype": "FP64", "shape": [2**62, 2**62, 4], "data": []}]},
+        # A shape holding no values, but too large for numpy to make even empty.
+        {"inputs": [{"name": "x", "datatype": "FP64", "shape": [2**62, 0], "data": []}]},
+        {"inputs": [{"name": "x", "datatype": "FP64", "shape": [0, 2**63], "data": []}]},
+        {
+            "inputs": [
+                {"name": "x", "datatype": "FP64", "shape": [2**31 - 1, 2**31 - 1, 0], "data": []}
+            ]
+        },
+        {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1] * 9 + [4], "data": [1.0] * 4}]},
         {"inputs": [{"name": "x", "datatype": "FP64", "shape": [0, 4], "data": []}]},
         {"inputs": [{"name": "x", "datatype": "FP64", "shape": [1, 1, 4], "data": [1.0] * 4}]},
         {"inputs": _per_feature(_rows(2))[:3]},
