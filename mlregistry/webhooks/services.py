@@ -6,11 +6,14 @@ The secret never enters an audit diff, a log line or an error message.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import random
+import socket
 import ssl
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -403,6 +406,40 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=certifi.where())
 
 
+class _Deadline:
+    """Ends a request still running `seconds` after it started. httpx's timeout bounds each
+    read, not the whole exchange, so a receiver that sends a header line every few seconds
+    held a worker for as long as it liked. The connection's socket (seen through httpcore's
+    `trace` extension) is shut down at the deadline, which wakes a blocked read with an error
+    the caller records as a failed attempt."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.passed = False
+        self._socket: socket.socket | None = None
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.complete" and info.get("return_value") is not None:
+            self._socket = info["return_value"].get_extra_info("socket")
+            if self.passed:
+                self._expire()
+
+    def _expire(self) -> None:
+        self.passed = True
+        if self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.shutdown(socket.SHUT_RDWR)
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
 def _post(delivery: WebhookDelivery, url: str) -> _Answer:
     body = delivery.body.encode()
     started = time.perf_counter()
@@ -418,11 +455,15 @@ def _post(delivery: WebhookDelivery, url: str) -> _Answer:
         "X-Registry-Delivery": str(delivery.delivery_id),
         "X-Registry-Signature": signature_header(secret=delivery.webhook.secret, body=body),
     }
-    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    deadline = _Deadline(settings.WEBHOOK_TIMEOUT_SECONDS)
+    extensions: dict[str, Any] = {"trace": deadline.trace}
+    if target.scheme == "https":
+        extensions["sni_hostname"] = target.host
     try:
         # trust_env=False: no proxy from the environment, which would connect to a host of its
         # choosing rather than the address checked above. Redirects are never followed.
         with (
+            deadline,
             httpx.Client(
                 timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
                 follow_redirects=False,
@@ -446,12 +487,10 @@ def _post(delivery: WebhookDelivery, url: str) -> _Answer:
                 _retry_after(response.headers.get("Retry-After")),
             )
     except httpx.HTTPError as exc:
-        return _Answer(
-            None,
-            "",
-            f"network: {type(exc).__name__}: {exc}"[:500],
-            (time.perf_counter() - started) * 1000,
-        )
+        why = f"network: {type(exc).__name__}: {exc}"
+        if deadline.passed:
+            why = f"timeout: no whole answer within {settings.WEBHOOK_TIMEOUT_SECONDS} s"
+        return _Answer(None, "", why[:500], (time.perf_counter() - started) * 1000)
 
 
 def _queue_next(delivery: WebhookDelivery) -> int | None:

@@ -462,6 +462,48 @@ def test_a_network_error_is_retried_and_recorded(receiver, settings):
     assert hook.failing_since is not None and hook.active
 
 
+def test_a_receiver_that_answers_drop_by_drop_is_cut_off_at_the_timeout(settings):
+    """httpx's timeout bounds each read: a receiver sending a header line every 0.3 s held
+    the worker for as long as it kept going. The whole answer must now come within
+    WEBHOOK_TIMEOUT_SECONDS, or the attempt fails saying so."""
+    import threading
+
+    settings.WEBHOOK_TIMEOUT_SECONDS = 1.0
+    settings.WEBHOOK_MAX_ATTEMPTS = 1
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\n")
+            while not stop.is_set():
+                try:
+                    connection.sendall(b"X-Slow: 1\r\n")
+                except OSError:
+                    return
+                time.sleep(0.3)
+
+    threading.Thread(target=drip, daemon=True).start()
+    port = listener.getsockname()[1]
+    Webhook.objects.create(
+        name="slow", url=f"http://127.0.0.1:{port}/hook", events=["backup.failed"], secret="s"
+    )
+    event_publish("backup.failed", data={"id": 1})
+    started = time.monotonic()
+    try:
+        _send_all()
+    finally:
+        stop.set()
+        listener.close()
+    assert time.monotonic() - started < 4
+    delivery = WebhookDelivery.objects.get()
+    assert delivery.status == DeliveryStatus.FAILED
+    [attempt] = delivery.attempts.all()
+    assert attempt.error == "timeout: no whole answer within 1.0 s"
+
+
 def test_events_of_one_model_are_sent_in_order_even_across_retries(receiver):
     seen_first = []
 
