@@ -42,11 +42,34 @@ def _refuse(url_reason: str) -> TargetRefused:
     )
 
 
+# IPv6 prefixes whose addresses carry an IPv4 address that a translator on the way (NAT64 on
+# an IPv6-only network, SIIT, the deprecated site-local and IPv4-compatible ranges) may reach:
+# such an address is as public as the IPv4 address it carries, no more. Python 3.11 calls
+# every one of them global.
+_IPV4_CARRYING = (
+    ipaddress.ip_network("64:ff9b::/96"),  # NAT64, RFC 6052: the low 32 bits
+    ipaddress.ip_network("64:ff9b:1::/48"),  # local-use NAT64, RFC 8215
+    ipaddress.ip_network("::ffff:0:0:0/96"),  # SIIT, RFC 2765
+    ipaddress.ip_network("::/96"),  # IPv4-compatible, RFC 4291 (deprecated)
+)
+_NEVER_PUBLIC = (ipaddress.ip_network("fec0::/10"),)  # site-local, RFC 3879 (deprecated)
+
+
 def _public(address: IPAddress) -> bool:
-    # An IPv4-mapped IPv6 address (::ffff:127.0.0.1) reaches the IPv4 host it carries.
-    mapped = getattr(address, "ipv4_mapped", None)
-    if mapped is not None:
-        address = mapped
+    """Whether `address` reaches the public internet only: for an IPv6 address carrying an
+    IPv4 one (mapped, 6to4, Teredo, NAT64 and the other translated forms), the IPv4 address
+    it carries must be public too."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if any(address in network for network in _NEVER_PUBLIC):
+            return False
+        carried = [address.ipv4_mapped, address.sixtofour]
+        if address.teredo is not None:
+            carried.append(address.teredo[1])  # the client's address (server is the other)
+            carried.append(address.teredo[0])
+        if any(address in network for network in _IPV4_CARRYING):
+            carried.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        if any(v4 is not None and not _public(v4) for v4 in carried):
+            return False
     return address.is_global and not address.is_multicast
 
 

@@ -230,6 +230,15 @@ def test_only_staff_with_the_webhook_permissions_may_use_the_api(client_api, sta
         "http://169.254.169.254/latest/meta-data/",
         "http://[fe80::1]/",
         "http://[fd00::1]/",
+        # IPv6 forms that carry an IPv4 address a translator may reach: NAT64 (well-known and
+        # local-use prefixes), 6to4, Teredo, SIIT, IPv4-compatible; and site-local.
+        "http://[64:ff9b::a9fe:a9fe]/",
+        "http://[64:ff9b:1::7f00:1]/",
+        "http://[2002:a9fe:a9fe::]/",
+        "http://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/",
+        "http://[::ffff:0:7f00:1]/",
+        "http://[::7f00:1]/",
+        "http://[fec0::1]/",
         "http://0.0.0.0/",
         "http://100.64.0.1/",
         "http://user:pw@93.184.215.14/",
