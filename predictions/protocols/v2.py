@@ -34,6 +34,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from config.errors import ConflictError, ValidationFailed
+from config.parsers import content_type_check
+from config.renderers import BinaryRenderer
 from mlregistry.access import model_access_check
 from predictions.auth import CachedTokenAuthentication
 from predictions.body import parse_json
@@ -354,10 +356,18 @@ def _schema_names(user: Any, name: str, version: int | None) -> list[str]:
 class _V2Errors:
     """The protocol's error body, {"error": "message"}, with the native status and headers."""
 
-    renderer_classes = [ORJSONRenderer]
+    # Octet-stream too: what a client asking for binary outputs may accept (the answer is then
+    # built by this module, whatever renders errors).
+    renderer_classes = [ORJSONRenderer, BinaryRenderer]
 
     def handle_exception(self, exc: Exception) -> Response:
         response = super().handle_exception(exc)  # type: ignore[misc]
+        # Errors are JSON whatever the client accepts.
+        request = self.request  # type: ignore[attr-defined]
+        request.accepted_renderer, request.accepted_media_type = (
+            ORJSONRenderer(),
+            "application/json",
+        )
         error = response.data.get("error") if isinstance(response.data, dict) else None
         if isinstance(error, dict):
             message = error.get("message", "")
@@ -370,8 +380,18 @@ class _V2Errors:
         return response
 
 
+_INFER_MEDIA_TYPES = ("application/json", "application/octet-stream", "text/plain")
+
+
 class _InferBase(_V2Errors, ProtocolPredictView):
     def decode(self, request: Request, raw: bytes) -> FrameBody:
+        """The request's tensors: a JSON body, or the binary extension's JSON header and raw
+        tensors. Declared as JSON, as application/octet-stream, as text/plain (what
+        tritonclient's HTTP client sends, JSON or binary), or not at all; another type, or a
+        charset other than UTF-8, is a 415."""
+        declared = request.META.get("CONTENT_TYPE")
+        if declared:
+            content_type_check(declared, accepted=_INFER_MEDIA_TYPES)
         length = request.headers.get(HEADER_LENGTH)
         if length is not None:
             if not length.isdigit() or int(length) > len(raw):

@@ -500,3 +500,37 @@ def test_a_request_id_that_is_not_a_string_is_refused_naming_it(
     response = _infer(client_api, {"id": request_id, "inputs": _per_feature(_rows(1))})
     assert response.status_code == 400
     assert "id" in response.json()["error"]
+
+
+@pytest.mark.django_db
+def test_content_type_and_accept_follow_the_api_rules(client_api, iris_production):
+    """JSON in any case and with parameters, text/plain (tritonclient's), or no Content-Type;
+    another charset or type is a 415 naming what to send.
+    A client may accept application/octet-stream (binary outputs); errors are JSON anyway."""
+    body = orjson.dumps({"inputs": _per_feature(_rows(2))})
+    for content_type in ("application/json", "Application/JSON; charset=UTF-8", "text/plain", None):
+        extra = {} if content_type is None else {"content_type": content_type}
+        answer = client_api.generic("POST", INFER, body, **extra)
+        assert answer.status_code == 200, (content_type, answer.content)
+    for content_type, says in (
+        ("application/json; charset=latin-1", "utf-8"),
+        ("text/plain; charset=utf-16", "utf-8"),
+        ("application/x-www-form-urlencoded", "application/json"),
+        ("application/xml", "application/json"),
+    ):
+        refused = client_api.post(INFER, body, content_type=content_type)
+        assert refused.status_code == 415, content_type
+        assert says in refused.json()["error"]
+
+    binary = orjson.dumps(
+        {"inputs": _per_feature(_rows(2)), "parameters": {"binary_data_output": True}}
+    )
+    answer = client_api.post(
+        INFER, binary, content_type="application/json", HTTP_ACCEPT="application/octet-stream"
+    )
+    assert answer.status_code == 200, answer.content
+    error = client_api.post(
+        INFER, b"{}", content_type="application/json", HTTP_ACCEPT="application/octet-stream"
+    )
+    assert error.status_code == 400 and error["Content-Type"].startswith("application/json")
+    assert set(error.json()) == {"error"}
