@@ -41,6 +41,10 @@ STAGES = {
 }
 _NAME = re.compile(r"^[-a-zA-Z0-9_]+$")
 _PAGE = 1000
+# A tracking server is trusted to list what it holds, not to list for ever: pages of a search,
+# and entries of one model's artifact folders, past these end the import with a clear error.
+_MAX_PAGES = 1000
+_MAX_ARTIFACT_ENTRIES = 10_000
 
 
 class MlflowRegistryError(DomainError):
@@ -144,11 +148,22 @@ class TrackingServer:
     def close(self) -> None:
         self.http.close()
 
-    def _get(self, route: str, params: dict[str, Any] | None = None, *, raw: bool = False) -> Any:
-        """The JSON answer of a GET (the bytes with `raw`); MlflowRegistryError otherwise."""
+    def _get(
+        self,
+        route: str,
+        params: dict[str, Any] | None = None,
+        *,
+        raw: bool = False,
+        limit: int | None = None,
+    ) -> Any:
+        """The JSON answer of a GET (the bytes with `raw`, at most `limit` of them: the answer
+        is streamed and cut off past it, whatever its headers said); MlflowRegistryError
+        otherwise, mlflow_import.MlflowModelError past `limit`."""
         import httpx
 
         try:
+            if raw and limit is not None:
+                return self._get_bytes(route, limit)
             response = self.http.get(route, params=params)
         except httpx.HTTPError as exc:
             raise MlflowRegistryError(
@@ -171,10 +186,29 @@ class TrackingServer:
                 f"{self.uri}{route} did not answer JSON: is this an MLflow tracking server?"
             ) from None
 
+    def _get_bytes(self, route: str, limit: int) -> bytes:
+        received = bytearray()
+        with self.http.stream("GET", route) as response:
+            if response.status_code >= 400:
+                response.read()
+                error = MlflowRegistryError(
+                    f"The MLflow tracking server answered {response.status_code} to {route}: "
+                    f"{response.text[:300]}"
+                )
+                error.answer_status = response.status_code
+                raise error
+            for chunk in response.iter_bytes():
+                received += chunk
+                if len(received) > limit:
+                    raise mlflow_import.MlflowModelError(
+                        f"The model's files add up to more than {limit} bytes (MAX_ARTIFACT_SIZE)."
+                    )
+        return bytes(received)
+
     def _paged(self, path: str, key: str, **params: Any) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         token = None
-        while True:
+        for _ in range(_MAX_PAGES):
             page = self._get(
                 path, {"max_results": _PAGE, **params, **({"page_token": token} if token else {})}
             )
@@ -182,6 +216,10 @@ class TrackingServer:
             token = page.get("next_page_token")
             if not token:
                 return items
+        raise MlflowRegistryError(
+            f"{self.uri}{path} still had more after {_MAX_PAGES} pages of {_PAGE}: import fewer "
+            "models at a time (--model)."
+        )
 
     def registered_models(self, names: list[str] | None = None) -> list[dict[str, Any]]:
         """Registered models (all, or those named), each with tags and aliases; a named model
@@ -249,18 +287,21 @@ class TrackingServer:
                     folders.append(relative)
                 else:
                     listed.append((relative, int(entry.get("file_size") or 0)))
+                if len(folders) + len(listed) > _MAX_ARTIFACT_ENTRIES:
+                    raise mlflow_import.MlflowModelError(
+                        f"The model's folder lists more than {_MAX_ARTIFACT_ENTRIES} entries."
+                    )
         if sum(size for _, size in listed) > limit:
             raise mlflow_import.MlflowModelError(
                 f"The model's files add up to more than {limit} bytes (MAX_ARTIFACT_SIZE)."
             )
-        files = {}
+        files: dict[str, bytes] = {}
         for relative, _ in listed:
+            # The listed sizes are the server's word: each download is cut off at what is left.
             files[relative] = self._get(
-                f"/api/2.0/mlflow-artifacts/artifacts/{root}/{relative}", raw=True
-            )
-        if sum(map(len, files.values())) > limit:
-            raise mlflow_import.MlflowModelError(
-                f"The model's files add up to more than {limit} bytes (MAX_ARTIFACT_SIZE)."
+                f"/api/2.0/mlflow-artifacts/artifacts/{root}/{relative}",
+                raw=True,
+                limit=limit - sum(map(len, files.values())),
             )
         return files
 

@@ -126,3 +126,54 @@ def test_versions_past_the_upload_limit_are_refused_unread(tracking, settings):
     output = _import(uri, "--dry-run", "--model", "diabetes-mlflow")
     assert _row(output, "diabetes-mlflow", 1)[-1] == "refused"
     assert "add up to more than 1024 bytes" in output
+
+
+@pytest.fixture
+def lying_server():
+    """A tracking server that lies (a fault injected on purpose, over real HTTP): it lists a
+    model file of size 0 and then sends 3 MB of it, and its searches never run out of pages."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            if "/mlflow-artifacts/artifacts/" in self.path:
+                body = b"x" * (3 << 20)
+                ctype = "application/octet-stream"
+            elif "/mlflow-artifacts/artifacts" in self.path:
+                files = [{"path": "model/MLmodel", "is_dir": False, "file_size": 0}]
+                body, ctype = json.dumps({"files": files}).encode(), "application/json"
+            else:
+                page = {"registered_models": [{"name": "m"}], "next_page_token": "again"}
+                body, ctype = json.dumps(page).encode(), "application/json"
+            self.send_response(200)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_a_tracking_server_that_lies_about_sizes_or_pages_cannot_run_the_import_away(
+    lying_server, settings, monkeypatch
+):
+    from mlregistry import mlflow_import, mlflow_registry
+
+    settings.MAX_ARTIFACT_SIZE = 1 << 20
+    server = mlflow_registry.TrackingServer(lying_server)
+    try:
+        with pytest.raises(mlflow_import.MlflowModelError, match="more than 1048576 bytes"):
+            server._artifact_files("run/artifacts")
+        monkeypatch.setattr(mlflow_registry, "_MAX_PAGES", 5)
+        with pytest.raises(mlflow_registry.MlflowRegistryError, match="after 5 pages"):
+            server.registered_models()
+    finally:
+        server.close()
