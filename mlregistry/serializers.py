@@ -11,6 +11,7 @@ from rest_framework import serializers
 from rest_framework.exceptions import ParseError
 
 from config.errors import ValidationFailed
+from config.fields import AsciiIntegerField
 from config.parsers import parse_json
 from mlregistry import hooks
 from mlregistry.models import (
@@ -182,7 +183,7 @@ class RegisteredModelUpdateInput(serializers.Serializer):
 
 
 class ProductionVersionOutput(serializers.Serializer):
-    version = serializers.IntegerField()
+    version = AsciiIntegerField()
     artifact_sha256 = serializers.CharField()
 
 
@@ -369,7 +370,7 @@ class ModelVersionUpdateInput(serializers.Serializer):
 
 class AliasRemovalOutput(serializers.Serializer):
     alias = serializers.CharField()
-    version = serializers.IntegerField()
+    version = AsciiIntegerField()
 
 
 class ModelVersionTransitionOutput(ModelVersionOutput):
@@ -385,7 +386,7 @@ class ModelVersionTransitionOutput(ModelVersionOutput):
 
 class ModelVersionDeletedOutput(serializers.Serializer):
     name = serializers.CharField()
-    version = serializers.IntegerField()
+    version = AsciiIntegerField()
     deleted = serializers.BooleanField()
     aliases_removed = AliasRemovalOutput(
         many=True, help_text="aliases that pointed to the version, removed with it"
@@ -421,7 +422,7 @@ class ModelVersionListQueryInput(serializers.Serializer):
 
 
 class AliasOutput(serializers.ModelSerializer):
-    version = serializers.IntegerField(source="version.version")
+    version = AsciiIntegerField(source="version.version")
     updated_by = serializers.CharField(
         source="updated_by_name", help_text="the user or job that last moved it"
     )
@@ -432,7 +433,7 @@ class AliasOutput(serializers.ModelSerializer):
 
 
 class AliasInput(serializers.Serializer):
-    version = serializers.IntegerField(min_value=1, help_text="the version number to point to")
+    version = AsciiIntegerField(min_value=1, help_text="the version number to point to")
     comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 

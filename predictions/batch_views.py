@@ -16,6 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.errors import NotFoundError, PayloadTooLarge
+from config.fields import AsciiIntegerField
 from config.parsers import MultiPartParser
 from config.renderers import BinaryRenderer, CSVRenderer
 from config.schema import error_responses
@@ -33,10 +34,10 @@ class BatchJobInput(serializers.Serializer):
         help_text="the rows to score: a CSV file with a header row, or a Parquet file (give "
         "this or `dataset`)",
     )
-    dataset = serializers.IntegerField(
+    dataset = AsciiIntegerField(
         required=False, min_value=1, help_text="id of a file dataset to score (or `file`)"
     )
-    version = serializers.IntegerField(
+    version = AsciiIntegerField(
         required=False, min_value=1, help_text="version number (default: production)"
     )
     alias = serializers.CharField(
@@ -45,7 +46,7 @@ class BatchJobInput(serializers.Serializer):
     output_format = serializers.ChoiceField(
         choices=BatchFormat.choices, default=BatchFormat.PARQUET
     )
-    chunk_rows = serializers.IntegerField(
+    chunk_rows = AsciiIntegerField(
         required=False,
         help_text="rows per chunk task, 1 to BATCH_CHUNK_ROWS_MAX (default BATCH_CHUNK_ROWS, "
         "50000)",
@@ -66,7 +67,7 @@ class BatchLinksOutput(serializers.Serializer):
 
 class BatchJobOutput(serializers.ModelSerializer):
     model = serializers.CharField(source="model.name")
-    version = serializers.IntegerField(source="version_number")
+    version = AsciiIntegerField(source="version_number")
     rows_per_second = serializers.SerializerMethodField()
     links = serializers.SerializerMethodField()
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from config.fields import AsciiIntegerField
+
 
 class SplitItem(serializers.Serializer):
-    version = serializers.IntegerField(min_value=1, max_value=2**31 - 1)  # the column's range
-    weight = serializers.IntegerField(min_value=0, max_value=100)
+    version = AsciiIntegerField(min_value=1, max_value=2**31 - 1)  # the column's range
+    weight = AsciiIntegerField(min_value=0, max_value=100)
 
 
 class TrafficSplitInput(serializers.Serializer):
@@ -17,9 +19,9 @@ class TrafficSplitInput(serializers.Serializer):
 
 
 class TrafficSplitOutput(serializers.Serializer):
-    version = serializers.IntegerField(source="version.version")
+    version = AsciiIntegerField(source="version.version")
     stage = serializers.CharField(source="version.stage")
-    weight = serializers.IntegerField()
+    weight = AsciiIntegerField()
 
 
 class TrafficSplitListOutput(serializers.Serializer):
@@ -86,7 +88,7 @@ class PredictionItem(serializers.Serializer):
 
 class _Served(serializers.Serializer):
     model = serializers.CharField()
-    model_version = serializers.IntegerField()
+    model_version = AsciiIntegerField()
     stage = serializers.CharField()
     alias = serializers.CharField(
         required=False, help_text="the alias the request named (alias predict routes only)"
@@ -108,9 +110,9 @@ class BatchPredictResponse(_Served):
 
 class FeedbackOutput(serializers.Serializer):
     request_id = serializers.CharField()
-    rows = serializers.IntegerField(help_text="prediction-log rows that received the outcome")
+    rows = AsciiIntegerField(help_text="prediction-log rows that received the outcome")
 
 
 class FeedbackInput(serializers.Serializer):
     actual = PredictionValueField(help_text="the true label (classification) or value")
-    row_index = serializers.IntegerField(min_value=0, required=False, allow_null=True)
+    row_index = AsciiIntegerField(min_value=0, required=False, allow_null=True)

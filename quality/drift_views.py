@@ -8,6 +8,7 @@ from rest_framework.generics import GenericAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from config.fields import AsciiIntegerField
 from mlregistry.access import model_access_check
 from mlregistry.permissions import RegistryPermission
 from mlregistry.selectors import registered_model_get
@@ -50,7 +51,7 @@ class DriftWindowOutput(serializers.Serializer):
 
 class DriftReportOutput(serializers.ModelSerializer):
     model = serializers.CharField(source="model.name")
-    version = serializers.IntegerField(source="version.version")
+    version = AsciiIntegerField(source="version.version")
     window = DriftWindowOutput(source="*")
     features = FeatureDriftOutput(many=True)
 
@@ -72,7 +73,7 @@ class DriftReportOutput(serializers.ModelSerializer):
 
 
 class DriftVersionFilter(serializers.Serializer):
-    version = serializers.IntegerField(required=False, min_value=1)
+    version = AsciiIntegerField(required=False, min_value=1)
 
 
 class ModelDriftListView(GenericAPIView):

@@ -9,6 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.errors import NotFoundError
+from config.fields import AsciiIntegerField
 from config.parsers import MultiPartParser
 from config.schema import error_responses
 from mlregistry import selectors
@@ -98,21 +99,21 @@ class TrainingJobInput(serializers.Serializer):
     )
     metric = serializers.CharField(required=False, allow_blank=True, default="")
     margin = serializers.FloatField(required=False, default=0.0, min_value=0.0)
-    cv_folds = serializers.IntegerField(required=False, default=5, min_value=2, max_value=20)
+    cv_folds = AsciiIntegerField(required=False, default=5, min_value=2, max_value=20)
     holdout_fraction = serializers.FloatField(
         required=False, default=0.2, min_value=0.05, max_value=0.5
     )
-    random_state = serializers.IntegerField(required=False, default=0, min_value=0)
+    random_state = AsciiIntegerField(required=False, default=0, min_value=0)
     recurring = serializers.BooleanField(required=False, default=False)
 
 
 class TrainingJobOutput(serializers.ModelSerializer):
     model = serializers.CharField(source="model.name")
     dataset = serializers.CharField(source="dataset.name")
-    champion_version = serializers.IntegerField(
+    champion_version = AsciiIntegerField(
         source="champion_version.version", allow_null=True, default=None
     )
-    candidate_version = serializers.IntegerField(
+    candidate_version = AsciiIntegerField(
         source="candidate_version.version", allow_null=True, default=None
     )
 

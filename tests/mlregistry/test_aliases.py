@@ -251,3 +251,16 @@ def test_restricted_client_cannot_see_another_models_aliases(iris_model, iris_th
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {factories.token_create(user)}")
     assert api.get("/api/v1/models/iris/aliases").status_code == 404
     assert api.get("/api/v1/models/iris/aliases/latest").status_code == 404
+
+
+def test_a_version_number_in_other_digits_is_refused_in_a_body_as_in_a_path(
+    staff_api, iris_model, iris_three
+):
+    """Python's int() reads Arabic-Indic and full-width digits; a path with them is a 404, so
+    a body naming a version with them is a 400 naming the field, not that version."""
+    url = "/api/v1/models/iris/aliases/arabic"
+    for number in ("\u0662", "\uff12", " \u0662 "):
+        refused = staff_api.put(url, {"version": number}, format="json")
+        assert refused.status_code == 400, (number, refused.content)
+        assert "version" in refused.json()["error"]["fields"]
+    assert staff_api.put(url, {"version": "2"}, format="json").status_code == 200

@@ -1,0 +1,19 @@
+"""Serializer fields the API's serializers share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+
+class AsciiIntegerField(serializers.IntegerField):
+    """DRF's IntegerField, reading ASCII digits only. DRF calls Python's int(), which reads
+    any Unicode decimal digits (an Arabic-Indic or a full-width three is 3): a path holding
+    them is a 404 (Django's converters match [0-9]), so the same number in a body or a form
+    field must not name a version either. Refused as DRF refuses any other non-integer."""
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, str) and not data.isascii():
+            self.fail("invalid")
+        return super().to_internal_value(data)
