@@ -8,9 +8,11 @@ mapped here, so views never build error bodies themselves.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
@@ -277,6 +279,24 @@ def _json_error(request, status: int, error_type: str, message: str) -> JsonResp
         status=status,
         headers=_retry_headers(status),
     )
+
+
+def get_only(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Django's require_GET (GET and HEAD) for the plain views outside DRF (health, metrics,
+    the landing page), answering another method with the API's JSON error body and an
+    `Allow` header rather than Django's empty text/html 405."""
+
+    @functools.wraps(view)
+    def wrapper(request, *args: Any, **kwargs: Any) -> Any:
+        if request.method not in ("GET", "HEAD"):
+            response = _json_error(
+                request, 405, "method_not_allowed", f'Method "{request.method}" not allowed.'
+            )
+            response["Allow"] = "GET, HEAD"
+            return response
+        return view(request, *args, **kwargs)
+
+    return wrapper
 
 
 def handler404(request, exception=None):

@@ -19,9 +19,8 @@ from typing import Any
 from django.core.cache import cache
 from django.db import connection
 from django.http import JsonResponse
-from django.views.decorators.http import require_GET
 
-from config.errors import RETRY_AFTER_SECONDS, error_body
+from config.errors import RETRY_AFTER_SECONDS, error_body, get_only
 from config.metrics import metrics_access_allowed
 
 Check = Callable[[], tuple[str, Any]]
@@ -79,19 +78,19 @@ def _run(checks: dict[str, Check]) -> JsonResponse:
     )
 
 
-@require_GET
+@get_only
 def live(request):
     return JsonResponse({"status": "ok"})
 
 
-@require_GET
+@get_only
 def ready(request):
     """200 when this process can serve predictions (status "ok" or "degraded"), 503 ("down")
     when it cannot; each check's status, time (ms) and detail in "checks"."""
     return _run(READINESS_CHECKS)
 
 
-@require_GET
+@get_only
 def deep(request):
     """Readiness with the expensive checks (DEEP_CHECKS replace their namesakes); 503 when any
     check is down. Restricted like /metrics (or staff), since it loads models."""

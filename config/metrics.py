@@ -16,12 +16,11 @@ import time
 from django.conf import settings
 from django.core.cache import cache
 from django.http import HttpResponse, JsonResponse
-from django.views.decorators.http import require_GET
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from config.errors import error_body
+from config.errors import error_body, get_only
 from config.throttling import client_address
 
 logger = logging.getLogger(__name__)
@@ -92,7 +91,7 @@ def exposition() -> bytes:
     return generate_latest(registry) + generate_latest(SCRAPE_TIME_REGISTRY)
 
 
-@require_GET
+@get_only
 def metrics_view(request):
     if not metrics_access_allowed(request):
         body = error_body(

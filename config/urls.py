@@ -2,11 +2,11 @@ from django.contrib import admin
 from django.http import HttpResponsePermanentRedirect
 from django.shortcuts import render
 from django.urls import include, path, re_path
-from django.views.decorators.http import require_GET
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import health
 from config.admin_login import ThrottledAdminLoginForm
+from config.errors import get_only
 from config.metrics import metrics_view
 from config.routes import TOP_LEVEL_ROUTES
 
@@ -20,7 +20,7 @@ api_v1 = [
 ]
 
 
-@require_GET
+@get_only
 def landing(request):
     """`/`: what this is, where the admin, API docs, health and metrics are, the first commands."""
     return render(request, "landing.html", {"base": request.build_absolute_uri("/").rstrip("/")})

@@ -38,3 +38,22 @@ def test_a_failing_check_degrades_and_only_a_down_one_takes_it_down(client, monk
 
 def test_readiness_is_get_only(client):
     assert client.post("/health/ready").status_code == 405
+
+
+@pytest.mark.django_db
+def test_another_method_on_the_plain_views_is_a_json_405_with_allow(client):
+    """Health, readiness, the V2 health routes, metrics and the landing page are plain Django
+    views: Django's require_GET answered an empty text/html 405."""
+    for path in (
+        "/health",
+        "/health/ready",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/metrics",
+        "/",
+    ):
+        answer = client.post(path)
+        assert answer.status_code == 405, path
+        assert answer["Allow"] == "GET, HEAD"
+        assert answer.json()["error"]["type"] == "method_not_allowed", path
+        assert answer["X-Request-ID"]
