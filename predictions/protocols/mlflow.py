@@ -156,7 +156,13 @@ _REQUEST_BODY = {
             "params": {"type": "object", "description": "accepted and ignored"},
         },
     },
-    "text/csv": {"type": "string", "description": "CSV with a header row of feature names"},
+    # A raw body (format: binary, as OpenAPI 3.0 describes one): generated clients then pass
+    # it as a file's bytes.
+    "text/csv": {
+        "type": "string",
+        "format": "binary",
+        "description": "CSV with a header row of feature names",
+    },
 }
 _RESPONSE = OpenApiResponse(
     {
