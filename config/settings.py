@@ -262,6 +262,12 @@ SPECTACULAR_SETTINGS = {
         {"name": "datasets", "description": "Training datasets"},
         {"name": "training", "description": "Training jobs"},
         {"name": "drift", "description": "Drift reports"},
+        {"name": "aliases", "description": "Aliases: names that point to one version each"},
+        {"name": "batch", "description": "Batch scoring jobs over CSV or Parquet files"},
+        {"name": "mlflow", "description": "MLflow's scoring protocol (invocations)"},
+        {"name": "webhooks", "description": "Webhooks: signed event deliveries"},
+        {"name": "audit", "description": "The audit log of every change"},
+        {"name": "demo", "description": "The demo model"},
         {"name": "operations", "description": "Health, readiness and metrics"},
     ],
 }

@@ -4,8 +4,10 @@ the secret is in the creation's answer only."""
 
 from __future__ import annotations
 
+import uuid
+
 from django.db.models import Prefetch
-from django.urls import path
+from django.urls import path, register_converter
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import GenericAPIView
@@ -295,6 +297,21 @@ class WebhookRedeliverView(GenericAPIView):
         return Response(WebhookDeliveryOutput(copy).data, status=status.HTTP_202_ACCEPTED)
 
 
+class _AnyCaseUUIDConverter:
+    """A UUID in either case: RFC 9562 (section 4) reads hex digits case-insensitively, and
+    some clients print them upper-case; Django's `uuid` converter matches lower case only."""
+
+    regex = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+
+    def to_python(self, value: str) -> uuid.UUID:
+        return uuid.UUID(value)
+
+    def to_url(self, value: uuid.UUID) -> str:
+        return str(value)
+
+
+register_converter(_AnyCaseUUIDConverter, "anycaseuuid")
+
 urlpatterns = [
     path("webhooks/", WebhookListView.as_view(), name="webhook-list"),
     path("webhooks/<int:webhook_id>/", WebhookDetailView.as_view(), name="webhook-detail"),
@@ -305,7 +322,7 @@ urlpatterns = [
     ),
     path("webhooks/<int:webhook_id>/ping", WebhookPingView.as_view(), name="webhook-ping"),
     path(
-        "webhooks/<int:webhook_id>/deliveries/<uuid:delivery_id>/redeliver",
+        "webhooks/<int:webhook_id>/deliveries/<anycaseuuid:delivery_id>/redeliver",
         WebhookRedeliverView.as_view(),
         name="webhook-redeliver",
     ),
