@@ -174,10 +174,19 @@ class RegisteredModelUpdateInput(serializers.Serializer):
     tags = TagsChangesField(required=False, help_text="merged: a null value deletes the key")
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        forbidden = set(self.initial_data) & {"stage", "name", "versions", "owner"}
-        if forbidden:
+        """Any other field is a 400 naming it (a misspelt field would otherwise change
+        nothing and answer 200)."""
+        reasons = {
+            "stage": "read-only here: stages change through .../versions/{version}/transition",
+            "versions": "read-only here: versions are uploaded to .../versions/",
+        }
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
             raise serializers.ValidationError(
-                {f: ["read-only here; use the transition endpoint for stages"] for f in forbidden}
+                {
+                    f: [reasons.get(f, f"not a field of this update ({', '.join(self.fields)})")]
+                    for f in unknown
+                }
             )
         return attrs
 

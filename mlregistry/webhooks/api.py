@@ -67,6 +67,23 @@ class WebhookInput(serializers.Serializer):
     )
     active = serializers.BooleanField(required=False, default=True)
 
+    def validate(self, attrs):
+        """Any other field is a 400 naming it: a misspelt one would change nothing."""
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
+            fields = ", ".join(self.fields)
+            raise serializers.ValidationError(
+                {
+                    f: [
+                        "read-only: it is set at creation"
+                        if f == "secret"
+                        else f"not a field of a webhook ({fields})"
+                    ]
+                    for f in unknown
+                }
+            )
+        return attrs
+
 
 class WebhookUpdateInput(WebhookInput):
     # No defaults in a PATCH body: the schema would show them, and a generated client sends a
@@ -78,11 +95,6 @@ class WebhookUpdateInput(WebhookInput):
         help_text="only this registered model's events; null for every model",
     )
     active = serializers.BooleanField(required=False)
-
-    def validate(self, attrs):
-        if "secret" in self.initial_data:
-            raise serializers.ValidationError({"secret": ["read-only: it is set at creation"]})
-        return attrs
 
 
 class WebhookOutput(serializers.ModelSerializer):

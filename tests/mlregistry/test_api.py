@@ -61,4 +61,11 @@ def test_unknown_model_is_404_json(staff_api):
 def test_patch_cannot_change_stage(staff_api, iris_model):
     response = staff_api.patch("/api/v1/models/iris/", {"stage": "production"}, format="json")
     assert response.status_code == 400
-    assert "stage" in response.json()["error"]["fields"]
+    assert "transition" in response.json()["error"]["fields"]["stage"][0]
+    # Any other field it does not take is named too: a misspelt one is not a silent 200.
+    for body in ({"descripton": "x"}, {"name": "other"}):
+        refused = staff_api.patch("/api/v1/models/iris/", body, format="json")
+        assert refused.status_code == 400, body
+        assert (
+            "not a field of this update" in refused.json()["error"]["fields"][next(iter(body))][0]
+        )

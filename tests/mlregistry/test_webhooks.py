@@ -193,6 +193,9 @@ def test_a_patch_changes_only_what_it_sends_and_the_schema_shows_no_defaults_for
     assert (renamed.json()["name"], renamed.json()["active"]) == ("new", False)
     unknown = hooks_api.patch(f"/api/v1/webhooks/{hook.pk}/", {"model": "nope"}, format="json")
     assert unknown.status_code == 400 and "model" in unknown.json()["error"]["fields"]
+    # A misspelt field is named, not ignored with a 200.
+    misspelt = hooks_api.patch(f"/api/v1/webhooks/{hook.pk}/", {"nmae": "x"}, format="json")
+    assert misspelt.status_code == 400 and "nmae" in misspelt.json()["error"]["fields"]
     # A method the view does not have is a 405 naming the ones it has, not a 403.
     put = hooks_api.put(f"/api/v1/webhooks/{hook.pk}/", {"name": "x"}, format="json")
     assert put.status_code == 405 and "PATCH" in put["Allow"]
