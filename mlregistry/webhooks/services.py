@@ -421,8 +421,12 @@ class _Deadline:
         self._timer.daemon = True
 
     def trace(self, event: str, info: dict[str, Any]) -> None:
-        if event == "connection.connect_tcp.complete" and info.get("return_value") is not None:
-            self._socket = info["return_value"].get_extra_info("socket")
+        # The TCP socket, then (https) the TLS one wrapping it: wrapping detaches the first,
+        # whose shutdown would then do nothing.
+        if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
+            stream = info.get("return_value")
+            if stream is not None:
+                self._socket = stream.get_extra_info("socket")
             if self.passed:
                 self._expire()
 
@@ -479,6 +483,9 @@ def _post(delivery: WebhookDelivery, url: str) -> _Answer:
                 received += chunk
                 if len(received) >= RESPONSE_EXCERPT_BYTES:
                     break
+            if deadline.passed:
+                # Whatever arrived, it did not arrive in time (a shutdown may not raise).
+                raise httpx.ReadTimeout("deadline passed")
             return _Answer(
                 response.status_code,
                 received[:RESPONSE_EXCERPT_BYTES].decode("utf-8", errors="replace"),

@@ -4,6 +4,7 @@ through a real Celery worker: test_webhooks_worker.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -474,19 +475,36 @@ def test_a_network_error_is_retried_and_recorded(receiver, settings):
     assert hook.failing_since is not None and hook.active
 
 
-def test_a_receiver_that_answers_drop_by_drop_is_cut_off_at_the_timeout(settings):
+@pytest.mark.parametrize("tls", [False, True])
+def test_a_receiver_that_answers_drop_by_drop_is_cut_off_at_the_timeout(settings, monkeypatch, tls):
     """httpx's timeout bounds each read: a receiver sending a header line every 0.3 s held
     the worker for as long as it kept going. The whole answer must now come within
-    WEBHOOK_TIMEOUT_SECONDS, or the attempt fails saying so."""
+    WEBHOOK_TIMEOUT_SECONDS, or the attempt fails saying so; over TLS too, where the socket
+    to cut is the one TLS wraps."""
+    import ssl
     import threading
 
     settings.WEBHOOK_TIMEOUT_SECONDS = 1.0
     settings.WEBHOOK_MAX_ATTEMPTS = 1
-    listener = socket.create_server(("127.0.0.1", 0))
+    server_context = None
+    host = "127.0.0.1"
+    if tls:
+        import trustme
+
+        authority = trustme.CA()
+        server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        authority.issue_cert("127.0.0.1").configure_cert(server_context)
+        client_context = ssl.create_default_context()
+        authority.configure_trust(client_context)
+        # Trust injected on purpose: the sender's CA bundle does not know the test CA.
+        monkeypatch.setattr(webhooks, "_tls_context", lambda: client_context)
+    listener = socket.create_server((host, 0))
     stop = threading.Event()
 
     def drip() -> None:
         connection, _ = listener.accept()
+        if server_context is not None:
+            connection = server_context.wrap_socket(connection, server_side=True)
         with connection:
             connection.recv(65536)
             connection.sendall(b"HTTP/1.1 200 OK\r\n")
@@ -496,11 +514,14 @@ def test_a_receiver_that_answers_drop_by_drop_is_cut_off_at_the_timeout(settings
                 except OSError:
                     return
                 time.sleep(0.3)
+            with contextlib.suppress(OSError):
+                connection.sendall(b"Content-Length: 0\r\n\r\n")
 
     threading.Thread(target=drip, daemon=True).start()
     port = listener.getsockname()[1]
+    scheme = "https" if tls else "http"
     Webhook.objects.create(
-        name="slow", url=f"http://127.0.0.1:{port}/hook", events=["backup.failed"], secret="s"
+        name="slow", url=f"{scheme}://{host}:{port}/hook", events=["backup.failed"], secret="s"
     )
     event_publish("backup.failed", data={"id": 1})
     started = time.monotonic()
