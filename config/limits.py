@@ -47,7 +47,7 @@ class RequestBodyLimitMiddleware:
                 status=400,
             )
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-        content_type = request.META.get("CONTENT_TYPE", "")
+        content_type = request.META.get("CONTENT_TYPE", "").lower()  # RFC 9110: any case
         if limit is not None and declared > limit and not content_type.startswith("multipart/"):
             return payload_too_large(request, limit)
         if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower() and not declared:

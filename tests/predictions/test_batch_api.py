@@ -253,7 +253,7 @@ def test_a_body_over_the_input_limit_is_a_413_before_it_is_read(batcher, iris, s
 
 
 def test_downloads_answer_the_media_types_the_schema_names_and_406_the_other(
-    batcher, iris, eager, django_capture_on_commit_callbacks
+    batcher, iris, eager, django_capture_on_commit_callbacks, settings
 ):
     """`Accept: application/octet-stream` (what generated clients send) or `text/csv` for a
     CSV file; a Parquet output asked for as CSV is a 406; the multipart type is matched
@@ -272,6 +272,8 @@ def test_downloads_answer_the_media_types_the_schema_names_and_406_the_other(
     raw = _parquet()
     from django.test.client import BOUNDARY, encode_multipart
 
+    # Larger than the JSON body limit, which multipart bodies (files) are not held to.
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
     upper = batcher.post(
         URL,
         encode_multipart(BOUNDARY, {"file": raw}),
