@@ -380,21 +380,28 @@ class _V2Errors:
         return response
 
 
-_INFER_MEDIA_TYPES = ("application/json", "application/octet-stream", "text/plain")
+# JSON and the binary extension's type; text/plain is what tritonclient's HTTP client sends, and
+# application/x-www-form-urlencoded what `curl -d` sends unless told otherwise (Triton's own
+# examples rely on it, as Triton reads the body whatever its type says).
+_INFER_MEDIA_TYPES = (
+    "application/json",
+    "application/octet-stream",
+    "text/plain",
+    "application/x-www-form-urlencoded",
+)
 
 
 class _InferBase(_V2Errors, ProtocolPredictView):
     def decode(self, request: Request, raw: bytes) -> FrameBody:
         """The request's tensors: a JSON body, or the binary extension's JSON header and raw
-        tensors. Declared as JSON, as application/octet-stream, as text/plain (what
-        tritonclient's HTTP client sends, JSON or binary), or not at all; another type, or a
+        tensors, declared as one of _INFER_MEDIA_TYPES or not at all; another type, or a
         charset other than UTF-8, is a 415."""
         declared = request.META.get("CONTENT_TYPE")
         if declared:
             content_type_check(declared, accepted=_INFER_MEDIA_TYPES)
         length = request.headers.get(HEADER_LENGTH)
         if length is not None:
-            if not length.isdigit() or int(length) > len(raw):
+            if not (length.isascii() and length.isdigit()) or int(length) > len(raw):
                 raise _bad(f"{HEADER_LENGTH} must be the JSON header's size in bytes.")
             raw, binary = raw[: int(length)], raw[int(length) :]
         else:

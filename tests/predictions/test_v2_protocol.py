@@ -314,6 +314,7 @@ def test_malformed_binary_framing_is_400(client_api, iris_production):
     body, length = _binary_request([("x", _rows(2).to_numpy(dtype="<f8"), "FP64")])
     for header_length, payload in [
         ("abc", body),
+        ("\u00b2", body),  # a superscript two: str.isdigit() says yes, int() refuses
         (str(len(body) + 1), body),
         (str(length), body[:-8]),
         (str(length), body + b"\0" * 8),
@@ -508,15 +509,21 @@ def test_content_type_and_accept_follow_the_api_rules(client_api, iris_productio
     another charset or type is a 415 naming what to send.
     A client may accept application/octet-stream (binary outputs); errors are JSON anyway."""
     body = orjson.dumps({"inputs": _per_feature(_rows(2))})
-    for content_type in ("application/json", "Application/JSON; charset=UTF-8", "text/plain", None):
+    for content_type in (
+        "application/json",
+        "Application/JSON; charset=UTF-8",
+        "text/plain",
+        "application/x-www-form-urlencoded",  # curl -d, as Triton's examples send it
+        None,
+    ):
         extra = {} if content_type is None else {"content_type": content_type}
         answer = client_api.generic("POST", INFER, body, **extra)
         assert answer.status_code == 200, (content_type, answer.content)
     for content_type, says in (
         ("application/json; charset=latin-1", "utf-8"),
         ("text/plain; charset=utf-16", "utf-8"),
-        ("application/x-www-form-urlencoded", "application/json"),
         ("application/xml", "application/json"),
+        ("multipart/form-data; boundary=x", "application/json"),
     ):
         refused = client_api.post(INFER, body, content_type=content_type)
         assert refused.status_code == 415, content_type
