@@ -1281,3 +1281,16 @@ def test_a_parquet_input_whose_row_groups_or_footer_would_take_the_memory_is_ref
     many = _parquet(_frame(300), row_group_size=5)
     with pytest.raises(ValidationFailed, match=r"The Parquet footer is \d+ bytes"):
         batch.batch_job_create(model=iris_prod, actor="tests", upload=many, enqueue=False)
+
+
+def test_a_csv_staged_in_row_groups_of_chunk_rows_is_not_held_to_the_row_group_limit(
+    iris_prod, django_capture_on_commit_callbacks, settings
+):
+    """The limit is for Parquet files someone else wrote; the product stages a CSV in row
+    groups of chunk_rows, which BATCH_CHUNK_ROWS_MAX bounds."""
+    settings.BATCH_MAX_ROW_GROUP_BYTES = 1024  # 64 rows x 4 features x 8 = 2 KB
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_csv(_frame(200)), chunk_rows=64, enqueue=False
+    )
+    job = _run(job, django_capture_on_commit_callbacks)
+    assert job.status == BatchStatus.SUCCEEDED, job.error
