@@ -520,6 +520,10 @@ def _slot_lock(slot: str, *, using: BaseDatabaseWrapper | None = None) -> Iterat
         os.close(fd)
 
 
+# How the reaper's reason for failing a job starts (how a slot tells a death from a failure).
+REAPED_REASON = "The worker running this job stopped"
+
+
 def _backup_claim(*, slot: str, actor: str, now: datetime) -> Backup:
     try:
         with transaction.atomic():
@@ -528,10 +532,14 @@ def _backup_claim(*, slot: str, actor: str, now: datetime) -> Backup:
             )
     except IntegrityError:
         backup = Backup.objects.get(slot=slot)
-    if backup.status != BackupStatus.VERIFIED and backup.attempts >= settings.JOB_MAX_ATTEMPTS:
+    died = backup.status == BackupStatus.RUNNING or (
+        backup.status == BackupStatus.FAILED and backup.error.startswith(REAPED_REASON)
+    )
+    if died and backup.attempts >= settings.JOB_MAX_ATTEMPTS:
         # Every earlier attempt died mid-run (a backup that kills its worker is redelivered at
         # once, or after the reaper failed it): failed, or it would run, die and say "running"
-        # for ever. Announced once: a row the reaper failed was announced then.
+        # for ever. Announced once: a row the reaper failed was announced then. A backup that
+        # failed by itself (a full disk) is tried again as before.
         error = (
             f"The backup started {backup.attempts} times without finishing: its worker stopped "
             "during each run (out of memory?). Not started again (JOB_MAX_ATTEMPTS)."
@@ -1268,7 +1276,7 @@ def stalled_jobs_reap(
         for pk, heartbeat_at, started_at, status in candidates:
             last = heartbeat_at or started_at
             reason = (
-                f"The worker running this job stopped: no heartbeat since {last:%Y-%m-%d %H:%M:%S} "
+                f"{REAPED_REASON}: no heartbeat since {last:%Y-%m-%d %H:%M:%S} "
                 f"UTC (more than {stalled_after} s before {now:%H:%M:%S}); failed by "
                 f"{_actor_name(actor)}. {kind.next_run}"
             )

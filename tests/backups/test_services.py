@@ -609,3 +609,19 @@ def test_restoring_a_backup_taken_before_the_quality_app_counts_its_rows_as_move
     result = services.backup_restore(directory=backup_ref(backup), backup=None, actor="tests")
     assert result.mismatches == []
     assert Dataset.objects.count() == 1
+
+
+def test_a_slot_that_failed_by_itself_is_tried_again_whatever_its_attempts(registry, settings):
+    """JOB_MAX_ATTEMPTS stops a backup whose worker keeps dying, not one that failed (a full
+    disk, a database error): Celery's retries of that slot go on."""
+    settings.JOB_MAX_ATTEMPTS = 3
+    Backup.objects.create(
+        slot="retried",
+        actor="tests",
+        started_at=datetime.now(UTC),
+        attempts=3,
+        status=BackupStatus.FAILED,
+        error="OSError: disk full",
+    )
+    backup = services.backup_create(slot="retried", actor="tests")
+    assert (backup.status, backup.attempts) == (BackupStatus.VERIFIED, 4)

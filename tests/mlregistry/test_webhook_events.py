@@ -171,7 +171,9 @@ def test_a_job_ends_once_when_its_stalled_worker_comes_back_after_the_reaper(
     # The backup's next attempt stalls too: the reaper fails it mid-run, then the attempt
     # itself fails; and a retry is past JOB_MAX_ATTEMPTS.
     def reaped_then_broken(target):  # faults injected on purpose
-        Backup.objects.filter(slot="stalled").update(status=BackupStatus.FAILED)
+        Backup.objects.filter(slot="stalled").update(
+            status=BackupStatus.FAILED, error=f"{backups.REAPED_REASON}: as the reaper says"
+        )
         raise OSError("disk full")
 
     monkeypatch.setattr(backups, "_artifacts_archive_write", reaped_then_broken)
