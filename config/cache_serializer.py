@@ -109,8 +109,15 @@ def _signing_key(secret: str) -> bytes:
     return hashlib.sha256(b"model-registry.cache-values" + secret.encode()).digest()
 
 
-def _tag(payload: bytes) -> bytes:
-    return hmac.digest(_signing_key(settings.SECRET_KEY), payload, "sha256")
+def _tag(payload: bytes, secret: str | None = None) -> bytes:
+    return hmac.digest(_signing_key(secret or settings.SECRET_KEY), payload, "sha256")
+
+
+def _signed(tag: bytes, payload: bytes) -> bool:
+    """Signed with SECRET_KEY, or with one of SECRET_KEY_FALLBACKS (as Django checks its own
+    signatures), so replicas on either side of a key rotation read each other's values."""
+    secrets = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+    return any(hmac.compare_digest(tag, _tag(payload, secret)) for secret in secrets)
 
 
 class RestrictedPickleSerializer(PickleSerializer):
@@ -126,7 +133,7 @@ class RestrictedPickleSerializer(PickleSerializer):
         global refusals
         try:
             tag, payload = value[:_TAG_BYTES], value[_TAG_BYTES:]
-            if not hmac.compare_digest(tag, _tag(payload)):
+            if not _signed(tag, payload):
                 raise pickle.UnpicklingError("the value is not signed with this SECRET_KEY")
             return restricted_loads(payload)
         except Exception as exc:

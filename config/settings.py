@@ -24,6 +24,9 @@ if not SECRET_KEY:
     # Only the embedded, local defaults may run without a secret; a deployment sets one. The
     # "django-insecure-" prefix makes `check --deploy` fail (security.W009) if it is forgotten.
     SECRET_KEY = "django-insecure-local-development-key-change-me-" + "x" * 16
+# Earlier keys, still accepted while a rotation rolls out (sessions, password resets, and the
+# cache's signed values); new signatures use SECRET_KEY.
+SECRET_KEY_FALLBACKS = env_list("DJANGO_SECRET_KEY_FALLBACKS", [])
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 

@@ -9,6 +9,7 @@ steady stream of predictions costs one cache read each and no database query.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from functools import partial
@@ -56,15 +57,23 @@ def api_client_allowed_models(*, user: Any) -> frozenset[str] | None:
         cached = guarded_get(key)
     else:
         memo_put(key, cached)
-    # The entry names its user: one copied under another user's key (config/cache_serializer.py
-    # signs values, it does not bind them to keys), or anything else there, is a miss.
-    if not (isinstance(cached, tuple) and len(cached) == 2 and cached[0] == user.pk):
+    # The entry names its user and its expiry (a Unix time): one copied under another user's
+    # key or put back after it was dropped (config/cache_serializer.py signs values, it does
+    # not bind them to keys or times), or anything else there, is a miss.
+    if not (
+        isinstance(cached, tuple)
+        and len(cached) == 3
+        and cached[0] == user.pk
+        and isinstance(cached[2], float)
+        and cached[2] > time.time()
+    ):
         policy = ApiClientPolicy.objects.filter(user_id=user.pk).first()
         cached = (
             user.pk,
             _UNRESTRICTED
             if policy is None
             else sorted(policy.allowed_models.values_list("name", flat=True)),
+            time.time() + settings.ACCESS_POLICY_CACHE_TTL,
         )
         guarded_set(key, cached, settings.ACCESS_POLICY_CACHE_TTL)
     allowed = cached[1]

@@ -12,6 +12,7 @@ for at most PREDICTION_AUTH_CACHE_SECONDS. An expired token is refused even from
 from __future__ import annotations
 
 import copy
+import time
 from typing import Any
 
 from django.conf import settings
@@ -101,7 +102,7 @@ class CachedTokenAuthentication(ThrottledTokenAuthentication):
             return super().authenticate_credentials(token)
         hit = cache_get(key)
         if _token_entry_of(hit, key):
-            user, auth_token = hit
+            user, auth_token, _ = hit
             if user.is_active and (auth_token.expiry is None or auth_token.expiry > timezone.now()):
                 _remember(key, user.pk)
                 # The user is copied: the read-ahead hands the same decoded objects to every
@@ -109,21 +110,24 @@ class CachedTokenAuthentication(ThrottledTokenAuthentication):
                 # change its user (Django caches permissions on it). The token is only read.
                 return _own_copy(user), auth_token
         user, auth_token = super().authenticate_credentials(token)
-        cache_set(key, (user, auth_token), ttl)
+        cache_set(key, (user, auth_token, time.time() + ttl), ttl)
         _remember(key, user.pk)
         return user, auth_token
 
 
 def _token_entry_of(hit: Any, key: str) -> bool:
-    """True when `hit` is a token entry (user, token) cached for `key` itself: a signed entry
-    copied under another token's key, or anything else there, is a miss
-    (config/cache_serializer.py)."""
+    """True when `hit` is a token entry (user, token, expiry as a Unix time) cached for `key`
+    itself and not past its expiry: a signed entry copied under another token's key, or put
+    back after it was dropped (a revoked token's), is a miss beyond the lifetime it had
+    (config/cache_serializer.py signs values, it does not bind them to keys or times)."""
     return (
         isinstance(hit, tuple)
-        and len(hit) == 2
+        and len(hit) == 3
         and isinstance(hit[0], get_user_model())
         and isinstance(hit[1], AuthToken)
         and auth_cache_key(hit[1].digest) == key
+        and isinstance(hit[2], float)
+        and hit[2] > time.time()
     )
 
 

@@ -248,3 +248,40 @@ def test_a_signed_entry_moved_under_another_key_is_not_taken_for_it(
     assert unrestricted is not None
     raw.set(backend.make_key(access_cache_key(restricted.pk)), unrestricted, ex=60)
     assert _predict(restricted_token).status_code == 404
+
+
+@needs_redis
+@pytest.mark.django_db
+def test_a_token_entry_put_back_after_its_token_was_revoked_lives_no_longer_than_it_would_have(
+    redis_cache, iris_model, client_user, settings
+):
+    """A signed entry can be saved and written back by someone with Redis access; it holds its
+    own expiry, so a revoked token's entry answers no longer than it would have lived."""
+    import time
+
+    from knox.models import AuthToken
+
+    from predictions.auth import auth_cache_key, hash_token
+    from tests import factories
+    from tests.predictions.conftest import iris_version, promote
+
+    settings.PREDICTION_AUTH_CACHE_SECONDS = 1
+    backend, raw = redis_cache
+    promote(iris_version(iris_model))
+    token = factories.token_create(client_user)
+    key = backend.make_key(auth_cache_key(hash_token(token)))
+    assert _predict(token).status_code == 200
+    saved = raw.get(key)
+    assert saved is not None
+    AuthToken.objects.filter(user=client_user).delete()  # revoked: the entry is dropped
+    time.sleep(1.1)
+    raw.set(key, saved)  # put back, without its lifetime
+    assert _predict(token).status_code == 401
+
+
+def test_values_signed_with_a_fallback_key_are_read_during_a_rotation(settings):
+    serializer = RestrictedPickleSerializer({})
+    written = serializer.dumps({"prediction": 1})
+    settings.SECRET_KEY_FALLBACKS = [settings.SECRET_KEY]
+    settings.SECRET_KEY = "rotated-" + settings.SECRET_KEY
+    assert serializer.loads(written) == {"prediction": 1}
