@@ -27,3 +27,16 @@ class BinaryRenderer(BaseRenderer):
 class CSVRenderer(BinaryRenderer):
     media_type = "text/csv"
     format = "csv"
+
+
+class JSONErrorsMixin:
+    """For a view that offers the renderers above: its errors are rendered as JSON and
+    labelled so, whatever the client accepted (one of these would label the JSON error body
+    application/octet-stream or text/csv)."""
+
+    def handle_exception(self, exc: Exception) -> Any:
+        from rest_framework.renderers import JSONRenderer
+
+        self.request.accepted_renderer = JSONRenderer()  # type: ignore[attr-defined]
+        self.request.accepted_media_type = "application/json"  # type: ignore[attr-defined]
+        return super().handle_exception(exc)  # type: ignore[misc]

@@ -15,7 +15,7 @@ from rest_framework.response import Response
 
 from config.errors import PayloadTooLarge
 from config.parsers import MultiPartParser
-from config.renderers import BinaryRenderer
+from config.renderers import BinaryRenderer, JSONErrorsMixin
 from config.schema import error_responses
 from mlregistry import selectors, services
 from mlregistry.access import api_client_allowed_models
@@ -405,7 +405,7 @@ class ModelAliasDetailView(GenericAPIView):
 _BINARY = "application/octet-stream"
 
 
-class ModelVersionArtifactView(GenericAPIView):
+class ModelVersionArtifactView(JSONErrorsMixin, GenericAPIView):
     permission_classes = [ArtifactDownloadPermission]
     renderer_classes = [JSONRenderer, BinaryRenderer]
     serializer_class = None

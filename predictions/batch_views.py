@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from config.errors import NotFoundError, PayloadTooLarge
 from config.fields import AsciiIntegerField
 from config.parsers import MultiPartParser
-from config.renderers import BinaryRenderer, CSVRenderer
+from config.renderers import BinaryRenderer, CSVRenderer, JSONErrorsMixin
 from config.schema import error_responses
 from mlregistry.permissions import RegistryPermission
 from mlregistry.selectors import registered_model_get
@@ -256,8 +256,6 @@ def _file_response(request: Request, name: str, job_id: int, what: str) -> HttpR
     is_csv = stored.endswith(".csv")
     content_type = "text/csv; charset=utf-8" if is_csv else "application/octet-stream"
     if isinstance(request.accepted_renderer, CSVRenderer) and not is_csv:
-        # The error itself in JSON, as every error (the accepted renderer would label it CSV).
-        request.accepted_renderer, request.accepted_media_type = JSONRenderer(), "application/json"
         raise NotAcceptable(
             f"The {what} file of batch job {job_id} is Parquet: accept application/octet-stream."
         )
@@ -278,7 +276,7 @@ def _file_response(request: Request, name: str, job_id: int, what: str) -> HttpR
 _DOWNLOAD_RENDERERS = [JSONRenderer, BinaryRenderer, CSVRenderer]
 
 
-class BatchJobOutputFileView(GenericAPIView):
+class BatchJobOutputFileView(JSONErrorsMixin, GenericAPIView):
     permission_classes = [RegistryPermission]
     renderer_classes = _DOWNLOAD_RENDERERS
 
@@ -302,7 +300,7 @@ class BatchJobOutputFileView(GenericAPIView):
         return _file_response(request, name, job_id, "output")
 
 
-class BatchJobErrorsFileView(GenericAPIView):
+class BatchJobErrorsFileView(JSONErrorsMixin, GenericAPIView):
     permission_classes = [RegistryPermission]
     renderer_classes = _DOWNLOAD_RENDERERS
 

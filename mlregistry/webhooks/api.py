@@ -8,7 +8,8 @@ import uuid
 
 from django.db.models import Prefetch
 from django.urls import path, register_converter
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.generics import GenericAPIView
 from rest_framework.permissions import BasePermission
@@ -296,6 +297,7 @@ class WebhookRedeliverView(GenericAPIView):
     @extend_schema(
         operation_id="redeliver_webhook_delivery",
         tags=["webhooks"],
+        parameters=[OpenApiParameter("delivery_id", OpenApiTypes.UUID, OpenApiParameter.PATH)],
         request=None,
         responses={202: WebhookDeliveryOutput, **error_responses(403)},
         summary="Send a delivery's event again, as a new delivery (queued)",

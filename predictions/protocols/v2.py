@@ -356,9 +356,7 @@ def _schema_names(user: Any, name: str, version: int | None) -> list[str]:
 class _V2Errors:
     """The protocol's error body, {"error": "message"}, with the native status and headers."""
 
-    # Octet-stream too: what a client asking for binary outputs may accept (the answer is then
-    # built by this module, whatever renders errors).
-    renderer_classes = [ORJSONRenderer, BinaryRenderer]
+    renderer_classes = [ORJSONRenderer]
 
     def handle_exception(self, exc: Exception) -> Response:
         response = super().handle_exception(exc)  # type: ignore[misc]
@@ -392,6 +390,10 @@ _INFER_MEDIA_TYPES = (
 
 
 class _InferBase(_V2Errors, ProtocolPredictView):
+    # Octet-stream too: what a client asking for binary outputs may accept (the answer is
+    # built by this module; errors stay JSON, _V2Errors).
+    renderer_classes = [ORJSONRenderer, BinaryRenderer]
+
     def decode(self, request: Request, raw: bytes) -> FrameBody:
         """The request's tensors: a JSON body, or the binary extension's JSON header and raw
         tensors, declared as one of _INFER_MEDIA_TYPES or not at all; another type, or a

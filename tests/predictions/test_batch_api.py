@@ -294,3 +294,7 @@ def test_downloads_answer_the_media_types_the_schema_names_and_406_the_other(
     assert refused.status_code == 406
     assert refused.json()["error"]["type"] == "not_acceptable"
     assert batcher.get(f"{URL}/{parquet_job}/output", HTTP_ACCEPT="image/png").status_code == 406
+    # Errors are JSON, labelled so, whatever was accepted.
+    for accept in ("text/csv", "application/octet-stream"):
+        gone = batcher.get(f"{URL}/999999/output", HTTP_ACCEPT=accept)
+        assert gone.status_code == 404 and gone["Content-Type"] == "application/json"

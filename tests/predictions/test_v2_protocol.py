@@ -541,3 +541,6 @@ def test_content_type_and_accept_follow_the_api_rules(client_api, iris_productio
     )
     assert error.status_code == 400 and error["Content-Type"].startswith("application/json")
     assert set(error.json()) == {"error"}
+    # Routes that answer JSON only do not claim another type.
+    metadata = client_api.get("/v2/models/iris", HTTP_ACCEPT="application/octet-stream")
+    assert metadata.status_code == 406
