@@ -78,17 +78,15 @@ def cache_value(cls: T) -> T:
 
 
 def global_allowed(module: str, name: str) -> bool:
+    """The one rule the unpickler applies: on ALLOWED_GLOBALS, or a `cache_value` class."""
     return (module, name) in ALLOWED_GLOBALS or (module, name) in _registered
 
 
 class _CacheUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        registered = _registered.get((module, name))
-        if registered is not None:
-            return registered
-        if (module, name) not in ALLOWED_GLOBALS:
+        if not global_allowed(module, name):
             raise pickle.UnpicklingError(f"global {module}.{name} is not on the allow-list")
-        return super().find_class(module, name)
+        return _registered.get((module, name)) or super().find_class(module, name)
 
     def persistent_load(self, pid: Any) -> Any:
         raise pickle.UnpicklingError("persistent ids are not allowed")

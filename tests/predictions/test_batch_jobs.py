@@ -77,6 +77,14 @@ def _run(job: BatchJob, django_capture_on_commit_callbacks=None) -> BatchJob:
     return job
 
 
+def _planning_fails(job: BatchJob) -> tuple[str, str]:
+    """(status, error_type) of a job whose planning (staging, the footer) refuses it: nothing
+    is left to send."""
+    assert batch.batch_job_start(job_id=job.pk) is None
+    job.refresh_from_db()
+    return job.status, job.error_type
+
+
 def _read(name: str, file_format: str) -> pd.DataFrame:
     storage = batch.get_artifact_storage()
     with storage.open(name, "rb") as handle:
@@ -359,9 +367,7 @@ def test_a_tampered_csv_input_is_found_while_it_is_staged(iris_prod):
         model=iris_prod, actor="tests", upload=_csv(_frame(50)), enqueue=False
     )
     store_write(job.input_name, store_read(job.input_name) + b"1,2,3,4\n")
-    assert batch.batch_job_start(job_id=job.pk) is None
-    job.refresh_from_db()
-    assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_integrity")
+    assert _planning_fails(job) == (BatchStatus.FAILED, "input_integrity")
 
 
 def test_a_missing_input_fails_the_job(iris_prod):
@@ -522,17 +528,13 @@ def test_an_unreadable_csv_and_an_oversized_input_fail_the_job_or_the_request(ir
     data = b"sepal_length,sepal_width,petal_length,petal_width\n\xff\xfe,2,3,4\n"
     store_write(job.input_name, data)
     BatchJob.objects.filter(pk=job.pk).update(input_sha256=batch.hashlib.sha256(data).hexdigest())
-    assert batch.batch_job_start(job_id=job.pk) is None
-    job.refresh_from_db()
-    assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_unreadable")
+    assert _planning_fails(job) == (BatchStatus.FAILED, "input_unreadable")
 
     settings.BATCH_MAX_ROWS = 5
     job = batch.batch_job_create(
         model=iris_prod, actor="tests", upload=_parquet(_frame(10)), enqueue=False
     )
-    assert batch.batch_job_start(job_id=job.pk) is None
-    job.refresh_from_db()
-    assert (job.status, job.error_type) == (BatchStatus.FAILED, "too_many_rows")
+    assert _planning_fails(job) == (BatchStatus.FAILED, "too_many_rows")
 
     from config.errors import PayloadTooLarge
 
@@ -821,9 +823,7 @@ def test_a_job_of_too_many_chunks_is_refused_at_creation_or_while_planning(iris_
     job = batch.batch_job_create(
         model=iris_prod, actor="tests", upload=_csv(_frame(100)), chunk_rows=10, enqueue=False
     )
-    assert batch.batch_job_start(job_id=job.pk) is None
-    job.refresh_from_db()
-    assert (job.status, job.error_type) == (BatchStatus.FAILED, "too_many_chunks")
+    assert _planning_fails(job) == (BatchStatus.FAILED, "too_many_chunks")
     assert "larger chunk_rows" in job.error
 
 
@@ -1206,17 +1206,13 @@ def test_a_ragged_csv_is_still_checked_against_its_sha256_and_bad_text_is_unread
         model=iris_prod, actor="tests", upload=io.BytesIO(data), enqueue=False
     )
     store_write(job.input_name, data + b"1,2,3,4\n")
-    assert batch.batch_job_start(job_id=job.pk) is None
-    job.refresh_from_db()
-    assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_integrity")
+    assert _planning_fails(job) == (BatchStatus.FAILED, "input_integrity")
 
     # Text that is not UTF-8, read record by record, is as unreadable as pyarrow finds it.
     upload = io.BytesIO(f"{','.join(NAMES)}\n1,2,3,4,5\n\xff\xfe,2,3,4\n".encode("latin-1"))
     upload.name = "rows.csv"
     job = batch.batch_job_create(model=iris_prod, actor="tests", upload=upload, enqueue=False)
-    assert batch.batch_job_start(job_id=job.pk) is None
-    job.refresh_from_db()
-    assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_unreadable")
+    assert _planning_fails(job) == (BatchStatus.FAILED, "input_unreadable")
     assert "utf-8" in job.error
 
 
@@ -1244,9 +1240,7 @@ def test_a_ragged_csv_read_record_by_record_reads_as_pyarrow_reads_a_clean_one(
     data = io.BytesIO(("\n".join([header, rows[2], *rows * 4000, long_line]) + "\n").encode())
     data.name = "rows.csv"
     job = batch.batch_job_create(model=iris_prod, actor="tests", upload=data, enqueue=False)
-    assert batch.batch_job_start(job_id=job.pk) is None
-    job.refresh_from_db()
-    assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_unreadable")
+    assert _planning_fails(job) == (BatchStatus.FAILED, "input_unreadable")
     assert "longer than" in job.error
 
 
@@ -1273,9 +1267,7 @@ def test_a_parquet_input_whose_row_groups_or_footer_would_take_the_memory_is_ref
     sink.seek(0)
     job = batch.batch_job_create(model=iris_prod, actor="tests", upload=sink, enqueue=False)
     settings.BATCH_MAX_ROW_GROUP_BYTES = 32 * 1024 * 1024
-    assert batch.batch_job_start(job_id=job.pk) is None
-    job.refresh_from_db()
-    assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_too_large")
+    assert _planning_fails(job) == (BatchStatus.FAILED, "input_too_large")
 
     settings.BATCH_MAX_FOOTER_BYTES = 4096
     many = _parquet(_frame(300), row_group_size=5)
