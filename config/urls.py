@@ -9,6 +9,7 @@ from config.admin_login import ThrottledAdminLoginForm
 from config.errors import get_only
 from config.metrics import metrics_view
 from config.routes import TOP_LEVEL_ROUTES
+from config.slash import either_slash
 
 # The predict routes come first and at the top level (config.routes, filled by the predictions
 # app): URL resolution tries each pattern in turn, and every include is a level of its own.
@@ -52,6 +53,8 @@ urlpatterns = [
     path("health/deep", health.deep, name="health-deep"),
     # /metrics restricted to METRICS_ALLOWED_IPS or METRICS_TOKEN
     path("metrics", metrics_view, name="prometheus-django-metrics"),
+    # Last: only what no route matched (config/slash.py).
+    re_path(r"^api/", either_slash),
 ]
 
 # Failed admin logins are throttled (config/admin_login.py)
