@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from django.contrib import admin, messages
-from django.db import transaction
 from django.http import HttpRequest, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
 from django.urls import path, reverse
@@ -11,6 +12,7 @@ from django.urls import path, reverse
 from backups import services
 from backups.models import Backup, JobRun
 from backups.tasks import backup_create_task
+from config.dispatch import send_on_commit
 
 
 @admin.register(Backup)
@@ -68,10 +70,23 @@ class BackupAdmin(admin.ModelAdmin):
             # A backup can outlast a web request's timeout: the worker runs it, under a slot
             # of its own so it never reuses a scheduled slot's backup.
             slot = f"admin-{request.user.get_username()}-{request.request_id}"
-            transaction.on_commit(lambda: backup_create_task.delay(slot=slot))
-            self.message_user(
-                request, f"Backup queued (slot {slot}); it appears here when the worker ran it."
+            sending = send_on_commit(
+                partial(backup_create_task.delay, slot=slot),
+                task="backup_create_task",
+                on_failure=lambda reason: None,  # nothing was recorded: nothing to undo
             )
+            if sending.failure is not None:
+                self.message_user(
+                    request,
+                    f"The backup was not started: the broker did not take it ({sending.failure}). "
+                    "Try again once it is back.",
+                    messages.ERROR,
+                )
+            else:
+                self.message_user(
+                    request,
+                    f"Backup queued (slot {slot}); it appears here when the worker ran it.",
+                )
         return HttpResponseRedirect(reverse("admin:backups_backup_changelist"))
 
     @admin.action(description="Verify (re-read every checksum)")

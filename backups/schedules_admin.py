@@ -16,6 +16,7 @@ from django_celery_beat.models import (
 )
 
 from backups import schedules
+from config.errors import BROKER_ERRORS
 
 
 class AuditedScheduleMixin:
@@ -48,6 +49,19 @@ class PeriodicTaskAdmin(AuditedScheduleMixin, beat_admin.PeriodicTaskAdmin):
     @admin.action(description="Toggle activity of selected tasks")
     def toggle_tasks(self, request: HttpRequest, queryset) -> None:
         self._enable(request, queryset, None, "toggled")
+
+    @admin.action(description="Run selected tasks")
+    def run_tasks(self, request: HttpRequest, queryset) -> None:
+        try:
+            super().run_tasks(request, queryset)
+        except BROKER_ERRORS as exc:
+            # django-celery-beat sends them one by one: those before the failure were sent.
+            self.message_user(
+                request,
+                f"Not all were sent: the broker did not take them ({exc}). Try again once it "
+                "is back.",
+                messages.ERROR,
+            )
 
 
 class CrontabScheduleAdmin(AuditedScheduleMixin, beat_admin.CrontabScheduleAdmin):

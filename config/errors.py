@@ -95,7 +95,7 @@ class LengthRequired(DomainError):
 RETRY_AFTER_SECONDS = 5
 
 logger = logging.getLogger(__name__)
-_outage_logged = {"database": 0.0, "cache": 0.0, "storage": 0.0}
+_outage_logged = {"database": 0.0, "cache": 0.0, "storage": 0.0, "broker": 0.0}
 
 
 def _cache_error_types() -> tuple[type[BaseException], ...]:
@@ -117,6 +117,19 @@ def _cache_error_types() -> tuple[type[BaseException], ...]:
 
 
 _CACHE_ERRORS = _cache_error_types()
+
+
+def _broker_error_types() -> tuple[type[BaseException], ...]:
+    # kombu raises its OperationalError for a broker it cannot reach (AMQP or Redis), once its
+    # connection retries are spent: what a view that sends a task meets in an outage.
+    try:
+        from kombu.exceptions import OperationalError as BrokerOperationalError
+    except ImportError:  # pragma: no cover - kombu comes with celery
+        return ()
+    return (BrokerOperationalError,)
+
+
+BROKER_ERRORS = _broker_error_types()
 
 # An object store's answers that mean "not now", not "no": S3's throttling and server errors
 # (boto3 raises them as ClientError once its own retries are spent).
@@ -142,7 +155,7 @@ def _storage_unavailable(exc: BaseException) -> bool:
 
 def dependency_error(exc: BaseException) -> DomainError | None:
     """The API error for an exception that means a dependency or the client's connection
-    failed, not our code: a 503 for a database, cache or object-store connection failure
+    failed, not our code: a 503 for a database, cache, broker or object-store connection failure
     (SQLite's "database is locked" after its busy timeout included; S3's throttling and server
     errors), a 408 for a body that broke off or timed out.
     None for anything else (a real bug stays a 500).
@@ -164,6 +177,11 @@ def dependency_error(exc: BaseException) -> DomainError | None:
         return UnavailableError(
             "The artifact storage is unavailable; try again shortly."
         ).with_type("storage_unavailable")
+    if BROKER_ERRORS and isinstance(exc, BROKER_ERRORS):
+        _log_outage("broker", exc)
+        return UnavailableError(
+            "The task queue's broker is unavailable; try again shortly."
+        ).with_type("broker_unavailable")
     if isinstance(exc, DatabaseDataError):
         # A value the database cannot store (out of range, a character it refuses) that
         # validation let through: the client's input, not an outage, and nothing was written.

@@ -49,6 +49,7 @@ from django.db import OperationalError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from config.dispatch import Sending, send_on_commit
 from config.errors import (
     ConflictError,
     DomainError,
@@ -373,16 +374,31 @@ _AUDITED = (
 )
 
 
-def _enqueue(task_name: str, *args: Any) -> None:
-    from config.celery import ensure_filesystem_broker_dirs
-    from predictions import tasks
+def _start_send(job_id: int) -> Sending:
+    """Sends the job's start task once the transaction commits; if the broker does not take
+    it, the job is failed `unavailable` (resumable) rather than left queued for no worker."""
 
-    try:
-        ensure_filesystem_broker_dirs()
-        getattr(tasks, task_name).apply_async(args, queue=settings.BATCH_QUEUE or None)
-    except Exception:
-        # The job stays as it is; the admin's "Resume" action (or the API's) sends it again.
-        logger.exception("could not enqueue batch task", extra={"task": task_name, "args": args})
+    def send() -> None:
+        from predictions.tasks import batch_job_start_task
+
+        batch_job_start_task.apply_async((job_id,), queue=settings.BATCH_QUEUE or None)
+
+    def unsent(reason: str) -> None:
+        _fail(
+            job_id,
+            problem="unavailable",
+            message=f"The job could not be sent to the workers ({reason}); resume it once the "
+            "broker is back.",
+        )
+
+    return send_on_commit(send, task="batch_job_start_task", on_failure=unsent)
+
+
+def _unsent_message(job: BatchJob) -> str:
+    return (
+        f"Batch job {job.pk} is recorded but could not be sent to the workers, so it is marked "
+        f"failed; resume it (POST .../batch-jobs/{job.pk}/resume) once the broker is back"
+    )
 
 
 def batch_job_create(
@@ -474,9 +490,10 @@ def batch_job_create(
             created_by=user,
         )
         audit_record(actor=actor, verb="create", obj=job, changes=created_changes(job, _AUDITED))
-        if enqueue:
-            transaction.on_commit(partial(_enqueue, "batch_job_start_task", job.pk))
+        sending = _start_send(job.pk) if enqueue else None
     logger.info("batch job created", extra={"job": job.pk, "model": model.name})
+    if sending is not None:
+        sending.raise_if_failed(_unsent_message(job))
     return job
 
 
@@ -554,7 +571,8 @@ def batch_job_resume(*, job: BatchJob, actor: Actor) -> BatchJob:
                 "error_type": [before["error_type"], ""],
             },
         )
-        transaction.on_commit(partial(_enqueue, "batch_job_start_task", job.pk))
+        sending = _start_send(job.pk)
+    sending.raise_if_failed(_unsent_message(job))
     return job
 
 

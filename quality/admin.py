@@ -489,5 +489,14 @@ class TrainingJobAdmin(registry_admin.DeletesThroughServices, admin.ModelAdmin):
             if job.status in (TrainingStatus.SUCCEEDED, TrainingStatus.FAILED):
                 self.message_user(request, f"{job}: already {job.status}.", messages.WARNING)
                 continue
-            training.training_job_enqueue(job=job)
-            self.message_user(request, f"{job}: sent to a worker.")
+            # A stuck job may still be running somewhere: a failed send leaves it as it is.
+            sending = training.training_job_enqueue(job=job, fail_unsent=False)
+            if sending.failure is not None:
+                self.message_user(
+                    request,
+                    f"{job}: not sent, the broker did not take it ({sending.failure}); "
+                    "try again once it is back.",
+                    messages.ERROR,
+                )
+            else:
+                self.message_user(request, f"{job}: sent to a worker.")

@@ -14,7 +14,6 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import partial
 from pathlib import PurePath
 from typing import IO, Any
 
@@ -23,6 +22,7 @@ from django.core.files import File
 from django.db import IntegrityError, OperationalError, transaction
 from django.utils import timezone
 
+from config.dispatch import Sending, send_on_commit
 from config.errors import ConflictError, DomainError, NotFoundError, ValidationFailed
 from config.events import event_publish
 from config.job_heartbeats import job_heartbeat
@@ -163,21 +163,27 @@ def dataset_create(
 # --- Training jobs: creation ------------------------------------------------------------------
 
 
-def _enqueue(job_id: int) -> None:
-    from config.celery import ensure_filesystem_broker_dirs
-    from quality.tasks import training_job_run_task
+def training_job_enqueue(*, job: TrainingJob, fail_unsent: bool = True) -> Sending:
+    """Sends the job to a worker once the current transaction commits. If the broker does not
+    take it and `fail_unsent`, the job is failed `unavailable` (no worker would ever run it);
+    the returned Sending says whether the send failed once the transaction has committed."""
+    job_id = job.pk
 
-    try:
-        ensure_filesystem_broker_dirs()
+    def send() -> None:
+        from quality.tasks import training_job_run_task
+
         training_job_run_task.delay(job_id)
-    except Exception:
-        # The job row stays "queued": the admin's "Run" action or the next schedule retries it.
-        logger.exception("could not enqueue training job", extra={"job": job_id})
 
+    def unsent(reason: str) -> None:
+        if fail_unsent:
+            _fail(
+                job_id,
+                problem="unavailable",
+                message=f"The job could not be sent to a worker ({reason}); create it again "
+                "once the broker is back.",
+            )
 
-def training_job_enqueue(*, job: TrainingJob) -> None:
-    """Sends the job to a worker once the current transaction commits."""
-    transaction.on_commit(partial(_enqueue, job.pk))
+    return send_on_commit(send, task="training_job_run_task", on_failure=unsent)
 
 
 # A job's audit diff holds what its creator chose; its progress and results are the job's own.
@@ -261,9 +267,13 @@ def training_job_create(
         audit_record(
             actor=actor, verb="create", obj=job, changes=created_changes(job, _JOB_AUDITED_FIELDS)
         )
-        if enqueue:
-            training_job_enqueue(job=job)
+        sending = training_job_enqueue(job=job) if enqueue else None
     logger.info("training job created", extra={"job": job.pk, "model": model.name})
+    if sending is not None:
+        sending.raise_if_failed(
+            f"Training job {job.pk} is recorded but could not be sent to a worker, so it is "
+            "marked failed; create it again once the broker is back"
+        )
     return job
 
 

@@ -17,6 +17,7 @@ import pytest
 from django.utils import timezone
 
 from config.celery import app as celery_app
+from config.dispatch import Sending
 from config.errors import ConflictError, ValidationFailed
 from mlregistry import services
 from mlregistry.models import AuditEvent, Stage
@@ -686,7 +687,7 @@ def test_a_job_resumed_while_retention_runs_is_kept(monkeypatch):
         status=BatchStatus.FAILED, error_type="worker_lost", finished_at=long_ago
     )
     # Isolation, not a fault: the resumed job's start message goes to no broker.
-    monkeypatch.setattr(batch, "_enqueue", lambda *args: None)
+    monkeypatch.setattr(batch, "_start_send", lambda job_id: Sending(task="start"))
     pruned = []
 
     def prune():
