@@ -16,6 +16,7 @@ one made by this process drops the entry at once.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -34,6 +35,12 @@ _MEMO_MAX = 10_000
 _lock = threading.Lock()
 _state = {"skip_until": 0.0, "errors_since_log": 0}
 _memo: dict[str, tuple[float, Any]] = {}
+# Deletes that failed, in order: sent again before this process's next cache read or write
+# once the cache answers, so an entry an invalidation missed during an outage does not come
+# back with the cache (a changed access policy would otherwise grant its old access, and a
+# promotion serve the old version, for the rest of the entry's TTL).
+_pending: dict[str, None] = {}
+_PENDING_MAX = 100_000
 
 # Called with the operation's name on every failure (predictions counts them in a metric).
 failure_hooks: list[Callable[[str], None]] = []
@@ -45,11 +52,43 @@ def cache_available() -> bool:
 
 
 def cache_reset() -> None:
-    """Forgets a previous failure and the memo (tests)."""
+    """Forgets a previous failure, the memo and the pending deletes (tests)."""
     with _lock:
         _state["skip_until"] = 0.0
         _state["errors_since_log"] = 0
         _memo.clear()
+        _pending.clear()
+
+
+def deletes_pending_add(keys: Iterable[str]) -> None:
+    """Remembers keys whose delete failed, for this process to delete once the cache answers
+    (before its next guarded read or write). Past _PENDING_MAX keys the oldest are dropped,
+    logged: they then live out their TTL."""
+    with _lock:
+        for key in keys:
+            _pending[key] = None
+        overflow = len(_pending) - _PENDING_MAX
+        for key in list(itertools.islice(_pending, max(overflow, 0))):
+            del _pending[key]
+    if overflow > 0:
+        logger.error(
+            "too many cache deletes pending; the oldest were dropped", extra={"dropped": overflow}
+        )
+
+
+def _pending_sent() -> bool:
+    """Sends the pending deletes; False (the cache marked failing) if the cache still fails."""
+    with _lock:
+        keys = list(_pending)
+    try:
+        caches["default"].delete_many(keys)
+    except Exception as exc:
+        cache_failed("delete", exc)
+        return False
+    with _lock:
+        for key in keys:
+            _pending.pop(key, None)
+    return True
 
 
 def cache_failed(operation: str, exc: BaseException) -> None:
@@ -102,7 +141,7 @@ def memo_forget(keys: Iterable[str]) -> None:
 
 def guarded_get(key: str) -> Any:
     """The cached value, or None on a miss; from the memo while the cache is failing."""
-    if not cache_available():
+    if not cache_available() or (_pending and not _pending_sent()):
         return memo_get(key)
     try:
         value = caches["default"].get(key)
@@ -116,7 +155,7 @@ def guarded_get(key: str) -> Any:
 def guarded_set(key: str, value: Any, timeout: float) -> bool:
     """Writes to the cache (and the memo); False when the cache is failing."""
     memo_put(key, value, timeout)
-    if not cache_available():
+    if not cache_available() or (_pending and not _pending_sent()):
         return False
     try:
         caches["default"].set(key, value, timeout)
@@ -127,9 +166,11 @@ def guarded_set(key: str, value: Any, timeout: float) -> bool:
 
 
 def guarded_delete_many(keys: list[str]) -> None:
-    """Deletes keys; not skipped while failing: an invalidation must reach it when it can."""
+    """Deletes keys; not skipped while failing: an invalidation must reach it when it can,
+    and one that fails is sent again once the cache answers (deletes_pending_add)."""
     memo_forget(keys)
     try:
         caches["default"].delete_many(keys)
     except Exception as exc:
+        deletes_pending_add(keys)
         cache_failed("delete", exc)

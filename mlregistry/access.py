@@ -17,14 +17,13 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.cache import cache
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_delete, post_save, pre_delete
 from django.dispatch import receiver
 from django.utils import timezone
 from knox.models import AuthToken
 
-from config.cache_outage import guarded_get, guarded_set, memo_forget, memo_put
+from config.cache_outage import guarded_delete_many, guarded_get, guarded_set, memo_put
 from config.errors import NotFoundError
 from config.pruning import delete_in_batches
 from config.readahead import (
@@ -101,8 +100,9 @@ def access_policy_invalidate(*, user_ids: Iterable[Any]) -> None:
     """Forgets the cached answers for these users; their next request reads the database."""
     keys = [access_cache_key(user_id) for user_id in set(user_ids)]
     if keys:
-        memo_forget(keys)
-        cache.delete_many(keys)
+        # Guarded: the change is committed, so a cache outage must not turn it into a 503,
+        # and the delete is sent again once the cache is back.
+        guarded_delete_many(keys)
 
 
 def _invalidate_on_commit(user_ids: Iterable[Any]) -> None:

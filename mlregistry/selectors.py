@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 from datetime import datetime
 
 from django.core.cache import cache
@@ -12,6 +13,7 @@ from django.db.models import Prefetch, Q, QuerySet, TextField
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast
 
+from config.cache_outage import deletes_pending_add
 from config.errors import NotFoundError
 from mlregistry.aliases import ALIAS_PATTERN, LATEST
 from mlregistry.models import (
@@ -54,27 +56,37 @@ def predict_alias_cache_key(model_id: int) -> str:
 NUMERIC_NAMES_CACHE_KEY = "predict-alias:v2:numeric-names"
 
 
+# Called with a model's name on every routing invalidation, by the apps that keep routing
+# entries of their own in the process (the serving path's outage memo).
+routing_invalidated_hooks: list[Callable[[str], None]] = []
+
+
 def routing_invalidate(model_name: str) -> None:
     """Drops the routing entry; called on commit of every stage, traffic or alias change."""
+    for hook in routing_invalidated_hooks:
+        hook(model_name)
     try:
         # The new token retires every entry built before this commit, including one a
         # request that read the database just before it writes only after this delete.
         routing_generation_bump(model_name)
         cache.delete(routing_cache_key(model_name))
     except Exception:
-        # The entry expires by itself; a dead cache can't serve it either.
+        # A dead cache can't serve the entry; the delete is sent again once it answers.
+        deletes_pending_add([routing_cache_key(model_name)])
         logger.warning("could not invalidate routing cache", extra={"model": model_name})
 
 
 def registered_model_caches_invalidate(*, name: str, model_id: int) -> None:
     """Drops everything the serving path caches about a model (routing entry, the alias's
     id -> name entry, the set of numeric names); called on commit of a delete or a rename."""
+    for hook in routing_invalidated_hooks:
+        hook(name)
+    keys = [routing_cache_key(name), predict_alias_cache_key(model_id), NUMERIC_NAMES_CACHE_KEY]
     try:
         routing_generation_bump(name)
-        cache.delete_many(
-            [routing_cache_key(name), predict_alias_cache_key(model_id), NUMERIC_NAMES_CACHE_KEY]
-        )
+        cache.delete_many(keys)
     except Exception:
+        deletes_pending_add(keys)
         logger.warning("could not invalidate routing cache", extra={"model": name})
 
 

@@ -21,6 +21,10 @@ class PredictionsConfig(AppConfig):
         checks.register(sqlite_returning_check)
 
         health.register(READINESS_CHECKS, DEEP_CHECKS)
+        from mlregistry.selectors import routing_invalidated_hooks
+        from predictions.serving.routing import routing_fallback_forget
+
+        routing_invalidated_hooks.append(routing_fallback_forget)
         top_level_routes_register([*predict_routes("api/v1/"), *v2_routes()])
         from config.job_heartbeats import StalledJobKind, stalled_job_kind_register
 

@@ -148,6 +148,15 @@ def routing_fallback_clear() -> None:
         _fallback.clear()
 
 
+def routing_fallback_forget(name: str) -> None:
+    """Forgets the outage memo's entry of one model: its routing changed in this process
+    (mlregistry.selectors.routing_invalidated_hooks), so this process serves the change at
+    once even while the shared cache is down; other processes within
+    PREDICTION_ROUTING_LOCAL_TTL."""
+    with _fallback_lock:
+        _fallback.pop(name, None)
+
+
 def _read_ahead(plan: ReadAheadPlan) -> None:
     if plan.target is not None:
         plan.read(routing_generation_key(plan.target.model_name), shared=True)
