@@ -43,6 +43,8 @@ DEFAULT_TRUSTED_TYPES: tuple[str, ...] = (
     "sklearn.metrics._dist_metrics.ChebyshevDistance64",
 )
 _RETRY_STATUSES = frozenset({429, 503})
+# RFC 9110 section 9.2.2: sending these again has the effect of sending them once.
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _JSON = {"Content-Type": "application/json"}
 _CHUNK = 256 * 1024
 
@@ -54,10 +56,12 @@ def _path(value: Any) -> str:
 class Registry:
     """A client of one registry server.
 
-    ``url`` and ``token`` default to MLREGISTRY_URL and MLREGISTRY_TOKEN. Answers of 429 and
-    503 are retried up to ``max_retries`` times, waiting Retry-After seconds when the server
-    says so (else ``backoff`` * 2**attempt), never more than ``max_retry_wait`` per wait; other
-    errors raise a RegistryError subclass at once. ``timeout`` is seconds per network
+    ``url`` and ``token`` default to MLREGISTRY_URL and MLREGISTRY_TOKEN. Answers of 429 are
+    retried up to ``max_retries`` times, and so are 503s of the calls that may be sent twice
+    (reads, PUT and DELETE, predictions and feedback; not a create, an upload, a transition or
+    a rollback, which a 503 may follow once committed), waiting Retry-After seconds when the
+    server says so (else ``backoff`` * 2**attempt), never more than ``max_retry_wait`` per
+    wait; other errors raise a RegistryError subclass at once. ``timeout`` is seconds per network
     operation (connect, read, write). Use it as a context manager, or call ``close()``.
     """
 
@@ -102,8 +106,16 @@ class Registry:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _send(self, build: Callable[[], httpx.Request], *, stream: bool = False) -> httpx.Response:
-        """Sends ``build()``, retrying 429/503; raises the typed error of any other failure."""
+    def _send(
+        self, build: Callable[[], httpx.Request], *, stream: bool = False, repeatable: bool = False
+    ) -> httpx.Response:
+        """Sends ``build()``, retrying 429 and, when the request is ``repeatable``, 503; raises
+        the typed error of any other failure.
+
+        A 429 is answered before the view runs (the throttle), so any request may be sent
+        again. A 503 can come after the change committed (the database went away while the
+        answer was built), so a POST that changes something (a rollback, an upload) is not
+        sent twice: the caller gets Unavailable and decides."""
         attempt = 0
         while True:
             response = self._http.send(build(), stream=stream)
@@ -111,7 +123,10 @@ class Registry:
                 return response
             if stream:
                 response.read()
-            if response.status_code in _RETRY_STATUSES and attempt < self.max_retries:
+            retry = response.status_code == 429 or (
+                repeatable and response.status_code in _RETRY_STATUSES
+            )
+            if retry and attempt < self.max_retries:
                 wait = retry_after_seconds(response)
                 if wait is None:
                     wait = self.backoff * 2**attempt
@@ -121,8 +136,14 @@ class Registry:
                 continue
             raise error_from_response(response)
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        return self._send(lambda: self._http.build_request(method, path, **kwargs))
+    def _request(
+        self, method: str, path: str, *, repeatable: bool | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """``repeatable``: may a 503 be retried (default: for the idempotent methods only)."""
+        return self._send(
+            lambda: self._http.build_request(method, path, **kwargs),
+            repeatable=method in _IDEMPOTENT if repeatable is None else repeatable,
+        )
 
     def _json(self, method: str, path: str, body: Any = None, **kwargs: Any) -> Any:
         if body is not None:
@@ -402,7 +423,9 @@ class Registry:
             body = records_json(columns, [X[:, i] for i in range(X.shape[1])])
         else:
             body = orjson.dumps({"instances": list(X)}, option=orjson.OPT_SERIALIZE_NUMPY)
-        data = orjson.loads(self._request("POST", path, content=body, headers=headers).content)
+        # A prediction changes nothing but its own log row: safe to send again.
+        response = self._request("POST", path, content=body, headers=headers, repeatable=True)
+        data = orjson.loads(response.content)
         if "predictions" not in data:
             return Prediction.from_dict(data)
         if frame is not None:
@@ -430,7 +453,9 @@ class Registry:
         body: dict[str, Any] = {"actual": actual}
         if row_index is not None:
             body["row_index"] = row_index
-        return int(self._json("POST", f"predictions/{_path(request_id)}/feedback", body)["rows"])
+        # Feedback sets the outcome on the prediction's log rows: the same again is a no-op.
+        path = f"predictions/{_path(request_id)}/feedback"
+        return int(self._json("POST", path, body, repeatable=True)["rows"])
 
     # --- loading a model --------------------------------------------------------------------
 
@@ -456,7 +481,9 @@ class Registry:
             if buffer:
                 headers.update({"Range": f"bytes={len(buffer)}-", "If-Range": etag})
             response = self._send(
-                lambda h=headers: self._http.build_request("GET", path, headers=h), stream=True
+                lambda h=headers: self._http.build_request("GET", path, headers=h),
+                stream=True,
+                repeatable=True,
             )
             try:
                 if response.status_code == 200:
