@@ -27,6 +27,7 @@ from quality import (
 )
 from quality.estimators import ESTIMATORS
 from quality.models import (
+    RANDOM_STATE_MAX,
     Dataset,
     FileFormat,
     MissingPolicy,
@@ -290,7 +291,7 @@ class TrainingJobCreateForm(forms.Form):
     margin = forms.FloatField(initial=0.0, min_value=0.0)
     cv_folds = forms.IntegerField(initial=5, min_value=2, max_value=20)
     holdout_fraction = forms.FloatField(initial=0.2, min_value=0.05, max_value=0.5)
-    random_state = forms.IntegerField(initial=0, min_value=0)
+    random_state = forms.IntegerField(initial=0, min_value=0, max_value=RANDOM_STATE_MAX)
     recurring = forms.BooleanField(
         required=False, help_text="Run again with these settings on the retraining schedule."
     )

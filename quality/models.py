@@ -64,6 +64,11 @@ class TrainingPolicy(models.TextChoices):
     AUTO_PROMOTE = "auto_promote", "Promote the candidate when it beats the champion"
 
 
+# A seed scikit-learn takes (up to 2**32 - 1) that the column holds on every database (a
+# 32-bit signed integer on PostgreSQL).
+RANDOM_STATE_MAX = 2**31 - 1
+
+
 class TrainingStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
@@ -96,7 +101,7 @@ class TrainingJob(models.Model):
     margin = models.FloatField(default=0.0)
     cv_folds = models.PositiveSmallIntegerField(default=5)
     holdout_fraction = models.FloatField(default=0.2)
-    random_state = models.IntegerField(default=0)
+    random_state = models.IntegerField(default=0)  # 0..RANDOM_STATE_MAX
     status = models.CharField(
         max_length=20, choices=TrainingStatus.choices, default=TrainingStatus.QUEUED
     )

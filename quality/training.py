@@ -32,6 +32,7 @@ from mlregistry.models import ModelVersion, RegisteredModel, Stage, Task, Versio
 from mlregistry.storage import get_artifact_storage
 from quality import datasets, estimators
 from quality.models import (
+    RANDOM_STATE_MAX,
     Dataset,
     DatasetSource,
     FileFormat,
@@ -119,7 +120,13 @@ def dataset_create(
         spooled = artifacts.spool_upload(file, max_size=settings.DATASET_MAX_UPLOAD_SIZE)
         try:
             data = spooled.read()
-            header = datasets.read_table(data, fmt, nrows=5)
+            try:
+                header = datasets.read_table(data, fmt, nrows=5)
+            except datasets.DatasetError as exc:
+                # The same problem, said of the field that brought the file.
+                raise datasets.DatasetError(
+                    exc.problem, exc.message, fields=exc.fields or {"file": [exc.message]}
+                ) from None
             datasets.columns_check(header, target_column=target_column, feature_columns=features)
             stored = get_artifact_storage().save(
                 f"datasets/{spooled.sha256[:2]}/{spooled.sha256}.{fmt}",
@@ -245,6 +252,8 @@ def training_job_create(
         errors["cv_folds"] = ["must be an integer from 2 to 20"]
     if not (isinstance(holdout_fraction, int | float) and 0.05 <= holdout_fraction <= 0.5):
         errors["holdout_fraction"] = ["must be between 0.05 and 0.5"]
+    if not (isinstance(random_state, int) and 0 <= random_state <= RANDOM_STATE_MAX):
+        errors["random_state"] = [f"must be an integer from 0 to {RANDOM_STATE_MAX}"]
     if errors:
         raise ValidationFailed("Invalid training job settings.", fields=errors)
     user, _ = services._actor_fields(actor)

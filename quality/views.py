@@ -17,7 +17,14 @@ from mlregistry.permissions import RegistryPermission
 from mlregistry.serializers import JSONStringField
 from quality import training
 from quality.estimators import ESTIMATORS
-from quality.models import Dataset, FileFormat, MissingPolicy, TrainingJob, TrainingPolicy
+from quality.models import (
+    RANDOM_STATE_MAX,
+    Dataset,
+    FileFormat,
+    MissingPolicy,
+    TrainingJob,
+    TrainingPolicy,
+)
 
 
 class DatasetInput(serializers.Serializer):
@@ -103,7 +110,9 @@ class TrainingJobInput(serializers.Serializer):
     holdout_fraction = serializers.FloatField(
         required=False, default=0.2, min_value=0.05, max_value=0.5
     )
-    random_state = AsciiIntegerField(required=False, default=0, min_value=0)
+    random_state = AsciiIntegerField(
+        required=False, default=0, min_value=0, max_value=RANDOM_STATE_MAX
+    )
     recurring = serializers.BooleanField(required=False, default=False)
 
 

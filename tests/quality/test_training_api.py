@@ -4,6 +4,7 @@ import json
 import pytest
 from rest_framework.test import APIClient
 
+from config.errors import ValidationFailed
 from quality import training
 from quality.models import Dataset, TrainingJob
 from tests import factories
@@ -151,3 +152,53 @@ def test_training_job_reads_404_for_unknown_model_or_job(trainer_api, iris_model
     assert trainer_api.get("/api/v1/models/iris/training-jobs/99").status_code == 404
     assert trainer_api.post("/api/v1/models/nope/training-jobs", {}).status_code == 404
     assert not Dataset.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "sepal_length,species\n1.0,caf\xe9\n".encode("latin-1"),  # not UTF-8
+        b"",  # no data
+        b'a,"b\n1,2\n',  # a quote never closed
+    ],
+)
+def test_an_unreadable_dataset_file_is_a_400_naming_the_file(trainer_api, content):
+    upload = io.BytesIO(content)
+    upload.name = "rows.csv"
+
+    response = trainer_api.post(
+        "/api/v1/datasets/",
+        {
+            "name": "unreadable",
+            "target_column": "species",
+            "feature_columns": '["sepal_length"]',
+            "file": upload,
+        },
+        format="multipart",
+    )
+
+    assert response.status_code == 400, response.content
+    assert "file" in response.json()["error"]["fields"]
+    assert not Dataset.objects.exists()
+
+
+@pytest.mark.parametrize("seed", [-1, 2**31, 2**32, 10**30])
+def test_a_seed_the_database_cannot_hold_is_a_400_naming_random_state(
+    trainer_api, iris_model, seed
+):
+    training.dataset_create(
+        name="d", actor="t", target_column="species", feature_columns=NAMES, file=iris_csv()
+    )
+
+    response = trainer_api.post(
+        "/api/v1/models/iris/training-jobs", {"dataset": "d", "random_state": seed}, format="json"
+    )
+
+    assert response.status_code == 400, response.content
+    assert "random_state" in response.json()["error"]["fields"]
+    assert not TrainingJob.objects.exists()
+    with pytest.raises(ValidationFailed) as refused:
+        training.training_job_create(
+            model=iris_model, dataset=Dataset.objects.get(), actor="t", random_state=seed
+        )
+    assert "random_state" in refused.value.fields
