@@ -15,7 +15,6 @@ upload_pickle permission: `--user`), skops' trusted types otherwise.
 from __future__ import annotations
 
 import io
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from sklearn.base import is_regressor
 
 from config.archives import member_name_problem
 from config.errors import ConflictError, DomainError, ValidationFailed
+from config.numbers import finite_number
 from mlregistry import mlflow_import, services
 from mlregistry.audit import Actor
 from mlregistry.models import ModelVersion, RegisteredModel, Stage, Task, VersionSource
@@ -371,7 +371,7 @@ def _run_metrics(run: dict[str, Any] | None, notes: list[str], what: str) -> dic
     metrics = {}
     for metric in ((run or {}).get("data") or {}).get("metrics", []):
         value = metric.get("value")
-        if isinstance(value, int | float) and math.isfinite(value):
+        if finite_number(value):
             metrics[metric["key"]] = value
         else:
             notes.append(
@@ -490,21 +490,24 @@ def _model_import(
             if dry_run:
                 row.result = "would import"
                 continue
-            version = _version_import(
-                server=server,
-                registered=registered,
-                mlflow_version=mlflow_version,
-                model=model,
-                actor=actor,
-                report=report,
-            )
-            if stage != Stage.NONE:
-                services.model_version_transition(
-                    version=version,
-                    stage=stage,
+            # One transaction: a version committed without its stage would read "exists" to
+            # every later run, which then never gives it the stage.
+            with transaction.atomic():
+                version = _version_import(
+                    server=server,
+                    registered=registered,
+                    mlflow_version=mlflow_version,
+                    model=model,
                     actor=actor,
-                    comment=f"imported from MLflow (stage {mlflow_stage})",
+                    report=report,
                 )
+                if stage != Stage.NONE:
+                    services.model_version_transition(
+                        version=version,
+                        stage=stage,
+                        actor=actor,
+                        comment=f"imported from MLflow (stage {mlflow_stage})",
+                    )
         except (DomainError, MlflowRegistryError) as exc:
             row.result, row.reason = "refused", exc.message
             continue

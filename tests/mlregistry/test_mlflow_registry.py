@@ -114,6 +114,38 @@ def test_pickled_versions_need_a_user_with_the_pickle_permission(tracking):
     assert not ModelVersion.objects.filter(model__name="iris-mlflow", version=2).exists()
 
 
+def test_a_version_whose_stage_failed_is_not_left_without_it(tracking, monkeypatch):
+    """Fault injected on purpose: the database drops the connection when the first imported
+    version is given its stage. Nothing of that version stays, so the next run imports it
+    with its stage instead of reading it as already there."""
+    from django.db import OperationalError
+
+    from mlregistry import services
+
+    uri, _ = tracking
+    real = services.model_version_transition
+    calls = []
+
+    def drops_once(**kwargs):
+        calls.append(kwargs["version"].version)
+        if len(calls) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+        return real(**kwargs)
+
+    monkeypatch.setattr(services, "model_version_transition", drops_once)
+    factories.staff_create("importer", extra_perms=["upload_pickle"])
+    with pytest.raises(OperationalError):
+        _import(uri, "--user", "importer", "--model", "iris-mlflow")
+    # v1 (Production in MLflow, archived here: v3 is the later production) was the first.
+    assert calls == [1]
+    assert not ModelVersion.objects.filter(model__name="iris-mlflow").exists()
+
+    again = _import(uri, "--user", "importer", "--model", "iris-mlflow")
+
+    assert _row(again, "iris-mlflow", 1)[2:] == ["Production", "archived", "imported"]
+    assert ModelVersion.objects.get(model__name="iris-mlflow", version=1).stage == "archived"
+
+
 def test_an_unreachable_tracking_server_is_a_clear_error():
     port = mlflow_env.free_port()
     with pytest.raises(CommandError, match=f"127.0.0.1:{port} cannot be reached"):
