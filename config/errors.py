@@ -331,6 +331,20 @@ def handler500(request):
 
 
 def handler400(request, exception=None):
+    """Django's SuspiciousOperation answers; the request-size ones say which limit (a form
+    field larger than DATA_UPLOAD_MAX_MEMORY_SIZE is a 413 like a JSON body that is)."""
+    from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+
+    if isinstance(exception, RequestDataTooBig):
+        return _json_error(
+            request,
+            413,
+            "payload_too_large",
+            "The form fields are larger than DATA_UPLOAD_MAX_MEMORY_SIZE bytes (a file field "
+            "is not counted: send large content as a file).",
+        )
+    if isinstance(exception, TooManyFieldsSent | TooManyFilesSent):
+        return _json_error(request, 400, "bad_request", f"Too many form parts: {exception}")
     return _json_error(request, 400, "bad_request", "Bad request.")
 
 

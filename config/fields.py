@@ -17,3 +17,17 @@ class AsciiIntegerField(serializers.IntegerField):
         if isinstance(data, str) and not data.isascii():
             self.fail("invalid")
         return super().to_internal_value(data)
+
+
+class AsciiFloatField(serializers.FloatField):
+    """DRF's FloatField, reading ASCII only (float(), like int(), reads any Unicode digits)
+    and refusing a number beyond float range as invalid: JSON carries integers of any length,
+    float() raises OverflowError for one past 1.8e308, and DRF catches only ValueError."""
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, str) and not data.isascii():
+            self.fail("invalid")
+        try:
+            return super().to_internal_value(data)
+        except OverflowError:
+            self.fail("invalid")

@@ -64,20 +64,40 @@ def parse_json(raw: bytes | str) -> Any:
     return value
 
 
+_SURROGATE_WHY = (
+    "must not contain a lone UTF-16 surrogate (\\ud800-\\udfff): it is not Unicode text."
+)
+
+
+def _text_problem(text: str, nul: bool, surrogate: bool) -> str | None:
+    if nul and "\x00" in text:
+        return "must not contain the NUL character (\\u0000)."
+    if surrogate and not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return _SURROGATE_WHY
+    return None
+
+
 def json_check(value: Any, raw: bytes | str | None = None) -> None:
-    """Refuses a parsed JSON value nested deeper than JSON_MAX_DEPTH or holding a NUL in a
-    string or key (ValidationFailed naming the field). `raw`, the text it was parsed from,
-    lets the common case skip the walk: a body with fewer brackets than the limit cannot nest
-    too deep, and a NUL can only be written as an escape."""
+    """Refuses a parsed JSON value nested deeper than JSON_MAX_DEPTH, or holding in a string
+    or key a NUL or a lone UTF-16 surrogate (RFC 8259 section 8.2 lets a parser accept an
+    escaped one, as Python's does; no database, encoder or log can store it), with
+    ValidationFailed naming the field. `raw`, the text it was parsed from, lets the common case
+    skip the walk: a body with fewer brackets than the limit cannot nest too deep, and a NUL
+    or a surrogate can only be written as an escape."""
     max_depth = settings.JSON_MAX_DEPTH
     if raw is not None:
         if isinstance(raw, str):
             raw = raw.encode("utf-8", "surrogatepass")
         nul = b"\\u0000" in raw
-        if not nul and raw.count(b"[") + raw.count(b"{") <= max_depth:
+        surrogate = b"\\ud" in raw or b"\\uD" in raw
+        if not (nul or surrogate) and raw.count(b"[") + raw.count(b"{") <= max_depth:
             return
     else:
-        nul = True
+        nul = surrogate = True
+    text = nul or surrogate
     stack: list[tuple[Any, int, str]] = [(value, 1, "")]
     while stack:
         node, depth, path = stack.pop()
@@ -86,19 +106,22 @@ def json_check(value: Any, raw: bytes | str | None = None) -> None:
         elif isinstance(node, list):
             items = enumerate(node)
         else:
-            if nul and isinstance(node, str) and "\x00" in node:
-                _refuse(path, "must not contain the NUL character (\\u0000).")
+            if text and isinstance(node, str):
+                why = _text_problem(node, nul, surrogate)
+                if why:
+                    _refuse(path, why)
             continue
         if depth > max_depth:
             _refuse(path, f"nests deeper than {max_depth} levels (JSON_MAX_DEPTH).")
         for key, item in items:
             if isinstance(key, str):
-                if nul and "\x00" in key:
-                    _refuse(path or "(top level)", "has a key with the NUL character (\\u0000).")
+                why = _text_problem(key, nul, surrogate) if text else None
+                if why:
+                    _refuse(path or "(top level)", f"has a key that {why}")
                 where = f"{path}.{key}" if path else key
             else:
                 where = f"{path}[{key}]"
-            if isinstance(item, dict | list) or (nul and isinstance(item, str)):
+            if isinstance(item, dict | list) or (text and isinstance(item, str)):
                 stack.append((item, depth + 1, where))
 
 

@@ -247,6 +247,10 @@ class RefusedTokenThrottleMixin:
         request = getattr(self, "_request", None)
         if request is not None:
             refused_token_check(request)
+        if isinstance(token, bytes) and not token.isascii():
+            # knox decodes it as UTF-8 and would raise (a 500) on other bytes; a token is
+            # ASCII (hex), so any other byte is a wrong token: 401, counted as refused.
+            raise AuthenticationFailed("Invalid token.")
         return super().authenticate_credentials(token)
 
 

@@ -27,7 +27,7 @@ from mlregistry.models import ArtifactFormat, ModelVersion
 from mlregistry.storage import get_artifact_storage
 
 CHUNK_SIZE = 256 * 1024
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=([0-9]{0,19})-([0-9]{0,19})$")  # ASCII, and within a 64-bit size
 _SUFFIX = {ArtifactFormat.SKOPS: "skops", ArtifactFormat.JOBLIB: "pkl"}
 
 

@@ -286,7 +286,7 @@ def _yaml(data: bytes, what: str) -> Any:
 
     try:
         loaded = yaml.safe_load(data.decode("utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
         raise MlflowModelError(f"{what} is not readable YAML ({type(exc).__name__}).") from None
     pending, seen = [loaded], 0
     while pending:
@@ -304,6 +304,10 @@ def _yaml(data: bytes, what: str) -> Any:
     return loaded
 
 
+def _dict_or_empty(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _short_text(value: Any, limit: int = 200) -> str | None:
     """`value` when it is text of at most `limit` characters (an id, a time), else None."""
     return value if isinstance(value, str) and len(value) <= limit else None
@@ -317,7 +321,7 @@ def signature_schema(signature: Any) -> list[dict[str, Any]] | None:
         return None
     try:
         specs = json.loads(signature["inputs"])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         raise MlflowModelError("The MLmodel signature's inputs are not readable JSON.") from None
     if not isinstance(specs, list) or not specs:
         return None
@@ -331,12 +335,14 @@ def signature_schema(signature: Any) -> list[dict[str, Any]] | None:
         )
     features = []
     for index, spec in enumerate(specs):
+        if not isinstance(spec, dict):
+            raise MlflowModelError(f"The MLflow signature's column {index} is not an object.")
         name, kind = spec.get("name"), spec.get("type")
-        if not name:
+        if not name or not isinstance(name, str):
             raise MlflowModelError(
                 f"The MLflow signature's column {index} has no name: requests name features."
             )
-        if kind not in COLUMN_TYPES:
+        if not isinstance(kind, str) or kind not in COLUMN_TYPES:
             raise MlflowModelError(
                 f"The MLflow signature's column {name!r} has type {kind!r}, which this registry "
                 f"cannot validate (supported: {', '.join(COLUMN_TYPES)})."
@@ -359,7 +365,7 @@ def _input_example(
         return None
     try:
         example = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         notes.append("The input example is not readable JSON; no reference sample.")
         return None
     if isinstance(example, dict) and "dataframe_split" in example:
@@ -369,7 +375,8 @@ def _input_example(
     rows: list[dict[str, Any]] | None = None
     if isinstance(example, dict) and isinstance(example.get("data"), list):
         columns = example.get("columns") or [f["name"] for f in schema or []]
-        if all(isinstance(r, list) and len(r) == len(columns) for r in example["data"]):
+        named = isinstance(columns, list) and all(isinstance(c, str) for c in columns)
+        if named and all(isinstance(r, list) and len(r) == len(columns) for r in example["data"]):
             rows = [dict(zip(columns, r, strict=True)) for r in example["data"]]
     elif isinstance(example, list) and all(isinstance(r, dict) for r in example):
         rows = example
@@ -457,7 +464,7 @@ def model_read(files: Mapping[str, bytes]) -> MlflowModel:
             "scikit-learn models can be registered."
         )
     serialization = flavor.get("serialization_format") or "cloudpickle"
-    if serialization not in SERIALIZATION_FORMATS:
+    if not isinstance(serialization, str) or serialization not in SERIALIZATION_FORMATS:
         raise MlflowModelError(
             f"The sklearn flavor's serialization_format {serialization!r} is not supported "
             f"(supported: {', '.join(SERIALIZATION_FORMATS)})."
@@ -486,7 +493,10 @@ def model_read(files: Mapping[str, bytes]) -> MlflowModel:
     if flavor.get("sklearn_version"):
         model_versions["scikit-learn"] = str(flavor["sklearn_version"])
     python_env = _yaml(files[_PYTHON_ENV], _PYTHON_ENV) if _PYTHON_ENV in files else None
-    python_version = (flavors.get("python_function") or {}).get("python_version")
+    python_function = flavors.get("python_function")
+    python_version = (
+        python_function.get("python_version") if isinstance(python_function, dict) else None
+    )
     if isinstance(python_env, dict) and python_env.get("python"):
         python_version = python_env["python"]
     if python_version:
@@ -505,7 +515,7 @@ def model_read(files: Mapping[str, bytes]) -> MlflowModel:
             "serialization_format": serialization,
             "model_file": payload_name,
             "signature": {
-                k: v for k, v in (spec.get("signature") or {}).items() if isinstance(v, str)
+                k: v for k, v in _dict_or_empty(spec.get("signature")).items() if isinstance(v, str)
             },
             "library_versions_compared": compared,
         }

@@ -9,6 +9,7 @@ from typing import Any
 from django.conf import settings
 
 from config.errors import ValidationFailed
+from config.numbers import finite_number
 
 
 def prepare_reference_sample(
@@ -29,8 +30,13 @@ def prepare_reference_sample(
         missing = [n for n in names if n not in row]
         if missing:
             errors[f"reference_sample[{index}]"] = [f"missing features: {', '.join(missing[:10])}"]
-            if len(errors) >= 10:
-                break
+        for name in names:
+            value = row.get(name)
+            # JSON integers have no length limit; one past float range is no feature value.
+            if isinstance(value, int) and not isinstance(value, bool) and not finite_number(value):
+                errors[f"reference_sample[{index}].{name}"] = ["is a number past float range"]
+        if len(errors) >= 10:
+            break
     if errors:
         raise ValidationFailed(
             "reference_sample rows do not match the input schema.", fields=errors
@@ -46,13 +52,7 @@ def summary_stats(rows: list[dict[str, Any]], features: list[dict[str, Any]]) ->
     stats: dict[str, Any] = {}
     for feature in features:
         name = feature["name"]
-        values = [
-            float(r[name])
-            for r in rows
-            if isinstance(r.get(name), int | float)
-            and not isinstance(r.get(name), bool)
-            and math.isfinite(float(r[name]))
-        ]
+        values = [float(r[name]) for r in rows if finite_number(r.get(name))]
         if not values:
             stats[name] = {"count": 0}
             continue

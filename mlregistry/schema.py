@@ -6,11 +6,11 @@ the estimator); the predictions app validates request features against it.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
 from config.errors import ValidationFailed
+from config.numbers import finite_number
 
 FEATURE_TYPES = ("float", "integer", "boolean", "string")
 _NAME = re.compile(r"^[^\x00-\x1f]{1,200}$")
@@ -23,7 +23,7 @@ class SchemaError(ValidationFailed):
 def _number_or_none(value: Any, where: str, errors: dict[str, list[str]]) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not finite_number(value):
         errors.setdefault(where, []).append("must be a finite number or null")
         return None
     return value

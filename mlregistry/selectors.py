@@ -14,7 +14,7 @@ from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast
 
 from config.cache_outage import deletes_pending_add
-from config.errors import NotFoundError
+from config.errors import NotFoundError, ValidationFailed
 from mlregistry.aliases import ALIAS_PATTERN, LATEST
 from mlregistry.models import (
     AuditEvent,
@@ -24,7 +24,7 @@ from mlregistry.models import (
     Stage,
     StageTransition,
 )
-from mlregistry.tags import tag_filter_parse
+from mlregistry.tags import TAG_FILTERS_MAX, tag_filter_parse
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,13 @@ def _tags_filter(queryset: QuerySet, tags: list[str] | None) -> QuerySet:
     lookups are jsonb `?` and `@>`, which the GIN index on `tags` answers; elsewhere a JSON
     key read per row."""
     postgres = connections[router.db_for_read(queryset.model)].vendor == "postgresql"
-    for index, raw in enumerate(tags or ()):
+    tags = list(dict.fromkeys(tags or ()))  # the same filter twice narrows nothing more
+    if len(tags) > TAG_FILTERS_MAX:
+        raise ValidationFailed(
+            f"At most {TAG_FILTERS_MAX} different tag filters; {len(tags)} were given.",
+            fields={"tag": [f"at most {TAG_FILTERS_MAX} filters"]},
+        )
+    for index, raw in enumerate(tags):
         key, value = tag_filter_parse(raw)
         if value is None:
             queryset = queryset.filter(tags__has_key=key)

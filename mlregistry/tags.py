@@ -12,6 +12,9 @@ TAG_KEY_PATTERN = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
 TAG_VALUE_MAX_LENGTH = 5000
 # No rule in the issue; bounds the JSON a single row holds (and an audit diff repeats).
 TAGS_MAX_COUNT = 200
+# `?tag=` filters per request: each is a clause of the query, and SQLite refuses an
+# expression nested past 1,000 levels (about 300 such clauses), which would read as an outage.
+TAG_FILTERS_MAX = 50
 
 
 def _key_error(key: Any) -> str | None:

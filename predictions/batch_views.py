@@ -16,7 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.errors import NotFoundError, PayloadTooLarge
-from config.fields import AsciiIntegerField
+from config.fields import AsciiFloatField, AsciiIntegerField
 from config.parsers import MultiPartParser
 from config.renderers import BinaryRenderer, CSVRenderer, JSONErrorsMixin
 from config.schema import error_responses
@@ -51,7 +51,7 @@ class BatchJobInput(serializers.Serializer):
         help_text="rows per chunk task, 1 to BATCH_CHUNK_ROWS_MAX (default BATCH_CHUNK_ROWS, "
         "50000)",
     )
-    max_error_share = serializers.FloatField(
+    max_error_share = AsciiFloatField(
         required=False,
         help_text="share of invalid rows (0 to 1) past which the job fails (default "
         "BATCH_MAX_ERROR_SHARE)",

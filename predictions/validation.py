@@ -11,6 +11,7 @@ import numpy as np
 from django.conf import settings
 
 from config.errors import PayloadTooLarge, ValidationFailed
+from config.numbers import finite_number
 from predictions.loader import Feature
 
 _NUMBER_TYPES = frozenset({float, int})
@@ -19,10 +20,7 @@ _NUMBER_TYPES = frozenset({float, int})
 def _finite(value: float | int) -> bool:
     """math.isfinite that is False, not OverflowError, for an integer too large for a float
     (JSON and CSV carry integers of any length; no model can take one beyond 1.8e308)."""
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
+    return finite_number(value)
 
 
 # A batch of bad rows would otherwise produce an error body as large as the request.

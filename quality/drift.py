@@ -30,6 +30,7 @@ from django.db.models.functions import RowNumber
 from django.utils import timezone
 
 from config.events import event_publish
+from config.numbers import finite_number
 from config.pruning import delete_in_batches
 from mlregistry.audit import Actor, prune_auditor
 from mlregistry.models import ModelVersion, RegisteredModel, Stage
@@ -61,9 +62,7 @@ def _numbers(values: Iterable[Any]) -> np.ndarray:
         return values[np.isfinite(values)]
     out = []
     for value in values:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            continue
-        if math.isfinite(value):
+        if finite_number(value):
             out.append(float(value))
     return np.asarray(out, dtype=float)
 

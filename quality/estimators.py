@@ -6,7 +6,6 @@ here: no import strings, no code, nothing a user types ever reaches getattr or i
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from config.errors import ValidationFailed
+from config.numbers import finite_number
 from mlregistry.models import Task
 
 
@@ -47,8 +47,8 @@ class Param:
             return f"must be {'an integer' if self.kind is int else 'a number'}"
         if self.kind is int and not isinstance(value, int):
             return "must be an integer"
-        if not math.isfinite(value):
-            return "must be finite"
+        if not finite_number(value):
+            return "must be finite (and within float range)"
         if self.low is not None and value < self.low:
             return f"must be at least {self.low}"
         if self.high is not None and value > self.high:

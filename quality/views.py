@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.errors import NotFoundError
-from config.fields import AsciiIntegerField
+from config.fields import AsciiFloatField, AsciiIntegerField
 from config.parsers import MultiPartParser
 from config.schema import error_responses
 from mlregistry import selectors
@@ -105,11 +105,9 @@ class TrainingJobInput(serializers.Serializer):
         choices=TrainingPolicy.choices, default=TrainingPolicy.STAGE_ONLY
     )
     metric = serializers.CharField(required=False, allow_blank=True, default="")
-    margin = serializers.FloatField(required=False, default=0.0, min_value=0.0)
+    margin = AsciiFloatField(required=False, default=0.0, min_value=0.0)
     cv_folds = AsciiIntegerField(required=False, default=5, min_value=2, max_value=20)
-    holdout_fraction = serializers.FloatField(
-        required=False, default=0.2, min_value=0.05, max_value=0.5
-    )
+    holdout_fraction = AsciiFloatField(required=False, default=0.2, min_value=0.05, max_value=0.5)
     random_state = AsciiIntegerField(
         required=False, default=0, min_value=0, max_value=RANDOM_STATE_MAX
     )

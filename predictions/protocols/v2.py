@@ -157,7 +157,27 @@ def _from_json_data(data: Any, datatype: str, count: int, where: str) -> np.ndar
     dtype = _NUMPY_TYPES[datatype]
     if count and array.dtype.kind not in _JSON_KINDS[dtype.kind]:
         raise _bad(f"{where}.data do not match the datatype {datatype}.", where)
-    return array.astype(dtype)
+    if count and dtype.kind in "iu" and array.dtype.kind in "iu":
+        # astype would wrap an out-of-range value round (300 as INT8 is 44): another number.
+        limits = np.iinfo(dtype)
+        if array.min() < limits.min or array.max() > limits.max:
+            raise _bad(
+                f"{where}.data hold values outside {datatype}'s range "
+                f"[{limits.min}, {limits.max}].",
+                where,
+            )
+    with np.errstate(over="ignore"):
+        converted = array.astype(dtype)
+    # A finite number past FP16's or FP32's range would become infinity.
+    if (
+        count
+        and dtype.kind == "f"
+        and array.dtype.kind in "iuf"
+        and not np.isfinite(converted).all()
+        and np.isfinite(array.astype(np.float64)).all()
+    ):
+        raise _bad(f"{where}.data hold values outside {datatype}'s range.", where)
+    return converted
 
 
 def _tensors(header: dict[str, Any], binary: bytes) -> list[tuple[str, np.ndarray]]:
@@ -181,7 +201,7 @@ def _tensors(header: dict[str, Any], binary: bytes) -> list[tuple[str, np.ndarra
             )
         shape = _shape(tensor, where)
         count = math.prod(shape)  # Python ints: a huge shape cannot wrap around
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        size = _parameters(tensor, where).get("binary_data_size")
         if size is not None:
             if type(size) is not int or size < 0 or offset + size > len(binary):
                 raise _bad(f"{where}.parameters.binary_data_size is past the binary data.", where)
@@ -234,7 +254,20 @@ def _requested_outputs(header: dict[str, Any]) -> list[tuple[str, bool]] | None:
         isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
     ):
         raise _bad("`outputs` must be a list of objects with a `name`.", "outputs")
-    return [(o["name"], bool((o.get("parameters") or {}).get("binary_data"))) for o in outputs]
+    return [
+        (o["name"], bool(_parameters(o, f"outputs[{i}]").get("binary_data")))
+        for i, o in enumerate(outputs)
+    ]
+
+
+def _parameters(node: dict[str, Any], where: str) -> dict[str, Any]:
+    """A tensor's or output's `parameters`: an object, as the protocol defines it, or absent."""
+    parameters = node.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise _bad(f"{where}.parameters must be an object.", f"{where}.parameters")
+    return parameters
 
 
 # --- answers ------------------------------------------------------------------------------

@@ -72,9 +72,10 @@ def test_an_alias_moved_while_the_cache_is_down_is_served_by_this_process_at_onc
 ):
     promote(iris_version(iris_model, c=1.0))
     iris_version(iris_model, c=0.5)
-    assert staff_api.post(
-        "/api/v1/models/iris/predict", {"features": ROW}, format="json"
-    ).status_code == 200
+    assert (
+        staff_api.post("/api/v1/models/iris/predict", {"features": ROW}, format="json").status_code
+        == 200
+    )
     cache_goes_down(settings)
     staff_api.post("/api/v1/models/iris/predict", {"features": ROW}, format="json")
 
