@@ -31,3 +31,31 @@ class AsciiFloatField(serializers.FloatField):
             return super().to_internal_value(data)
         except OverflowError:
             self.fail("invalid")
+
+
+class KnownFieldsMixin:
+    """For a request body's serializer: a field it does not have is a 400 naming it, since a
+    misspelt optional field would otherwise change nothing and answer 2xx. A subclass may give
+    `unknown_field_reasons` ({field: why}) for names a client is likely to try."""
+
+    unknown_field_reasons: dict[str, str] = {}
+
+    def validate(self, attrs: Any) -> Any:
+        attrs = super().validate(attrs)  # type: ignore[misc]
+        data = getattr(self, "initial_data", None)
+        fields = self.fields  # type: ignore[attr-defined]
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(fields))
+            if unknown:
+                listed = ", ".join(fields)
+                raise serializers.ValidationError(
+                    {
+                        name: [
+                            self.unknown_field_reasons.get(
+                                name, f"not a field of this request ({listed})"
+                            )
+                        ]
+                        for name in unknown
+                    }
+                )
+        return attrs

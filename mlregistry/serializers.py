@@ -11,7 +11,7 @@ from rest_framework import serializers
 from rest_framework.exceptions import ParseError
 
 from config.errors import ValidationFailed
-from config.fields import AsciiIntegerField
+from config.fields import AsciiIntegerField, KnownFieldsMixin
 from config.parsers import parse_json
 from mlregistry import hooks
 from mlregistry.models import (
@@ -161,34 +161,22 @@ class JSONStringField(serializers.JSONField):
         return super().to_internal_value(data)
 
 
-class RegisteredModelInput(serializers.Serializer):
+class RegisteredModelInput(KnownFieldsMixin, serializers.Serializer):
     name = serializers.SlugField(max_length=100)
     task = serializers.ChoiceField(choices=Task.choices, default=Task.CLASSIFICATION)
     description = serializers.CharField(required=False, allow_blank=True, default="")
     tags = TagsInputField(required=False, default=dict)
 
 
-class RegisteredModelUpdateInput(serializers.Serializer):
+class RegisteredModelUpdateInput(KnownFieldsMixin, serializers.Serializer):
     task = serializers.ChoiceField(choices=Task.choices, required=False)
     description = serializers.CharField(required=False, allow_blank=True)
     tags = TagsChangesField(required=False, help_text="merged: a null value deletes the key")
 
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        """Any other field is a 400 naming it (a misspelt field would otherwise change
-        nothing and answer 200)."""
-        reasons = {
-            "stage": "read-only here: stages change through .../versions/{version}/transition",
-            "versions": "read-only here: versions are uploaded to .../versions/",
-        }
-        unknown = sorted(set(self.initial_data) - set(self.fields))
-        if unknown:
-            raise serializers.ValidationError(
-                {
-                    f: [reasons.get(f, f"not a field of this update ({', '.join(self.fields)})")]
-                    for f in unknown
-                }
-            )
-        return attrs
+    unknown_field_reasons = {
+        "stage": "read-only here: stages change through .../versions/{version}/transition",
+        "versions": "read-only here: versions are uploaded to .../versions/",
+    }
 
 
 class ProductionVersionOutput(serializers.Serializer):
@@ -441,22 +429,22 @@ class AliasOutput(serializers.ModelSerializer):
         fields = ["alias", "version", "updated_at", "updated_by"]
 
 
-class AliasInput(serializers.Serializer):
+class AliasInput(KnownFieldsMixin, serializers.Serializer):
     version = AsciiIntegerField(min_value=1, help_text="the version number to point to")
     comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
-class AliasDeleteInput(serializers.Serializer):
+class AliasDeleteInput(KnownFieldsMixin, serializers.Serializer):
     comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
-class TransitionInput(serializers.Serializer):
+class TransitionInput(KnownFieldsMixin, serializers.Serializer):
     stage = serializers.ChoiceField(choices=Stage.choices)
     comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
     archive_previous = serializers.BooleanField(required=False, default=True)
 
 
-class RollbackInput(serializers.Serializer):
+class RollbackInput(KnownFieldsMixin, serializers.Serializer):
     comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from config.fields import AsciiIntegerField
+from config.fields import AsciiIntegerField, KnownFieldsMixin
 
 
 class SplitItem(serializers.Serializer):
@@ -14,7 +14,7 @@ class SplitItem(serializers.Serializer):
     weight = AsciiIntegerField(min_value=0, max_value=100)
 
 
-class TrafficSplitInput(serializers.Serializer):
+class TrafficSplitInput(KnownFieldsMixin, serializers.Serializer):
     splits = SplitItem(many=True, allow_empty=False)
 
 

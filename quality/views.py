@@ -9,7 +9,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from config.errors import NotFoundError
-from config.fields import AsciiFloatField, AsciiIntegerField
+from config.fields import AsciiFloatField, AsciiIntegerField, KnownFieldsMixin
 from config.parsers import MultiPartParser
 from config.schema import error_responses
 from mlregistry import selectors
@@ -95,7 +95,7 @@ class DatasetListView(GenericAPIView):
         return Response(DatasetOutput(dataset).data, status=status.HTTP_201_CREATED)
 
 
-class TrainingJobInput(serializers.Serializer):
+class TrainingJobInput(KnownFieldsMixin, serializers.Serializer):
     dataset = serializers.SlugRelatedField(slug_field="name", queryset=Dataset.objects.all())
     estimator = serializers.ChoiceField(
         choices=sorted(ESTIMATORS), required=False, allow_blank=True, default=""

@@ -18,6 +18,7 @@ from rest_framework.response import Response
 
 from config.errors import NotFoundError, ValidationFailed
 from config.events import EVENT_TYPES
+from config.fields import KnownFieldsMixin
 from config.schema import error_responses
 from mlregistry import selectors
 from mlregistry.webhooks import services
@@ -53,7 +54,7 @@ class WebhookPermission(BasePermission):
         return bool(perm and user.has_perm(perm))
 
 
-class WebhookInput(serializers.Serializer):
+class WebhookInput(KnownFieldsMixin, serializers.Serializer):
     name = serializers.CharField(max_length=100)
     url = serializers.CharField(max_length=2000, help_text="http(s) URL receiving POSTs")
     events = serializers.ListField(
@@ -68,22 +69,7 @@ class WebhookInput(serializers.Serializer):
     )
     active = serializers.BooleanField(required=False, default=True)
 
-    def validate(self, attrs):
-        """Any other field is a 400 naming it: a misspelt one would change nothing."""
-        unknown = sorted(set(self.initial_data) - set(self.fields))
-        if unknown:
-            fields = ", ".join(self.fields)
-            raise serializers.ValidationError(
-                {
-                    f: [
-                        "read-only: it is set at creation"
-                        if f == "secret"
-                        else f"not a field of a webhook ({fields})"
-                    ]
-                    for f in unknown
-                }
-            )
-        return attrs
+    unknown_field_reasons = {"secret": "read-only: it is set at creation"}
 
 
 class WebhookUpdateInput(WebhookInput):

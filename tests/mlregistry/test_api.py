@@ -1,7 +1,7 @@
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
-from mlregistry.models import ModelVersion
+from mlregistry.models import AuditEvent, ModelVersion
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -67,5 +67,29 @@ def test_patch_cannot_change_stage(staff_api, iris_model):
         refused = staff_api.patch("/api/v1/models/iris/", body, format="json")
         assert refused.status_code == 400, body
         assert (
-            "not a field of this update" in refused.json()["error"]["fields"][next(iter(body))][0]
+            "not a field of this request" in refused.json()["error"]["fields"][next(iter(body))][0]
         )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/api/v1/models/", {"name": "other", "descripton": "x"}),
+        ("put", "/api/v1/models/iris/aliases/champion", {"version": 1, "coment": "x"}),
+        ("post", "/api/v1/models/iris/versions/1/transition", {"stage": "staging", "archive": 1}),
+        ("post", "/api/v1/models/iris/rollback", {"comment": "x", "to_version": 1}),
+        ("put", "/api/v1/models/iris/traffic", {"splits": [{"version": 1, "weight": 100}], "x": 1}),
+    ],
+)
+def test_a_misspelt_field_of_a_json_write_is_a_400_naming_it(
+    staff_api, iris_model, method, path, body
+):
+    factories.version_create(iris_model)
+    before = AuditEvent.objects.count()
+
+    response = getattr(staff_api, method)(path, body, format="json")
+
+    assert response.status_code == 400, response.content
+    misspelt = [name for name in body if name in response.json()["error"]["fields"]]
+    assert misspelt and "not a field of this request" in str(response.json()["error"]["fields"])
+    assert AuditEvent.objects.count() == before
