@@ -36,10 +36,16 @@ def signature_valid(
     now, and a v1 digest matches `body` (compared in constant time)."""
     try:
         fields = dict(item.split("=", 1) for item in header.split(","))
-        t = int(fields["t"])
+        stamp = fields["t"]
     except (KeyError, ValueError):
         return False
+    # ASCII digits of a plausible length: int() would read other scripts' digits, and a
+    # number past float range would make the subtraction raise.
+    if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
+        return False
+    t = int(stamp)
     if abs(time.time() - t) > tolerance:
         return False
     expected = signature_header(secret=secret, body=body, timestamp=t).split("v1=", 1)[1]
-    return hmac.compare_digest(expected, fields.get("v1", ""))
+    # As bytes: compare_digest refuses str holding anything but ASCII (a TypeError).
+    return hmac.compare_digest(expected.encode(), fields.get("v1", "").encode())

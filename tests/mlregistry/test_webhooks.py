@@ -796,7 +796,17 @@ def test_signature_valid_refuses_malformed_headers():
     body = b"{}"
     good = signature_header(secret="s", body=body)
     assert signature_valid(secret="s", body=body, header=good)
-    for header in ("", "t=abc,v1=00", "v1=00", "t=1", good.replace("v1=", "v0=")):
+    t = good.split(",")[0]
+    for header in (
+        "",
+        "t=abc,v1=00",
+        "v1=00",
+        "t=1",
+        good.replace("v1=", "v0="),
+        "t=" + "9" * 400 + ",v1=00",  # past float range
+        "t=\u0661\u0662,v1=00",  # digits of another script
+        f"{t},v1=\u00e9\u00e9",  # a digest that is not ASCII
+    ):
         assert not signature_valid(secret="s", body=body, header=header), header
 
 
