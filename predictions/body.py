@@ -74,6 +74,8 @@ class RowDecoder:
             return None
         if body.client_id is not None and not isinstance(body.client_id, str | int | float):
             return None
+        if body.instances is not msgspec.UNSET and body.features is not msgspec.UNSET:
+            return None  # both: the general path refuses it, naming them
         if body.instances is not msgspec.UNSET:
             rows = body.instances
             if not rows or len(rows) > settings.PREDICTION_MAX_BATCH_ROWS:

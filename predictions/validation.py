@@ -107,6 +107,11 @@ def payload_rows(payload: Any) -> tuple[list[Any], bool]:
             "The body must be a JSON object with `features` or `instances`.",
             fields={"non_field_errors": ["expected a JSON object"]},
         )
+    if "instances" in payload and "features" in payload:
+        raise ValidationFailed(
+            "The body has both `features` and `instances`: send one row or a batch.",
+            fields={"features": ["give features or instances, not both"]},
+        )
     if "instances" in payload:
         rows = payload["instances"]
         if not isinstance(rows, list) or not rows:

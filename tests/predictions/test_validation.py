@@ -41,6 +41,13 @@ def test_missing_feature_is_named(client_api, ranged_iris):
     }
 
 
+def test_a_body_with_both_a_row_and_a_batch_is_refused(client_api, ranged_iris):
+    for path in ("/api/v1/models/iris/predict", "/api/v1/models/iris/versions/1/predict"):
+        body = {"features": IRIS_ROW, "instances": [IRIS_ROW, IRIS_ROW]}
+        response = client_api.post(path, body, format="json")
+        assert "features" in _error(response)["fields"]
+
+
 def test_unknown_feature_is_named(client_api, ranged_iris):
     fields = _error(_predict(client_api, {"features": {**IRIS_ROW, "colour": 1}}))["fields"]
     assert fields == {"colour": ["unknown feature"]}
