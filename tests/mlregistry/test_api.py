@@ -93,3 +93,18 @@ def test_a_misspelt_field_of_a_json_write_is_a_400_naming_it(
     misspelt = [name for name in body if name in response.json()["error"]["fields"]]
     assert misspelt and "not a field of this request" in str(response.json()["error"]["fields"])
     assert AuditEvent.objects.count() == before
+
+
+@pytest.mark.parametrize("page", ["\u0662", "\uff12", "2", "last", "x"])
+def test_page_numbers_are_ascii_digits(staff_api, page):
+    for i in range(51):  # two pages
+        factories.registered_model_create(f"paged-{i}")
+
+    response = staff_api.get("/api/v1/models/", {"page": page})
+
+    if page in ("2", "last"):
+        assert response.status_code == 200
+        assert len(response.json()["results"]) == 1
+    else:
+        assert response.status_code == 404
+        assert response.json()["error"]["type"] == "not_found"
