@@ -41,6 +41,7 @@ _memo: dict[str, tuple[float, Any]] = {}
 # promotion serve the old version, for the rest of the entry's TTL).
 _pending: dict[str, None] = {}
 _PENDING_MAX = 100_000
+_PENDING_CHUNK = 1_000
 
 # Called with the operation's name on every failure (predictions counts them in a metric).
 failure_hooks: list[Callable[[str], None]] = []
@@ -76,18 +77,23 @@ def deletes_pending_add(keys: Iterable[str]) -> None:
         )
 
 
-def _pending_sent() -> bool:
-    """Sends the pending deletes; False (the cache marked failing) if the cache still fails."""
-    with _lock:
-        keys = list(_pending)
-    try:
-        caches["default"].delete_many(keys)
-    except Exception as exc:
-        cache_failed("delete", exc)
+def deletes_pending_sent() -> bool:
+    """Sends the pending deletes, in chunks of _PENDING_CHUNK keys; True when none is left,
+    False (the cache marked failing) when the cache still fails. Cheap when none is pending:
+    the serving path calls it before every read-ahead, Celery before every task."""
+    if _pending and not cache_available():
         return False
-    with _lock:
-        for key in keys:
-            _pending.pop(key, None)
+    while _pending:
+        with _lock:
+            keys = list(itertools.islice(_pending, _PENDING_CHUNK))
+        try:
+            caches["default"].delete_many(keys)
+        except Exception as exc:
+            cache_failed("delete", exc)
+            return False
+        with _lock:
+            for key in keys:
+                _pending.pop(key, None)
     return True
 
 
@@ -141,7 +147,7 @@ def memo_forget(keys: Iterable[str]) -> None:
 
 def guarded_get(key: str) -> Any:
     """The cached value, or None on a miss; from the memo while the cache is failing."""
-    if not cache_available() or (_pending and not _pending_sent()):
+    if not cache_available() or (_pending and not deletes_pending_sent()):
         return memo_get(key)
     try:
         value = caches["default"].get(key)
@@ -155,7 +161,7 @@ def guarded_get(key: str) -> Any:
 def guarded_set(key: str, value: Any, timeout: float) -> bool:
     """Writes to the cache (and the memo); False when the cache is failing."""
     memo_put(key, value, timeout)
-    if not cache_available() or (_pending and not _pending_sent()):
+    if not cache_available() or (_pending and not deletes_pending_sent()):
         return False
     try:
         caches["default"].set(key, value, timeout)

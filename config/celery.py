@@ -67,6 +67,16 @@ def _database_connections_kept(task=None, **kwargs) -> None:
 
 
 @task_prerun.connect(weak=False)
+def _cache_deletes_pending_sent(**kwargs) -> None:
+    """A worker that changed something during a cache outage (a job promoting a model) keeps
+    the deletes it could not send; they go before its next task once the cache answers."""
+    from config import cache_outage
+
+    if cache_outage._pending:
+        cache_outage.deletes_pending_sent()
+
+
+@task_prerun.connect(weak=False)
 def _adopt_request_id(task_id=None, task=None, **kwargs) -> None:
     incoming = _incoming_request_id(task)
     current = request_id_var.get()

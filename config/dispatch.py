@@ -17,7 +17,7 @@ from typing import Any
 
 from django.db import transaction
 
-from config.errors import UnavailableError
+from config.errors import BROKER_ERRORS, UnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,13 @@ class Sending:
             raise BrokerUnavailable(f"{message} (the broker said: {self.failure})")
 
 
+def _broker_error(exc: BaseException) -> bool:
+    # kombu wraps most connection failures in its OperationalError; a socket error or a
+    # transport client's own error (redis-py, py-amqp) can still come through bare.
+    module = type(exc).__module__.split(".")[0]
+    return isinstance(exc, (*BROKER_ERRORS, OSError)) or module in ("redis", "amqp", "kombu")
+
+
 def send_on_commit(
     send: Callable[[], Any], *, task: str, on_failure: Callable[[str], Any]
 ) -> Sending:
@@ -59,9 +66,17 @@ def send_on_commit(
             ensure_filesystem_broker_dirs()
             send()
         except Exception as exc:
-            sending.failure = f"{type(exc).__name__}: {exc}"[:300]
+            reason = f"{type(exc).__name__}: {exc}"[:300]
             logger.exception("could not send a task", extra={"task": task})
-            on_failure(sending.failure)
+            try:
+                on_failure(reason)
+            except Exception:
+                # The database too, say: the work stays as recorded (queued), and the caller
+                # still answers 503 rather than losing the other commit hooks to this one.
+                logger.exception("could not record an unsent task", extra={"task": task})
+            if not _broker_error(exc):
+                raise  # a bug, not an outage: a 500, with the work marked unsent all the same
+            sending.failure = reason
 
     transaction.on_commit(hook)
     return sending

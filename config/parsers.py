@@ -57,8 +57,10 @@ def parse_json(raw: bytes | str) -> Any:
         # NaN and Infinity are not JSON, so orjson refuses them; parse them anyway so that
         # validation can name the field that holds one instead of answering "malformed JSON".
         try:
-            value = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
+            # Decoded strictly first: json.loads(bytes) decodes with "surrogatepass", which
+            # lets a lone surrogate written as raw bytes (ED A0 80) through unescaped.
+            value = json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise ParseError(f"Malformed JSON: {exc}") from None
     json_check(value, raw)
     return value

@@ -460,7 +460,7 @@ def model_read(files: Mapping[str, bytes]) -> MlflowModel:
     if not isinstance(flavor, dict):
         raise MlflowModelError(
             "The MLflow model has no sklearn flavor (flavors: "
-            f"{', '.join(flavors) if isinstance(flavors, dict) else 'none'}): only "
+            f"{', '.join(map(str, flavors)) if isinstance(flavors, dict) else 'none'}): only "
             "scikit-learn models can be registered."
         )
     serialization = flavor.get("serialization_format") or "cloudpickle"

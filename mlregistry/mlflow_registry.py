@@ -490,11 +490,14 @@ def _model_import(
             if dry_run:
                 row.result = "would import"
                 continue
+            # Read before the transaction, which then holds no lock across a network call.
+            run = server.run(mlflow_version.get("run_id") or "")
             # One transaction: a version committed without its stage would read "exists" to
             # every later run, which then never gives it the stage.
             with transaction.atomic():
                 version = _version_import(
                     server=server,
+                    run=run,
                     registered=registered,
                     mlflow_version=mlflow_version,
                     model=model,
@@ -531,9 +534,9 @@ def _version_import(
     model: mlflow_import.MlflowModel,
     actor: Actor,
     report: ImportReport,
+    run: dict[str, Any] | None,
 ) -> ModelVersion:
     name, number = registered["name"], int(mlflow_version["version"])
-    run = server.run(mlflow_version.get("run_id") or "")
     what = f"{name} v{number}"
     mlflow = {
         "tracking_uri": server.uri,

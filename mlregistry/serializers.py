@@ -434,7 +434,7 @@ class AliasInput(KnownFieldsMixin, serializers.Serializer):
     comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
-class AliasDeleteInput(KnownFieldsMixin, serializers.Serializer):
+class AliasDeleteInput(serializers.Serializer):  # the query string: ?format= and others pass
     comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 

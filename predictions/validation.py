@@ -17,12 +17,6 @@ from predictions.loader import Feature
 _NUMBER_TYPES = frozenset({float, int})
 
 
-def _finite(value: float | int) -> bool:
-    """math.isfinite that is False, not OverflowError, for an integer too large for a float
-    (JSON and CSV carry integers of any length; no model can take one beyond 1.8e308)."""
-    return finite_number(value)
-
-
 # A batch of bad rows would otherwise produce an error body as large as the request.
 MAX_REPORTED_FIELDS = 100
 
@@ -37,17 +31,17 @@ def _check_value(feature: Feature, value: Any) -> tuple[Any, str | None]:
     if feature.type == "float":
         if kind is not float and kind is not int:
             return None, "must be a number"
-        if not _finite(value):
+        if not finite_number(value):
             return None, "must be a finite number (not NaN or Infinity)"
     elif feature.type == "integer":
         if kind is float:
-            if not _finite(value):
+            if not finite_number(value):
                 return None, "must be a finite number (not NaN or Infinity)"
             if not value.is_integer():
                 return None, "must be an integer"
         elif kind is not int:
             return None, "must be an integer"
-        elif not _finite(value):
+        elif not finite_number(value):
             return None, "must be a finite number (not NaN or Infinity)"
     elif feature.type == "boolean":
         if kind is not bool:
@@ -214,7 +208,7 @@ def _same_class(value: Any, label: Any) -> bool:
     if value_type is bool or label_type is bool:
         return value_type is label_type and value == label
     if label_type in _NUMBER_TYPES:
-        return value_type in _NUMBER_TYPES and _finite(value) and value == label
+        return value_type in _NUMBER_TYPES and finite_number(value) and value == label
     return value_type is label_type and value == label
 
 
@@ -225,14 +219,14 @@ def actual_refusal(actual: Any, *, classes: list[Any] | None, regression: bool) 
     classes under _same_class; a classifier that recorded no classes takes a string, a
     boolean or a finite number."""
     if regression:
-        if type(actual) not in _NUMBER_TYPES or not _finite(actual):
+        if type(actual) not in _NUMBER_TYPES or not finite_number(actual):
             return "must be a finite number"
         return None
     if classes is not None:
         if not any(_same_class(actual, label) for label in classes):
             return f"must be one of the model's classes {classes}"
         return None
-    if type(actual) in _NUMBER_TYPES and not _finite(actual):
+    if type(actual) in _NUMBER_TYPES and not finite_number(actual):
         return "must be a finite number"
     if type(actual) not in (*_NUMBER_TYPES, bool, str):
         return "must be a class label (a string, a number or a boolean)"

@@ -101,7 +101,7 @@ class TrainingJob(models.Model):
     margin = models.FloatField(default=0.0)
     cv_folds = models.PositiveSmallIntegerField(default=5)
     holdout_fraction = models.FloatField(default=0.2)
-    random_state = models.IntegerField(default=0)  # 0..RANDOM_STATE_MAX
+    random_state = models.IntegerField(default=0)
     status = models.CharField(
         max_length=20, choices=TrainingStatus.choices, default=TrainingStatus.QUEUED
     )

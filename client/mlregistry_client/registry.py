@@ -116,10 +116,14 @@ class Registry:
         again. A 503 can come after the change committed (the database went away while the
         answer was built), so a POST that changes something (a rollback, an upload) is not
         sent twice: the caller gets Unavailable and decides."""
-        attempt = 0
+        attempt, after_503 = 0, False
         while True:
-            response = self._http.send(build(), stream=stream)
+            request = build()
+            response = self._http.send(request, stream=stream)
             if response.status_code < 400:
+                return response
+            if after_503 and request.method == "DELETE" and response.status_code == 404:
+                # The attempt answered 503 had deleted it after all: done, not NotFound.
                 return response
             if stream:
                 response.read()
@@ -132,6 +136,7 @@ class Registry:
                     wait = self.backoff * 2**attempt
                 response.close()
                 time.sleep(min(wait, self.max_retry_wait))
+                after_503 = after_503 or response.status_code == 503
                 attempt += 1
                 continue
             raise error_from_response(response)

@@ -130,7 +130,9 @@ def _from_csv(raw: bytes) -> FrameBody:
     # The first record as the csv module reads it (a quoted name may hold a comma or a line
     # break); linear in its length.
     try:
-        first = next(csv.reader(io.StringIO(raw.decode("utf-8", "replace"))), [])
+        records = csv.reader(io.StringIO(raw.decode("utf-8", "replace")))
+        # pandas skips blank lines before the header (skip_blank_lines), so this does too.
+        first = next((r for r in records if any(f.strip() for f in r)), [])
     except csv.Error as exc:  # a header field past the csv module's 128 KiB
         raise _bad(f"The CSV header cannot be read: {exc}.", "columns") from None
     if len(first) > CSV_MAX_COLUMNS:

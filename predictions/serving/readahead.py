@@ -11,7 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import caches
 
-from config.cache_outage import cache_available, cache_failed
+from config.cache_outage import cache_available, cache_failed, deletes_pending_sent
 from config.readahead import ReadAheadPlan, readahead_set
 from predictions.cache import cache_is_process_local, cache_set
 from predictions.serving.pipeline import CommandBatch, RedisPipeline
@@ -29,7 +29,8 @@ def prefetch(plan: ReadAheadPlan) -> None:
     own (skipped) cache call."""
     values: dict[str, Any] = {}
     counts: dict[str, int] = {}
-    if cache_available():
+    # Deletes an outage kept back go first, or this read would bring back what they drop.
+    if cache_available() and deletes_pending_sent():
         backend = caches["default"]
         try:
             if _is_redis(backend):

@@ -69,3 +69,26 @@ def test_a_read_answered_503_is_sent_again(registry, monkeypatch):
 
     assert model.name == "iris"
     assert state["calls"] == 2
+
+
+def test_a_delete_answered_503_after_its_commit_is_done_when_the_retry_finds_nothing(
+    registry, monkeypatch
+):
+    from mlregistry.models import ModelAlias
+
+    real = services.model_alias_delete
+    calls = []
+
+    def deletes_then_fails(**kwargs):
+        calls.append(1)
+        real(**kwargs)
+        if len(calls) == 1:
+            raise OperationalError("server closed the connection unexpectedly")
+
+    registry.set_alias("iris", "champion", 3)
+    monkeypatch.setattr(services, "model_alias_delete", deletes_then_fails)
+
+    registry.delete_alias("iris", "champion")  # no NotFound: the retry found it deleted
+
+    assert len(calls) == 2
+    assert not ModelAlias.objects.filter(alias="champion").exists()

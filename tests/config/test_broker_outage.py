@@ -151,3 +151,21 @@ def test_the_admin_says_when_the_broker_did_not_take_a_job(iris, broker_down):
         assert any(level == "error" and "broker" in text for level, text in said), said
     queued.refresh_from_db()
     assert queued.status == TrainingStatus.QUEUED  # a stuck job may still run somewhere
+
+
+def test_a_bug_in_sending_is_a_500_and_the_job_still_says_it_was_not_sent(iris, monkeypatch):
+    """Fault injected on purpose: the send raises an error no broker raises (a bug)."""
+    from predictions.tasks import batch_job_start_task
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the send path")
+
+    monkeypatch.setattr(batch_job_start_task, "apply_async", broken)
+    api = _api("add_batchjob", "view_batchjob")
+    api.raise_request_exception = False
+
+    response = api.post("/api/v1/models/iris/batch-jobs", {"file": _parquet()}, format="multipart")
+
+    assert response.status_code == 500
+    job = BatchJob.objects.get()
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "unavailable")

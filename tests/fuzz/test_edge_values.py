@@ -289,3 +289,30 @@ def test_a_form_field_past_the_memory_limit_is_a_413(staff_api, iris_model, sett
     assert response.status_code == 413, response.content
     assert "DATA_UPLOAD_MAX_MEMORY_SIZE" in response.json()["error"]["message"]
     assert not AuditEvent.objects.filter(verb="create", object_type__contains="version").exists()
+
+
+def test_a_lone_surrogate_as_raw_bytes_is_not_json(staff_api, served):
+    body = b'{"name": "s", "tags": {"k": "\xed\xa0\x80"}}'
+    for method, path in (("post", "/api/v1/models/"), ("patch", "/api/v1/models/iris/")):
+        response = getattr(staff_api, method)(path, body, content_type="application/json")
+        assert response.status_code == 400, response.content
+    assert not RegisteredModel.objects.filter(name="s").exists()
+
+
+def test_a_blank_line_before_the_csv_header_does_not_pass_the_column_cap(client_api, served):
+    columns = [f"c{i}" for i in range(6000)]
+    body = ("\n\n" + ",".join(columns) + "\n" + ",".join("1" for _ in columns) + "\n").encode()
+
+    response = _post(client_api, "/api/v1/models/iris/invocations", body, "text/csv")
+
+    assert "4096" in _field_error(response)["message"]
+
+
+def test_an_mlmodel_whose_flavors_have_number_keys_is_a_400(staff_api, iris_model):
+    archive = _mlflow_zip({"MLmodel": b"flavors:\n  1: {}\n"})
+    response = staff_api.post(
+        "/api/v1/models/iris/versions/",
+        {"artifact": SimpleUploadedFile("model.zip", archive)},
+        format="multipart",
+    )
+    assert response.status_code == 400, response.content

@@ -264,3 +264,13 @@ def test_a_version_number_in_other_digits_is_refused_in_a_body_as_in_a_path(
         assert refused.status_code == 400, (number, refused.content)
         assert "version" in refused.json()["error"]["fields"]
     assert staff_api.put(url, {"version": "2"}, format="json").status_code == 200
+
+
+def test_deleting_an_alias_takes_the_format_override_of_the_query_string(staff_api, iris_model):
+    version = factories.version_create(iris_model)
+    services.model_alias_set(model=iris_model, alias="champion", version=version, actor="t")
+
+    response = staff_api.delete("/api/v1/models/iris/aliases/champion?format=json&comment=done")
+
+    assert response.status_code == 204, response.content
+    assert not ModelAlias.objects.filter(alias="champion").exists()

@@ -87,3 +87,28 @@ def test_an_alias_moved_while_the_cache_is_down_is_served_by_this_process_at_onc
     assert moved.status_code == 200, moved.content
     assert answer.status_code == 200, answer.content
     assert answer.json()["model_version"] == 2
+
+
+def test_the_predict_path_sends_the_kept_deletes_before_it_reads(monkeypatch, iris_production):
+    from rest_framework.test import APIClient
+
+    app = factories.user_create("app")
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {factories.token_create(app)}")
+    assert (
+        api.post("/api/v1/models/iris/predict", {"features": ROW}, format="json").status_code == 200
+    )
+    cache = caches["default"]
+
+    def fails(*args, **kwargs):
+        raise RedisConnectionError("Error 111 connecting to redis")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(cache, "delete_many", fails)
+        access.api_client_policy_save(user=app, allowed_models=[], actor="tests")
+    cache_outage._state["skip_until"] = 0.0  # the cache answers again
+
+    refused = api.post("/api/v1/models/iris/predict", {"features": ROW}, format="json")
+
+    assert refused.status_code == 404
+    assert not cache_outage._pending
