@@ -49,20 +49,25 @@ def test_an_access_policy_saved_while_the_cache_is_down_is_answered(settings):
     assert ApiClientPolicy.objects.filter(user=app).exists()
 
 
-def test_a_delete_that_failed_is_sent_again_once_the_cache_answers(monkeypatch):
-    factories.registered_model_create("iris")
-    app = factories.user_create("app")
-    assert access.api_client_allowed_models(user=app) is None  # cached: every model
-    cache = caches["default"]
+def _locked_down_while_deletes_fail(monkeypatch, user) -> None:
+    """`user`'s access policy emptied while the cache's delete_many fails (the fault), then the
+    cache's retry period ended: the delete is kept, not yet sent."""
 
     def fails(*args, **kwargs):
         raise RedisConnectionError("Error 111 connecting to redis")
 
     with monkeypatch.context() as patched:
-        patched.setattr(cache, "delete_many", fails)
-        access.api_client_policy_save(user=app, allowed_models=[], actor="tests")
-    # The cache answers again (its retry period over): the next read sends the delete first.
+        patched.setattr(caches["default"], "delete_many", fails)
+        access.api_client_policy_save(user=user, allowed_models=[], actor="tests")
     cache_outage._state["skip_until"] = 0.0
+
+
+def test_a_delete_that_failed_is_sent_again_once_the_cache_answers(monkeypatch):
+    factories.registered_model_create("iris")
+    app = factories.user_create("app")
+    assert access.api_client_allowed_models(user=app) is None  # cached: every model
+    _locked_down_while_deletes_fail(monkeypatch, app)
+    # The cache answers again (its retry period over): the next read sends the delete first.
 
     assert access.api_client_allowed_models(user=app) == frozenset()
 
@@ -98,15 +103,7 @@ def test_the_predict_path_sends_the_kept_deletes_before_it_reads(monkeypatch, ir
     assert (
         api.post("/api/v1/models/iris/predict", {"features": ROW}, format="json").status_code == 200
     )
-    cache = caches["default"]
-
-    def fails(*args, **kwargs):
-        raise RedisConnectionError("Error 111 connecting to redis")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(cache, "delete_many", fails)
-        access.api_client_policy_save(user=app, allowed_models=[], actor="tests")
-    cache_outage._state["skip_until"] = 0.0  # the cache answers again
+    _locked_down_while_deletes_fail(monkeypatch, app)
 
     refused = api.post("/api/v1/models/iris/predict", {"features": ROW}, format="json")
 
