@@ -34,7 +34,6 @@ class Sending:
     and the send failed; None while it has not run (an outer transaction is still open) or
     once it succeeded."""
 
-    task: str
     failure: str | None = None
 
     def raise_if_failed(self, message: str) -> None:
@@ -57,7 +56,7 @@ def send_on_commit(
     commits, at once outside one. If it raises, logs it and calls `on_failure(reason)`, which
     records on the work's row that it was never sent. Returns the Sending to check after the
     outermost atomic block has exited."""
-    sending = Sending(task=task)
+    sending = Sending()
 
     def hook() -> None:
         from config.celery import ensure_filesystem_broker_dirs

@@ -687,7 +687,7 @@ def test_a_job_resumed_while_retention_runs_is_kept(monkeypatch):
         status=BatchStatus.FAILED, error_type="worker_lost", finished_at=long_ago
     )
     # Isolation, not a fault: the resumed job's start message goes to no broker.
-    monkeypatch.setattr(batch, "_start_send", lambda job_id: Sending(task="start"))
+    monkeypatch.setattr(batch, "_start_send", lambda job_id: Sending())
     pruned = []
 
     def prune():
