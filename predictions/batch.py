@@ -1,15 +1,17 @@
 """Batch scoring jobs: a CSV or Parquet file scored by one version, chunk by chunk, by workers.
 
 A job is created (`batch_job_create`, 202 from the API) over a file in the artifact storage (an
-upload or a dataset's file). A worker plans it (`batch_job_start`): it stages a CSV as Parquet
-(row groups of `chunk_rows`, read with pyarrow, checking the CSV's SHA-256 as it reads it),
-reads a Parquet file's footer, and records one BatchChunk per slice of rows. Each run of a job
-is a Celery chord (predictions.tasks): its header is one task per pending chunk
-(`batch_chunk_run`), which any worker may take: it validates its rows against the version's
-schema column by column, scores the valid ones with the serving path's loader (the verified
-artifact and the same predict arithmetic), and writes its own part. The body,
-`batch_job_finish`, merges the parts into one output file and one errors file while it checks
-a Parquet input's SHA-256, and publishes nothing unless it matches.
+upload or a dataset's file). An uploaded Parquet file is hashed whole and block by block as it
+is stored. A worker plans the job (`batch_job_start`): it stages a CSV as Parquet (row groups
+of `chunk_rows`, read with pyarrow, checking the CSV's SHA-256 as it reads it), reads a Parquet
+file's footer, and records one BatchChunk per slice of rows. Each run of a job is a Celery
+chord (predictions.tasks): its header is one task per pending chunk (`batch_chunk_run`), which
+any worker may take: it reads its row groups (an upload's through `_VerifiedInput`, which
+checks every block it hands over), validates its rows against the version's schema column by
+column, scores the valid ones with the serving path's loader (the verified artifact and the
+same predict arithmetic), and writes its own part. The body, `batch_job_finish`, merges the
+parts into one output file and one errors file (for a dataset's Parquet file, while it checks
+the file's SHA-256, publishing nothing unless it matches).
 
 The job row keeps the count: a chunk is counted once, under the job's row lock, however often
 it is delivered. Every task is idempotent: a done chunk is skipped, a retried one rewrites only
@@ -93,6 +95,11 @@ JOB_ACTOR = "job:batch"
 PREFIX = "batch-jobs"
 PARQUET_MAGIC = b"PAR1"
 _HASH_BLOCK = 4 * 1024 * 1024
+# An uploaded Parquet input is verified in blocks of at least this many bytes, and at most this
+# many blocks: a chunk reads at most two blocks more than its own bytes (a 50,000 x 20 chunk
+# holds about 10 MB), and a job row holds at most 128 KiB of digests.
+_VERIFY_BLOCK = 64 * 1024
+_VERIFY_BLOCKS_MAX = 4096
 
 
 class BatchJobFailed(DomainError):
@@ -334,10 +341,62 @@ def _shorter(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
-def _upload_store(upload: Any) -> tuple[str, str, str]:
-    """Saves an uploaded file content-addressed; (storage name, format, sha256)."""
+@dataclass(frozen=True)
+class _StoredInput:
+    """An upload as `_upload_store` saved it; block_size is None and block_sha256 empty for a
+    CSV (see BatchJob.input_block_sha256)."""
+
+    name: str
+    file_format: str
+    sha256: str
+    size: int
+    block_size: int | None
+    block_sha256: bytes
+
+
+def _block_size_for(size: int) -> int:
+    """Bytes per verified block of a `size`-byte input: _VERIFY_BLOCK, doubled until at most
+    _VERIFY_BLOCKS_MAX blocks cover the file (so a job row holds at most 128 KiB of digests)."""
+    block = _VERIFY_BLOCK
+    while block * _VERIFY_BLOCKS_MAX < size:
+        block *= 2
+    return block
+
+
+class _BlockDigests:
+    """SHA-256 of consecutive `block_size`-byte blocks of a stream fed in pieces of any size."""
+
+    def __init__(self, block_size: int):
+        self.block_size = block_size
+        self._digests = bytearray()
+        self._current = hashlib.sha256()
+        self._filled = 0
+
+    def update(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.block_size - self._filled)
+            self._current.update(view[:take])
+            self._filled += take
+            view = view[take:]
+            if self._filled == self.block_size:
+                self._digests += self._current.digest()
+                self._current, self._filled = hashlib.sha256(), 0
+
+    def digests(self) -> bytes:
+        """The 32-byte digests, in order, the last (shorter) block's included."""
+        tail = self._current.digest() if self._filled else b""
+        return bytes(self._digests) + tail
+
+
+def _upload_store(upload: Any) -> _StoredInput:
+    """Saves an uploaded file content-addressed, hashing it whole and, for Parquet, block by
+    block in the same read (which costs the web process a second SHA-256 of the upload, and
+    spares every chunk and the finish a read of the whole file)."""
     size = getattr(upload, "size", None)
-    if size is not None and size > settings.BATCH_MAX_INPUT_SIZE:
+    if size is None:
+        size = upload.seek(0, os.SEEK_END)
+    if size > settings.BATCH_MAX_INPUT_SIZE:
         raise PayloadTooLarge(
             f"The file is {size} bytes; batch inputs may be {settings.BATCH_MAX_INPUT_SIZE} "
             "(BATCH_MAX_INPUT_SIZE).",
@@ -345,14 +404,26 @@ def _upload_store(upload: Any) -> tuple[str, str, str]:
         )
     file_format = _format_of(upload, getattr(upload, "name", "") or "")
     digest = hashlib.sha256()
+    blocks = _BlockDigests(_block_size_for(size)) if file_format == BatchFormat.PARQUET else None
+    read = 0
     upload.seek(0)
     for block in iter(partial(upload.read, _HASH_BLOCK), b""):
         digest.update(block)
+        read += len(block)
+        if blocks is not None:
+            blocks.update(block)
     upload.seek(0)
     sha256 = digest.hexdigest()
     name = f"{PREFIX}/inputs/{sha256}.{file_format}"
     get_artifact_storage().save(name, File(upload))
-    return name, file_format, sha256
+    return _StoredInput(
+        name=name,
+        file_format=file_format,
+        sha256=sha256,
+        size=read,
+        block_size=blocks.block_size if blocks is not None else None,
+        block_sha256=blocks.digests() if blocks is not None else b"",
+    )
 
 
 # --- Creating, cancelling, resuming ---------------------------------------------------------
@@ -454,7 +525,8 @@ def batch_job_create(
                 fields={"chunk_rows": [f"at least {math.ceil(rows / settings.BATCH_MAX_CHUNKS)}"]},
             )
         _columns_check(columns, scored_by, field="file", typed=file_format == BatchFormat.PARQUET)
-        input_name, file_format, sha256 = _upload_store(upload)
+        stored = _upload_store(upload)
+        input_name, file_format, sha256 = stored.name, stored.file_format, stored.sha256
         label = PurePath(getattr(upload, "name", "") or "upload").name[:300]
     else:
         input_name, file_format, sha256, label = _dataset_input(dataset)
@@ -472,6 +544,7 @@ def batch_job_create(
         _columns_check(
             columns, scored_by, field="dataset", typed=file_format == BatchFormat.PARQUET
         )
+        stored = None
     user = None if isinstance(actor, str) else actor
     with transaction.atomic():
         job = BatchJob.objects.create(
@@ -482,6 +555,9 @@ def batch_job_create(
             input_name=input_name,
             input_format=file_format,
             input_sha256=sha256,
+            input_size=stored.size if stored else None,
+            input_block_size=stored.block_size if stored else None,
+            input_block_sha256=stored.block_sha256 if stored else b"",
             input_label=label,
             dataset_id=dataset,
             output_format=output_format,
@@ -637,6 +713,100 @@ def _sha256_of(storage: Storage, name: str) -> str:
         return stored_sha256(storage, name)
     except FileNotFoundError:
         raise BatchJobFailed("input_missing", f"The input file {name} is gone.") from None
+
+
+class _VerifiedInput(io.RawIOBase):
+    """A job's uploaded Parquet input as pyarrow reads it (read-only, seekable), every byte
+    checked before it is handed over: each read fetches the whole blocks (of the job's
+    input_block_size) that hold what it asks for, in one read of the source (one range
+    request on S3), and checks each block's SHA-256 against the one recorded when the file was
+    uploaded. So planning reads a footer, and a chunk scores rows, only of the submitted bytes,
+    without a read of the whole file. A block that differs, or a file cut short, raises
+    BatchJobFailed `input_integrity`; bytes past the submitted size are never read.
+
+    `source` is a local file, a `pyarrow.NativeFile` (S3 byte ranges) or a storage file. The
+    last blocks read are kept: pyarrow reads the footer's block more than once. `read` gives
+    memoryviews of the fetched blocks, which pyarrow takes without a copy; pyarrow calls it
+    under its own lock (pyarrow.PythonFile)."""
+
+    def __init__(self, source: Any, job: BatchJob):
+        self._source = source
+        self._name = job.input_name
+        self._size = job.input_size or 0
+        self._block = job.input_block_size or _VERIFY_BLOCK
+        self._digests = bytes(job.input_block_sha256)
+        self._position = 0
+        self._kept: tuple[int, int, memoryview] | None = None  # (first, last, their bytes)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._position = base + offset
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int = -1) -> memoryview:  # type: ignore[override]
+        end = self._size if size is None or size < 0 else min(self._size, self._position + size)
+        if end <= self._position:
+            return memoryview(b"")
+        first, last = self._position // self._block, (end - 1) // self._block
+        data = self._blocks(first, last)
+        offset = self._position - first * self._block
+        self._position = end
+        return data[offset : end - first * self._block]
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(memoryview(buffer)))
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
+
+    def _blocks(self, first: int, last: int) -> memoryview:
+        """Blocks first..last (inclusive), checked, as one buffer."""
+        if self._kept is not None and self._kept[0] <= first and last <= self._kept[1]:
+            kept_first, _, kept = self._kept
+            begin = (first - kept_first) * self._block
+            return kept[begin : begin + (last - first + 1) * self._block]
+        begin = first * self._block
+        length = min((last + 1) * self._block, self._size) - begin
+        if hasattr(self._source, "read_at"):
+            data = self._source.read_at(length, begin)
+        else:
+            self._source.seek(begin)
+            data = self._source.read(length)
+        view = memoryview(data)
+        if len(view) != length:
+            raise _integrity_failed(self._name)
+        for i in range(first, last + 1):
+            block = view[(i - first) * self._block : (i - first + 1) * self._block]
+            if hashlib.sha256(block).digest() != self._digests[i * 32 : i * 32 + 32]:
+                raise _integrity_failed(self._name)
+        self._kept = (first, last, view)
+        return view
+
+
+@contextlib.contextmanager
+def _input_open(storage: Storage, job: BatchJob) -> Iterator[Any]:
+    """The Parquet file a job's planning and chunks read, as pyarrow opens it: an uploaded
+    Parquet input through _VerifiedInput; a staged CSV (written by the job's own planning from
+    bytes it verified) or a dataset's file (verified by the finish) as `arrow_input` gives it.
+    FileNotFoundError when the file is gone."""
+    with arrow_input_open(storage, _staged_name(job)) as source:
+        if job.input_format != BatchFormat.PARQUET or not job.input_block_size:
+            yield source
+        elif isinstance(source, str):
+            with open(source, "rb") as handle:
+                yield _VerifiedInput(handle, job)
+        else:
+            yield _VerifiedInput(source, job)
 
 
 def _staged_name(job: BatchJob) -> str:
@@ -843,7 +1013,7 @@ def _plan(row_groups: list[int], chunk_rows: int) -> list[tuple[int, int]]:
     return chunks
 
 
-def _row_groups(storage: Storage, name: str, width: int) -> list[int]:
+def _row_groups(storage: Storage, job: BatchJob, width: int) -> list[int]:
     """Rows per row group, from the Parquet footer; BatchJobFailed when unreadable, or
     (`input_too_large`) when its footer or a row group of `width` features is past its limit
     (checked at creation too; here for a job made before the limits or under others)."""
@@ -851,7 +1021,7 @@ def _row_groups(storage: Storage, name: str, width: int) -> list[int]:
     import pyarrow.parquet as pq
 
     try:
-        with arrow_input_open(storage, name) as source:
+        with _input_open(storage, job) as source:
             problem = _footer_problem(source)
             if not problem:
                 meta = pq.ParquetFile(source).metadata
@@ -861,6 +1031,7 @@ def _row_groups(storage: Storage, name: str, width: int) -> list[int]:
                 raise BatchJobFailed("input_too_large", problem)
             return groups
     except FileNotFoundError:
+        name = _staged_name(job)
         raise BatchJobFailed("input_missing", f"The input file {name} is gone.") from None
     except (pa.ArrowException, OSError) as exc:
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
@@ -883,8 +1054,8 @@ def batch_job_start(*, job_id: int) -> list[int] | None:
     are done: the finish is then sent alone). None when the job is finished or failed while
     planning: there is nothing to send. BatchJobFailed is recorded on the job, not raised.
 
-    A Parquet input is not hashed here: the finish reads it while it merges the parts, and
-    publishes nothing unless it matches."""
+    A Parquet input is not hashed whole here: an upload's footer is read through
+    _VerifiedInput, a dataset's file is hashed by the finish."""
     with transaction.atomic():
         job = _locked(job_id)
         if job.status in BATCH_FINISHED:
@@ -909,7 +1080,7 @@ def batch_job_start(*, job_id: int) -> list[int] | None:
                 # them): only a Parquet file someone else wrote is held to the row-group limit.
                 parquet = job.input_format == BatchFormat.PARQUET
                 width = len(version.input_schema or []) if parquet else 0
-                groups = _row_groups(storage, _staged_name(job), width)
+                groups = _row_groups(storage, job, width)
         except BatchJobFailed as exc:
             _fail(job_id, problem=exc.problem, message=exc.message)
             return None
@@ -981,11 +1152,11 @@ class ChunkResult:
     rows_failed: int
 
 
-def _read_rows(storage: Storage, name: str, start: int, count: int, names: list[str]) -> Any:
+def _read_rows(storage: Storage, job: BatchJob, start: int, count: int, names: list[str]) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with arrow_input_open(storage, name) as source:
+    with _input_open(storage, job) as source:
         # The chunk's column chunks in a few coalesced reads (range requests on an object
         # store). Read, not mapped: a mapped file truncated meanwhile, or a stale network
         # mount, kills the process with SIGBUS instead of raising.
@@ -1228,7 +1399,7 @@ def _chunk_score(job: BatchJob, chunk: BatchChunk, loaded: LoadedModel) -> Chunk
     names = [f.name for f in loaded.features]
     if job.input_format == BatchFormat.CSV:
         names.append(MALFORMED_COLUMN)  # all null (absent) unless the CSV had such lines
-    table = _read_rows(storage, _staged_name(job), chunk.row_start, chunk.row_count, names)
+    table = _read_rows(storage, job, chunk.row_start, chunk.row_count, names)
     x, good, errors = _validate_lines(table, loaded)
     predictions, probabilities, refused, why = _score(loaded, x)
     if refused:
@@ -1491,6 +1662,9 @@ _CHUNK_FIELDS = (
     "output_format",
     "input_format",
     "input_name",
+    "input_size",
+    "input_block_size",
+    "input_block_sha256",
     "version_number",
     "version__artifact_sha256",
 )
@@ -1560,6 +1734,9 @@ def batch_chunk_run(*, job_id: int, index: int) -> str:
         raise
     except ModelVersion.DoesNotExist:
         _fail(job_id, problem="version_gone", message="The scoring version was deleted.")
+        return "failed"
+    except BatchJobFailed as exc:
+        _fail(job_id, problem=exc.problem, message=f"Chunk {index}: {exc.message}")
         return "failed"
     except DomainError as exc:
         problem = "unavailable" if exc.status_code == 503 else exc.error_type
@@ -1721,10 +1898,11 @@ def batch_job_finish(*, job_id: int) -> BatchJob:
     succeeded, once all its chunks are done; otherwise (or for a finished job) changes
     nothing.
 
-    A Parquet input's SHA-256 is checked here, in a second thread while the parts are merged
-    (hashlib and pyarrow both release the GIL): it overlaps the one step that cannot be spread
-    over workers, and nothing is published unless it matches (`input_integrity` fails the job
-    and the merged files are removed). Any other error (storage, a part that cannot be read)
+    An uploaded Parquet input was checked block by block as its chunks read it, a CSV as it was
+    staged. A dataset's Parquet file, which has no block digests, is hashed here, in a second
+    thread while the parts are merged (hashlib and pyarrow both release the GIL), and nothing
+    is published unless it matches (`input_integrity` fails the job and the merged files are
+    removed). Any other error (storage, a part that cannot be read)
     fails the job `finish_error`, which a resume runs again; a database error is raised for
     the task to retry. A second finish running at the same time (a redelivered body) writes
     the same files under the same names and loses at the final row lock."""
@@ -1740,7 +1918,9 @@ def batch_job_finish(*, job_id: int) -> BatchJob:
             job_heartbeat(job, stamp_now=False),
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-verify") as pool,
         ):
-            check = None if job.input_verified_at else pool.submit(_input_check, storage, job)
+            # An uploaded Parquet input was checked block by block as its chunks read it.
+            verified = job.input_verified_at or job.input_block_size
+            check = None if verified else pool.submit(_input_check, storage, job)
             try:
                 for what, file_format in (("output", job.output_format), ("errors", "csv")):
                     target = f"{PREFIX}/{job.pk}/{what}.{file_format}"

@@ -7,6 +7,9 @@ from config.errors import DomainError
 from predictions import batch
 from predictions.models import BatchJob
 
+# Up to 128 KiB of binary digests a chunk checks its input against: nothing to read in a page.
+HIDDEN = ("input_block_sha256",)
+
 
 @admin.register(BatchJob)
 class BatchJobAdmin(admin.ModelAdmin):
@@ -27,8 +30,12 @@ class BatchJobAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     actions = ["cancel_jobs", "resume_jobs"]
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer(*HIDDEN)
+
     def get_readonly_fields(self, request, obj=None):
-        return [f.name for f in self.model._meta.fields] + ["progress", "speed"]
+        shown = [f.name for f in self.model._meta.fields if f.name not in HIDDEN]
+        return [*shown, "progress", "speed"]
 
     # Jobs are created through the API (an upload or a dataset) and removed by retention.
     def has_add_permission(self, request) -> bool:

@@ -123,7 +123,12 @@ class BatchJobOutput(serializers.ModelSerializer):
 
 
 def _jobs(name: str):
-    return BatchJob.objects.filter(model__name=name).select_related("model")
+    # The input's block digests are for the chunks; a page of jobs need not read them.
+    return (
+        BatchJob.objects.filter(model__name=name)
+        .select_related("model")
+        .defer("input_block_sha256")
+    )
 
 
 def _job(name: str, job_id: int) -> BatchJob:

@@ -137,6 +137,13 @@ class BatchJob(models.Model):
     input_name = models.CharField(max_length=500)
     input_format = models.CharField(max_length=10, choices=BatchFormat.choices)
     input_sha256 = models.CharField(max_length=64)
+    # An uploaded Parquet file's bytes in blocks of input_block_size (the last one shorter),
+    # each block's SHA-256 recorded in the same read that gave input_sha256: a chunk checks
+    # the blocks it reads before it scores them (predictions.batch._VerifiedInput). Empty for
+    # a CSV (checked while it is staged) and a dataset's file (checked by the finish).
+    input_size = models.PositiveBigIntegerField(null=True, blank=True)
+    input_block_size = models.PositiveIntegerField(null=True, blank=True)
+    input_block_sha256 = models.BinaryField(blank=True, default=b"", editable=False)
     input_label = models.CharField(max_length=300, blank=True)
     dataset_id = models.PositiveIntegerField(null=True, blank=True)
     output_format = models.CharField(
@@ -167,8 +174,9 @@ class BatchJob(models.Model):
     # Stamped by every chunk task while it runs (config.job_heartbeats): the reaper fails a
     # running job none of whose workers is alive.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
-    # When this run found the input's bytes to match input_sha256; the finish publishes no
-    # output without it. Cleared when a job is resumed: each run checks the file it reads.
+    # When this run found the bytes it scored to match input_sha256 (a staged CSV, a dataset's
+    # file hashed by the finish) or its block digests (each block as a chunk read it); the
+    # finish publishes no output without it. Cleared when a job is resumed.
     input_verified_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -5,6 +5,7 @@ test_batch_worker.py runs them in real worker processes."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import time
 from datetime import datetime, timedelta
@@ -343,24 +344,125 @@ def test_a_dataset_file_is_scored_and_sql_datasets_are_refused(
     assert "dataset" in refused.value.fields
 
 
-def test_a_tampered_parquet_input_fails_the_job_and_publishes_nothing(iris_prod):
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Uploads verified in blocks of 256 bytes, so a file of a few kB spans many (the rule is
+    the same at the 1 MiB of a real file)."""
+    monkeypatch.setattr(batch, "_VERIFY_BLOCK", 256)
+
+
+def _flipped(data: bytes, offset: int) -> bytes:
+    changed = bytearray(data)
+    changed[offset] ^= 0xFF
+    return bytes(changed)
+
+
+def _row_group_offset(data: bytes, index: int) -> int:
+    """Where row group `index`'s first column chunk starts in a Parquet file."""
+    meta = pq.ParquetFile(io.BytesIO(data)).metadata
+    return meta.row_group(index).column(0).data_page_offset
+
+
+def test_a_chunk_scores_only_verified_bytes_of_an_uploaded_parquet_input(iris_prod, small_blocks):
     job = batch.batch_job_create(
-        model=iris_prod, actor="tests", upload=_parquet(_frame(100)), chunk_rows=50, enqueue=False
+        model=iris_prod, actor="tests", upload=_parquet(_frame(150)), chunk_rows=50, enqueue=False
     )
+    data = store_read(job.input_name)
+    assert (job.input_size, job.input_block_size) == (len(data), 256)
+    assert bytes(job.input_block_sha256) == b"".join(
+        hashlib.sha256(data[i : i + 256]).digest() for i in range(0, len(data), 256)
+    )
+    storage = batch.get_artifact_storage()
+    assert batch.batch_job_start(job_id=job.pk) == [0, 1, 2]
+    assert batch.batch_chunk_run(job_id=job.pk, index=0) == "done"
+    # One byte of the second chunk's rows changes while the job runs: the file is still
+    # readable, but not the one submitted. The chunk that reads it scores nothing.
+    store_write(job.input_name, _flipped(data, _row_group_offset(data, 1) + 8))
+    assert batch.batch_chunk_run(job_id=job.pk, index=1) == "failed"
+    job.refresh_from_db()
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_integrity")
+    assert job.error.startswith("Chunk 1: ") and job.input_name in job.error
+    assert not storage.exists(batch._part_name(job, 1, "output"))
+    assert batch.batch_job_finish(job_id=job.pk).output_name == ""
+    assert not storage.exists(f"batch-jobs/{job.pk}/output.parquet")
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        pytest.param(lambda data: _flipped(data, len(data) - 12), id="footer-changed"),
+        pytest.param(lambda data: data[:-100], id="cut-short"),
+        pytest.param(lambda data: data[: len(data) // 2], id="cut-in-half"),
+    ],
+)
+def test_planning_reads_the_footer_of_the_submitted_bytes_only(iris_prod, small_blocks, tamper):
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(150)), chunk_rows=50, enqueue=False
+    )
+    store_write(job.input_name, tamper(store_read(job.input_name)))
+    assert _planning_fails(job) == (BatchStatus.FAILED, "input_integrity")
+    assert not BatchChunk.objects.filter(job=job).exists()
+
+
+def test_bytes_appended_to_an_uploaded_input_are_never_read(iris_prod, small_blocks):
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(150)), chunk_rows=50, enqueue=False
+    )
+    # A valid Parquet file of other rows glued on: a reader of the whole file would find its
+    # footer at the new end and score 7 rows.
+    store_write(job.input_name, store_read(job.input_name) + _parquet(_frame(7)).getvalue())
+    job = _run(job)
+    assert (job.status, job.rows_done) == (BatchStatus.SUCCEEDED, 150)
+    assert _read(job.output_name, "parquet")["row"].tolist() == list(range(150))
+
+
+def test_a_tampered_parquet_dataset_fails_the_finish_and_publishes_nothing(iris_prod):
+    from quality import training
+
+    x, y = factories.iris_frame()
+    dataset = training.dataset_create(
+        name="iris-parquet",
+        actor="tests",
+        target_column="species",
+        feature_columns=factories.IRIS_FEATURES,
+        file=_parquet(x.assign(species=y)),
+        file_format="parquet",
+    )
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", dataset=dataset.pk, chunk_rows=50, enqueue=False
+    )
+    # A dataset's file has no block digests: the finish hashes it whole while it merges.
+    assert job.input_block_size is None
     storage = batch.get_artifact_storage()
     pending = batch.batch_job_start(job_id=job.pk)
     for index in pending:
         assert batch.batch_chunk_run(job_id=job.pk, index=index) == "done"
     # Every chunk is scored; then one byte of the input changes (still a readable file, not
     # the one submitted). The finish checks the input while it merges and publishes nothing.
-    data = bytearray(store_read(job.input_name))
-    data[len(data) // 2] ^= 0xFF
-    store_write(job.input_name, bytes(data))
+    data = store_read(job.input_name)
+    store_write(job.input_name, _flipped(data, _row_group_offset(data, 1) + 8))
     job = batch.batch_job_finish(job_id=job.pk)
     assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_integrity")
     assert job.output_name == ""
     assert not storage.exists(f"batch-jobs/{job.pk}/output.parquet")
     assert job.input_verified_at is None
+
+
+def test_block_digests_do_not_depend_on_how_the_stream_is_cut():
+    whole = bytes(range(256)) * 5
+    expected = b"".join(hashlib.sha256(whole[i : i + 100]).digest() for i in range(0, 1280, 100))
+    for piece in (1, 7, 100, 333, 1280, 4096):
+        digests = batch._BlockDigests(100)
+        for i in range(0, len(whole), piece):
+            digests.update(whole[i : i + piece])
+        assert digests.digests() == expected
+    assert batch._BlockDigests(100).digests() == b""
+    kib, gib = 1024, 1024**3
+    assert batch._block_size_for(0) == 64 * kib
+    assert batch._block_size_for(4096 * 64 * kib) == 64 * kib
+    assert batch._block_size_for(4096 * 64 * kib + 1) == 128 * kib
+    assert batch._block_size_for(2 * gib) == 512 * kib  # BATCH_MAX_INPUT_SIZE by default
+    assert batch._block_size_for(64 * gib) == 16 * 1024 * kib
 
 
 def test_a_tampered_csv_input_is_found_while_it_is_staged(iris_prod):

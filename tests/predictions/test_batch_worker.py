@@ -185,6 +185,6 @@ def test_the_embedded_defaults_join_the_chord_without_a_server(tmp_path, job):
     finally:
         worker.stop()
     assert done.status == BatchStatus.SUCCEEDED, done.error
-    assert done.input_verified_at is not None  # checked by the finish while it merged
+    assert done.input_verified_at is not None  # its chunks read it block by block, checked
     assert _output_rows(done) == list(range(150))
     assert any((folders / "results").iterdir())  # the members reported in the folder
