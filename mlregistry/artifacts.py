@@ -82,6 +82,56 @@ def spool_upload(source: IO[bytes], *, max_size: int | None = None) -> SpooledAr
     return SpooledArtifact(file=spooled, sha256=digest.hexdigest(), size=size)
 
 
+# A file read by byte ranges (a batch job's Parquet input) is verified in blocks of at least
+# this many bytes, and at most BLOCKS_MAX blocks: a reader of a range fetches at most two
+# blocks more than it needs, and a row holds at most 128 KiB of digests.
+BLOCK_MIN = 64 * 1024
+BLOCKS_MAX = 4096
+
+
+def block_size_for(size: int) -> int:
+    """Bytes per verified block of a `size`-byte file: BLOCK_MIN, doubled until at most
+    BLOCKS_MAX blocks cover the file."""
+    block = BLOCK_MIN
+    while block * BLOCKS_MAX < size:
+        block *= 2
+    return block
+
+
+class BlockDigests:
+    """SHA-256 of consecutive `block_size`-byte blocks of a stream fed in pieces of any size
+    (the last block may be shorter)."""
+
+    def __init__(self, block_size: int):
+        self.block_size = block_size
+        self._digests = bytearray()
+        self._current = hashlib.sha256()
+        self._filled = 0
+
+    def update(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.block_size - self._filled)
+            self._current.update(view[:take])
+            self._filled += take
+            view = view[take:]
+            if self._filled == self.block_size:
+                self._digests += self._current.digest()
+                self._current, self._filled = hashlib.sha256(), 0
+
+    def digests(self) -> bytes:
+        """The 32-byte digests, in order, the last (shorter) block's included."""
+        tail = self._current.digest() if self._filled else b""
+        return bytes(self._digests) + tail
+
+
+def block_digests(data: bytes) -> tuple[int, bytes]:
+    """(block size, the blocks' concatenated SHA-256 digests) of a file held in memory."""
+    blocks = BlockDigests(block_size_for(len(data)))
+    blocks.update(data)
+    return blocks.block_size, blocks.digests()
+
+
 def _skops_zip_check(data: bytes) -> None:
     """A skops file is a zip: its members' sizes and ratios are checked before skops reads one."""
     try:

@@ -32,17 +32,20 @@ def _json_value(value: Any) -> Any:
 def _field_names(obj: models.Model, fields: Iterable[str] | None) -> list[str]:
     if fields is not None:
         return list(fields)
-    # The event's own time says when; the row's timestamps would only repeat it.
+    # The event's own time says when; the row's timestamps would only repeat it. Binary fields
+    # (block digests) have no JSON form and repeat a digest the row shows in text.
     return [
         f.name
         for f in obj._meta.concrete_fields
-        if not f.primary_key and f.name not in _TIMESTAMP_FIELDS
+        if not f.primary_key
+        and f.name not in _TIMESTAMP_FIELDS
+        and not isinstance(f, models.BinaryField)
     ]
 
 
 def fields_snapshot(obj: models.Model, fields: Iterable[str] | None = None) -> dict[str, Any]:
     """`{field: JSON value}` of `obj` as it is in memory; a foreign key gives its id. Without
-    `fields`, every concrete field but the primary key and the row's timestamps."""
+    `fields`, every concrete field but the primary key, the row's timestamps and binary ones."""
     snapshot = {}
     for name in _field_names(obj, fields):
         field = obj._meta.get_field(name)

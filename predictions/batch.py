@@ -1,17 +1,18 @@
 """Batch scoring jobs: a CSV or Parquet file scored by one version, chunk by chunk, by workers.
 
 A job is created (`batch_job_create`, 202 from the API) over a file in the artifact storage (an
-upload or a dataset's file). An uploaded Parquet file is hashed whole and block by block as it
-is stored. A worker plans the job (`batch_job_start`): it stages a CSV as Parquet (row groups
-of `chunk_rows`, read with pyarrow, checking the CSV's SHA-256 as it reads it), reads a Parquet
-file's footer, and records one BatchChunk per slice of rows. Each run of a job is a Celery
-chord (predictions.tasks): its header is one task per pending chunk (`batch_chunk_run`), which
-any worker may take: it reads its row groups (an upload's through `_VerifiedInput`, which
-checks every block it hands over), validates its rows against the version's schema column by
-column, scores the valid ones with the serving path's loader (the verified artifact and the
-same predict arithmetic), and writes its own part. The body, `batch_job_finish`, merges the
-parts into one output file and one errors file (for a dataset's Parquet file, while it checks
-the file's SHA-256, publishing nothing unless it matches).
+upload or a dataset's file). A Parquet file is hashed whole and block by block when it is
+uploaded or registered as a dataset. A worker plans the job (`batch_job_start`): it stages a
+CSV as Parquet (row groups of `chunk_rows`, read with pyarrow, checking the CSV's SHA-256 as it
+reads it), reads a Parquet file's footer, and records one BatchChunk per slice of rows. Each
+run of a job is a Celery chord (predictions.tasks): its header is one task per pending chunk
+(`batch_chunk_run`), which any worker may take: it reads its row groups through
+`_VerifiedInput`, which checks every block it hands over, validates its rows against the
+version's schema column by column, scores the valid ones with the serving path's loader (the
+verified artifact and the same predict arithmetic), and writes its own part. The body,
+`batch_job_finish`, merges the parts into one output file and one errors file (for a Parquet
+file without block digests, a dataset registered before them, while it checks the file's
+SHA-256, publishing nothing unless it matches).
 
 The job row keeps the count: a chunk is counted once, under the job's row lock, however often
 it is delivered. Every task is idempotent: a done chunk is skipped, a retried one rewrites only
@@ -60,6 +61,7 @@ from config.errors import (
     ValidationFailed,
 )
 from config.job_heartbeats import job_heartbeat
+from mlregistry.artifacts import BLOCK_MIN, BlockDigests, block_size_for
 from mlregistry.audit import Actor, audit_record, created_changes, deleted_changes
 from mlregistry.models import ModelVersion, RegisteredModel, Stage
 from mlregistry.selectors import model_version_by_alias_get
@@ -95,11 +97,6 @@ JOB_ACTOR = "job:batch"
 PREFIX = "batch-jobs"
 PARQUET_MAGIC = b"PAR1"
 _HASH_BLOCK = 4 * 1024 * 1024
-# An uploaded Parquet input is verified in blocks of at least this many bytes, and at most this
-# many blocks: a chunk reads at most two blocks more than its own bytes (a 50,000 x 20 chunk
-# holds about 10 MB), and a job row holds at most 128 KiB of digests.
-_VERIFY_BLOCK = 64 * 1024
-_VERIFY_BLOCKS_MAX = 4096
 
 
 class BatchJobFailed(DomainError):
@@ -110,12 +107,26 @@ class BatchJobFailed(DomainError):
         self.problem = problem
 
 
+@dataclass(frozen=True)
+class _InputFile:
+    """A job's input file in the artifact storage. block_size is None and block_sha256 empty
+    when it has no block digests (a CSV; a dataset registered without them): see
+    BatchJob.input_block_sha256."""
+
+    name: str
+    file_format: str
+    sha256: str
+    size: int | None
+    block_size: int | None
+    block_sha256: bytes
+
+
 # --- Datasets: the one place this module reads them from ---------------------------------------
 
 
-def _dataset_input(dataset_id: int) -> tuple[str, str, str, str]:
-    """(storage name, format, sha256, label) of a file dataset; ValidationFailed naming
-    `input.dataset` when there is no such dataset or it is not a file."""
+def _dataset_input(dataset_id: int) -> tuple[_InputFile, str]:
+    """(the file, its label) of a file dataset; ValidationFailed naming `dataset` when there is
+    no such dataset or it is not a file."""
     dataset_model = apps.get_model("quality", "Dataset")
     dataset = dataset_model.objects.filter(pk=dataset_id).first()
     if dataset is None:
@@ -128,7 +139,15 @@ def _dataset_input(dataset_id: int) -> tuple[str, str, str, str]:
             f"Dataset {dataset.name!r} is an SQL query; batch jobs read files (CSV or Parquet).",
             fields={"dataset": ["must be a file dataset (CSV or Parquet)"]},
         )
-    return dataset.file.name, dataset.file_format, dataset.file_sha256, dataset.name
+    stored = _InputFile(
+        name=dataset.file.name,
+        file_format=dataset.file_format,
+        sha256=dataset.file_sha256,
+        size=dataset.file_size,
+        block_size=dataset.file_block_size,
+        block_sha256=bytes(dataset.file_block_sha256),
+    )
+    return stored, dataset.name
 
 
 # --- Versions and aliases -------------------------------------------------------------------
@@ -341,55 +360,7 @@ def _shorter(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
-@dataclass(frozen=True)
-class _StoredInput:
-    """An upload as `_upload_store` saved it; block_size is None and block_sha256 empty for a
-    CSV (see BatchJob.input_block_sha256)."""
-
-    name: str
-    file_format: str
-    sha256: str
-    size: int
-    block_size: int | None
-    block_sha256: bytes
-
-
-def _block_size_for(size: int) -> int:
-    """Bytes per verified block of a `size`-byte input: _VERIFY_BLOCK, doubled until at most
-    _VERIFY_BLOCKS_MAX blocks cover the file (so a job row holds at most 128 KiB of digests)."""
-    block = _VERIFY_BLOCK
-    while block * _VERIFY_BLOCKS_MAX < size:
-        block *= 2
-    return block
-
-
-class _BlockDigests:
-    """SHA-256 of consecutive `block_size`-byte blocks of a stream fed in pieces of any size."""
-
-    def __init__(self, block_size: int):
-        self.block_size = block_size
-        self._digests = bytearray()
-        self._current = hashlib.sha256()
-        self._filled = 0
-
-    def update(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            take = min(len(view), self.block_size - self._filled)
-            self._current.update(view[:take])
-            self._filled += take
-            view = view[take:]
-            if self._filled == self.block_size:
-                self._digests += self._current.digest()
-                self._current, self._filled = hashlib.sha256(), 0
-
-    def digests(self) -> bytes:
-        """The 32-byte digests, in order, the last (shorter) block's included."""
-        tail = self._current.digest() if self._filled else b""
-        return bytes(self._digests) + tail
-
-
-def _upload_store(upload: Any) -> _StoredInput:
+def _upload_store(upload: Any) -> _InputFile:
     """Saves an uploaded file content-addressed, hashing it whole and, for Parquet, block by
     block in the same read (which costs the web process a second SHA-256 of the upload, and
     spares every chunk and the finish a read of the whole file)."""
@@ -404,7 +375,8 @@ def _upload_store(upload: Any) -> _StoredInput:
         )
     file_format = _format_of(upload, getattr(upload, "name", "") or "")
     digest = hashlib.sha256()
-    blocks = _BlockDigests(_block_size_for(size)) if file_format == BatchFormat.PARQUET else None
+    parquet = file_format == BatchFormat.PARQUET
+    blocks = BlockDigests(block_size_for(size)) if parquet else None
     read = 0
     upload.seek(0)
     for block in iter(partial(upload.read, _HASH_BLOCK), b""):
@@ -416,7 +388,7 @@ def _upload_store(upload: Any) -> _StoredInput:
     sha256 = digest.hexdigest()
     name = f"{PREFIX}/inputs/{sha256}.{file_format}"
     get_artifact_storage().save(name, File(upload))
-    return _StoredInput(
+    return _InputFile(
         name=name,
         file_format=file_format,
         sha256=sha256,
@@ -526,10 +498,10 @@ def batch_job_create(
             )
         _columns_check(columns, scored_by, field="file", typed=file_format == BatchFormat.PARQUET)
         stored = _upload_store(upload)
-        input_name, file_format, sha256 = stored.name, stored.file_format, stored.sha256
         label = PurePath(getattr(upload, "name", "") or "upload").name[:300]
     else:
-        input_name, file_format, sha256, label = _dataset_input(dataset)
+        stored, label = _dataset_input(dataset)
+        input_name, file_format = stored.name, stored.file_format
         if not storage.exists(input_name):
             raise ValidationFailed(
                 f"The file of dataset {label!r} is gone.",
@@ -544,7 +516,6 @@ def batch_job_create(
         _columns_check(
             columns, scored_by, field="dataset", typed=file_format == BatchFormat.PARQUET
         )
-        stored = None
     user = None if isinstance(actor, str) else actor
     with transaction.atomic():
         job = BatchJob.objects.create(
@@ -552,12 +523,12 @@ def batch_job_create(
             version=scored_by,
             version_number=scored_by.version,
             alias=alias,
-            input_name=input_name,
-            input_format=file_format,
-            input_sha256=sha256,
-            input_size=stored.size if stored else None,
-            input_block_size=stored.block_size if stored else None,
-            input_block_sha256=stored.block_sha256 if stored else b"",
+            input_name=stored.name,
+            input_format=stored.file_format,
+            input_sha256=stored.sha256,
+            input_size=stored.size,
+            input_block_size=stored.block_size,
+            input_block_sha256=stored.block_sha256,
             input_label=label,
             dataset_id=dataset,
             output_format=output_format,
@@ -733,7 +704,7 @@ class _VerifiedInput(io.RawIOBase):
         self._source = source
         self._name = job.input_name
         self._size = job.input_size or 0
-        self._block = job.input_block_size or _VERIFY_BLOCK
+        self._block = job.input_block_size or BLOCK_MIN
         self._digests = bytes(job.input_block_sha256)
         self._position = 0
         self._kept: tuple[int, int, memoryview] | None = None  # (first, last, their bytes)
@@ -795,10 +766,10 @@ class _VerifiedInput(io.RawIOBase):
 
 @contextlib.contextmanager
 def _input_open(storage: Storage, job: BatchJob) -> Iterator[Any]:
-    """The Parquet file a job's planning and chunks read, as pyarrow opens it: an uploaded
-    Parquet input through _VerifiedInput; a staged CSV (written by the job's own planning from
-    bytes it verified) or a dataset's file (verified by the finish) as `arrow_input` gives it.
-    FileNotFoundError when the file is gone."""
+    """The Parquet file a job's planning and chunks read, as pyarrow opens it: a Parquet input
+    with block digests through _VerifiedInput; a staged CSV (written by the job's own planning
+    from bytes it verified) or a Parquet file without digests (verified by the finish) as
+    `arrow_input` gives it. FileNotFoundError when the file is gone."""
     with arrow_input_open(storage, _staged_name(job)) as source:
         if job.input_format != BatchFormat.PARQUET or not job.input_block_size:
             yield source
@@ -1054,8 +1025,8 @@ def batch_job_start(*, job_id: int) -> list[int] | None:
     are done: the finish is then sent alone). None when the job is finished or failed while
     planning: there is nothing to send. BatchJobFailed is recorded on the job, not raised.
 
-    A Parquet input is not hashed whole here: an upload's footer is read through
-    _VerifiedInput, a dataset's file is hashed by the finish."""
+    A Parquet input is not hashed whole here: its footer is read through _VerifiedInput, or,
+    without block digests, the file is hashed by the finish."""
     with transaction.atomic():
         job = _locked(job_id)
         if job.status in BATCH_FINISHED:
@@ -1898,11 +1869,11 @@ def batch_job_finish(*, job_id: int) -> BatchJob:
     succeeded, once all its chunks are done; otherwise (or for a finished job) changes
     nothing.
 
-    An uploaded Parquet input was checked block by block as its chunks read it, a CSV as it was
-    staged. A dataset's Parquet file, which has no block digests, is hashed here, in a second
-    thread while the parts are merged (hashlib and pyarrow both release the GIL), and nothing
-    is published unless it matches (`input_integrity` fails the job and the merged files are
-    removed). Any other error (storage, a part that cannot be read)
+    A Parquet input with block digests was checked block by block as its chunks read it, a CSV
+    as it was staged. A Parquet file without them (a dataset registered before them) is hashed
+    here, in a second thread while the parts are merged (hashlib and pyarrow both release the
+    GIL), and nothing is published unless it matches (`input_integrity` fails the job and the
+    merged files are removed). Any other error (storage, a part that cannot be read)
     fails the job `finish_error`, which a resume runs again; a database error is raised for
     the task to retry. A second finish running at the same time (a redelivered body) writes
     the same files under the same names and loses at the final row lock."""
@@ -1918,7 +1889,7 @@ def batch_job_finish(*, job_id: int) -> BatchJob:
             job_heartbeat(job, stamp_now=False),
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-verify") as pool,
         ):
-            # An uploaded Parquet input was checked block by block as its chunks read it.
+            # A Parquet input with block digests was checked block by block as chunks read it.
             verified = job.input_verified_at or job.input_block_size
             check = None if verified else pool.submit(_input_check, storage, job)
             try:

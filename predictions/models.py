@@ -137,10 +137,11 @@ class BatchJob(models.Model):
     input_name = models.CharField(max_length=500)
     input_format = models.CharField(max_length=10, choices=BatchFormat.choices)
     input_sha256 = models.CharField(max_length=64)
-    # An uploaded Parquet file's bytes in blocks of input_block_size (the last one shorter),
-    # each block's SHA-256 recorded in the same read that gave input_sha256: a chunk checks
-    # the blocks it reads before it scores them (predictions.batch._VerifiedInput). Empty for
-    # a CSV (checked while it is staged) and a dataset's file (checked by the finish).
+    # A Parquet file's bytes in blocks of input_block_size (the last one shorter), each block's
+    # SHA-256 recorded in the read that gave input_sha256 (an upload's, or the dataset's when it
+    # was registered): a chunk checks the blocks it reads before it scores them
+    # (predictions.batch._VerifiedInput). Empty for a CSV (checked while it is staged) and a
+    # dataset registered before block digests (its file is checked by the finish).
     input_size = models.PositiveBigIntegerField(null=True, blank=True)
     input_block_size = models.PositiveIntegerField(null=True, blank=True)
     input_block_sha256 = models.BinaryField(blank=True, default=b"", editable=False)

@@ -226,6 +226,7 @@ class DatasetAdmin(registry_admin.DeletesThroughServices, admin.ModelAdmin):
         "file",
         "file_format",
         "file_sha256",
+        "file_size",
         "sql_connection",
         "sql_query",
         "target_column",
@@ -236,6 +237,9 @@ class DatasetAdmin(registry_admin.DeletesThroughServices, admin.ModelAdmin):
     )
 
     actions = ["delete_selected"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).defer("file_block_sha256")
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False  # jobs record what they trained on: a dataset does not change under them

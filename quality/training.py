@@ -139,7 +139,10 @@ def dataset_create(
             "file": stored,
             "file_format": fmt,
             "file_sha256": spooled.sha256,
+            "file_size": spooled.size,
         }
+        if fmt == FileFormat.PARQUET:
+            values["file_block_size"], values["file_block_sha256"] = artifacts.block_digests(data)
     else:
         datasets.sql_connection_alias(sql_connection)
         values = {

@@ -69,7 +69,10 @@ class DatasetListView(GenericAPIView):
     serializer_class = DatasetOutput
     # One media type per operation: a generated client cannot pick between several bodies.
     parser_classes = [MultiPartParser]
-    queryset = Dataset.objects.select_related("created_by").order_by("name")
+    # The block digests are for batch jobs' chunks; a page of datasets need not read them.
+    queryset = (
+        Dataset.objects.select_related("created_by").defer("file_block_sha256").order_by("name")
+    )
 
     @extend_schema(
         operation_id="list_datasets",

@@ -20,7 +20,7 @@ from django.utils import timezone
 from config.celery import app as celery_app
 from config.dispatch import Sending
 from config.errors import ConflictError, ValidationFailed
-from mlregistry import services
+from mlregistry import artifacts, services
 from mlregistry.models import AuditEvent, Stage
 from predictions import batch
 from predictions.models import BatchChunk, BatchJob, BatchStatus
@@ -348,7 +348,7 @@ def test_a_dataset_file_is_scored_and_sql_datasets_are_refused(
 def small_blocks(monkeypatch):
     """Uploads verified in blocks of 256 bytes, so a file of a few kB spans many (the rule is
     the same at the 1 MiB of a real file)."""
-    monkeypatch.setattr(batch, "_VERIFY_BLOCK", 256)
+    monkeypatch.setattr(artifacts, "BLOCK_MIN", 256)
 
 
 def _flipped(data: bytes, offset: int) -> bytes:
@@ -416,22 +416,51 @@ def test_bytes_appended_to_an_uploaded_input_are_never_read(iris_prod, small_blo
     assert _read(job.output_name, "parquet")["row"].tolist() == list(range(150))
 
 
-def test_a_tampered_parquet_dataset_fails_the_finish_and_publishes_nothing(iris_prod):
+def _parquet_dataset(name: str = "iris-parquet"):
     from quality import training
 
     x, y = factories.iris_frame()
-    dataset = training.dataset_create(
-        name="iris-parquet",
+    return training.dataset_create(
+        name=name,
         actor="tests",
         target_column="species",
         feature_columns=factories.IRIS_FEATURES,
         file=_parquet(x.assign(species=y)),
         file_format="parquet",
     )
+
+
+def test_a_parquet_dataset_is_checked_block_by_block_as_an_upload_is(iris_prod, small_blocks):
+    dataset = _parquet_dataset()
+    data = store_read(dataset.file.name)
+    assert (dataset.file_size, dataset.file_block_size) == (len(data), 256)
     job = batch.batch_job_create(
         model=iris_prod, actor="tests", dataset=dataset.pk, chunk_rows=50, enqueue=False
     )
-    # A dataset's file has no block digests: the finish hashes it whole while it merges.
+    assert (job.input_size, job.input_block_size) == (len(data), 256)
+    assert bytes(job.input_block_sha256) == bytes(dataset.file_block_sha256)
+    assert batch.batch_job_start(job_id=job.pk) == [0, 1, 2]
+    assert batch.batch_chunk_run(job_id=job.pk, index=0) == "done"
+    # (Changed after chunk 0: pyarrow reads the last 64 KiB to find a footer, all of this file.)
+    store_write(job.input_name, _flipped(data, _row_group_offset(data, 2) + 8))
+    assert batch.batch_chunk_run(job_id=job.pk, index=2) == "failed"
+    job.refresh_from_db()
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_integrity")
+    # The dataset's audit row names its digest, not the binary block digests.
+    event = AuditEvent.objects.get(object_type="quality.dataset", verb="create")
+    assert event.changes["file_sha256"] == [None, dataset.file_sha256]
+    assert "file_block_sha256" not in event.changes
+
+
+def test_a_tampered_dataset_without_block_digests_fails_the_finish(iris_prod):
+    from quality.models import Dataset
+
+    dataset = _parquet_dataset()
+    # As a dataset registered before files had block digests: hashed whole by the finish.
+    Dataset.objects.filter(pk=dataset.pk).update(file_block_size=None, file_block_sha256=b"")
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", dataset=dataset.pk, chunk_rows=50, enqueue=False
+    )
     assert job.input_block_size is None
     storage = batch.get_artifact_storage()
     pending = batch.batch_job_start(job_id=job.pk)
@@ -452,17 +481,17 @@ def test_block_digests_do_not_depend_on_how_the_stream_is_cut():
     whole = bytes(range(256)) * 5
     expected = b"".join(hashlib.sha256(whole[i : i + 100]).digest() for i in range(0, 1280, 100))
     for piece in (1, 7, 100, 333, 1280, 4096):
-        digests = batch._BlockDigests(100)
+        digests = artifacts.BlockDigests(100)
         for i in range(0, len(whole), piece):
             digests.update(whole[i : i + piece])
         assert digests.digests() == expected
-    assert batch._BlockDigests(100).digests() == b""
+    assert artifacts.BlockDigests(100).digests() == b""
     kib, gib = 1024, 1024**3
-    assert batch._block_size_for(0) == 64 * kib
-    assert batch._block_size_for(4096 * 64 * kib) == 64 * kib
-    assert batch._block_size_for(4096 * 64 * kib + 1) == 128 * kib
-    assert batch._block_size_for(2 * gib) == 512 * kib  # BATCH_MAX_INPUT_SIZE by default
-    assert batch._block_size_for(64 * gib) == 16 * 1024 * kib
+    assert artifacts.block_size_for(0) == 64 * kib
+    assert artifacts.block_size_for(4096 * 64 * kib) == 64 * kib
+    assert artifacts.block_size_for(4096 * 64 * kib + 1) == 128 * kib
+    assert artifacts.block_size_for(2 * gib) == 512 * kib  # BATCH_MAX_INPUT_SIZE by default
+    assert artifacts.block_size_for(64 * gib) == 16 * 1024 * kib
 
 
 def test_a_tampered_csv_input_is_found_while_it_is_staged(iris_prod):
