@@ -111,7 +111,7 @@ class BatchJobFailed(DomainError):
 class _InputFile:
     """A job's input file in the artifact storage. block_size is None and block_sha256 empty
     when it has no block digests (a CSV; a dataset registered without them): see
-    BatchJob.input_block_sha256."""
+    BatchJob.parquet_block_sha256."""
 
     name: str
     file_format: str
@@ -526,9 +526,9 @@ def batch_job_create(
             input_name=stored.name,
             input_format=stored.file_format,
             input_sha256=stored.sha256,
-            input_size=stored.size,
-            input_block_size=stored.block_size,
-            input_block_sha256=stored.block_sha256,
+            parquet_size=stored.size,
+            parquet_block_size=stored.block_size,
+            parquet_block_sha256=stored.block_sha256,
             input_label=label,
             dataset_id=dataset,
             output_format=output_format,
@@ -545,7 +545,8 @@ def batch_job_create(
 
 
 def _locked(job_id: int) -> BatchJob:
-    return BatchJob.objects.select_for_update().get(pk=job_id)
+    # Without the block digests (up to 128 KiB): only chunks and planning read them.
+    return BatchJob.objects.select_for_update().defer("parquet_block_sha256").get(pk=job_id)
 
 
 def batch_job_cancel(*, job: BatchJob, actor: Actor) -> BatchJob:
@@ -687,27 +688,38 @@ def _sha256_of(storage: Storage, name: str) -> str:
 
 
 class _VerifiedInput(io.RawIOBase):
-    """A job's uploaded Parquet input as pyarrow reads it (read-only, seekable), every byte
-    checked before it is handed over: each read fetches the whole blocks (of the job's
-    input_block_size) that hold what it asks for, in one read of the source (one range
-    request on S3), and checks each block's SHA-256 against the one recorded when the file was
-    uploaded. So planning reads a footer, and a chunk scores rows, only of the submitted bytes,
-    without a read of the whole file. A block that differs, or a file cut short, raises
-    BatchJobFailed `input_integrity`; bytes past the submitted size are never read.
+    """The Parquet file a job's chunks read, as pyarrow reads it (read-only, seekable), every
+    byte checked before it is handed over: bytes are fetched in whole blocks (of the job's
+    parquet_block_size) and each block's SHA-256 is checked against the digest recorded when
+    the file was written or first hashed (BatchJob.parquet_block_sha256). So planning reads a
+    footer, and a chunk scores rows, only of the bytes that were submitted, without a read of
+    the whole file. A block that differs, or a file cut short, raises BatchJobFailed
+    `input_integrity`; bytes past the recorded size are never read.
 
-    `source` is a local file, a `pyarrow.NativeFile` (S3 byte ranges) or a storage file. The
-    last blocks read are kept: pyarrow reads the footer's block more than once. `read` gives
-    memoryviews of the fetched blocks, which pyarrow takes without a copy; pyarrow calls it
-    under its own lock (pyarrow.PythonFile)."""
+    `prefetch` fetches the blocks of the byte ranges a chunk is about to read (its column
+    chunks), several ranges at once where the source reads by ranges (S3: pyarrow calls this
+    object under one lock, so its own reads would go one at a time). A read outside what was
+    fetched fetches its blocks itself, in one read of the source. `read` gives memoryviews of
+    the fetched bytes, which pyarrow takes without a copy.
+
+    `source` is a local file, a `pyarrow.NativeFile` (S3: one range request per read) or a
+    storage file."""
+
+    # Range requests in flight at once, as pyarrow's own I/O pool (8 threads) would send them.
+    FETCHES = 8
+    # Spans fetched outside a prefetch that are kept: pyarrow reads the footer's more than once.
+    KEPT = 2
 
     def __init__(self, source: Any, job: BatchJob):
         self._source = source
-        self._name = job.input_name
-        self._size = job.input_size or 0
-        self._block = job.input_block_size or BLOCK_MIN
-        self._digests = bytes(job.input_block_sha256)
+        self._name = _staged_name(job)
+        self._size = job.parquet_size or 0
+        self._block = job.parquet_block_size or BLOCK_MIN
+        self._digests = bytes(job.parquet_block_sha256)
         self._position = 0
-        self._kept: tuple[int, int, memoryview] | None = None  # (first, last, their bytes)
+        # Checked bytes held: (first block, last block, their bytes), prefetched then kept.
+        self._prefetched: list[tuple[int, int, memoryview]] = []
+        self._kept: list[tuple[int, int, memoryview]] = []
 
     def readable(self) -> bool:
         return True
@@ -716,6 +728,8 @@ class _VerifiedInput(io.RawIOBase):
         return True
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence not in (os.SEEK_SET, os.SEEK_CUR, os.SEEK_END):
+            raise ValueError(f"invalid whence ({whence})")
         base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._size}[whence]
         if base + offset < 0:
             raise ValueError("negative seek position")
@@ -725,7 +739,7 @@ class _VerifiedInput(io.RawIOBase):
     def tell(self) -> int:
         return self._position
 
-    def read(self, size: int = -1) -> memoryview:  # type: ignore[override]
+    def read(self, size: int | None = -1) -> memoryview:  # type: ignore[override]
         end = self._size if size is None or size < 0 else min(self._size, self._position + size)
         if end <= self._position:
             return memoryview(b"")
@@ -736,42 +750,98 @@ class _VerifiedInput(io.RawIOBase):
         return data[offset : end - first * self._block]
 
     def readinto(self, buffer: Any) -> int:
-        data = self.read(len(memoryview(buffer)))
-        memoryview(buffer).cast("B")[: len(data)] = data
+        target = memoryview(buffer).cast("B")
+        data = self.read(len(target))
+        target[: len(data)] = data
         return len(data)
+
+    def prefetch(self, ranges: list[tuple[int, int]]) -> None:
+        """Fetches and checks the blocks holding byte ranges [start, end), ranges whose blocks
+        touch or overlap merged into one read; replaces what an earlier prefetch held."""
+        spans: list[list[int]] = []
+        for start, end in sorted(ranges):
+            end = min(end, self._size)
+            if end <= start:
+                continue
+            first, last = start // self._block, (end - 1) // self._block
+            if spans and first <= spans[-1][1] + 1:
+                spans[-1][1] = max(spans[-1][1], last)
+            else:
+                spans.append([first, last])
+        self._prefetched = []
+        if len(spans) > 1 and hasattr(self._source, "read_at"):
+            with ThreadPoolExecutor(
+                max_workers=min(self.FETCHES, len(spans)), thread_name_prefix="batch-read"
+            ) as pool:
+                self._prefetched = list(pool.map(lambda span: self._fetch(*span), spans))
+        else:
+            self._prefetched = [self._fetch(first, last) for first, last in spans]
 
     def _blocks(self, first: int, last: int) -> memoryview:
         """Blocks first..last (inclusive), checked, as one buffer."""
-        if self._kept is not None and self._kept[0] <= first and last <= self._kept[1]:
-            kept_first, _, kept = self._kept
-            begin = (first - kept_first) * self._block
-            return kept[begin : begin + (last - first + 1) * self._block]
+        for held_first, held_last, held in (*self._prefetched, *self._kept):
+            if held_first <= first and last <= held_last:
+                begin = (first - held_first) * self._block
+                return held[begin : begin + (last - first + 1) * self._block]
+        fetched = self._fetch(first, last)
+        self._kept = [*self._kept[-(self.KEPT - 1) :], fetched]
+        return fetched[2]
+
+    def _fetch(self, first: int, last: int) -> tuple[int, int, memoryview]:
         begin = first * self._block
         length = min((last + 1) * self._block, self._size) - begin
-        if hasattr(self._source, "read_at"):
-            data = self._source.read_at(length, begin)
-        else:
-            self._source.seek(begin)
-            data = self._source.read(length)
-        view = memoryview(data)
+        view = memoryview(self._read_source(begin, length))
         if len(view) != length:
             raise _integrity_failed(self._name)
         for i in range(first, last + 1):
             block = view[(i - first) * self._block : (i - first + 1) * self._block]
             if hashlib.sha256(block).digest() != self._digests[i * 32 : i * 32 + 32]:
                 raise _integrity_failed(self._name)
-        self._kept = (first, last, view)
-        return view
+        return first, last, view
+
+    def _read_source(self, begin: int, length: int) -> bytes:
+        """`length` bytes at `begin`, fewer only at the end of the file."""
+        if hasattr(self._source, "read_at"):  # a pyarrow file: thread-safe positioned reads
+            return self._source.read_at(length, begin)
+        pieces, got = [], 0
+        self._source.seek(begin)
+        while got < length:
+            piece = self._source.read(length - got)
+            if not piece:
+                break
+            pieces.append(piece)
+            got += len(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+def _column_ranges(meta: Any, row_groups: list[int], columns: list[str]) -> list[tuple[int, int]]:
+    """Byte ranges [start, end) of the column chunks of `columns` (top-level names) in
+    `row_groups`, as pyarrow's reader finds them: from the dictionary page when there is one,
+    for total_compressed_size bytes."""
+    wanted = set(columns)
+    ranges = []
+    for i in row_groups:
+        group = meta.row_group(i)
+        for j in range(group.num_columns):
+            column = group.column(j)
+            if column.path_in_schema.split(".", 1)[0] not in wanted:
+                continue
+            start = column.data_page_offset
+            dictionary = column.dictionary_page_offset
+            if column.has_dictionary_page and dictionary and 0 < dictionary < start:
+                start = dictionary
+            ranges.append((start, start + column.total_compressed_size))
+    return ranges
 
 
 @contextlib.contextmanager
 def _input_open(storage: Storage, job: BatchJob) -> Iterator[Any]:
-    """The Parquet file a job's planning and chunks read, as pyarrow opens it: a Parquet input
-    with block digests through _VerifiedInput; a staged CSV (written by the job's own planning
-    from bytes it verified) or a Parquet file without digests (verified by the finish) as
+    """The Parquet file a job's planning and chunks read (the input, or a CSV as planning
+    staged it), as pyarrow opens it: through _VerifiedInput when the job has its block
+    digests; otherwise (a dataset registered before them, verified whole by the finish) as
     `arrow_input` gives it. FileNotFoundError when the file is gone."""
     with arrow_input_open(storage, _staged_name(job)) as source:
-        if job.input_format != BatchFormat.PARQUET or not job.input_block_size:
+        if not job.parquet_block_size:
             yield source
         elif isinstance(source, str):
             with open(source, "rb") as handle:
@@ -799,7 +869,8 @@ class _MalformedLines(Exception):
 
 def _stage_csv(job: BatchJob, storage: Storage, features: list[dict[str, Any]]) -> None:
     """Writes the CSV's feature columns as Parquet, in row groups of chunk_rows, checking the
-    CSV's SHA-256 on the way (BatchJobFailed `input_integrity` when it differs). Every
+    CSV's SHA-256 on the way (BatchJobFailed `input_integrity` when it differs), and sets the
+    staged file's size and block digests on `job` (parquet_*, which its caller saves). Every
     feature is read as text: one bad value must make one invalid row, not an unreadable file,
     and validation converts the columns vectorised.
 
@@ -819,6 +890,14 @@ def _stage_csv(job: BatchJob, storage: Storage, features: list[dict[str, Any]]) 
             sha256 = _csv_to_parquet(job, storage, target, partial(_csv_batches_by_record, names))
         if sha256 != job.input_sha256:
             raise _integrity_failed(job.input_name)
+        # The staged file is checked as an uploaded Parquet file is: chunks read it later,
+        # from a storage other processes write to.
+        job.parquet_size = os.path.getsize(target)
+        blocks = BlockDigests(block_size_for(job.parquet_size))
+        with open(target, "rb") as handle:
+            for piece in iter(partial(handle.read, _HASH_BLOCK), b""):
+                blocks.update(piece)
+        job.parquet_block_size, job.parquet_block_sha256 = blocks.block_size, blocks.digests()
         if storage.exists(name):
             storage.delete(name)
         with MovableFile(target) as staged:
@@ -1046,7 +1125,12 @@ def batch_job_start(*, job_id: int) -> list[int] | None:
                 version = ModelVersion.objects.get(pk=job.version_id)
                 if job.input_format == BatchFormat.CSV:
                     _stage_csv(job, storage, version.input_schema)
-                    BatchJob.objects.filter(pk=job_id).update(input_verified_at=timezone.now())
+                    BatchJob.objects.filter(pk=job_id).update(
+                        input_verified_at=timezone.now(),
+                        parquet_size=job.parquet_size,
+                        parquet_block_size=job.parquet_block_size,
+                        parquet_block_sha256=job.parquet_block_sha256,
+                    )
                 # A staged CSV's row groups are chunk_rows long (BATCH_CHUNK_ROWS_MAX bounds
                 # them): only a Parquet file someone else wrote is held to the row-group limit.
                 parquet = job.input_format == BatchFormat.PARQUET
@@ -1142,6 +1226,8 @@ def _read_rows(storage: Storage, job: BatchJob, start: int, count: int, names: l
             position += rows
         available = set(parquet.schema_arrow.names)
         present = [n for n in names if n in available]
+        if isinstance(source, _VerifiedInput):
+            source.prefetch(_column_ranges(meta, wanted, present))
         # One thread: a worker process per core scores chunks side by side.
         table = parquet.read_row_groups(wanted, columns=present, use_threads=False)
     table = table.slice(start - (first or 0), count)
@@ -1521,7 +1607,7 @@ def _bookkeeping_sql(vendor: str) -> dict[str, str]:
         f"(SELECT j.heartbeat_at >= %s FROM {job} j WHERE j.id = {chunk}.job_id)"
     )
     count = (
-        f"UPDATE {chunk} SET status = %s, rows_failed = %s, seconds = %s "  # noqa: S608
+        f"UPDATE {chunk} SET status = %s, rows_failed = %s, seconds = %s, verified = %s "  # noqa: S608
         f"WHERE job_id = %s AND {q('index')} = %s AND status <> %s RETURNING row_count"
     )
     counted = (
@@ -1633,9 +1719,9 @@ _CHUNK_FIELDS = (
     "output_format",
     "input_format",
     "input_name",
-    "input_size",
-    "input_block_size",
-    "input_block_sha256",
+    "parquet_size",
+    "parquet_block_size",
+    "parquet_block_sha256",
     "version_number",
     "version__artifact_sha256",
 )
@@ -1717,7 +1803,10 @@ def batch_chunk_run(*, job_id: int, index: int) -> str:
         logger.exception("batch chunk crashed", extra={"job": job_id, "chunk": index})
         _fail(job_id, problem="chunk_error", message=f"Chunk {index}: {type(exc).__name__}: {exc}")
         return "failed"
-    return _chunk_done(job_id, index, result.rows_failed, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    return _chunk_done(
+        job_id, index, result.rows_failed, seconds, verified=bool(job.parquet_block_size)
+    )
 
 
 def _heartbeats_stamp(job_id: int) -> None:
@@ -1736,17 +1825,28 @@ def _heartbeats_stamp(job_id: int) -> None:
     ).update(heartbeat_at=timezone.now())
 
 
-def _chunk_done(job_id: int, index: int, rows_failed: int, seconds: float) -> str:
+def _chunk_done(
+    job_id: int, index: int, rows_failed: int, seconds: float, *, verified: bool
+) -> str:
     """Counts a scored chunk on its job, once however often it is delivered: "done", or
     "discarded" (its job was cancelled or failed while it ran), or "failed" (its invalid rows
-    took the job past max_error_share, which fails it)."""
+    took the job past max_error_share, which fails it). `verified`: its rows were read through
+    _VerifiedInput."""
     with _bookkeeping():
         job = _sql("job", [job_id])  # the job's row lock, taken first
         if job is None or job[0] != BatchStatus.RUNNING:
             return "discarded"
         counted = _sql(
             "count",
-            [BatchChunk.Status.DONE, rows_failed, seconds, job_id, index, BatchChunk.Status.DONE],
+            [
+                BatchChunk.Status.DONE,
+                rows_failed,
+                seconds,
+                verified,
+                job_id,
+                index,
+                BatchChunk.Status.DONE,
+            ],
         )
         if counted is None:
             return "done"  # a duplicate delivery finished first
@@ -1857,6 +1957,17 @@ def _part_lost(job_id: int, index: int) -> BatchJob:
     )
 
 
+def _chunks_verified(job: BatchJob) -> bool:
+    """Whether the rows the job scored are known to be the submitted ones without hashing the
+    input now: checked while staged (a CSV) or, block by block, by every chunk that read them.
+    A chunk a worker of the previous release scored, mid-upgrade, was not."""
+    if job.input_verified_at:
+        return True
+    return bool(job.parquet_block_size) and not (
+        BatchChunk.objects.filter(job_id=job.pk, verified=False).exists()
+    )
+
+
 def _input_check(storage: Storage, job: BatchJob) -> None:
     """BatchJobFailed (`input_integrity`, `input_missing`) unless the input's bytes still hash
     to the SHA-256 the job was created with."""
@@ -1877,7 +1988,7 @@ def batch_job_finish(*, job_id: int) -> BatchJob:
     fails the job `finish_error`, which a resume runs again; a database error is raised for
     the task to retry. A second finish running at the same time (a redelivered body) writes
     the same files under the same names and loses at the final row lock."""
-    job = BatchJob.objects.get(pk=job_id)
+    job = BatchJob.objects.defer("parquet_block_sha256").get(pk=job_id)
     if job.status != BatchStatus.RUNNING or job.chunks_done != job.chunks_total:
         return job
     storage = get_artifact_storage()
@@ -1889,9 +2000,7 @@ def batch_job_finish(*, job_id: int) -> BatchJob:
             job_heartbeat(job, stamp_now=False),
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-verify") as pool,
         ):
-            # A Parquet input with block digests was checked block by block as chunks read it.
-            verified = job.input_verified_at or job.input_block_size
-            check = None if verified else pool.submit(_input_check, storage, job)
+            check = None if _chunks_verified(job) else pool.submit(_input_check, storage, job)
             try:
                 for what, file_format in (("output", job.output_format), ("errors", "csv")):
                     target = f"{PREFIX}/{job.pk}/{what}.{file_format}"

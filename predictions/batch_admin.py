@@ -8,7 +8,7 @@ from predictions import batch
 from predictions.models import BatchJob
 
 # Up to 128 KiB of binary digests a chunk checks its input against: nothing to read in a page.
-HIDDEN = ("input_block_sha256",)
+HIDDEN = ("parquet_block_sha256",)
 
 
 @admin.register(BatchJob)

@@ -127,7 +127,7 @@ def _jobs(name: str):
     return (
         BatchJob.objects.filter(model__name=name)
         .select_related("model")
-        .defer("input_block_sha256")
+        .defer("parquet_block_sha256")
     )
 
 

@@ -137,14 +137,6 @@ class BatchJob(models.Model):
     input_name = models.CharField(max_length=500)
     input_format = models.CharField(max_length=10, choices=BatchFormat.choices)
     input_sha256 = models.CharField(max_length=64)
-    # A Parquet file's bytes in blocks of input_block_size (the last one shorter), each block's
-    # SHA-256 recorded in the read that gave input_sha256 (an upload's, or the dataset's when it
-    # was registered): a chunk checks the blocks it reads before it scores them
-    # (predictions.batch._VerifiedInput). Empty for a CSV (checked while it is staged) and a
-    # dataset registered before block digests (its file is checked by the finish).
-    input_size = models.PositiveBigIntegerField(null=True, blank=True)
-    input_block_size = models.PositiveIntegerField(null=True, blank=True)
-    input_block_sha256 = models.BinaryField(blank=True, default=b"", editable=False)
     input_label = models.CharField(max_length=300, blank=True)
     dataset_id = models.PositiveIntegerField(null=True, blank=True)
     output_format = models.CharField(
@@ -179,6 +171,18 @@ class BatchJob(models.Model):
     # file hashed by the finish) or its block digests (each block as a chunk read it); the
     # finish publishes no output without it. Cleared when a job is resumed.
     input_verified_at = models.DateTimeField(null=True, blank=True)
+    # The Parquet file the chunks read (the input, or a CSV input as planning staged it): its
+    # size, and its bytes in blocks of parquet_block_size (the last one shorter), each block's
+    # SHA-256 recorded by the read that wrote or first hashed the file (the upload's, the
+    # dataset's when it was registered, the staging's). Planning and chunks check each block
+    # they read before they use it (predictions.batch._VerifiedInput). Empty for a dataset
+    # registered before block digests, whose file the finish hashes whole. Database defaults:
+    # a worker of the previous release, mid-upgrade, inserts rows without these columns.
+    parquet_size = models.PositiveBigIntegerField(null=True, blank=True)
+    parquet_block_size = models.PositiveIntegerField(null=True, blank=True)
+    parquet_block_sha256 = models.BinaryField(
+        blank=True, default=b"", db_default=b"", editable=False
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -204,6 +208,9 @@ class BatchChunk(models.Model):
     rows_failed = models.PositiveIntegerField(default=0)
     attempts = models.PositiveIntegerField(default=0)
     seconds = models.FloatField(default=0)
+    # Scored from bytes checked against the job's block digests; a chunk a worker of the
+    # previous release scored (mid-upgrade) is not, and the finish then hashes the input whole.
+    verified = models.BooleanField(default=False, db_default=False)
 
     class Meta:
         ordering = ["job", "index"]

@@ -44,7 +44,7 @@ class Dataset(models.Model):
     # (predictions.batch._VerifiedInput). Empty for a CSV, and for a file registered before.
     file_size = models.PositiveBigIntegerField(null=True, blank=True)
     file_block_size = models.PositiveIntegerField(null=True, blank=True)
-    file_block_sha256 = models.BinaryField(blank=True, default=b"", editable=False)
+    file_block_sha256 = models.BinaryField(blank=True, default=b"", db_default=b"", editable=False)
     sql_connection = models.CharField(max_length=100, blank=True)
     sql_query = models.TextField(blank=True)
     target_column = models.CharField(max_length=200)

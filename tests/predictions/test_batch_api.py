@@ -237,8 +237,8 @@ def test_admin_lists_jobs_with_a_progress_bar_and_cancels_through_the_service(
     assert detail.status_code == 200
     # The input's size and SHA-256 are shown; its block digests (binary) are not.
     assert running.input_sha256.encode() in detail.content
-    assert b"Input block size" in detail.content
-    assert b"Input block sha256" not in detail.content
+    assert b"Parquet block size" in detail.content
+    assert b"Parquet block sha256" not in detail.content
 
 
 def test_a_body_over_the_input_limit_is_a_413_before_it_is_read(batcher, iris, settings):

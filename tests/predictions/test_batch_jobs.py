@@ -295,7 +295,7 @@ def test_a_chunk_running_when_the_job_is_cancelled_is_discarded(iris_prod):
     )
     batch.batch_job_start(job_id=job.pk)
     BatchJob.objects.filter(pk=job.pk).update(status=BatchStatus.CANCELLED)
-    assert batch._chunk_done(job.pk, 0, 0, 0.1) == "discarded"
+    assert batch._chunk_done(job.pk, 0, 0, 0.1, verified=True) == "discarded"
 
 
 def test_a_job_whose_workers_stopped_is_reaped_then_resumed_where_it_stopped(
@@ -368,8 +368,8 @@ def test_a_chunk_scores_only_verified_bytes_of_an_uploaded_parquet_input(iris_pr
         model=iris_prod, actor="tests", upload=_parquet(_frame(150)), chunk_rows=50, enqueue=False
     )
     data = store_read(job.input_name)
-    assert (job.input_size, job.input_block_size) == (len(data), 256)
-    assert bytes(job.input_block_sha256) == b"".join(
+    assert (job.parquet_size, job.parquet_block_size) == (len(data), 256)
+    assert bytes(job.parquet_block_sha256) == b"".join(
         hashlib.sha256(data[i : i + 256]).digest() for i in range(0, len(data), 256)
     )
     storage = batch.get_artifact_storage()
@@ -437,8 +437,8 @@ def test_a_parquet_dataset_is_checked_block_by_block_as_an_upload_is(iris_prod, 
     job = batch.batch_job_create(
         model=iris_prod, actor="tests", dataset=dataset.pk, chunk_rows=50, enqueue=False
     )
-    assert (job.input_size, job.input_block_size) == (len(data), 256)
-    assert bytes(job.input_block_sha256) == bytes(dataset.file_block_sha256)
+    assert (job.parquet_size, job.parquet_block_size) == (len(data), 256)
+    assert bytes(job.parquet_block_sha256) == bytes(dataset.file_block_sha256)
     assert batch.batch_job_start(job_id=job.pk) == [0, 1, 2]
     assert batch.batch_chunk_run(job_id=job.pk, index=0) == "done"
     # (Changed after chunk 0: pyarrow reads the last 64 KiB to find a footer, all of this file.)
@@ -461,7 +461,7 @@ def test_a_tampered_dataset_without_block_digests_fails_the_finish(iris_prod):
     job = batch.batch_job_create(
         model=iris_prod, actor="tests", dataset=dataset.pk, chunk_rows=50, enqueue=False
     )
-    assert job.input_block_size is None
+    assert job.parquet_block_size is None
     storage = batch.get_artifact_storage()
     pending = batch.batch_job_start(job_id=job.pk)
     for index in pending:
@@ -475,6 +475,142 @@ def test_a_tampered_dataset_without_block_digests_fails_the_finish(iris_prod):
     assert job.output_name == ""
     assert not storage.exists(f"batch-jobs/{job.pk}/output.parquet")
     assert job.input_verified_at is None
+
+
+def test_the_finish_does_not_hash_an_input_every_chunk_checked_unless_one_did_not(iris_prod):
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(150)), chunk_rows=50, enqueue=False
+    )
+    for index in batch.batch_job_start(job_id=job.pk):
+        assert batch.batch_chunk_run(job_id=job.pk, index=index) == "done"
+    assert set(BatchChunk.objects.filter(job=job).values_list("verified", flat=True)) == {True}
+    # Changed once every chunk has scored checked bytes: the output is of the submitted file,
+    # and the finish does not read it again.
+    data = store_read(job.input_name)
+    store_write(job.input_name, _flipped(data, _row_group_offset(data, 1) + 8))
+    assert batch.batch_job_finish(job_id=job.pk).status == BatchStatus.SUCCEEDED
+
+    # Mid-upgrade, a worker of the previous release scores a chunk without checking it.
+    again = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(151)), chunk_rows=50, enqueue=False
+    )
+    for index in batch.batch_job_start(job_id=again.pk):
+        assert batch.batch_chunk_run(job_id=again.pk, index=index) == "done"
+    BatchChunk.objects.filter(job=again, index=1).update(verified=False)
+    data = store_read(again.input_name)
+    store_write(again.input_name, _flipped(data, _row_group_offset(data, 1) + 8))
+    again = batch.batch_job_finish(job_id=again.pk)
+    assert (again.status, again.error_type) == (BatchStatus.FAILED, "input_integrity")
+
+
+def test_a_staged_csv_is_checked_block_by_block_as_chunks_read_it(iris_prod, small_blocks):
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_csv(_frame(150)), chunk_rows=50, enqueue=False
+    )
+    assert job.parquet_block_size is None  # a CSV's digests are of the file planning stages
+    assert batch.batch_job_start(job_id=job.pk) == [0, 1, 2]
+    job.refresh_from_db()
+    staged = store_read(batch._staged_name(job))
+    assert (job.parquet_size, job.parquet_block_size) == (len(staged), 256)
+    assert batch.batch_chunk_run(job_id=job.pk, index=0) == "done"
+    store_write(batch._staged_name(job), _flipped(staged, _row_group_offset(staged, 1) + 8))
+    assert batch.batch_chunk_run(job_id=job.pk, index=1) == "failed"
+    job.refresh_from_db()
+    assert (job.status, job.error_type) == (BatchStatus.FAILED, "input_integrity")
+    assert batch._staged_name(job) in job.error
+
+
+class _RangeReads:
+    """A file read by positioned reads, as pyarrow's S3 file is, each taking `latency` seconds
+    (latency injected on purpose): records how many were in flight at once."""
+
+    def __init__(self, data: bytes, latency: float = 0.0):
+        self.data, self.latency = data, latency
+        self.reads: list[tuple[int, int]] = []
+        self.in_flight = self.most_in_flight = 0
+
+    def read_at(self, nbytes: int, offset: int) -> bytes:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        self.reads.append((offset, nbytes))
+        time.sleep(self.latency)
+        self.in_flight -= 1
+        return self.data[offset : offset + nbytes]
+
+
+def _verified(data: bytes, block: int) -> BatchJob:
+    """An unsaved job whose recorded input is `data`, in blocks of `block` bytes."""
+    digests = b"".join(
+        hashlib.sha256(data[i : i + block]).digest() for i in range(0, len(data), block)
+    )
+    return BatchJob(
+        input_name="in.parquet",
+        input_format="parquet",
+        parquet_size=len(data),
+        parquet_block_size=block,
+        parquet_block_sha256=digests,
+    )
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1, 100, 3 * 64 + 5])
+@pytest.mark.parametrize("kind", ["positioned", "seek-read", "local-file"])
+def test_a_verified_input_reads_as_the_file_at_every_block_edge(tmp_path, kind, extra):
+    block = 64
+    data = bytes(np.random.default_rng(extra + 2).integers(0, 256, 3 * block + extra, np.uint8))
+    job = _verified(data, block)
+    path = tmp_path / "in.parquet"
+    path.write_bytes(data)
+    with open(path, "rb") as handle:
+        source = {
+            "positioned": _RangeReads(data),
+            "seek-read": io.BytesIO(data),
+            "local-file": handle,
+        }[kind]
+        reader = batch._VerifiedInput(source, job)
+        assert reader.seek(0, io.SEEK_END) == len(data)
+        for start in range(0, len(data) + 2):
+            for size in (0, 1, block - 1, block, block + 1, 2 * block + 3, 10**12, -1):
+                reader.seek(start)
+                expected = data[start:] if size < 0 else data[start : start + size]
+                assert bytes(reader.read(size)) == expected, (start, size)
+        reader.seek(block - 2)
+        into = bytearray(5)
+        assert (reader.readinto(into), bytes(into)) == (5, data[block - 2 : block + 3])
+        with pytest.raises(ValueError):
+            reader.seek(-1)
+        with pytest.raises(ValueError):
+            reader.seek(0, 7)
+
+
+def test_a_verified_input_prefetches_column_ranges_at_once_and_serves_them_checked():
+    data = _parquet(_frame(3000), row_group_size=500).getvalue()
+    block = 256
+    job = _verified(data, block)
+    # Several column chunks of two row groups, far apart: fetched side by side, each in one
+    # positioned read whatever the number of blocks it spans.
+    meta = pq.ParquetFile(io.BytesIO(data)).metadata
+    ranges = batch._column_ranges(meta, [1, 4], ["sepal_length", "petal_width"])
+    assert len(ranges) == 4
+    source = _RangeReads(data, latency=0.05)
+    reader = batch._VerifiedInput(source, job)
+    reader.prefetch(ranges)
+    assert source.most_in_flight > 1
+    fetched = len(source.reads)
+    assert fetched <= len(ranges)
+    for start, end in ranges:
+        reader.seek(start)
+        assert bytes(reader.read(end - start)) == data[start:end]
+    assert len(source.reads) == fetched  # served from what was fetched
+    # A block that differs in what a prefetch reads fails before any byte is handed over.
+    start = ranges[2][0]
+    changed = _RangeReads(_flipped(data, start + 3))
+    with pytest.raises(batch.BatchJobFailed) as failed:
+        batch._VerifiedInput(changed, job).prefetch(ranges)
+    assert failed.value.problem == "input_integrity"
+    # The whole file read by pyarrow through it, from a local file: the same table.
+    reader = batch._VerifiedInput(io.BytesIO(data), job)
+    expected = pq.read_table(io.BytesIO(data))
+    assert pq.ParquetFile(reader, pre_buffer=True).read().equals(expected)
 
 
 def test_block_digests_do_not_depend_on_how_the_stream_is_cut():
