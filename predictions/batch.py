@@ -10,9 +10,9 @@ run of a job is a Celery chord (predictions.tasks): its header is one task per p
 `_VerifiedInput`, which checks every block it hands over, validates its rows against the
 version's schema column by column, scores the valid ones with the serving path's loader (the
 verified artifact and the same predict arithmetic), and writes its own part. The body,
-`batch_job_finish`, merges the parts into one output file and one errors file (for a Parquet
-file without block digests, a dataset registered before them, while it checks the file's
-SHA-256, publishing nothing unless it matches).
+`batch_job_finish`, merges the parts into one output file and one errors file (when a chunk
+did not check what it read, or the job has no block digests, while it checks the file whole,
+publishing nothing unless it matches).
 
 The job row keeps the count: a chunk is counted once, under the job's row lock, however often
 it is delivered. Every task is idempotent: a done chunk is skipped, a retried one rewrites only
@@ -526,7 +526,7 @@ def batch_job_create(
             input_name=stored.name,
             input_format=stored.file_format,
             input_sha256=stored.sha256,
-            parquet_size=stored.size,
+            parquet_size=stored.size if stored.block_size else None,
             parquet_block_size=stored.block_size,
             parquet_block_sha256=stored.block_sha256,
             input_label=label,
@@ -760,7 +760,7 @@ class _VerifiedInput(io.RawIOBase):
         touch or overlap merged into one read; replaces what an earlier prefetch held."""
         spans: list[list[int]] = []
         for start, end in sorted(ranges):
-            end = min(end, self._size)
+            start, end = max(start, 0), min(end, self._size)  # offsets of a footer, checked
             if end <= start:
                 continue
             first, last = start // self._block, (end - 1) // self._block
@@ -1208,28 +1208,34 @@ class ChunkResult:
 
 
 def _read_rows(storage: Storage, job: BatchJob, start: int, count: int, names: list[str]) -> Any:
+    with _input_open(storage, job) as source:
+        return _rows_from(source, start, count, names)
+
+
+def _rows_from(source: Any, start: int, count: int, names: list[str]) -> Any:
+    """Rows [start, start + count) of the Parquet file `source`, columns `names` (all-null
+    columns for the ones it lacks), as an Arrow table."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with _input_open(storage, job) as source:
-        # The chunk's column chunks in a few coalesced reads (range requests on an object
-        # store). Read, not mapped: a mapped file truncated meanwhile, or a stale network
-        # mount, kills the process with SIGBUS instead of raising.
-        parquet = pq.ParquetFile(source, pre_buffer=True)
-        meta = parquet.metadata
-        wanted, position, first = [], 0, None
-        for i in range(meta.num_row_groups):
-            rows = meta.row_group(i).num_rows
-            if position + rows > start and position < start + count:
-                wanted.append(i)
-                first = position if first is None else first
-            position += rows
-        available = set(parquet.schema_arrow.names)
-        present = [n for n in names if n in available]
-        if isinstance(source, _VerifiedInput):
-            source.prefetch(_column_ranges(meta, wanted, present))
-        # One thread: a worker process per core scores chunks side by side.
-        table = parquet.read_row_groups(wanted, columns=present, use_threads=False)
+    # The chunk's column chunks in a few coalesced reads (range requests on an object
+    # store). Read, not mapped: a mapped file truncated meanwhile, or a stale network
+    # mount, kills the process with SIGBUS instead of raising.
+    parquet = pq.ParquetFile(source, pre_buffer=True)
+    meta = parquet.metadata
+    wanted, position, first = [], 0, None
+    for i in range(meta.num_row_groups):
+        rows = meta.row_group(i).num_rows
+        if position + rows > start and position < start + count:
+            wanted.append(i)
+            first = position if first is None else first
+        position += rows
+    available = set(parquet.schema_arrow.names)
+    present = [n for n in names if n in available]
+    if isinstance(source, _VerifiedInput):
+        source.prefetch(_column_ranges(meta, wanted, present))
+    # One thread: a worker process per core scores chunks side by side.
+    table = parquet.read_row_groups(wanted, columns=present, use_threads=False)
     table = table.slice(start - (first or 0), count)
     for n in names:
         if n not in table.column_names:
@@ -1945,7 +1951,10 @@ def _part_lost(job_id: int, index: int) -> BatchJob:
             job.chunks_done -= 1
             job.save(update_fields=["rows_done", "rows_failed", "chunks_done", "updated_at"])
             chunk.status = BatchChunk.Status.PENDING
-            chunk.save(update_fields=["status"])
+            # Whoever scores it again says whether it checked what it read (a worker of the
+            # previous release does not write the flag).
+            chunk.verified = False
+            chunk.save(update_fields=["status", "verified"])
     return (
         _fail(
             job_id,
@@ -1958,21 +1967,30 @@ def _part_lost(job_id: int, index: int) -> BatchJob:
 
 
 def _chunks_verified(job: BatchJob) -> bool:
-    """Whether the rows the job scored are known to be the submitted ones without hashing the
-    input now: checked while staged (a CSV) or, block by block, by every chunk that read them.
-    A chunk a worker of the previous release scored, mid-upgrade, was not."""
-    if job.input_verified_at:
-        return True
-    return bool(job.parquet_block_size) and not (
-        BatchChunk.objects.filter(job_id=job.pk, verified=False).exists()
-    )
+    """Whether the rows the job scored are known to be the submitted ones without reading its
+    input again: with block digests, every chunk checked the blocks it read (a chunk a worker
+    of the previous release scored, mid-upgrade, did not); without them (a dataset registered
+    before them, a CSV staged by the previous release), the file was checked while staged."""
+    if job.parquet_block_size:
+        return not BatchChunk.objects.filter(job_id=job.pk, verified=False).exists()
+    return bool(job.input_verified_at)
 
 
 def _input_check(storage: Storage, job: BatchJob) -> None:
-    """BatchJobFailed (`input_integrity`, `input_missing`) unless the input's bytes still hash
-    to the SHA-256 the job was created with."""
-    if _sha256_of(storage, job.input_name) != job.input_sha256:
-        raise _integrity_failed(job.input_name)
+    """BatchJobFailed (`input_integrity`, `input_missing`) unless the file the chunks read is
+    still the submitted one: read whole through _VerifiedInput when the job has its block
+    digests (the input, or a CSV's staged copy), else hashed against input_sha256."""
+    if not job.parquet_block_size:
+        if _sha256_of(storage, job.input_name) != job.input_sha256:
+            raise _integrity_failed(job.input_name)
+        return
+    try:
+        with _input_open(storage, job) as source:
+            while source.read(_HASH_BLOCK):
+                pass
+    except FileNotFoundError:
+        name = _staged_name(job)
+        raise BatchJobFailed("input_missing", f"The input file {name} is gone.") from None
 
 
 def batch_job_finish(*, job_id: int) -> BatchJob:
@@ -1980,11 +1998,12 @@ def batch_job_finish(*, job_id: int) -> BatchJob:
     succeeded, once all its chunks are done; otherwise (or for a finished job) changes
     nothing.
 
-    A Parquet input with block digests was checked block by block as its chunks read it, a CSV
-    as it was staged. A Parquet file without them (a dataset registered before them) is hashed
-    here, in a second thread while the parts are merged (hashlib and pyarrow both release the
-    GIL), and nothing is published unless it matches (`input_integrity` fails the job and the
-    merged files are removed). Any other error (storage, a part that cannot be read)
+    The file the chunks read was checked block by block as they read it. When one of them did
+    not check (a worker of the previous release, mid-upgrade), or the job has no block digests
+    (a dataset registered before them), the file is checked whole here (_input_check), in a
+    second thread while the parts are merged (hashlib and pyarrow both release the GIL), and
+    nothing is published unless it matches (`input_integrity` fails the job and the merged
+    files are removed). Any other error (storage, a part that cannot be read)
     fails the job `finish_error`, which a resume runs again; a database error is raised for
     the task to retry. A second finish running at the same time (a redelivered body) writes
     the same files under the same names and loses at the final row lock."""
@@ -2000,7 +2019,11 @@ def batch_job_finish(*, job_id: int) -> BatchJob:
             job_heartbeat(job, stamp_now=False),
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch-verify") as pool,
         ):
-            check = None if _chunks_verified(job) else pool.submit(_input_check, storage, job)
+            verified = _chunks_verified(job)
+            if not verified and job.parquet_block_size:
+                # Read here: the checking thread would open a database connection of its own.
+                job.refresh_from_db(fields=["parquet_block_sha256"])
+            check = None if verified else pool.submit(_input_check, storage, job)
             try:
                 for what, file_format in (("output", job.output_format), ("errors", "csv")):
                     target = f"{PREFIX}/{job.pk}/{what}.{file_format}"

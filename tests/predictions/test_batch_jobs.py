@@ -502,6 +502,57 @@ def test_the_finish_does_not_hash_an_input_every_chunk_checked_unless_one_did_no
     again = batch.batch_job_finish(job_id=again.pk)
     assert (again.status, again.error_type) == (BatchStatus.FAILED, "input_integrity")
 
+    # The same for a CSV: the finish checks the staged copy those chunks read, not the CSV.
+    csv = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_csv(_frame(150)), chunk_rows=50, enqueue=False
+    )
+    for index in batch.batch_job_start(job_id=csv.pk):
+        assert batch.batch_chunk_run(job_id=csv.pk, index=index) == "done"
+    BatchChunk.objects.filter(job=csv, index=2).update(verified=False)
+    staged = store_read(batch._staged_name(csv))
+    store_write(batch._staged_name(csv), _flipped(staged, _row_group_offset(staged, 2) + 8))
+    csv = batch.batch_job_finish(job_id=csv.pk)
+    assert (csv.status, csv.error_type) == (BatchStatus.FAILED, "input_integrity")
+    assert batch._staged_name(csv) in csv.error
+
+
+def test_rows_written_without_the_new_columns_take_their_database_defaults(iris_prod):
+    """A web process or worker of the previous release, mid-upgrade, inserts rows that name
+    none of the new columns: the database fills them in (no block digests, not checked)."""
+    from django.db import connection
+
+    job = batch.batch_job_create(
+        model=iris_prod, actor="tests", upload=_parquet(_frame(150)), chunk_rows=50, enqueue=False
+    )
+    batch.batch_job_start(job_id=job.pk)
+    new = {"parquet_size", "parquet_block_size", "parquet_block_sha256", "verified"}
+    q = connection.ops.quote_name
+
+    def copy_row(model, pk, **replaced):
+        """Copies row `pk` naming only the columns the previous release knew."""
+        fields = [f for f in model._meta.concrete_fields if not f.primary_key and f.name not in new]
+        columns = ", ".join(q(f.column) for f in fields)
+        values = ", ".join("%s" if f.column in replaced else q(f.column) for f in fields)
+        params = [replaced[f.column] for f in fields if f.column in replaced]
+        table = q(model._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) SELECT {values} FROM {table} WHERE id = %s",  # noqa: S608
+                [*params, pk],
+            )
+        return model.objects.order_by("-pk").first()
+
+    copies = {BatchJob: copy_row(BatchJob, job.pk)}
+    chunk = BatchChunk.objects.get(job=job, index=0)
+    copies[BatchChunk] = copy_row(BatchChunk, chunk.pk, job_id=copies[BatchJob].pk)
+    copy = copies[BatchJob]
+    assert (copy.parquet_size, copy.parquet_block_size, bytes(copy.parquet_block_sha256)) == (
+        None,
+        None,
+        b"",
+    )
+    assert copies[BatchChunk].verified is False
+
 
 def test_a_staged_csv_is_checked_block_by_block_as_chunks_read_it(iris_prod, small_blocks):
     job = batch.batch_job_create(
@@ -528,8 +579,10 @@ class _RangeReads:
         self.data, self.latency = data, latency
         self.reads: list[tuple[int, int]] = []
         self.in_flight = self.most_in_flight = 0
+        self.frozen = False
 
     def read_at(self, nbytes: int, offset: int) -> bytes:
+        assert not self.frozen, f"a read after the prefetch: {nbytes} bytes at {offset}"
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         self.reads.append((offset, nbytes))
@@ -611,6 +664,35 @@ def test_a_verified_input_prefetches_column_ranges_at_once_and_serves_them_check
     reader = batch._VerifiedInput(io.BytesIO(data), job)
     expected = pq.read_table(io.BytesIO(data))
     assert pq.ParquetFile(reader, pre_buffer=True).read().equals(expected)
+
+
+def test_pyarrow_reads_a_chunks_rows_from_the_blocks_fetched_for_it(monkeypatch):
+    """Past the 64 KiB pyarrow reads to find the footer, a chunk's rows come from what
+    `prefetch` fetched and checked: a read of the source after it fails the test (a spy on
+    prefetch, added for that)."""
+    rng = np.random.default_rng(7)
+    frame = pd.DataFrame(rng.normal(size=(40_000, 4)), columns=factories.IRIS_FEATURES)
+    data = _parquet(frame, row_group_size=5_000).getvalue()
+    assert len(data) > 16 * artifacts.BLOCK_MIN
+    job = _verified(data, artifacts.BLOCK_MIN)
+    source = _RangeReads(data)
+    fetched = []
+    prefetch = batch._VerifiedInput.prefetch
+
+    def prefetch_then_freeze(reader, ranges):
+        prefetch(reader, ranges)
+        fetched.extend(source.reads)
+        source.frozen = True
+
+    monkeypatch.setattr(batch._VerifiedInput, "prefetch", prefetch_then_freeze)
+    names = ["petal_width", "sepal_length", "missing"]
+    table = batch._rows_from(batch._VerifiedInput(source, job), 12_000, 5_000, names)
+    expected = frame.iloc[12_000:17_000][["petal_width", "sepal_length"]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(table.to_pandas()[["petal_width", "sepal_length"]], expected)
+    assert table["missing"].null_count == 5_000
+    assert fetched and len(source.reads) == len(fetched)
+    # Two row groups' two columns, far less than the file.
+    assert sum(size for _, size in source.reads) < len(data) / 3
 
 
 def test_block_digests_do_not_depend_on_how_the_stream_is_cut():
@@ -1123,7 +1205,9 @@ def test_a_part_lost_before_it_reached_the_disk_is_scored_again_on_resume(iris_p
     assert (job.status, job.error_type) == (BatchStatus.FAILED, "part_lost")
     assert "chunk 1" in job.error
     assert (job.rows_done, job.chunks_done) == (100, 2)
-    assert BatchChunk.objects.get(job=job, index=1).status == "pending"
+    lost = BatchChunk.objects.get(job=job, index=1)
+    # Pending again, and not known to be checked until whoever scores it again says so.
+    assert (lost.status, lost.verified) == ("pending", False)
     batch.batch_job_resume(job=job, actor="tests")
     job = _run(job)
     assert job.status == BatchStatus.SUCCEEDED
