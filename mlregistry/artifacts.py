@@ -125,10 +125,16 @@ class BlockDigests:
         return bytes(self._digests) + tail
 
 
-def block_digests(data: bytes) -> tuple[int, bytes]:
-    """(block size, the blocks' concatenated SHA-256 digests) of a file held in memory."""
-    blocks = BlockDigests(block_size_for(len(data)))
-    blocks.update(data)
+def block_digests(data: bytes | IO[bytes], size: int | None = None) -> tuple[int, bytes]:
+    """(block size, the blocks' concatenated SHA-256 digests) of a file: bytes in memory, or
+    a binary file of `size` bytes read from where it stands, in CHUNK_SIZE pieces."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        blocks = BlockDigests(block_size_for(len(data)))
+        blocks.update(data)
+    else:
+        blocks = BlockDigests(block_size_for(size or 0))
+        for piece in iter(lambda: data.read(CHUNK_SIZE), b""):
+            blocks.update(piece)
     return blocks.block_size, blocks.digests()
 
 

@@ -61,7 +61,7 @@ from config.errors import (
     ValidationFailed,
 )
 from config.job_heartbeats import job_heartbeat
-from mlregistry.artifacts import BLOCK_MIN, BlockDigests, block_size_for
+from mlregistry.artifacts import BLOCK_MIN, BlockDigests, block_digests, block_size_for
 from mlregistry.audit import Actor, audit_record, created_changes, deleted_changes
 from mlregistry.models import ModelVersion, RegisteredModel, Stage
 from mlregistry.selectors import model_version_by_alias_get
@@ -760,7 +760,8 @@ class _VerifiedInput(io.RawIOBase):
         touch or overlap merged into one read; replaces what an earlier prefetch held."""
         spans: list[list[int]] = []
         for start, end in sorted(ranges):
-            start, end = max(start, 0), min(end, self._size)  # offsets of a footer, checked
+            # Offsets from the footer: checked bytes, but of a file anyone may have written.
+            start, end = max(start, 0), min(end, self._size)
             if end <= start:
                 continue
             first, last = start // self._block, (end - 1) // self._block
@@ -893,11 +894,10 @@ def _stage_csv(job: BatchJob, storage: Storage, features: list[dict[str, Any]]) 
         # The staged file is checked as an uploaded Parquet file is: chunks read it later,
         # from a storage other processes write to.
         job.parquet_size = os.path.getsize(target)
-        blocks = BlockDigests(block_size_for(job.parquet_size))
         with open(target, "rb") as handle:
-            for piece in iter(partial(handle.read, _HASH_BLOCK), b""):
-                blocks.update(piece)
-        job.parquet_block_size, job.parquet_block_sha256 = blocks.block_size, blocks.digests()
+            job.parquet_block_size, job.parquet_block_sha256 = block_digests(
+                handle, job.parquet_size
+            )
         if storage.exists(name):
             storage.delete(name)
         with MovableFile(target) as staged:
